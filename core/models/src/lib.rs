@@ -1,0 +1,1 @@
+//! Kiln's model definitions, configs and weight loading (safetensors, GGUF).

@@ -1,0 +1,44 @@
+//! # kiln-protocol
+//!
+//! The plain-data vocabulary every part of Kiln speaks: what a client asks for
+//! ([`GenerateRequest`], [`SamplingParams`], [`StoppingCriteria`]), what the
+//! scheduler, block manager, model runner and sampler tell each other once per
+//! step ([`step`]), and what flows back to clients ([`TokenEvent`]) and to
+//! observers ([`EngineEvent`]).
+//!
+//! Every type here is conceptually serializable: no device handles, no
+//! channels, no tensors. This crate depends on `serde` and `thiserror` only and
+//! must never depend on anything engine-, backend- or wire-format-specific.
+//!
+//! ```
+//! use kiln_protocol::{GenerateRequest, PromptInput, SamplingParams, StoppingCriteria};
+//! let req = GenerateRequest {
+//!     prompt: PromptInput::Text("Hello".into()),
+//!     sampling: SamplingParams::greedy(),
+//!     stopping: StoppingCriteria { max_tokens: Some(8), ..Default::default() },
+//!     ..Default::default()
+//! };
+//! assert!(req.sampling.validate().is_ok());
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod events;
+mod request;
+pub mod step;
+
+pub use error::EngineError;
+pub use events::{
+    EngineEvent, FinishReason, Finished, GeneratedToken, RequestMetrics, StepStats, StopReason,
+    TokenEvent, TopLogprob, Usage,
+};
+pub use request::{ChatMessage, GenerateRequest, PromptInput, SamplingParams, StoppingCriteria};
+
+/// Engine-assigned identifier of one client request (which may own `n` sequences).
+pub type RequestId = u64;
+/// Engine-assigned identifier of one generated sequence.
+pub type SeqId = u64;
+/// Index of one block in the paged KV cache.
+pub type BlockId = u32;
+/// A token id in the model's vocabulary.
+pub type TokenId = u32;

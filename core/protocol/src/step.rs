@@ -1,0 +1,218 @@
+//! The messages of one engine step.
+//!
+//! One step is: the scheduler sends [`AllocateForStep`] to the block manager
+//! and gets [`StepAllocation`] back; it then sends a [`StepPlan`] to the model
+//! runner, which answers with [`StepLogits`]; the sampler turns those into a
+//! [`StepOutput`] for the scheduler. A request's data crosses to the runner
+//! once; afterwards only the tokens of the step and block-table diffs do.
+//!
+//! | mailbox | message | reply |
+//! |---|---|---|
+//! | block manager | [`AllocateForStep`] (one per step, batched) | [`StepAllocation`] |
+//! | model runner | [`StepPlan`] | [`StepLogits`] |
+//! | sampler | [`StepLogits`] | [`StepOutput`] |
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BlockId, FinishReason, SeqId, TokenId};
+
+/// Scheduler → block manager, once per step.
+///
+/// Processed in field order: `releases`, then `forks`, then `demands` in
+/// order. A demand that cannot be met is denied; later `Admit` demands are
+/// then denied too (no admission may overtake another: FCFS).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AllocateForStep {
+    /// Step counter (for logs and matching replies).
+    pub step_id: u64,
+    /// Sequences whose blocks return to the pool: finished, aborted, failed
+    /// or preempted since the last step.
+    pub releases: Vec<SeqId>,
+    /// New sequences that share every block of an existing one (`n > 1`).
+    pub forks: Vec<Fork>,
+    /// What each scheduled sequence needs this step, in priority order.
+    pub demands: Vec<BlockDemand>,
+}
+
+/// `child` starts as a copy of `parent` that shares its blocks (copy-on-write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// Existing sequence.
+    pub parent: SeqId,
+    /// New sequence, unknown to the block manager until now.
+    pub child: SeqId,
+}
+
+/// One sequence's need for KV slots this step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockDemand {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// What it needs.
+    pub kind: DemandKind,
+}
+
+/// The two ways a sequence asks for slots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DemandKind {
+    /// A sequence that holds no blocks (new, or resumed after preemption).
+    /// The block manager first reuses cached blocks for the longest prefix of
+    /// `token_ids` it holds (never the whole list: at least the last token is
+    /// computed), then allocates slots for up to `max_new_tokens` more.
+    Admit {
+        /// [num_known_tokens] every token of the sequence so far.
+        token_ids: Vec<TokenId>,
+        /// Most tokens to compute this step (the scheduler's token budget for it).
+        max_new_tokens: u32,
+        /// Whether to look up and register prefix-cache blocks.
+        use_prefix_cache: bool,
+    },
+    /// A running sequence appends slots for these tokens.
+    Extend {
+        /// [num_new_tokens] the tokens computed this step.
+        token_ids: Vec<TokenId>,
+    },
+}
+
+/// Block manager → scheduler: the answer to [`AllocateForStep`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepAllocation {
+    /// Echo of the request's step id.
+    pub step_id: u64,
+    /// One grant per demand, same order.
+    pub grants: Vec<BlockGrant>,
+    /// Copy-on-write copies the runner must do before computing this step.
+    pub copies: Vec<BlockCopy>,
+    /// Blocks free for allocation after this step (including cached, evictable ones).
+    pub num_free_blocks: u32,
+    /// Blocks in the pool.
+    pub num_total_blocks: u32,
+    /// Prompt tokens looked up in the prefix cache by this step's admissions.
+    pub prefix_cache_queries: u32,
+    /// Prompt tokens found in the prefix cache by this step's admissions.
+    pub prefix_cache_hits: u32,
+}
+
+/// The outcome of one [`BlockDemand`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockGrant {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// `None` when denied (not enough free blocks); the sequence holds
+    /// exactly what it held before.
+    pub granted: Option<Granted>,
+}
+
+/// Slots granted to one sequence.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Granted {
+    /// For `Admit`: tokens already in the cache (they are skipped). 0 for `Extend`.
+    pub num_cached_tokens: u32,
+    /// Tokens to compute this step: for `Admit` at most `max_new_tokens` and at
+    /// most what follows the cached prefix; for `Extend` all of them.
+    pub num_new_tokens: u32,
+    /// Block-table update: keep the first `table_keep` entries of the
+    /// sequence's table, then append `new_blocks`.
+    pub table_keep: u32,
+    /// Blocks appended to the table.
+    pub new_blocks: Vec<BlockId>,
+}
+
+/// Copy the contents of one KV block into another (all layers, K and V).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockCopy {
+    /// Source block.
+    pub src: BlockId,
+    /// Destination block.
+    pub dst: BlockId,
+}
+
+/// Scheduler → model runner: everything computed in one forward pass.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepPlan {
+    /// Step counter.
+    pub step_id: u64,
+    /// Sequences the runner forgets before this step (finished, aborted,
+    /// failed, preempted).
+    pub dropped: Vec<SeqId>,
+    /// Block copies (copy-on-write) done before computing.
+    pub block_copies: Vec<BlockCopy>,
+    /// The sequences computed in this step.
+    pub seqs: Vec<ScheduledSeq>,
+}
+
+impl StepPlan {
+    /// Tokens computed in this step.
+    pub fn num_batched_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.token_ids.len()).sum()
+    }
+
+    /// True when there is nothing to compute.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ScheduledSeq {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// [num_scheduled_tokens] tokens computed this step: a prompt chunk, a
+    /// recomputed history, or the last sampled token.
+    pub token_ids: Vec<TokenId>,
+    /// Tokens already in the KV cache: the position of `token_ids[0]`.
+    pub num_computed_tokens: u32,
+    /// Block-table update: keep the first `table_keep` entries, append `new_blocks`.
+    pub table_keep: u32,
+    /// Blocks appended to the table.
+    pub new_blocks: Vec<BlockId>,
+    /// Samples drawn from the logits after the last token: 0 for a prefill
+    /// chunk that does not reach the end of the known tokens, 1 normally, `n`
+    /// when an `n > 1` request forks.
+    pub num_samples: u32,
+}
+
+/// Model runner → sampler: logits of the rows that sample.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepLogits {
+    /// Step counter.
+    pub step_id: u64,
+    /// One row per sequence with `num_samples > 0`, in plan order.
+    pub rows: Vec<LogitsRow>,
+    /// Vocabulary size (row length).
+    pub vocab_size: usize,
+    /// [rows × vocab_size] raw logits, f32, row-major.
+    pub logits: Vec<f32>,
+}
+
+/// Which sequence a logits row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogitsRow {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// Samples to draw (see [`ScheduledSeq::num_samples`]).
+    pub num_samples: u32,
+}
+
+/// Sampler → scheduler: what each sampling sequence produced.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepOutput {
+    /// Step counter.
+    pub step_id: u64,
+    /// One entry per sampled token. When a row drew `n` samples, the first
+    /// continues the row's sequence and the others start its forks, in the
+    /// order of the sequence ids registered for the request.
+    pub tokens: Vec<SampledToken>,
+}
+
+/// One sampled token and whether its sequence ended with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampledToken {
+    /// The sequence that gets the token.
+    pub seq_id: SeqId,
+    /// The token.
+    pub token_id: TokenId,
+    /// Set when the sequence ended with this token.
+    pub finished: Option<FinishReason>,
+}

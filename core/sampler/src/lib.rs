@@ -1,0 +1,1 @@
+//! Kiln's sampler: logits processing, seeded sampling, logprobs, stop conditions and incremental detokenization.

@@ -1,0 +1,1 @@
+//! Kiln's paged KV block manager and continuous-batching scheduler: pure, synchronous state machines.

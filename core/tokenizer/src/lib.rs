@@ -1,0 +1,1 @@
+//! Kiln's tokenizer: tokenizer.json and GGUF-embedded vocabularies, chat templates.
