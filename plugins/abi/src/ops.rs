@@ -1,0 +1,358 @@
+//! Operation codes and their slot layouts, with typed builders.
+//!
+//! Activations are row-major `[rows, features]` tensors in the device's
+//! activation dtype (f32 on the CPU backend; bf16/f16 on GPUs). Index tensors
+//! are i32. Every row of an output must be computed with the same sequence of
+//! floating-point operations whatever the number of rows in the call or the
+//! split of a prompt into chunks (batch invariance); backends document where
+//! they cannot promise this.
+
+use crate::types::{KilnOp, KilnTensor, KilnWeight};
+
+/// Gather embedding rows: `t0` ids `[n]` i32, `w0` table `[vocab, hidden]`, `t1` out `[n, hidden]`.
+pub const OP_EMBEDDING: u32 = 1;
+/// RMS norm: `t0` x `[n, h]`, `w0` gamma `[1, h]`, `t1` out `[n, h]`, `f0` eps.
+pub const OP_RMS_NORM: u32 = 2;
+/// Residual add then RMS norm: `t0` x `[n, h]`, `t1` residual `[n, h]` (updated
+/// in place: residual += x), `w0` gamma, `t2` out = norm(residual), `f0` eps.
+pub const OP_ADD_RMS_NORM: u32 = 3;
+/// Linear layer `out = x · Wᵀ (+ bias)`: `t0` x `[n, k]`, `w0` W `[m, k]`,
+/// `w1` bias `[1, m]` (optional), `t1` out `[n, m]`, `i0` 1 to accumulate
+/// (`out += ...`, fuses a residual add), else 0.
+pub const OP_LINEAR: u32 = 4;
+/// Rotary position embedding in place: `t0` q `[n, heads·hd]`, `t1` k
+/// `[n, kv_heads·hd]` (optional), `t2` positions `[n]` i32, `t3` cos table
+/// `[max_pos, rot/2]` f32, `t4` sin table `[max_pos, rot/2]` f32, `i0` head_dim,
+/// `i1` rotary dims (≤ head_dim), `i2` style: [`ROPE_NEOX`] or [`ROPE_INTERLEAVED`].
+pub const OP_ROPE: u32 = 5;
+/// `out = silu(gate) * up`: `t0` gate `[n, i]`, `t1` up `[n, i]`, `t2` out `[n, i]`.
+pub const OP_SILU_MUL: u32 = 6;
+/// Element-wise add: `t0` a, `t1` b, `t2` out (same shapes).
+pub const OP_ADD: u32 = 7;
+/// Write keys and values into the paged cache: `t0` k `[n, kv_heads·hd]`, `t1`
+/// v `[n, kv_heads·hd]`, `t2` k cache `[blocks, block_size, kv_heads, hd]`, `t3`
+/// v cache (same), `t4` slot mapping `[n]` i32 (slot = block·block_size +
+/// offset; negative: skip).
+pub const OP_KV_WRITE: u32 = 8;
+/// Causal attention over the paged cache for a batch of sequences, prefill
+/// chunks and decodes alike. `t0` q `[n, heads·hd]`, `t1` k cache, `t2` v cache,
+/// `t3` block tables `[seqs, max_blocks]` i32, `t4` seq lens `[seqs]` i32
+/// (context length including this step's tokens), `t5` query start offsets
+/// `[seqs + 1]` i32, `t6` out `[n, heads·hd]`. `f0` scale, `f1` logit soft-cap
+/// (0: none). `i0` heads, `i1` kv heads, `i2` head_dim, `i3` block_size, `i4`
+/// sliding window (0: none), `i5` max query length in the batch, `i6` max seq
+/// len in the batch. Query row `j` of sequence `s` sits at position
+/// `seq_len[s] - q_len[s] + j` and attends to positions ≤ its own.
+pub const OP_ATTENTION: u32 = 9;
+/// Select rows: `t0` x `[n, h]`, `t1` indices `[m]` i32, `t2` out `[m, h]`.
+pub const OP_GATHER_ROWS: u32 = 10;
+/// Copy whole KV blocks (copy-on-write): `t0` k cache, `t1` v cache, `t2` pairs `[p, 2]` i32 (src, dst).
+pub const OP_COPY_BLOCKS: u32 = 11;
+/// Device-side sampling: `t0` logits `[m, vocab]` f32, `t1` params `[m]` of
+/// [`crate::KilnSampleParams`] (as bytes), `t2` out ids `[m]` i32, `t3` out
+/// logprob of the sampled token `[m]` f32 (raw distribution), `t4` out top ids
+/// `[m, N]` i32, `t5` out top logprobs `[m, N]` f32 (optional), `i0` N.
+pub const OP_SAMPLE: u32 = 12;
+/// Convert dtype: `t0` in, `t1` out (same number of elements).
+pub const OP_CAST: u32 = 13;
+
+/// HF / NeoX rotary layout: dimension `i` pairs with `i + rot/2`.
+pub const ROPE_NEOX: i64 = 0;
+/// GPT-J / GGUF layout: dimension `2i` pairs with `2i + 1`.
+pub const ROPE_INTERLEAVED: i64 = 1;
+
+/// Human-readable opcode name for errors and logs.
+pub fn opcode_name(opcode: u32) -> &'static str {
+    match opcode {
+        OP_EMBEDDING => "embedding",
+        OP_RMS_NORM => "rms_norm",
+        OP_ADD_RMS_NORM => "add_rms_norm",
+        OP_LINEAR => "linear",
+        OP_ROPE => "rope",
+        OP_SILU_MUL => "silu_mul",
+        OP_ADD => "add",
+        OP_KV_WRITE => "kv_write",
+        OP_ATTENTION => "attention",
+        OP_GATHER_ROWS => "gather_rows",
+        OP_COPY_BLOCKS => "copy_blocks",
+        OP_SAMPLE => "sample",
+        OP_CAST => "cast",
+        _ => "unknown",
+    }
+}
+
+/// Whether a linear layer overwrites or adds to its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accumulate {
+    /// `out = x · Wᵀ`.
+    Overwrite,
+    /// `out += x · Wᵀ` (fuses the residual add).
+    Add,
+}
+
+/// [`OP_EMBEDDING`].
+pub fn embedding(ids: KilnTensor, table: KilnWeight, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_EMBEDDING);
+    op.tensors[0] = ids;
+    op.tensors[1] = out;
+    op.weights[0] = table;
+    op
+}
+
+/// [`OP_RMS_NORM`].
+pub fn rms_norm(x: KilnTensor, gamma: KilnWeight, eps: f32, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_RMS_NORM);
+    op.tensors[0] = x;
+    op.tensors[1] = out;
+    op.weights[0] = gamma;
+    op.fparams[0] = eps;
+    op
+}
+
+/// Operands of [`OP_ADD_RMS_NORM`].
+#[derive(Debug, Clone, Copy)]
+pub struct AddRmsNorm {
+    /// `[n, h]` added into the residual.
+    pub x: KilnTensor,
+    /// `[n, h]` residual stream, updated in place.
+    pub residual: KilnTensor,
+    /// `[1, h]` scale.
+    pub gamma: KilnWeight,
+    /// Epsilon.
+    pub eps: f32,
+    /// `[n, h]` normalized output.
+    pub out: KilnTensor,
+}
+
+/// [`OP_ADD_RMS_NORM`].
+pub fn add_rms_norm(a: AddRmsNorm) -> KilnOp {
+    let mut op = KilnOp::new(OP_ADD_RMS_NORM);
+    op.tensors[0] = a.x;
+    op.tensors[1] = a.residual;
+    op.tensors[2] = a.out;
+    op.weights[0] = a.gamma;
+    op.fparams[0] = a.eps;
+    op
+}
+
+/// Operands of [`OP_LINEAR`].
+#[derive(Debug, Clone, Copy)]
+pub struct Linear {
+    /// `[n, k]` input.
+    pub x: KilnTensor,
+    /// `[m, k]` weight.
+    pub weight: KilnWeight,
+    /// `[1, m]` bias or [`KilnWeight::NULL`].
+    pub bias: KilnWeight,
+    /// `[n, m]` output.
+    pub out: KilnTensor,
+    /// Overwrite or add into `out`.
+    pub accumulate: Accumulate,
+}
+
+/// [`OP_LINEAR`].
+pub fn linear(l: Linear) -> KilnOp {
+    let mut op = KilnOp::new(OP_LINEAR);
+    op.tensors[0] = l.x;
+    op.tensors[1] = l.out;
+    op.weights[0] = l.weight;
+    op.weights[1] = l.bias;
+    op.iparams[0] = i64::from(l.accumulate == Accumulate::Add);
+    op
+}
+
+/// Operands of [`OP_ROPE`].
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    /// `[n, heads·hd]` queries, rotated in place.
+    pub q: KilnTensor,
+    /// `[n, kv_heads·hd]` keys, rotated in place (or NONE).
+    pub k: KilnTensor,
+    /// `[n]` i32 positions.
+    pub positions: KilnTensor,
+    /// `[max_pos, rot/2]` f32 cosines.
+    pub cos: KilnTensor,
+    /// `[max_pos, rot/2]` f32 sines.
+    pub sin: KilnTensor,
+    /// Head dimension.
+    pub head_dim: i64,
+    /// Rotated dimensions (≤ head_dim).
+    pub rotary_dim: i64,
+    /// [`ROPE_NEOX`] or [`ROPE_INTERLEAVED`].
+    pub style: i64,
+}
+
+/// [`OP_ROPE`].
+pub fn rope(r: Rope) -> KilnOp {
+    let mut op = KilnOp::new(OP_ROPE);
+    op.tensors[0] = r.q;
+    op.tensors[1] = r.k;
+    op.tensors[2] = r.positions;
+    op.tensors[3] = r.cos;
+    op.tensors[4] = r.sin;
+    op.iparams[0] = r.head_dim;
+    op.iparams[1] = r.rotary_dim;
+    op.iparams[2] = r.style;
+    op
+}
+
+/// [`OP_SILU_MUL`].
+pub fn silu_mul(gate: KilnTensor, up: KilnTensor, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_SILU_MUL);
+    op.tensors[0] = gate;
+    op.tensors[1] = up;
+    op.tensors[2] = out;
+    op
+}
+
+/// [`OP_ADD`].
+pub fn add(a: KilnTensor, b: KilnTensor, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_ADD);
+    op.tensors[0] = a;
+    op.tensors[1] = b;
+    op.tensors[2] = out;
+    op
+}
+
+/// Operands of [`OP_KV_WRITE`].
+#[derive(Debug, Clone, Copy)]
+pub struct KvWrite {
+    /// `[n, kv_heads·hd]` keys.
+    pub k: KilnTensor,
+    /// `[n, kv_heads·hd]` values.
+    pub v: KilnTensor,
+    /// `[blocks, block_size, kv_heads, hd]` key cache.
+    pub k_cache: KilnTensor,
+    /// `[blocks, block_size, kv_heads, hd]` value cache.
+    pub v_cache: KilnTensor,
+    /// `[n]` i32 slots.
+    pub slot_mapping: KilnTensor,
+}
+
+/// [`OP_KV_WRITE`].
+pub fn kv_write(w: KvWrite) -> KilnOp {
+    let mut op = KilnOp::new(OP_KV_WRITE);
+    op.tensors[0] = w.k;
+    op.tensors[1] = w.v;
+    op.tensors[2] = w.k_cache;
+    op.tensors[3] = w.v_cache;
+    op.tensors[4] = w.slot_mapping;
+    op
+}
+
+/// Operands of [`OP_ATTENTION`].
+#[derive(Debug, Clone, Copy)]
+pub struct Attention {
+    /// `[n, heads·hd]` queries.
+    pub q: KilnTensor,
+    /// Key cache.
+    pub k_cache: KilnTensor,
+    /// Value cache.
+    pub v_cache: KilnTensor,
+    /// `[seqs, max_blocks]` i32.
+    pub block_tables: KilnTensor,
+    /// `[seqs]` i32 context lengths.
+    pub seq_lens: KilnTensor,
+    /// `[seqs + 1]` i32 query row offsets.
+    pub query_start_loc: KilnTensor,
+    /// `[n, heads·hd]` output.
+    pub out: KilnTensor,
+    /// Softmax scale (usually 1/√hd).
+    pub scale: f32,
+    /// Logit soft-cap (0: none).
+    pub softcap: f32,
+    /// Query heads.
+    pub num_heads: i64,
+    /// Key/value heads.
+    pub num_kv_heads: i64,
+    /// Head dimension.
+    pub head_dim: i64,
+    /// Tokens per KV block.
+    pub block_size: i64,
+    /// Sliding window (0: none).
+    pub sliding_window: i64,
+    /// Longest query in the batch.
+    pub max_query_len: i64,
+    /// Longest context in the batch.
+    pub max_seq_len: i64,
+}
+
+/// [`OP_ATTENTION`].
+pub fn attention(a: Attention) -> KilnOp {
+    let mut op = KilnOp::new(OP_ATTENTION);
+    op.tensors[0] = a.q;
+    op.tensors[1] = a.k_cache;
+    op.tensors[2] = a.v_cache;
+    op.tensors[3] = a.block_tables;
+    op.tensors[4] = a.seq_lens;
+    op.tensors[5] = a.query_start_loc;
+    op.tensors[6] = a.out;
+    op.fparams[0] = a.scale;
+    op.fparams[1] = a.softcap;
+    op.iparams[0] = a.num_heads;
+    op.iparams[1] = a.num_kv_heads;
+    op.iparams[2] = a.head_dim;
+    op.iparams[3] = a.block_size;
+    op.iparams[4] = a.sliding_window;
+    op.iparams[5] = a.max_query_len;
+    op.iparams[6] = a.max_seq_len;
+    op
+}
+
+/// [`OP_GATHER_ROWS`].
+pub fn gather_rows(x: KilnTensor, indices: KilnTensor, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_GATHER_ROWS);
+    op.tensors[0] = x;
+    op.tensors[1] = indices;
+    op.tensors[2] = out;
+    op
+}
+
+/// [`OP_COPY_BLOCKS`].
+pub fn copy_blocks(k_cache: KilnTensor, v_cache: KilnTensor, pairs: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_COPY_BLOCKS);
+    op.tensors[0] = k_cache;
+    op.tensors[1] = v_cache;
+    op.tensors[2] = pairs;
+    op
+}
+
+/// Operands of [`OP_SAMPLE`].
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// `[m, vocab]` f32 logits.
+    pub logits: KilnTensor,
+    /// `[m]` [`crate::KilnSampleParams`] as bytes.
+    pub params: KilnTensor,
+    /// `[m]` i32 sampled ids.
+    pub out_ids: KilnTensor,
+    /// `[m]` f32 log-probability of each sampled id.
+    pub out_logprobs: KilnTensor,
+    /// `[m, N]` i32 top ids (or NONE).
+    pub out_top_ids: KilnTensor,
+    /// `[m, N]` f32 top log-probabilities (or NONE).
+    pub out_top_logprobs: KilnTensor,
+    /// N.
+    pub num_top: i64,
+}
+
+/// [`OP_SAMPLE`].
+pub fn sample(s: Sample) -> KilnOp {
+    let mut op = KilnOp::new(OP_SAMPLE);
+    op.tensors[0] = s.logits;
+    op.tensors[1] = s.params;
+    op.tensors[2] = s.out_ids;
+    op.tensors[3] = s.out_logprobs;
+    op.tensors[4] = s.out_top_ids;
+    op.tensors[5] = s.out_top_logprobs;
+    op.iparams[0] = s.num_top;
+    op
+}
+
+/// [`OP_CAST`].
+pub fn cast(input: KilnTensor, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_CAST);
+    op.tensors[0] = input;
+    op.tensors[1] = out;
+    op
+}

@@ -1,0 +1,490 @@
+//! The `#[repr(C)]` tables and constants of the Kiln backend ABI.
+//!
+//! Rules every table follows:
+//! - it starts with `struct_size` (bytes): entries are only ever appended, and
+//!   a reader touches an entry only when `struct_size` says it exists;
+//! - optional entries are `Option<fn>` (null in C) and say what happens when absent;
+//! - every fallible call returns a [`KilnStatus`] and leaves a message for
+//!   `last_error` on the calling thread;
+//! - nothing unwinds across the boundary.
+
+use std::ffi::{c_char, c_void};
+
+/// Major version: the host rejects a plugin with another major.
+pub const KILN_ABI_MAJOR: u32 = 1;
+/// Minor version: the host rejects a plugin with a lower minor than it requires.
+pub const KILN_ABI_MINOR: u32 = 0;
+/// `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
+pub const KILN_ABI_VERSION: u32 = (KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR;
+
+/// Name of the exported `extern "C" fn() -> u32` giving the plugin's ABI version.
+pub const SYMBOL_ABI_VERSION: &str = "kiln_plugin_abi_version";
+/// Name of the exported `extern "C" fn() -> i32` scoring the plugin on this machine (0: cannot run).
+pub const SYMBOL_SCORE: &str = "kiln_backend_score";
+/// Name of the exported `extern "C" fn(*const KilnHostApi) -> *const KilnBackendRegistration`.
+pub const SYMBOL_INIT: &str = "kiln_backend_init";
+
+/// Name of the optional exported `extern "C" fn() -> *const c_char` giving the
+/// last failure's message (useful when `kiln_backend_init` returned null).
+pub const SYMBOL_LAST_ERROR: &str = "kiln_backend_last_error";
+/// Type of the optional `kiln_backend_last_error` symbol.
+pub type KilnLastErrorFn = unsafe extern "C" fn() -> *const c_char;
+/// Type of the exported `kiln_plugin_abi_version` symbol.
+pub type KilnAbiVersionFn = unsafe extern "C" fn() -> u32;
+/// Type of the exported `kiln_backend_score` symbol.
+pub type KilnScoreFn = unsafe extern "C" fn() -> i32;
+/// Type of the exported `kiln_backend_init` symbol: null on failure.
+pub type KilnInitFn =
+    unsafe extern "C" fn(host: *const KilnHostApi) -> *const KilnBackendRegistration;
+
+/// Status code returned by every fallible ABI call.
+pub type KilnStatus = i32;
+/// Success.
+pub const KILN_OK: KilnStatus = 0;
+/// The operation, format or dtype is not supported by this device.
+pub const KILN_UNSUPPORTED: KilnStatus = 1;
+/// The device ran out of memory.
+pub const KILN_OUT_OF_MEMORY: KilnStatus = 2;
+/// An argument was invalid (shapes, dtypes, handles).
+pub const KILN_INVALID_ARGUMENT: KilnStatus = 3;
+/// Any other failure (including a caught panic).
+pub const KILN_INTERNAL: KilnStatus = 4;
+
+/// Element type of a tensor.
+pub type KilnDType = u32;
+/// 32-bit IEEE float.
+pub const KILN_F32: KilnDType = 0;
+/// 16-bit IEEE float.
+pub const KILN_F16: KilnDType = 1;
+/// bfloat16.
+pub const KILN_BF16: KilnDType = 2;
+/// 32-bit signed integer.
+pub const KILN_I32: KilnDType = 3;
+/// 64-bit signed integer.
+pub const KILN_I64: KilnDType = 4;
+/// 8-bit unsigned integer (also: raw bytes).
+pub const KILN_U8: KilnDType = 5;
+/// 8-bit signed integer.
+pub const KILN_I8: KilnDType = 6;
+
+/// Bytes per element of a dtype (0 for unknown).
+pub const fn dtype_size(dtype: KilnDType) -> u64 {
+    match dtype {
+        KILN_F32 | KILN_I32 => 4,
+        KILN_F16 | KILN_BF16 => 2,
+        KILN_I64 => 8,
+        KILN_U8 | KILN_I8 => 1,
+        _ => 0,
+    }
+}
+
+/// Storage format of a weight matrix (its quantization scheme).
+pub type KilnWeightFormat = u32;
+/// Plain f32 `[rows, cols]`.
+pub const KILN_WEIGHT_F32: KilnWeightFormat = 0;
+/// Plain f16 `[rows, cols]`.
+pub const KILN_WEIGHT_F16: KilnWeightFormat = 1;
+/// Plain bf16 `[rows, cols]`.
+pub const KILN_WEIGHT_BF16: KilnWeightFormat = 2;
+/// GGUF Q4_0 blocks along `cols` (32 weights / 18 bytes).
+pub const KILN_WEIGHT_GGUF_Q4_0: KilnWeightFormat = 10;
+/// GGUF Q4_1 blocks along `cols` (32 weights / 20 bytes).
+pub const KILN_WEIGHT_GGUF_Q4_1: KilnWeightFormat = 11;
+/// GGUF Q8_0 blocks along `cols` (32 weights / 34 bytes).
+pub const KILN_WEIGHT_GGUF_Q8_0: KilnWeightFormat = 12;
+/// GGUF Q4_K super-blocks along `cols` (256 weights / 144 bytes).
+pub const KILN_WEIGHT_GGUF_Q4_K: KilnWeightFormat = 13;
+/// GGUF Q6_K super-blocks along `cols` (256 weights / 210 bytes).
+pub const KILN_WEIGHT_GGUF_Q6_K: KilnWeightFormat = 14;
+/// GGUF Q5_0 blocks along `cols`.
+pub const KILN_WEIGHT_GGUF_Q5_0: KilnWeightFormat = 15;
+/// GGUF Q5_1 blocks along `cols`.
+pub const KILN_WEIGHT_GGUF_Q5_1: KilnWeightFormat = 16;
+/// GPTQ (parts: qweight, qzeros, scales, g_idx; `bits`, `group_size`).
+pub const KILN_WEIGHT_GPTQ: KilnWeightFormat = 20;
+/// AWQ GEMM (parts: qweight, qzeros, scales; `bits`, `group_size`).
+pub const KILN_WEIGHT_AWQ: KilnWeightFormat = 21;
+/// Per-channel symmetric int8 weights (parts: weight i8 `[rows, cols]`, scales `[rows]`).
+pub const KILN_WEIGHT_INT8: KilnWeightFormat = 22;
+
+/// Role of one part of a weight.
+pub type KilnPartRole = u32;
+/// The main data (raw blocks, packed ints or plain values).
+pub const KILN_PART_DATA: KilnPartRole = 0;
+/// Scales.
+pub const KILN_PART_SCALES: KilnPartRole = 1;
+/// Zero points.
+pub const KILN_PART_ZEROS: KilnPartRole = 2;
+/// Group index per input channel (GPTQ act-order).
+pub const KILN_PART_GROUP_INDEX: KilnPartRole = 3;
+
+/// Kind of device.
+pub type KilnDeviceKind = u32;
+/// A CPU.
+pub const KILN_DEVICE_CPU: KilnDeviceKind = 0;
+/// A discrete or integrated GPU.
+pub const KILN_DEVICE_GPU: KilnDeviceKind = 1;
+/// Another accelerator.
+pub const KILN_DEVICE_ACCELERATOR: KilnDeviceKind = 2;
+
+/// Capability bit: the device implements `graph_begin/graph_end/graph_launch`.
+pub const KILN_CAP_GRAPHS: u64 = 1 << 0;
+/// Capability bit: the device implements [`crate::ops::OP_SAMPLE`].
+pub const KILN_CAP_DEVICE_SAMPLING: u64 = 1 << 1;
+/// Capability bit: f16 activations.
+pub const KILN_CAP_F16: u64 = 1 << 2;
+/// Capability bit: bf16 activations.
+pub const KILN_CAP_BF16: u64 = 1 << 3;
+/// Capability bit: buffers live in host memory (reads and writes are plain copies).
+pub const KILN_CAP_HOST_MEMORY: u64 = 1 << 4;
+
+/// Opaque handle to a device buffer.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KilnBuffer(pub *mut c_void);
+
+/// Opaque handle to a prepared weight.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KilnWeight(pub *mut c_void);
+
+/// Opaque handle to a captured graph.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KilnGraph(pub *mut c_void);
+
+impl KilnBuffer {
+    /// The null handle.
+    pub const NULL: KilnBuffer = KilnBuffer(std::ptr::null_mut());
+}
+impl KilnWeight {
+    /// The null handle (an absent optional weight).
+    pub const NULL: KilnWeight = KilnWeight(std::ptr::null_mut());
+    /// True for the null handle.
+    pub fn is_null(self) -> bool {
+        self.0.is_null()
+    }
+}
+
+/// What the host offers a plugin.
+#[repr(C)]
+pub struct KilnHostApi {
+    /// Size of this struct in bytes.
+    pub struct_size: u32,
+    /// The host's [`KILN_ABI_VERSION`].
+    pub abi_version: u32,
+    /// Log a message through the host's logger. `level`: 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    /// `target` and `msg` are NUL-terminated UTF-8. May be null (then plugins stay silent).
+    pub log: Option<unsafe extern "C" fn(level: i32, target: *const c_char, msg: *const c_char)>,
+}
+
+/// Static facts about one device.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KilnDeviceInfo {
+    /// Size of this struct in bytes.
+    pub struct_size: u32,
+    /// [`KILN_DEVICE_CPU`], [`KILN_DEVICE_GPU`] or [`KILN_DEVICE_ACCELERATOR`].
+    pub kind: KilnDeviceKind,
+    /// Total memory in bytes.
+    pub memory_total: u64,
+    /// Free memory in bytes at query time.
+    pub memory_free: u64,
+    /// `KILN_CAP_*` bits.
+    pub capabilities: u64,
+    /// Compute capability as `major * 10 + minor` for GPUs, else 0.
+    pub compute_capability: u32,
+    /// Threads (CPU) or streaming multiprocessors (GPU).
+    pub parallelism: u32,
+    /// NUL-terminated short name, e.g. `cpu0`, `cuda0`.
+    pub name: [u8; 64],
+    /// NUL-terminated description, e.g. the CPU model and ISA, or the GPU name.
+    pub description: [u8; 256],
+}
+
+/// One device opened by the host: a handle plus its table.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KilnDevice {
+    /// Plugin-owned state.
+    pub handle: *mut c_void,
+    /// The device's functions.
+    pub vtable: *const KilnDeviceVtable,
+}
+
+/// What `kiln_backend_init` returns. Static for the life of the process.
+#[repr(C)]
+pub struct KilnBackendRegistration {
+    /// Size of this struct in bytes.
+    pub struct_size: u32,
+    /// The plugin's [`KILN_ABI_VERSION`].
+    pub abi_version: u32,
+    /// NUL-terminated backend name (`cpu`, `cuda`, ...).
+    pub name: *const c_char,
+    /// Number of devices this backend can open.
+    pub device_count: unsafe extern "C" fn() -> u32,
+    /// Fill `out` for device `index`.
+    pub device_info: unsafe extern "C" fn(index: u32, out: *mut KilnDeviceInfo) -> KilnStatus,
+    /// Open device `index` with NUL-terminated JSON parameters (`{}` for defaults;
+    /// e.g. `{"threads": 2}` for the CPU backend).
+    pub open_device: unsafe extern "C" fn(
+        index: u32,
+        params_json: *const c_char,
+        out: *mut KilnDevice,
+    ) -> KilnStatus,
+    /// NUL-terminated message of the last failure on the calling thread, or null.
+    /// Valid until the next call into this plugin on the same thread.
+    pub last_error: unsafe extern "C" fn() -> *const c_char,
+    /// Look up an extension function by NUL-terminated name; null when absent. Optional.
+    pub get_proc_address: Option<unsafe extern "C" fn(name: *const c_char) -> *const c_void>,
+}
+
+/// The functions of an open device. A device is used by one thread at a time.
+#[repr(C)]
+pub struct KilnDeviceVtable {
+    /// Size of this struct in bytes.
+    pub struct_size: u32,
+    /// Close the device; every buffer, weight and graph must have been released.
+    pub close: unsafe extern "C" fn(dev: *mut c_void),
+    /// Current free and total memory in bytes.
+    pub memory_info:
+        unsafe extern "C" fn(dev: *mut c_void, free: *mut u64, total: *mut u64) -> KilnStatus,
+    /// Allocate `bytes` of device memory, zero-filled.
+    pub alloc_buffer:
+        unsafe extern "C" fn(dev: *mut c_void, bytes: u64, out: *mut KilnBuffer) -> KilnStatus,
+    /// Free a buffer.
+    pub free_buffer: unsafe extern "C" fn(dev: *mut c_void, buf: KilnBuffer),
+    /// Copy `len` bytes from host memory into the buffer at `offset` (host → device).
+    pub write_buffer: unsafe extern "C" fn(
+        dev: *mut c_void,
+        buf: KilnBuffer,
+        offset: u64,
+        src: *const u8,
+        len: u64,
+    ) -> KilnStatus,
+    /// Copy `len` bytes from the buffer at `offset` into host memory (device → host; synchronizes).
+    pub read_buffer: unsafe extern "C" fn(
+        dev: *mut c_void,
+        buf: KilnBuffer,
+        offset: u64,
+        dst: *mut u8,
+        len: u64,
+    ) -> KilnStatus,
+    /// Copy between buffers on the device.
+    pub copy_buffer:
+        unsafe extern "C" fn(dev: *mut c_void, copy: *const KilnBufferCopy) -> KilnStatus,
+    /// Wait until all queued work is done.
+    pub synchronize: unsafe extern "C" fn(dev: *mut c_void) -> KilnStatus,
+    /// Upload and prepare a weight (repacking or dequantizing as the device prefers).
+    /// The host memory in `desc` may be released after the call returns.
+    pub prepare_weight: unsafe extern "C" fn(
+        dev: *mut c_void,
+        desc: *const KilnWeightDesc,
+        out: *mut KilnWeight,
+    ) -> KilnStatus,
+    /// Release a prepared weight.
+    pub release_weight: unsafe extern "C" fn(dev: *mut c_void, weight: KilnWeight),
+    /// 1 when the device can run the query (an opcode with a weight format and
+    /// activation dtype), else 0.
+    pub supports: unsafe extern "C" fn(dev: *mut c_void, query: *const KilnSupportQuery) -> i32,
+    /// Queue `n` operations in order (see [`crate::ops`]). Work may run
+    /// asynchronously; `read_buffer` and `synchronize` wait for it.
+    pub execute: unsafe extern "C" fn(dev: *mut c_void, ops: *const KilnOp, n: u64) -> KilnStatus,
+    /// Start capturing the operations queued next into a graph. Optional:
+    /// null means the device has no graphs (the host runs eagerly).
+    pub graph_begin: Option<unsafe extern "C" fn(dev: *mut c_void) -> KilnStatus>,
+    /// Stop capturing and return the graph. Optional (with `graph_begin`).
+    pub graph_end:
+        Option<unsafe extern "C" fn(dev: *mut c_void, out: *mut KilnGraph) -> KilnStatus>,
+    /// Replay a captured graph (same buffers, current contents). Optional.
+    pub graph_launch:
+        Option<unsafe extern "C" fn(dev: *mut c_void, graph: KilnGraph) -> KilnStatus>,
+    /// Destroy a captured graph. Optional.
+    pub graph_destroy: Option<unsafe extern "C" fn(dev: *mut c_void, graph: KilnGraph)>,
+}
+
+/// A device-to-device copy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnBufferCopy {
+    /// Source buffer.
+    pub src: KilnBuffer,
+    /// Byte offset in the source.
+    pub src_offset: u64,
+    /// Destination buffer.
+    pub dst: KilnBuffer,
+    /// Byte offset in the destination.
+    pub dst_offset: u64,
+    /// Bytes to copy.
+    pub len: u64,
+}
+
+/// One part of a weight (see `KILN_PART_*`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnWeightPart {
+    /// What this part is.
+    pub role: KilnPartRole,
+    /// Element type of `data` (`KILN_U8` for raw GGUF blocks).
+    pub dtype: KilnDType,
+    /// Number of dimensions used in `dims`.
+    pub rank: u32,
+    /// Shape, outermost first.
+    pub dims: [u64; 4],
+    /// Host pointer to the bytes.
+    pub data: *const u8,
+    /// Byte length.
+    pub len: u64,
+}
+
+/// A weight matrix `[rows, cols]` (rows = output features, cols = input
+/// features) in some format. Vectors (norm scales, biases) are `[1, len]`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnWeightDesc {
+    /// Size of this struct in bytes.
+    pub struct_size: u32,
+    /// `KILN_WEIGHT_*`.
+    pub format: KilnWeightFormat,
+    /// Bits per quantized value (GPTQ/AWQ), else 0.
+    pub bits: u32,
+    /// Quantization group size along `cols` (GPTQ/AWQ), else 0.
+    pub group_size: u32,
+    /// Format-specific flags (`KILN_WEIGHT_FLAG_*`).
+    pub flags: u32,
+    /// Output features.
+    pub rows: u64,
+    /// Input features.
+    pub cols: u64,
+    /// The parts.
+    pub parts: *const KilnWeightPart,
+    /// Number of parts.
+    pub n_parts: u32,
+    /// NUL-terminated tensor name for error messages (may be null).
+    pub name: *const c_char,
+}
+
+/// Weight flag: asymmetric quantization with zero points.
+pub const KILN_WEIGHT_FLAG_HAS_ZEROS: u32 = 1 << 0;
+/// Weight flag: GPTQ act-order (group index not monotone).
+pub const KILN_WEIGHT_FLAG_ACT_ORDER: u32 = 1 << 1;
+/// Weight flag: GPTQ v1 zero-point convention (stored zero = zero − 1).
+pub const KILN_WEIGHT_FLAG_GPTQ_V1_ZEROS: u32 = 1 << 2;
+
+/// A question to `supports`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnSupportQuery {
+    /// An `OP_*` opcode.
+    pub opcode: u32,
+    /// The weight format involved, or `u32::MAX` when none.
+    pub weight_format: KilnWeightFormat,
+    /// The activation dtype.
+    pub act_dtype: KilnDType,
+}
+
+/// A view of a buffer: contiguous, row-major, up to 4 dimensions.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnTensor {
+    /// The buffer (null for an absent optional tensor).
+    pub buffer: KilnBuffer,
+    /// Byte offset of the first element.
+    pub offset: u64,
+    /// Element type.
+    pub dtype: KilnDType,
+    /// Number of dimensions used in `dims`.
+    pub rank: u32,
+    /// Shape, outermost first.
+    pub dims: [u64; 4],
+}
+
+impl KilnTensor {
+    /// An absent optional tensor.
+    pub const NONE: KilnTensor = KilnTensor {
+        buffer: KilnBuffer::NULL,
+        offset: 0,
+        dtype: KILN_F32,
+        rank: 0,
+        dims: [0; 4],
+    };
+
+    /// True for [`KilnTensor::NONE`].
+    pub fn is_none(&self) -> bool {
+        self.buffer.0.is_null()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> u64 {
+        self.dims[..self.rank as usize].iter().product()
+    }
+
+    /// Size in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.numel() * dtype_size(self.dtype)
+    }
+}
+
+/// Tensor slots per operation.
+pub const KILN_OP_MAX_TENSORS: usize = 8;
+
+/// One operation: an opcode plus fixed slots whose meaning each opcode documents
+/// (see [`crate::ops`]). Unused slots are [`KilnTensor::NONE`], [`KilnWeight::NULL`] or 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KilnOp {
+    /// An `OP_*` code.
+    pub opcode: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+    /// Tensor operands.
+    pub tensors: [KilnTensor; KILN_OP_MAX_TENSORS],
+    /// Weight operands.
+    pub weights: [KilnWeight; 2],
+    /// Float parameters.
+    pub fparams: [f32; 4],
+    /// Integer parameters.
+    pub iparams: [i64; 8],
+}
+
+impl KilnOp {
+    /// An operation with every slot empty.
+    pub fn new(opcode: u32) -> Self {
+        KilnOp {
+            opcode,
+            flags: 0,
+            tensors: [KilnTensor::NONE; KILN_OP_MAX_TENSORS],
+            weights: [KilnWeight::NULL; 2],
+            fparams: [0.0; 4],
+            iparams: [0; 8],
+        }
+    }
+}
+
+/// Per-row sampling parameters for [`crate::ops::OP_SAMPLE`] (device-side sampling).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KilnSampleParams {
+    /// Temperature; 0 means greedy.
+    pub temperature: f32,
+    /// Top-k (0: off).
+    pub top_k: i32,
+    /// Top-p (1: off).
+    pub top_p: f32,
+    /// Min-p (0: off).
+    pub min_p: f32,
+    /// Seed of this row's random stream.
+    pub seed: u64,
+    /// Counter: how many draws the stream has made (the device derives the
+    /// random number from `(seed, counter)`, so results do not depend on the batch).
+    pub counter: u64,
+}
+
+// SAFETY: handles are plain addresses owned by the plugin; the host moves them
+// between threads but uses a device from one thread at a time (documented above).
+unsafe impl Send for KilnBuffer {}
+unsafe impl Sync for KilnBuffer {}
+unsafe impl Send for KilnWeight {}
+unsafe impl Sync for KilnWeight {}
+unsafe impl Send for KilnGraph {}
+unsafe impl Sync for KilnGraph {}
