@@ -27,7 +27,9 @@ pub enum EngineError {
         max_model_len: u32,
     },
     /// Too many requests are waiting (HTTP 429).
-    #[error("the server is overloaded: {waiting} requests are waiting (limit {limit}); retry later")]
+    #[error(
+        "the server is overloaded: {waiting} requests are waiting (limit {limit}); retry later"
+    )]
     Overloaded {
         /// Requests currently waiting.
         waiting: usize,

@@ -100,11 +100,6 @@ pub struct Finished {
 /// `Failed` for the whole request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TokenEvent {
-    /// The prompt as the engine tokenized it (sent once, first).
-    Prompt {
-        /// [prompt_len] token ids.
-        token_ids: Vec<TokenId>,
-    },
     /// A new token.
     Token(GeneratedToken),
     /// A sequence ended.

@@ -102,32 +102,50 @@ impl SamplingParams {
             if v.is_finite() {
                 Ok(())
             } else {
-                Err(EngineError::invalid(name, format!("`{name}` must be a finite number")))
+                Err(EngineError::invalid(
+                    name,
+                    format!("`{name}` must be a finite number"),
+                ))
             }
         };
         if self.n == 0 || self.n > MAX_N {
-            return Err(EngineError::invalid("n", format!("`n` must be between 1 and {MAX_N}, got {}", self.n)));
+            return Err(EngineError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}, got {}", self.n),
+            ));
         }
         finite("temperature", self.temperature)?;
         if self.temperature < 0.0 {
             return Err(EngineError::invalid(
                 "temperature",
-                format!("`temperature` must be non-negative, got {}", self.temperature),
+                format!(
+                    "`temperature` must be non-negative, got {}",
+                    self.temperature
+                ),
             ));
         }
         finite("top_p", self.top_p)?;
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(EngineError::invalid("top_p", format!("`top_p` must be in (0, 1], got {}", self.top_p)));
+            return Err(EngineError::invalid(
+                "top_p",
+                format!("`top_p` must be in (0, 1], got {}", self.top_p),
+            ));
         }
         finite("min_p", self.min_p)?;
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(EngineError::invalid("min_p", format!("`min_p` must be in [0, 1], got {}", self.min_p)));
+            return Err(EngineError::invalid(
+                "min_p",
+                format!("`min_p` must be in [0, 1], got {}", self.min_p),
+            ));
         }
         finite("repetition_penalty", self.repetition_penalty)?;
         if self.repetition_penalty <= 0.0 {
             return Err(EngineError::invalid(
                 "repetition_penalty",
-                format!("`repetition_penalty` must be positive, got {}", self.repetition_penalty),
+                format!(
+                    "`repetition_penalty` must be positive, got {}",
+                    self.repetition_penalty
+                ),
             ));
         }
         for (name, v) in [
@@ -136,7 +154,10 @@ impl SamplingParams {
         ] {
             finite(name, v)?;
             if !(-2.0..=2.0).contains(&v) {
-                return Err(EngineError::invalid(name, format!("`{name}` must be in [-2, 2], got {v}")));
+                return Err(EngineError::invalid(
+                    name,
+                    format!("`{name}` must be in [-2, 2], got {v}"),
+                ));
             }
         }
         for &(_, bias) in &self.logit_bias {
@@ -198,18 +219,27 @@ impl StoppingCriteria {
     /// Checks ranges; the error names the parameter.
     pub fn validate(&self) -> Result<(), EngineError> {
         if self.max_tokens == Some(0) {
-            return Err(EngineError::invalid("max_tokens", "`max_tokens` must be at least 1"));
+            return Err(EngineError::invalid(
+                "max_tokens",
+                "`max_tokens` must be at least 1",
+            ));
         }
         if let Some(max) = self.max_tokens
             && self.min_tokens > max
         {
             return Err(EngineError::invalid(
                 "min_tokens",
-                format!("`min_tokens` ({}) must not exceed `max_tokens` ({max})", self.min_tokens),
+                format!(
+                    "`min_tokens` ({}) must not exceed `max_tokens` ({max})",
+                    self.min_tokens
+                ),
             ));
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err(EngineError::invalid("stop", "stop strings must not be empty"));
+            return Err(EngineError::invalid(
+                "stop",
+                "stop strings must not be empty",
+            ));
         }
         Ok(())
     }
