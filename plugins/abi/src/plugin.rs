@@ -645,8 +645,10 @@ macro_rules! export_backend {
         }
 
         struct KilnRegistrationCell($crate::KilnBackendRegistration);
-        // SAFETY: the registration is immutable after construction.
+        // SAFETY: the registration is immutable after construction and its
+        // pointers are to static data and functions.
         unsafe impl Sync for KilnRegistrationCell {}
+        unsafe impl Send for KilnRegistrationCell {}
 
         static KILN_REGISTRATION: ::std::sync::OnceLock<KilnRegistrationCell> =
             ::std::sync::OnceLock::new();
@@ -665,6 +667,7 @@ macro_rules! export_backend {
         }
 
         /// Initialise the plugin; null on failure (see `last_error`).
+        #[allow(clippy::not_unsafe_ptr_arg_deref)]
         ///
         /// # Safety
         /// `host` must be null or point to a valid `KilnHostApi`.
@@ -699,6 +702,7 @@ macro_rules! export_backend {
         }
 
         /// The registration for static linking (same tables as the exported symbols).
+        #[allow(clippy::not_unsafe_ptr_arg_deref)]
         pub fn kiln_static_registration(
             host: *const $crate::KilnHostApi,
         ) -> *const $crate::KilnBackendRegistration {
