@@ -1,0 +1,551 @@
+//! The CPU device: host-memory buffers, prepared weights and op dispatch.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+use kiln_kernels_cpu::attention::{self, AttentionBatch, AttentionShape, KvCache, KvCacheMut};
+use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul};
+use kiln_kernels_cpu::ops::{self, RopeShape, RopeStyle};
+use kiln_kernels_cpu::pool::ThreadPool;
+use kiln_plugin_abi::ops::*;
+use kiln_plugin_abi::plugin::{DevicePlugin, PluginError, PluginResult, WeightDescRef};
+use kiln_plugin_abi::*;
+
+const ALIGN: usize = 64;
+
+struct HostBuf {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+impl HostBuf {
+    fn alloc(bytes: u64) -> PluginResult<HostBuf> {
+        let bytes =
+            usize::try_from(bytes).map_err(|_| PluginError::out_of_memory("buffer too large"))?;
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|_| PluginError::out_of_memory(format!("cannot allocate {bytes} bytes")))?;
+        // SAFETY: non-zero size, valid alignment.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(PluginError::out_of_memory(format!(
+                "cannot allocate {} MiB of host memory",
+                bytes >> 20
+            )));
+        }
+        Ok(HostBuf { ptr, bytes })
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `alloc` with this layout.
+        unsafe {
+            dealloc(
+                self.ptr,
+                Layout::from_size_align_unchecked(self.bytes.max(1), ALIGN),
+            )
+        };
+    }
+}
+
+enum CpuWeight {
+    Matrix(WeightMatrix),
+    Vector(Vec<f32>),
+}
+
+/// The CPU device.
+pub struct CpuDevice {
+    pool: ThreadPool,
+}
+
+// SAFETY: raw buffer pointers are owned by the device's handles; the host
+// serializes calls into a device.
+unsafe impl Send for CpuDevice {}
+
+fn kernel_format(format: KilnWeightFormat) -> PluginResult<WeightFormat> {
+    Ok(match format {
+        KILN_WEIGHT_F32 => WeightFormat::F32,
+        KILN_WEIGHT_F16 => WeightFormat::F16,
+        KILN_WEIGHT_BF16 => WeightFormat::BF16,
+        KILN_WEIGHT_GGUF_Q4_0 => WeightFormat::Q4_0,
+        KILN_WEIGHT_GGUF_Q4_1 => WeightFormat::Q4_1,
+        KILN_WEIGHT_GGUF_Q8_0 => WeightFormat::Q8_0,
+        other => {
+            return Err(PluginError::unsupported(format!(
+                "weight format {other} is not supported by the CPU backend yet"
+            )));
+        }
+    })
+}
+
+/// Base pointer of a tensor, checked against its buffer.
+fn base(t: &KilnTensor) -> PluginResult<*mut u8> {
+    if t.is_none() {
+        return Err(PluginError::invalid("missing tensor operand"));
+    }
+    // SAFETY: the host passes live buffer handles of this device.
+    let buf = unsafe { &*(t.buffer.0 as *const HostBuf) };
+    let end = t.offset.checked_add(t.byte_len());
+    if end.is_none_or(|e| e > buf.bytes as u64) {
+        return Err(PluginError::invalid(format!(
+            "tensor of {} bytes at offset {} exceeds its {}-byte buffer",
+            t.byte_len(),
+            t.offset,
+            buf.bytes
+        )));
+    }
+    // SAFETY: in bounds per the check above.
+    Ok(unsafe { buf.ptr.add(t.offset as usize) })
+}
+
+fn f32s<'a>(t: &KilnTensor) -> PluginResult<&'a [f32]> {
+    if t.dtype != KILN_F32 {
+        return Err(PluginError::unsupported(
+            "the CPU backend computes in f32 (use --dtype float32)",
+        ));
+    }
+    // SAFETY: bounds checked in `base`; buffers are 64-byte aligned and offsets multiples of 4.
+    Ok(unsafe { std::slice::from_raw_parts(base(t)? as *const f32, t.numel() as usize) })
+}
+
+fn f32s_mut<'a>(t: &KilnTensor) -> PluginResult<&'a mut [f32]> {
+    if t.dtype != KILN_F32 {
+        return Err(PluginError::unsupported(
+            "the CPU backend computes in f32 (use --dtype float32)",
+        ));
+    }
+    // SAFETY: as in `f32s`; callers never hold another view of the same bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(base(t)? as *mut f32, t.numel() as usize) })
+}
+
+fn i32s<'a>(t: &KilnTensor) -> PluginResult<&'a [i32]> {
+    if t.dtype != KILN_I32 {
+        return Err(PluginError::invalid("index tensors must be i32"));
+    }
+    // SAFETY: bounds checked in `base`.
+    Ok(unsafe { std::slice::from_raw_parts(base(t)? as *const i32, t.numel() as usize) })
+}
+
+fn kv<'a>(t: &KilnTensor) -> PluginResult<KvCache<'a>> {
+    let p = base(t)?;
+    let n = t.numel() as usize;
+    // SAFETY: bounds checked in `base`.
+    Ok(match t.dtype {
+        KILN_F32 => KvCache::F32(unsafe { std::slice::from_raw_parts(p as *const f32, n) }),
+        KILN_F16 => KvCache::F16(unsafe { std::slice::from_raw_parts(p as *const u16, n) }),
+        other => return Err(PluginError::unsupported(format!("KV cache dtype {other}"))),
+    })
+}
+
+fn kv_mut<'a>(t: &KilnTensor) -> PluginResult<KvCacheMut<'a>> {
+    let p = base(t)?;
+    let n = t.numel() as usize;
+    // SAFETY: bounds checked in `base`; keys and values live in separate buffers.
+    Ok(match t.dtype {
+        KILN_F32 => KvCacheMut::F32(unsafe { std::slice::from_raw_parts_mut(p as *mut f32, n) }),
+        KILN_F16 => KvCacheMut::F16(unsafe { std::slice::from_raw_parts_mut(p as *mut u16, n) }),
+        other => return Err(PluginError::unsupported(format!("KV cache dtype {other}"))),
+    })
+}
+
+fn same_memory(a: &KilnTensor, b: &KilnTensor) -> bool {
+    a.buffer == b.buffer && a.offset == b.offset
+}
+
+fn overlaps(a: &KilnTensor, b: &KilnTensor) -> bool {
+    a.buffer == b.buffer && a.offset < b.offset + b.byte_len() && b.offset < a.offset + a.byte_len()
+}
+
+/// # Safety
+/// `w` must be null or a live weight handle of this device.
+unsafe fn weight<'a>(w: KilnWeight) -> PluginResult<&'a CpuWeight> {
+    if w.is_null() {
+        return Err(PluginError::invalid("missing weight operand"));
+    }
+    // SAFETY: guaranteed by the caller.
+    Ok(unsafe { &*(w.0 as *const CpuWeight) })
+}
+
+fn matrix<'a>(w: KilnWeight) -> PluginResult<&'a WeightMatrix> {
+    // SAFETY: the host passes weight handles of this device.
+    match unsafe { weight(w) }? {
+        CpuWeight::Matrix(m) => Ok(m),
+        CpuWeight::Vector(_) => Err(PluginError::invalid("a vector weight was used as a matrix")),
+    }
+}
+
+fn vector<'a>(w: KilnWeight) -> PluginResult<&'a [f32]> {
+    // SAFETY: the host passes weight handles of this device.
+    match unsafe { weight(w) }? {
+        CpuWeight::Vector(v) => Ok(v),
+        CpuWeight::Matrix(_) => Err(PluginError::invalid("a matrix weight was used as a vector")),
+    }
+}
+
+impl CpuDevice {
+    /// A device with `threads` compute threads.
+    pub fn new(threads: usize) -> CpuDevice {
+        CpuDevice {
+            pool: ThreadPool::new(threads),
+        }
+    }
+
+    fn op(&self, op: &KilnOp) -> PluginResult<()> {
+        let t = &op.tensors;
+        match op.opcode {
+            OP_EMBEDDING => {
+                ops::embedding(matrix(op.weights[0])?, i32s(&t[0])?, f32s_mut(&t[1])?);
+            }
+            OP_RMS_NORM => self.rms_norm(op)?,
+            OP_ADD_RMS_NORM => {
+                let h = t[0].dims[1] as usize;
+                ops::add_rms_norm(
+                    &self.pool,
+                    f32s(&t[0])?,
+                    f32s_mut(&t[1])?,
+                    vector(op.weights[0])?,
+                    op.fparams[0],
+                    f32s_mut(&t[2])?,
+                    h,
+                );
+            }
+            OP_LINEAR => self.linear(op)?,
+            OP_ROPE => self.rope(op)?,
+            OP_SILU_MUL => {
+                let (gate, up, out) = (&t[0], &t[1], &t[2]);
+                if !same_memory(out, gate) {
+                    f32s_mut(out)?.copy_from_slice(f32s(gate)?);
+                }
+                ops::silu_mul(f32s_mut(out)?, f32s(up)?);
+            }
+            OP_ADD => {
+                let (a, b, out) = (&t[0], &t[1], &t[2]);
+                if same_memory(out, b) {
+                    ops::add_assign(f32s_mut(out)?, f32s(a)?);
+                } else {
+                    if !same_memory(out, a) {
+                        f32s_mut(out)?.copy_from_slice(f32s(a)?);
+                    }
+                    ops::add_assign(f32s_mut(out)?, f32s(b)?);
+                }
+            }
+            OP_KV_WRITE => {
+                let kv_dim = t[0].dims[1] as usize;
+                attention::kv_write(
+                    f32s(&t[0])?,
+                    f32s(&t[1])?,
+                    kv_mut(&t[2])?,
+                    kv_mut(&t[3])?,
+                    i32s(&t[4])?,
+                    kv_dim,
+                );
+            }
+            OP_ATTENTION => self.attention(op)?,
+            OP_GATHER_ROWS => {
+                let cols = t[0].dims[1] as usize;
+                let (x, out) = (f32s(&t[0])?, f32s_mut(&t[2])?);
+                let rows = t[0].dims[0] as usize;
+                for (r, &i) in i32s(&t[1])?.iter().enumerate() {
+                    let i = i as usize;
+                    if i >= rows {
+                        return Err(PluginError::invalid(format!(
+                            "gather index {i} outside {rows} rows"
+                        )));
+                    }
+                    out[r * cols..(r + 1) * cols].copy_from_slice(&x[i * cols..(i + 1) * cols]);
+                }
+            }
+            OP_COPY_BLOCKS => self.copy_blocks(op)?,
+            OP_CAST => {
+                if t[0].dtype != KILN_F32 || t[1].dtype != KILN_F32 {
+                    return Err(PluginError::unsupported("the CPU backend casts only f32"));
+                }
+                if !same_memory(&t[0], &t[1]) {
+                    f32s_mut(&t[1])?.copy_from_slice(f32s(&t[0])?);
+                }
+            }
+            other => {
+                return Err(PluginError::unsupported(format!(
+                    "operation {} is not supported by the CPU backend",
+                    opcode_name(other)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, op: &KilnOp) -> PluginResult<()> {
+        let (x, out) = (&op.tensors[0], &op.tensors[1]);
+        let h = x.dims[1] as usize;
+        let gamma = vector(op.weights[0])?;
+        if overlaps(x, out) {
+            let copy = f32s(x)?.to_vec();
+            ops::rms_norm(&self.pool, &copy, gamma, op.fparams[0], f32s_mut(out)?, h);
+        } else {
+            ops::rms_norm(
+                &self.pool,
+                f32s(x)?,
+                gamma,
+                op.fparams[0],
+                f32s_mut(out)?,
+                h,
+            );
+        }
+        Ok(())
+    }
+
+    fn linear(&self, op: &KilnOp) -> PluginResult<()> {
+        let (x, out) = (&op.tensors[0], &op.tensors[1]);
+        let w = matrix(op.weights[0])?;
+        let bias = if op.weights[1].is_null() {
+            None
+        } else {
+            Some(vector(op.weights[1])?)
+        };
+        let n = x.dims[0] as usize;
+        if x.dims[1] as usize != w.cols()
+            || out.dims[1] as usize != w.rows()
+            || out.dims[0] as usize != n
+        {
+            return Err(PluginError::invalid(format!(
+                "linear: x [{}, {}], W [{}, {}], out [{}, {}] do not fit",
+                x.dims[0],
+                x.dims[1],
+                w.rows(),
+                w.cols(),
+                out.dims[0],
+                out.dims[1]
+            )));
+        }
+        let copy;
+        let xs = if overlaps(x, out) {
+            copy = f32s(x)?.to_vec();
+            &copy[..]
+        } else {
+            f32s(x)?
+        };
+        matmul(
+            &self.pool,
+            Matmul {
+                x: xs,
+                n,
+                w,
+                bias,
+                out: f32s_mut(out)?,
+                accumulate: op.iparams[0] != 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn rope(&self, op: &KilnOp) -> PluginResult<()> {
+        let t = &op.tensors;
+        let shape = RopeShape {
+            head_dim: op.iparams[0] as usize,
+            rotary_dim: op.iparams[1] as usize,
+            style: if op.iparams[2] == ROPE_INTERLEAVED {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::Neox
+            },
+        };
+        let (positions, cos, sin) = (i32s(&t[2])?, f32s(&t[3])?, f32s(&t[4])?);
+        let max_pos = t[3].dims[0] as i64;
+        if let Some(p) = positions
+            .iter()
+            .find(|&&p| p < 0 || i64::from(p) >= max_pos)
+        {
+            return Err(PluginError::invalid(format!(
+                "position {p} outside the RoPE table of {max_pos}"
+            )));
+        }
+        ops::rope(f32s_mut(&t[0])?, positions, cos, sin, shape);
+        if !t[1].is_none() {
+            ops::rope(f32s_mut(&t[1])?, positions, cos, sin, shape);
+        }
+        Ok(())
+    }
+
+    fn attention(&self, op: &KilnOp) -> PluginResult<()> {
+        let t = &op.tensors;
+        let shape = AttentionShape {
+            heads: op.iparams[0] as usize,
+            kv_heads: op.iparams[1] as usize,
+            head_dim: op.iparams[2] as usize,
+            block_size: op.iparams[3] as usize,
+            window: op.iparams[4].max(0) as usize,
+            scale: op.fparams[0],
+            softcap: op.fparams[1],
+        };
+        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.block_size == 0 {
+            return Err(PluginError::invalid(
+                "attention: bad head counts or block size",
+            ));
+        }
+        let batch = AttentionBatch {
+            q: f32s(&t[0])?,
+            block_tables: i32s(&t[3])?,
+            max_blocks: t[3].dims[1] as usize,
+            seq_lens: i32s(&t[4])?,
+            query_start_loc: i32s(&t[5])?,
+        };
+        let blocks = t[1].dims[0] as i64;
+        if batch
+            .block_tables
+            .iter()
+            .any(|&b| b < 0 || i64::from(b) >= blocks)
+        {
+            return Err(PluginError::invalid(
+                "attention: block table entry outside the cache",
+            ));
+        }
+        attention::paged_attention(
+            &self.pool,
+            &shape,
+            &batch,
+            kv(&t[1])?,
+            kv(&t[2])?,
+            f32s_mut(&t[6])?,
+        );
+        Ok(())
+    }
+
+    fn copy_blocks(&self, op: &KilnOp) -> PluginResult<()> {
+        let t = &op.tensors;
+        let pairs = i32s(&t[2])?;
+        for cache in [&t[0], &t[1]] {
+            let block_bytes =
+                (cache.dims[1] * cache.dims[2] * cache.dims[3] * dtype_size(cache.dtype)) as usize;
+            let blocks = cache.dims[0] as usize;
+            let p = base(cache)?;
+            for pair in pairs.chunks_exact(2) {
+                let (src, dst) = (pair[0] as usize, pair[1] as usize);
+                if src >= blocks || dst >= blocks {
+                    return Err(PluginError::invalid("copy_blocks: block outside the cache"));
+                }
+                // SAFETY: both blocks are inside the cache and distinct or identical.
+                unsafe {
+                    std::ptr::copy(
+                        p.add(src * block_bytes),
+                        p.add(dst * block_bytes),
+                        block_bytes,
+                    )
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DevicePlugin for CpuDevice {
+    fn memory_info(&self) -> PluginResult<(u64, u64)> {
+        Ok(crate::memory())
+    }
+
+    fn alloc_buffer(&mut self, bytes: u64) -> PluginResult<KilnBuffer> {
+        let buf = HostBuf::alloc(bytes)?;
+        Ok(KilnBuffer(Box::into_raw(Box::new(buf)) as *mut _))
+    }
+
+    fn free_buffer(&mut self, buf: KilnBuffer) {
+        if !buf.0.is_null() {
+            // SAFETY: created by `alloc_buffer`, freed once.
+            drop(unsafe { Box::from_raw(buf.0 as *mut HostBuf) });
+        }
+    }
+
+    fn write_buffer(&mut self, buf: KilnBuffer, offset: u64, data: &[u8]) -> PluginResult<()> {
+        // SAFETY: a live handle of this device.
+        let b = unsafe { &*(buf.0 as *const HostBuf) };
+        if offset as usize + data.len() > b.bytes {
+            return Err(PluginError::invalid("write outside the buffer"));
+        }
+        // SAFETY: in bounds.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), b.ptr.add(offset as usize), data.len())
+        };
+        Ok(())
+    }
+
+    fn read_buffer(&mut self, buf: KilnBuffer, offset: u64, out: &mut [u8]) -> PluginResult<()> {
+        // SAFETY: a live handle of this device.
+        let b = unsafe { &*(buf.0 as *const HostBuf) };
+        if offset as usize + out.len() > b.bytes {
+            return Err(PluginError::invalid("read outside the buffer"));
+        }
+        // SAFETY: in bounds.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.ptr.add(offset as usize), out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+
+    fn copy_buffer(&mut self, copy: &KilnBufferCopy) -> PluginResult<()> {
+        // SAFETY: live handles of this device; the host checked the ranges.
+        unsafe {
+            let (s, d) = (
+                &*(copy.src.0 as *const HostBuf),
+                &*(copy.dst.0 as *const HostBuf),
+            );
+            if copy.src_offset + copy.len > s.bytes as u64
+                || copy.dst_offset + copy.len > d.bytes as u64
+            {
+                return Err(PluginError::invalid("copy outside a buffer"));
+            }
+            std::ptr::copy(
+                s.ptr.add(copy.src_offset as usize),
+                d.ptr.add(copy.dst_offset as usize),
+                copy.len as usize,
+            );
+        }
+        Ok(())
+    }
+
+    fn synchronize(&mut self) -> PluginResult<()> {
+        Ok(())
+    }
+
+    fn prepare_weight(&mut self, desc: WeightDescRef<'_>) -> PluginResult<KilnWeight> {
+        let d = desc.desc;
+        let (_, bytes) = desc
+            .part(KILN_PART_DATA)
+            .ok_or_else(|| PluginError::invalid(format!("weight {} has no data", desc.name())))?;
+        let format = kernel_format(d.format)?;
+        let (rows, cols) = (d.rows as usize, d.cols as usize);
+        let matrix = WeightMatrix::from_raw(format, rows, cols, bytes)
+            .map_err(|e| PluginError::invalid(format!("weight {}: {e}", desc.name())))?;
+        let weight = if rows == 1 {
+            let mut v = vec![0f32; cols];
+            matrix.dequantize_row(0, &mut v);
+            CpuWeight::Vector(v)
+        } else {
+            CpuWeight::Matrix(matrix)
+        };
+        Ok(KilnWeight(Box::into_raw(Box::new(weight)) as *mut _))
+    }
+
+    fn release_weight(&mut self, weight: KilnWeight) {
+        if !weight.is_null() {
+            // SAFETY: created by `prepare_weight`, released once.
+            drop(unsafe { Box::from_raw(weight.0 as *mut CpuWeight) });
+        }
+    }
+
+    fn supports(&self, query: &KilnSupportQuery) -> bool {
+        let weight_ok =
+            query.weight_format == u32::MAX || kernel_format(query.weight_format).is_ok();
+        query.act_dtype == KILN_F32
+            && weight_ok
+            && query.opcode != OP_SAMPLE
+            && opcode_name(query.opcode) != "unknown"
+    }
+
+    fn execute(&mut self, ops: &[KilnOp]) -> PluginResult<()> {
+        for op in ops {
+            self.op(op).map_err(|e| PluginError {
+                message: format!("{}: {}", opcode_name(op.opcode), e.message),
+                ..e
+            })?;
+        }
+        Ok(())
+    }
+}
