@@ -18,7 +18,8 @@ use crate::{BlockId, FinishReason, SeqId, TokenId};
 
 /// Scheduler → block manager, once per step.
 ///
-/// Processed in field order: `releases`, then `forks`, then `demands` in
+/// Processed as: `forks` (so that a parent finishing in the step that
+/// forks it still hands its blocks over), then `releases`, then `demands` in
 /// order. A demand that cannot be met is denied; later `Admit` demands are
 /// then denied too (no admission may overtake another: FCFS).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -28,7 +29,8 @@ pub struct AllocateForStep {
     /// Sequences whose blocks return to the pool: finished, aborted, failed
     /// or preempted since the last step.
     pub releases: Vec<SeqId>,
-    /// New sequences that share every block of an existing one (`n > 1`).
+    /// New sequences that share every block of an existing one (`n > 1`);
+    /// applied before `releases`.
     pub forks: Vec<Fork>,
     /// What each scheduled sequence needs this step, in priority order.
     pub demands: Vec<BlockDemand>,
