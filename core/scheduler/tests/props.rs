@@ -79,12 +79,10 @@ fn prompt(r: &Req) -> Vec<TokenId> {
     p
 }
 
+type Outputs = HashMap<u64, Vec<Vec<TokenId>>>;
+
 /// Run a workload; returns outputs per request and the first-scheduling step per request.
-fn run(
-    cfg: SimConfig,
-    reqs: &[Req],
-    eos_every: u32,
-) -> (HashMap<u64, Vec<Vec<TokenId>>>, HashMap<u64, u64>) {
+fn run(cfg: SimConfig, reqs: &[Req], eos_every: u32) -> (Outputs, HashMap<u64, u64>) {
     let mut sim = Sim::new(cfg);
     for (i, r) in reqs.iter().enumerate() {
         sim.add(i as u64 + 1, prompt(r), r.max_tokens, r.n);
