@@ -704,9 +704,9 @@ macro_rules! export_backend {
         /// The registration for static linking (same tables as the exported symbols).
         #[allow(clippy::not_unsafe_ptr_arg_deref)]
         pub fn kiln_static_registration(
-            host: *const $crate::KilnHostApi,
+            host: &'static $crate::KilnHostApi,
         ) -> *const $crate::KilnBackendRegistration {
-            // SAFETY: same contract as the exported entry point.
+            // SAFETY: `host` is a valid table for the life of the process.
             unsafe { kiln_backend_init(host) }
         }
     };

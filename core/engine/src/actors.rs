@@ -1,0 +1,501 @@
+//! The four actors. Each is a thin shell around a pure core: it receives a
+//! plain-data message, calls its core, and forwards the result.
+//!
+//! | actor | core | runs on |
+//! |---|---|---|
+//! | [`SchedulerActor`] | `kiln_scheduler::Scheduler` | the engine arbiter; owns the step loop |
+//! | [`BlockManagerActor`] | `kiln_scheduler::BlockManager` | the engine arbiter |
+//! | [`SamplerActor`] | `kiln_sampler::SamplerCore` | the engine arbiter |
+//! | [`RunnerActor`] | [`ModelRunner`] | its own thread (`SyncArbiter`): device work blocks |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+use kiln_engine_api::AdmittedRequest;
+use kiln_protocol::step::{AllocateForStep, StepAllocation, StepLogits, StepOutput, StepPlan};
+use kiln_protocol::{EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent};
+use kiln_sampler::{SamplerCore, SequenceGroup};
+use kiln_scheduler::{BlockManager, NewRequest, Scheduler};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::runner::ModelRunner;
+
+/// Seconds since the engine started: the one clock every core sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// A clock starting now.
+    pub fn start() -> Self {
+        Clock(Instant::now())
+    }
+    /// Seconds since start.
+    pub fn now(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// State shared between the actors and the `EngineService` (lock-free gauges).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// False after a fatal error or shutdown.
+    pub healthy: AtomicBool,
+    /// Sequences running after the last step.
+    pub running: AtomicU32,
+    /// Requests waiting after the last step (plus those submitted since).
+    pub waiting: AtomicU32,
+    /// KV usage × 1e6 after the last step.
+    pub kv_usage_ppm: AtomicU64,
+}
+
+// ---------------------------------------------------------------- block manager
+
+/// The block-manager actor.
+pub struct BlockManagerActor {
+    core: BlockManager,
+}
+
+impl BlockManagerActor {
+    /// Wrap a block manager.
+    pub fn new(core: BlockManager) -> Self {
+        BlockManagerActor { core }
+    }
+}
+
+impl Actor for BlockManagerActor {
+    type Context = Context<Self>;
+}
+
+/// One batched allocation per step.
+#[derive(Message)]
+#[rtype(result = "StepAllocation")]
+pub struct Allocate(pub AllocateForStep);
+
+impl Handler<Allocate> for BlockManagerActor {
+    type Result = MessageResult<Allocate>;
+    fn handle(&mut self, msg: Allocate, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.allocate_for_step(msg.0))
+    }
+}
+
+/// Forget every prefix-cache entry (after a failed step wrote garbage).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResetPrefixCache;
+
+impl Handler<ResetPrefixCache> for BlockManagerActor {
+    type Result = ();
+    fn handle(&mut self, _: ResetPrefixCache, _: &mut Self::Context) {
+        self.core.reset_prefix_cache();
+    }
+}
+
+// ---------------------------------------------------------------- runner
+
+/// The model-runner actor.
+pub struct RunnerActor {
+    runner: ModelRunner,
+}
+
+impl RunnerActor {
+    /// Wrap a runner.
+    pub fn new(runner: ModelRunner) -> Self {
+        RunnerActor { runner }
+    }
+}
+
+impl Actor for RunnerActor {
+    type Context = SyncContext<Self>;
+}
+
+/// Run one step's plan.
+#[derive(Message)]
+#[rtype(result = "Result<StepLogits, String>")]
+pub struct Execute(pub StepPlan);
+
+impl Handler<Execute> for RunnerActor {
+    type Result = Result<StepLogits, String>;
+    fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
+        self.runner.execute(&msg.0).map_err(|e| e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------- sampler
+
+/// The sampler actor: owns each request's event channel.
+pub struct SamplerActor {
+    core: SamplerCore,
+    senders: HashMap<RequestId, mpsc::UnboundedSender<TokenEvent>>,
+    events: broadcast::Sender<EngineEvent>,
+    clock: Clock,
+}
+
+impl SamplerActor {
+    /// Wrap a sampler core.
+    pub fn new(core: SamplerCore, events: broadcast::Sender<EngineEvent>, clock: Clock) -> Self {
+        SamplerActor {
+            core,
+            senders: HashMap::new(),
+            events,
+            clock,
+        }
+    }
+
+    fn route(&mut self, events: Vec<(RequestId, TokenEvent)>) {
+        for (id, ev) in events {
+            if let Some(tx) = self.senders.get(&id) {
+                // A closed receiver means the client left; the abort is on its way.
+                let _ = tx.send(ev);
+            }
+        }
+        let core = &self.core;
+        self.senders.retain(|id, _| core.has_request(*id));
+    }
+}
+
+impl Actor for SamplerActor {
+    type Context = Context<Self>;
+}
+
+/// A new request's sampling state and event channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// Sampling state.
+    pub group: SequenceGroup,
+    /// Where the request's events go.
+    pub events: mpsc::UnboundedSender<TokenEvent>,
+}
+
+impl Handler<Register> for SamplerActor {
+    type Result = ();
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        self.senders.insert(msg.group.request_id, msg.events);
+        self.core.register(msg.group);
+    }
+}
+
+/// Sample a step's logits.
+#[derive(Message)]
+#[rtype(result = "StepOutput")]
+pub struct Sample {
+    /// The logits.
+    pub logits: StepLogits,
+    /// Sequences computed in this step (first-scheduling times for metrics).
+    pub scheduled: Vec<SeqId>,
+}
+
+impl Handler<Sample> for SamplerActor {
+    type Result = MessageResult<Sample>;
+    fn handle(&mut self, msg: Sample, _: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now();
+        for seq in &msg.scheduled {
+            self.core.mark_scheduled(*seq, now);
+        }
+        let result = self.core.sample(&msg.logits, now);
+        for m in result.finished_metrics {
+            let _ = self.events.send(EngineEvent::SequenceFinished(m));
+        }
+        self.route(result.events);
+        MessageResult(result.output)
+    }
+}
+
+/// End a request with `Finished{abort}` events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AbortRequest(pub RequestId);
+
+impl Handler<AbortRequest> for SamplerActor {
+    type Result = ();
+    fn handle(&mut self, msg: AbortRequest, _: &mut Self::Context) {
+        let events = self.core.abort(msg.0, self.clock.now());
+        self.route(events);
+        self.senders.remove(&msg.0);
+    }
+}
+
+/// End requests with a `Failed` event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailRequests {
+    /// The requests.
+    pub ids: Vec<RequestId>,
+    /// Why.
+    pub error: EngineError,
+}
+
+impl Handler<FailRequests> for SamplerActor {
+    type Result = ();
+    fn handle(&mut self, msg: FailRequests, _: &mut Self::Context) {
+        for id in msg.ids {
+            let events = self.core.fail(id, msg.error.clone(), self.clock.now());
+            self.route(events);
+            self.senders.remove(&id);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- scheduler
+
+/// Addresses of the other actors.
+pub struct Peers {
+    /// Block manager.
+    pub block_manager: Addr<BlockManagerActor>,
+    /// Model runner.
+    pub runner: Addr<RunnerActor>,
+    /// Sampler.
+    pub sampler: Addr<SamplerActor>,
+}
+
+/// The scheduler actor: owns the step loop.
+pub struct SchedulerActor {
+    core: Scheduler,
+    peers: Peers,
+    events: broadcast::Sender<EngineEvent>,
+    shared: Arc<Shared>,
+    clock: Clock,
+    in_flight: bool,
+    next_seq: SeqId,
+    arrivals: u64,
+    last_alloc: StepAllocation,
+}
+
+/// Construction parameters of [`SchedulerActor`].
+pub struct SchedulerParts {
+    /// The pure scheduler.
+    pub core: Scheduler,
+    /// The other actors.
+    pub peers: Peers,
+    /// Engine event broadcast.
+    pub events: broadcast::Sender<EngineEvent>,
+    /// Shared gauges.
+    pub shared: Arc<Shared>,
+    /// The engine clock.
+    pub clock: Clock,
+    /// KV blocks in the pool (for usage before the first step).
+    pub num_blocks: u32,
+}
+
+impl SchedulerActor {
+    /// Assemble the actor.
+    pub fn new(p: SchedulerParts) -> Self {
+        SchedulerActor {
+            core: p.core,
+            peers: p.peers,
+            events: p.events,
+            shared: p.shared,
+            clock: p.clock,
+            in_flight: false,
+            next_seq: 1,
+            arrivals: 0,
+            last_alloc: StepAllocation {
+                num_free_blocks: p.num_blocks,
+                num_total_blocks: p.num_blocks,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if !self.in_flight {
+            self.begin(ctx);
+        }
+    }
+
+    /// Phase 1: ask the block manager for this step's slots.
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        let Some(msg) = self.core.begin_step() else {
+            self.publish_stats(StepStats::default());
+            return;
+        };
+        self.in_flight = true;
+        let started = Instant::now();
+        ctx.spawn(self.peers.block_manager.send(Allocate(msg)).into_actor(self).map(
+            move |res, act, ctx| match res {
+                Ok(alloc) => act.plan(alloc, started, ctx),
+                Err(e) => act.fatal(format!("the block manager stopped: {e}")),
+            },
+        ));
+    }
+
+    /// Phase 2: turn the grants into a plan and run it.
+    fn plan(&mut self, alloc: StepAllocation, started: Instant, ctx: &mut Context<Self>) {
+        self.last_alloc = alloc.clone();
+        let plan = self.core.finish_step(alloc);
+        self.fail_rejected();
+        if plan.seqs.is_empty() && plan.dropped.is_empty() && plan.block_copies.is_empty() {
+            self.in_flight = false;
+            self.publish_stats(StepStats {
+                step_seconds: started.elapsed().as_secs_f64(),
+                ..Default::default()
+            });
+            return;
+        }
+        let scheduled: Vec<SeqId> = plan.seqs.iter().map(|s| s.seq_id).collect();
+        let batched = plan.num_batched_tokens() as u32;
+        ctx.spawn(self.peers.runner.send(Execute(plan)).into_actor(self).map(
+            move |res, act, ctx| match res {
+                Ok(Ok(logits)) => act.sample(logits, scheduled, batched, started, ctx),
+                Ok(Err(message)) => act.step_failed(message, ctx),
+                Err(e) => act.fatal(format!("the model runner stopped: {e}")),
+            },
+        ));
+    }
+
+    /// Phase 3: sample (skipped when no row samples).
+    fn sample(&mut self, logits: StepLogits, scheduled: Vec<SeqId>, batched: u32, started: Instant, ctx: &mut Context<Self>) {
+        let step_id = logits.step_id;
+        if logits.rows.is_empty() {
+            self.finish(StepOutput { step_id, tokens: vec![] }, batched, started, ctx);
+            return;
+        }
+        ctx.spawn(self.peers.sampler.send(Sample { logits, scheduled }).into_actor(self).map(
+            move |res, act, ctx| match res {
+                Ok(out) => act.finish(out, batched, started, ctx),
+                Err(e) => act.fatal(format!("the sampler stopped: {e}")),
+            },
+        ));
+    }
+
+    /// Phase 4: apply the output, publish stats, loop.
+    fn finish(&mut self, out: StepOutput, batched: u32, started: Instant, ctx: &mut Context<Self>) {
+        self.core.on_step_output(out);
+        self.in_flight = false;
+        self.publish_stats(StepStats {
+            num_batched_tokens: batched,
+            step_seconds: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        });
+        self.begin(ctx);
+    }
+
+    fn fail_rejected(&mut self) {
+        let rejected = self.core.take_rejected();
+        if rejected.is_empty() {
+            return;
+        }
+        for (id, error) in rejected {
+            self.peers.sampler.do_send(FailRequests { ids: vec![id], error });
+        }
+    }
+
+    /// A step failed on the device: fail every active request (their KV may be
+    /// corrupt), forget cached prefixes, and carry on with new requests.
+    fn step_failed(&mut self, message: String, ctx: &mut Context<Self>) {
+        tracing::error!("step failed: {message}");
+        let ids = self.core.active_requests();
+        for id in &ids {
+            self.core.abort(*id);
+        }
+        self.peers.block_manager.do_send(ResetPrefixCache);
+        self.peers.sampler.do_send(FailRequests {
+            ids,
+            error: EngineError::Backend(message),
+        });
+        self.in_flight = false;
+        self.begin(ctx);
+    }
+
+    fn fatal(&mut self, message: String) {
+        tracing::error!("engine stopped: {message}");
+        self.shared.healthy.store(false, Ordering::SeqCst);
+        let ids = self.core.active_requests();
+        for id in &ids {
+            self.core.abort(*id);
+        }
+        self.peers.sampler.do_send(FailRequests {
+            ids,
+            error: EngineError::EngineDead(message),
+        });
+        self.in_flight = false;
+    }
+
+    fn publish_stats(&mut self, mut stats: StepStats) {
+        let a = &self.last_alloc;
+        stats.num_running = self.core.num_running() as u32;
+        stats.num_waiting = self.core.num_waiting() as u32;
+        stats.kv_blocks_total = a.num_total_blocks;
+        stats.kv_blocks_used = a.num_total_blocks.saturating_sub(a.num_free_blocks);
+        stats.num_preemptions = self.core.take_preemptions() as u32;
+        stats.prefix_cache_queries = std::mem::take(&mut self.last_alloc.prefix_cache_queries);
+        stats.prefix_cache_hits = std::mem::take(&mut self.last_alloc.prefix_cache_hits);
+        self.shared.running.store(stats.num_running, Ordering::Relaxed);
+        self.shared.waiting.store(stats.num_waiting, Ordering::Relaxed);
+        let usage = if stats.kv_blocks_total == 0 {
+            0.0
+        } else {
+            f64::from(stats.kv_blocks_used) / f64::from(stats.kv_blocks_total)
+        };
+        self.shared.kv_usage_ppm.store((usage * 1e6) as u64, Ordering::Relaxed);
+        let _ = self.events.send(EngineEvent::Step(stats));
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+}
+
+/// Queue an admitted request.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Submit {
+    /// The request.
+    pub request: AdmittedRequest,
+    /// Where its events go.
+    pub events: mpsc::UnboundedSender<TokenEvent>,
+}
+
+impl Handler<Submit> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
+        let r = msg.request;
+        let n = r.request.sampling.n.max(1) as u64;
+        let seq_ids: Vec<SeqId> = (self.next_seq..self.next_seq + n).collect();
+        self.next_seq += n;
+        self.arrivals += 1;
+        let prompt_tokens = r.prompt_token_ids.len() as u32;
+        self.peers.sampler.do_send(Register {
+            group: SequenceGroup {
+                request_id: r.id,
+                seq_ids: seq_ids.clone(),
+                prompt_token_ids: r.prompt_token_ids.clone(),
+                sampling: r.request.sampling.clone(),
+                stopping: r.request.stopping.clone(),
+                max_tokens: r.max_tokens,
+                arrival_seconds: self.clock.now(),
+            },
+            events: msg.events,
+        });
+        self.core.add_request(NewRequest {
+            request_id: r.id,
+            seq_ids,
+            prompt_token_ids: r.prompt_token_ids,
+            max_tokens: r.max_tokens,
+            arrival: self.arrivals,
+        });
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        let _ = self.events.send(EngineEvent::RequestArrived {
+            request_id: r.id,
+            prompt_tokens,
+        });
+        self.kick(ctx);
+    }
+}
+
+/// Abort a request in any state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abort(pub RequestId);
+
+impl Handler<Abort> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, msg: Abort, ctx: &mut Self::Context) {
+        self.core.abort(msg.0);
+        self.peers.sampler.do_send(AbortRequest(msg.0));
+        self.kick(ctx);
+    }
+}

@@ -1,0 +1,469 @@
+//! Start-up: model files → backend and device → weights → step buffers → KV
+//! cache → actors. Every failure is an [`StartError`] that says what to change.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use kiln_engine_api::{EngineHandle, EngineInfo};
+use kiln_models::llama::{ActDType, DecoderOptions, KvCache, LlamaDecoder, LoadProgress, StepBuffers, StepCapacity};
+use kiln_plugin_abi::safe::{Device, DeviceInfo};
+use kiln_plugin_abi::{KILN_CAP_BF16, KILN_CAP_F16, KILN_DEVICE_CPU};
+use kiln_plugin_host::{BackendRegistry, LoadedBackend};
+use kiln_sampler::SamplerCore;
+use kiln_scheduler::{BlockManager, BlockManagerConfig, Scheduler, SchedulerConfig};
+use tokio::sync::broadcast;
+
+use crate::actors::{
+    BlockManagerActor, Clock, Peers, RunnerActor, SamplerActor, SchedulerActor, SchedulerParts, Shared,
+};
+use crate::config::{BackendChoice, DTypeChoice, EngineConfig};
+use crate::memory::{KvBudget, KvPlan, cpu_kv_budget, gpu_kv_budget, human_bytes, plan_kv_cache};
+use crate::model::{ModelFiles, TokenizerDecoder, open_model};
+use crate::runner::ModelRunner;
+use crate::service::ActorEngine;
+
+/// Why the engine could not start. The message is meant for the user as is.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The model files are missing or invalid.
+    #[error("{0}")]
+    Model(String),
+    /// No usable backend.
+    #[error(transparent)]
+    Backend(#[from] kiln_plugin_host::LoadError),
+    /// The device failed.
+    #[error("device error: {0}")]
+    Device(#[from] kiln_plugin_abi::safe::AbiError),
+    /// Weights could not be prepared.
+    #[error(transparent)]
+    Decoder(#[from] kiln_models::llama::DecoderError),
+    /// Settings that cannot work together.
+    #[error("{0}")]
+    Config(String),
+    /// The KV cache does not fit.
+    #[error("{0}")]
+    Memory(String),
+}
+
+/// Optional start-up hooks (progress bars).
+#[derive(Default)]
+pub struct StartHooks<'a> {
+    /// Called while weights upload: `(done_bytes, total_bytes)`.
+    pub weight_progress: Option<&'a mut dyn LoadProgress>,
+}
+
+/// A running engine. Dropping it stops the actors.
+pub struct Engine {
+    handle: EngineHandle,
+    system: System,
+    thread: Option<std::thread::JoinHandle<()>>,
+    summary: StartupSummary,
+}
+
+/// What start-up decided, for the summary the `kiln` command prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartupSummary {
+    /// Effective settings and model facts.
+    pub info: EngineInfo,
+    /// The KV plan.
+    pub kv: KvPlan,
+    /// Bytes of per-step buffers (activations and inputs).
+    pub activation_bytes: u64,
+    /// Where the backend came from.
+    pub backend_source: String,
+    /// Device facts.
+    pub device: DeviceInfo,
+}
+
+impl Engine {
+    /// Start an engine (blocking: loads weights).
+    pub fn start(config: EngineConfig) -> Result<Engine, StartError> {
+        Engine::start_with(config, StartHooks::default())
+    }
+
+    /// Start with hooks.
+    pub fn start_with(config: EngineConfig, hooks: StartHooks<'_>) -> Result<Engine, StartError> {
+        validate(&config)?;
+        let files = open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
+        let backend = load_backend(&config)?;
+        let params = serde_json::json!({ "threads": config.threads }).to_string();
+        let device = backend.backend.open(config.device_index, &params)?;
+        let sizes = Sizes::decide(&config, &files, device.info())?;
+        let act = choose_dtype(config.dtype, device.info())?;
+        let decoder = LlamaDecoder::load(
+            &device,
+            files.weights.as_ref(),
+            &files.config,
+            files.variant.clone(),
+            DecoderOptions {
+                act_dtype: act,
+                max_positions: sizes.max_model_len,
+                progress: hooks.weight_progress,
+            },
+        )?;
+        let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
+        let kv_plan = size_kv(&config, &files, &device, &decoder, &bufs, act, &sizes)?;
+        let kv = KvCache::allocate(&device, &files.config, kv_plan.num_blocks, config.block_size, act)?;
+        tracing::info!("{}", kv_plan.log_line());
+        let info = engine_info(&config, &files, &backend, &device, &decoder, &sizes, &kv_plan);
+        let summary = StartupSummary {
+            info: info.clone(),
+            kv: kv_plan,
+            activation_bytes: bufs.bytes(),
+            backend_source: backend.source.to_string(),
+            device: device.info().clone(),
+        };
+        let runner = ModelRunner::new(device, decoder, kv, bufs);
+        let (handle, system, thread) = spawn_actors(&config, files, runner, info, &sizes, kv_plan)?;
+        Ok(Engine {
+            handle,
+            system,
+            thread: Some(thread),
+            summary,
+        })
+    }
+
+    /// The handle frontends use.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// What start-up decided.
+    pub fn summary(&self) -> &StartupSummary {
+        &self.summary
+    }
+
+    /// Stop the actors and wait for the engine thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn validate(config: &EngineConfig) -> Result<(), StartError> {
+    let bad = |m: String| Err(StartError::Config(m));
+    if config.tensor_parallel_size != 1 {
+        return bad(format!(
+            "--tensor-parallel-size {} is not supported yet: Kiln runs a model on one device",
+            config.tensor_parallel_size
+        ));
+    }
+    if !(1..=256).contains(&config.block_size) || !config.block_size.is_power_of_two() {
+        return bad(format!("--block-size must be a power of two between 1 and 256, got {}", config.block_size));
+    }
+    if !(config.gpu_memory_utilization > 0.0 && config.gpu_memory_utilization <= 1.0) {
+        return bad(format!(
+            "--gpu-memory-utilization must be in (0, 1], got {}",
+            config.gpu_memory_utilization
+        ));
+    }
+    if config.max_num_seqs == Some(0) || config.max_num_batched_tokens == Some(0) {
+        return bad("--max-num-seqs and --max-num-batched-tokens must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn load_backend(config: &EngineConfig) -> Result<LoadedBackend, StartError> {
+    let mut registry = BackendRegistry::new();
+    let mut paths = config.backend_search_paths.clone();
+    paths.extend(BackendRegistry::default_search_paths(None));
+    let loaded = match &config.backend {
+        BackendChoice::Static { name, init } => registry.register_static(name, *init)?,
+        BackendChoice::Path(p) => registry.load(p)?,
+        BackendChoice::Named(name) => registry.load_best(name, &paths)?,
+        BackendChoice::Auto => match registry.load_best("cuda", &paths) {
+            Ok(cuda) if cuda.backend.devices().is_ok_and(|d| !d.is_empty()) => cuda,
+            Ok(_) => registry.load_best("cpu", &paths)?,
+            Err(e) => {
+                tracing::debug!("no CUDA backend: {e}");
+                registry.load_best("cpu", &paths)?
+            }
+        },
+    };
+    tracing::info!(backend = %loaded.backend.name(), source = %loaded.source, "backend loaded");
+    Ok(loaded)
+}
+
+fn choose_dtype(choice: DTypeChoice, device: &DeviceInfo) -> Result<ActDType, StartError> {
+    let cpu = device.kind == KILN_DEVICE_CPU;
+    let act = match choice {
+        DTypeChoice::Float32 => ActDType::F32,
+        DTypeChoice::Float16 => ActDType::F16,
+        DTypeChoice::BFloat16 => ActDType::BF16,
+        DTypeChoice::Auto if cpu => ActDType::F32,
+        DTypeChoice::Auto if device.has(KILN_CAP_BF16) => ActDType::BF16,
+        DTypeChoice::Auto => ActDType::F16,
+    };
+    let supported = match act {
+        ActDType::F32 => true,
+        ActDType::F16 => device.has(KILN_CAP_F16),
+        ActDType::BF16 => device.has(KILN_CAP_BF16),
+    };
+    if !supported {
+        return Err(StartError::Config(format!(
+            "--dtype {} is not supported on {} ({}); use --dtype float32 or auto",
+            act.name(),
+            device.name,
+            device.description
+        )));
+    }
+    Ok(act)
+}
+
+/// Sizes decided from the config, the model and the device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sizes {
+    pub max_model_len: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub block_size: usize,
+    pub gpu: bool,
+}
+
+impl Sizes {
+    fn decide(config: &EngineConfig, files: &ModelFiles, device: &DeviceInfo) -> Result<Sizes, StartError> {
+        let gpu = device.kind != KILN_DEVICE_CPU;
+        let native = files.config.max_position_embeddings;
+        let max_model_len = match config.max_model_len {
+            Some(n) if n > native => {
+                return Err(StartError::Config(format!(
+                    "--max-model-len {n} exceeds the model's context length {native}"
+                )));
+            }
+            Some(0) => return Err(StartError::Config("--max-model-len must be at least 1".into())),
+            Some(n) => n,
+            None => native,
+        };
+        let max_num_seqs = config.max_num_seqs.unwrap_or(if gpu { 256 } else { 64 });
+        let max_num_batched_tokens = config
+            .max_num_batched_tokens
+            .unwrap_or(if gpu { 8192 } else { 512 })
+            .max(max_num_seqs.min(max_model_len));
+        Ok(Sizes {
+            max_model_len,
+            max_num_seqs,
+            max_num_batched_tokens,
+            block_size: config.block_size,
+            gpu,
+        })
+    }
+
+    fn capacity(&self) -> StepCapacity {
+        StepCapacity {
+            max_tokens: self.max_num_batched_tokens,
+            max_seqs: self.max_num_seqs,
+            max_blocks_per_seq: self.max_model_len.div_ceil(self.block_size),
+        }
+    }
+}
+
+fn size_kv(
+    config: &EngineConfig,
+    files: &ModelFiles,
+    device: &Device,
+    decoder: &LlamaDecoder,
+    bufs: &StepBuffers,
+    act: ActDType,
+    sizes: &Sizes,
+) -> Result<KvPlan, StartError> {
+    let bytes_per_block = KvCache::bytes_per_block(&files.config, config.block_size, act);
+    let (free, total) = device.memory_info()?;
+    let (budget, source) = if let Some(explicit) = config.kv_cache_memory_bytes {
+        (explicit, "--kv-cache-memory-bytes")
+    } else if sizes.gpu {
+        profile_activations(device, decoder, bufs, sizes)?;
+        let (free_after, _) = device.memory_info()?;
+        let used = total.saturating_sub(free_after);
+        (
+            gpu_kv_budget(None, config.gpu_memory_utilization, total, used),
+            "--gpu-memory-utilization",
+        )
+    } else {
+        (cpu_kv_budget(None, free), "the default CPU budget (pass --kv-cache-memory-bytes)")
+    };
+    tracing::debug!(
+        free = %human_bytes(free),
+        total = %human_bytes(total),
+        budget = %human_bytes(budget),
+        "sizing the KV cache"
+    );
+    plan_kv_cache(KvBudget {
+        budget_bytes: budget,
+        bytes_per_block,
+        block_size: config.block_size,
+        max_model_len: sizes.max_model_len,
+        budget_source: source,
+    })
+    .map_err(|e| StartError::Memory(e.0))
+}
+
+/// Run one forward pass at the largest batch so that the backend allocates
+/// its workspaces before free memory is measured.
+fn profile_activations(device: &Device, decoder: &LlamaDecoder, bufs: &StepBuffers, sizes: &Sizes) -> Result<(), StartError> {
+    let n = sizes.max_num_batched_tokens.min(sizes.max_model_len);
+    let blocks = n.div_ceil(sizes.block_size);
+    let kv = KvCache::allocate(device, decoder.config(), blocks, sizes.block_size, decoder.act_dtype())?;
+    let ids = vec![0i32; n];
+    let positions: Vec<i32> = (0..n as i32).collect();
+    let slots = positions.clone();
+    let table: Vec<i32> = (0..blocks as i32).collect();
+    let m = sizes.max_num_seqs.min(n);
+    let logits_indices: Vec<i32> = (0..m as i32).map(|i| (n as i32 - 1 - i).max(0)).collect();
+    let inputs = kiln_models::llama::BatchInputs {
+        token_ids: &ids,
+        positions: &positions,
+        slot_mapping: &slots,
+        seq_lens: &[n as i32],
+        query_start_loc: &[0, n as i32],
+        block_tables: &table,
+        blocks_per_seq: blocks,
+        logits_indices: &logits_indices,
+        max_query_len: n,
+        max_seq_len: n,
+    };
+    decoder.forward(device, &kv, bufs, &inputs)?;
+    device.synchronize()?;
+    Ok(())
+}
+
+fn engine_info(
+    config: &EngineConfig,
+    files: &ModelFiles,
+    backend: &LoadedBackend,
+    device: &Device,
+    decoder: &LlamaDecoder,
+    sizes: &Sizes,
+    kv: &KvPlan,
+) -> EngineInfo {
+    let names = if config.served_model_names.is_empty() {
+        vec![files.name.clone()]
+    } else {
+        config.served_model_names.clone()
+    };
+    EngineInfo {
+        model_id: names[0].clone(),
+        served_model_names: names,
+        model_path: config
+            .model_origin
+            .clone()
+            .unwrap_or_else(|| config.model.display().to_string()),
+        architecture: files.config.architecture.clone(),
+        family: files.family.clone(),
+        num_parameters: files.num_parameters,
+        dtype: decoder.act_dtype().name().to_string(),
+        quantization: files.quantization.clone(),
+        format: files.format.to_string(),
+        max_model_len: sizes.max_model_len as u32,
+        native_context_length: files.config.max_position_embeddings as u32,
+        block_size: sizes.block_size as u32,
+        num_kv_blocks: kv.num_blocks as u32,
+        max_num_seqs: sizes.max_num_seqs as u32,
+        max_num_batched_tokens: sizes.max_num_batched_tokens as u32,
+        max_waiting_requests: config.max_waiting_requests as u32,
+        enable_prefix_caching: config.enable_prefix_caching,
+        backend: backend.backend.name(),
+        device: format!("{} ({})", device.info().name, device.info().description),
+        weights_bytes: decoder.weight_summary().bytes,
+        kv_cache_bytes: kv.total_bytes(),
+        vocab_size: files.config.vocab_size as u32,
+        bos_token_id: files.tokenizer.bos_token_id(),
+        eos_token_ids: files.eos_token_ids.clone(),
+        chat_template: files.chat_template.as_ref().map(|t| t.source().to_string()),
+        model_info: files.model_info.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    }
+}
+
+type Spawned = (EngineHandle, System, std::thread::JoinHandle<()>);
+
+fn spawn_actors(
+    config: &EngineConfig,
+    files: ModelFiles,
+    runner: ModelRunner,
+    info: EngineInfo,
+    sizes: &Sizes,
+    kv: KvPlan,
+) -> Result<Spawned, StartError> {
+    let (events, _) = broadcast::channel(4096);
+    let shared = Arc::new(Shared::default());
+    shared.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let clock = Clock::start();
+    let scheduler_config = SchedulerConfig {
+        max_num_batched_tokens: sizes.max_num_batched_tokens,
+        max_num_seqs: sizes.max_num_seqs,
+        max_model_len: sizes.max_model_len,
+        block_size: sizes.block_size,
+        num_blocks: kv.num_blocks,
+        enable_prefix_caching: config.enable_prefix_caching,
+    };
+    let block_config = BlockManagerConfig {
+        num_blocks: kv.num_blocks,
+        block_size: sizes.block_size,
+        enable_prefix_caching: config.enable_prefix_caching,
+    };
+    let decoder = Arc::new(TokenizerDecoder::new(files.tokenizer.clone()));
+    let mut sampler_core = SamplerCore::new(decoder, files.eos_token_ids.clone());
+    if let Some(seed) = config.seed {
+        sampler_core.set_default_seed(seed);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (events_tx, shared_tx) = (events.clone(), shared.clone());
+    let thread = std::thread::Builder::new()
+        .name("kiln-engine".into())
+        .spawn(move || {
+            let system = System::new();
+            system.block_on(async move {
+                let block_manager = BlockManagerActor::new(BlockManager::new(block_config)).start();
+                let sampler = SamplerActor::new(sampler_core, events_tx.clone(), clock).start();
+                let slot = Mutex::new(Some(runner));
+                let runner = SyncArbiter::start(1, move || {
+                    let runner = slot.lock().ok().and_then(|mut s| s.take());
+                    RunnerActor::new(runner.expect("the model runner is started exactly once"))
+                });
+                let scheduler = SchedulerActor::new(SchedulerParts {
+                    core: Scheduler::new(scheduler_config),
+                    peers: Peers {
+                        block_manager,
+                        runner,
+                        sampler,
+                    },
+                    events: events_tx,
+                    shared: shared_tx,
+                    clock,
+                    num_blocks: kv.num_blocks as u32,
+                })
+                .start();
+                let _ = tx.send((scheduler, System::current()));
+            });
+            let _ = system.run();
+        })
+        .map_err(|e| StartError::Config(format!("cannot start the engine thread: {e}")))?;
+    let (scheduler, system) = rx
+        .recv()
+        .map_err(|_| StartError::Config("the engine thread failed to start".into()))?;
+    let engine = ActorEngine {
+        info,
+        tokenizer: files.tokenizer,
+        chat_template: files.chat_template,
+        scheduler,
+        events,
+        shared,
+        next_id: AtomicU64::new(1),
+    };
+    Ok((EngineHandle::new(Arc::new(engine)), system, thread))
+}

@@ -1,0 +1,169 @@
+//! KV-cache sizing: from a memory budget to a number of blocks, and the
+//! explanation users get when a model does not fit.
+
+/// Default KV budget on CPU when `--kv-cache-memory-bytes` is not given.
+pub const CPU_DEFAULT_KV_BYTES: u64 = 4 << 30;
+/// At most this fraction of free host memory goes to the KV cache by default on CPU.
+pub const CPU_MAX_FREE_FRACTION: f64 = 0.5;
+
+/// The outcome of sizing the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KvPlan {
+    /// Blocks in the pool.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Bytes per block across all layers (K and V).
+    pub bytes_per_block: u64,
+    /// The served context length.
+    pub max_model_len: usize,
+}
+
+impl KvPlan {
+    /// Tokens the pool holds.
+    pub fn total_tokens(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+
+    /// Bytes the pool takes.
+    pub fn total_bytes(&self) -> u64 {
+        self.num_blocks as u64 * self.bytes_per_block
+    }
+
+    /// How many sequences of `max_model_len` tokens fit at once.
+    pub fn max_concurrency(&self) -> f64 {
+        self.total_tokens() as f64 / self.max_model_len.max(1) as f64
+    }
+
+    /// The start-up log line.
+    pub fn log_line(&self) -> String {
+        format!(
+            "KV cache: {} blocks × {} tokens = {} tokens ({}); max concurrency at max_model_len {} = {:.2}",
+            self.num_blocks,
+            self.block_size,
+            self.total_tokens(),
+            human_bytes(self.total_bytes()),
+            self.max_model_len,
+            self.max_concurrency()
+        )
+    }
+}
+
+/// Why the KV cache cannot be sized, with the numbers and what to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct KvPlanError(pub String);
+
+/// Inputs of [`plan_kv_cache`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KvBudget {
+    /// Bytes available for the KV cache.
+    pub budget_bytes: u64,
+    /// Bytes per block across all layers.
+    pub bytes_per_block: u64,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// The served context length.
+    pub max_model_len: usize,
+    /// Where the budget came from, for the error message (e.g. `--kv-cache-memory-bytes 64MiB`).
+    pub budget_source: &'static str,
+}
+
+/// Size the pool: as many whole blocks as the budget holds; at least one
+/// full-length sequence must fit.
+pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
+    if b.block_size == 0 || b.bytes_per_block == 0 {
+        return Err(KvPlanError("block size and bytes per block must be positive".into()));
+    }
+    let num_blocks = (b.budget_bytes / b.bytes_per_block) as usize;
+    let needed_blocks = b.max_model_len.div_ceil(b.block_size);
+    if num_blocks < needed_blocks {
+        let needed = needed_blocks as u64 * b.bytes_per_block;
+        let tokens_that_fit = num_blocks * b.block_size;
+        return Err(KvPlanError(format!(
+            "the KV cache does not fit one full-length sequence: max_model_len {} needs {} blocks × {} = {}, but {} gives {} for KV ({} blocks = {} tokens). \
+             Raise --kv-cache-memory-bytes to at least {} (or --gpu-memory-utilization on GPUs), or lower --max-model-len to {} or less.",
+            b.max_model_len,
+            needed_blocks,
+            human_bytes(b.bytes_per_block),
+            human_bytes(needed),
+            b.budget_source,
+            human_bytes(b.budget_bytes),
+            num_blocks,
+            tokens_that_fit,
+            human_bytes(needed),
+            tokens_that_fit
+        )));
+    }
+    Ok(KvPlan {
+        num_blocks,
+        block_size: b.block_size,
+        bytes_per_block: b.bytes_per_block,
+        max_model_len: b.max_model_len,
+    })
+}
+
+/// Default CPU budget: the explicit value, else 4 GiB capped at half the free memory.
+pub fn cpu_kv_budget(explicit: Option<u64>, free_bytes: u64) -> u64 {
+    explicit.unwrap_or_else(|| CPU_DEFAULT_KV_BYTES.min((free_bytes as f64 * CPU_MAX_FREE_FRACTION) as u64))
+}
+
+/// GPU budget: `utilization × total` minus what is already in use (weights,
+/// activations, workspaces) after profiling.
+pub fn gpu_kv_budget(explicit: Option<u64>, utilization: f32, total_bytes: u64, used_bytes: u64) -> u64 {
+    explicit.unwrap_or_else(|| ((total_bytes as f64 * f64::from(utilization)) as u64).saturating_sub(used_bytes))
+}
+
+/// `1.50 GiB`-style sizes.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(bytes: u64, len: usize) -> KvBudget {
+        KvBudget {
+            budget_bytes: bytes,
+            bytes_per_block: 1000,
+            block_size: 16,
+            max_model_len: len,
+            budget_source: "--kv-cache-memory-bytes",
+        }
+    }
+
+    #[test]
+    fn whole_blocks_within_the_budget() {
+        let plan = plan_kv_cache(budget(10_999, 32)).unwrap();
+        assert_eq!(plan.num_blocks, 10);
+        assert_eq!(plan.total_tokens(), 160);
+        assert_eq!(plan.max_concurrency(), 5.0);
+        assert!(plan.log_line().starts_with("KV cache: 10 blocks × 16 tokens = 160 tokens"));
+    }
+
+    #[test]
+    fn too_small_explains_the_math_and_the_flags() {
+        let err = plan_kv_cache(budget(3_000, 100)).unwrap_err().0;
+        assert!(err.contains("max_model_len 100 needs 7 blocks"), "{err}");
+        assert!(err.contains("--kv-cache-memory-bytes"), "{err}");
+        assert!(err.contains("--max-model-len to 48"), "{err}");
+    }
+
+    #[test]
+    fn budgets() {
+        assert_eq!(cpu_kv_budget(Some(5), 100), 5);
+        assert_eq!(cpu_kv_budget(None, 2 << 30), 1 << 30);
+        assert_eq!(cpu_kv_budget(None, 64 << 30), 4 << 30);
+        assert_eq!(gpu_kv_budget(None, 0.5, 100, 20), 30);
+        assert_eq!(gpu_kv_budget(None, 0.1, 100, 20), 0);
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+}

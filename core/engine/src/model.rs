@@ -1,0 +1,192 @@
+//! Opening a model: a Hugging Face directory or a GGUF file becomes a config,
+//! a weight source, a tokenizer and a chat template.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_models::config::ModelConfig;
+use kiln_models::registry::{DecoderVariant, resolve_architecture, resolve_gguf_architecture};
+use kiln_models::weights::gguf::GgufFile;
+use kiln_models::weights::safetensors::SafetensorsSource;
+use kiln_models::weights::WeightSource;
+use kiln_sampler::TokenDecoder;
+use kiln_tokenizer::{ChatTemplate, GgufTokenizerSpec, Tokenizer};
+
+/// Everything start-up needs from the model files.
+pub struct ModelFiles {
+    /// Display name (directory or file stem).
+    pub name: String,
+    /// The decoder config.
+    pub config: ModelConfig,
+    /// Architecture flags.
+    pub variant: DecoderVariant,
+    /// Family for Ollama's `details.family` (`llama`, `qwen2`, ...).
+    pub family: String,
+    /// The weights.
+    pub weights: Box<dyn WeightSource>,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template (override, or the model's).
+    pub chat_template: Option<ChatTemplate>,
+    /// EOS ids (config, generation config and tokenizer together).
+    pub eos_token_ids: Vec<u32>,
+    /// `gguf` or `safetensors`.
+    pub format: &'static str,
+    /// Quantization label (e.g. `Q4_1`), `None` for float weights.
+    pub quantization: Option<String>,
+    /// Parameter count.
+    pub num_parameters: u64,
+    /// Metadata in GGUF key style for Ollama's `/api/show`.
+    pub model_info: BTreeMap<String, serde_json::Value>,
+}
+
+/// Open a model directory or `.gguf` file. Errors are sentences for the user.
+pub fn open_model(path: &Path, chat_template_override: Option<&str>) -> Result<ModelFiles, String> {
+    if !path.exists() {
+        return Err(format!("model path {} does not exist", path.display()));
+    }
+    let mut files = if path.is_dir() {
+        open_hf_dir(path)?
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        open_gguf(path)?
+    } else {
+        return Err(format!(
+            "{} is neither a model directory (with config.json) nor a .gguf file",
+            path.display()
+        ));
+    };
+    if let Some(t) = chat_template_override {
+        files.chat_template = Some(ChatTemplate::from_str_or_file(t).map_err(|e| format!("--chat-template: {e}"))?);
+    }
+    Ok(files)
+}
+
+fn display_name(path: &Path) -> String {
+    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    stem.map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn merge_eos(mut ids: Vec<u32>, more: &[u32]) -> Vec<u32> {
+    for id in more {
+        if !ids.contains(id) {
+            ids.push(*id);
+        }
+    }
+    ids
+}
+
+fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| format!("{} is not a model directory: cannot read config.json ({e})", dir.display()))?;
+    let config = ModelConfig::from_hf_json(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let variant = resolve_architecture(&config.architecture, &config).map_err(|e| e.to_string())?;
+    let weights = SafetensorsSource::open(dir).map_err(|e| e.to_string())?;
+    let tokenizer = Tokenizer::from_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let chat_template = tokenizer.chat_template().cloned();
+    let eos_token_ids = merge_eos(config.eos_token_ids.clone(), &tokenizer.eos_token_ids());
+    let model_info = model_info(&config, "llama");
+    Ok(ModelFiles {
+        name: display_name(dir),
+        family: variant.family.to_string(),
+        num_parameters: config.num_parameters(),
+        config,
+        variant,
+        weights: Box::new(weights),
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        format: "safetensors",
+        quantization: None,
+        model_info,
+    })
+}
+
+fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
+    let gguf = GgufFile::open(path).map_err(|e| e.to_string())?;
+    let config = ModelConfig::from_gguf(&gguf).map_err(|e| format!("{}: {e}", path.display()))?;
+    let variant = resolve_gguf_architecture(gguf.architecture().unwrap_or("llama")).map_err(|e| e.to_string())?;
+    let md = gguf.tokenizer_metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    let spec = GgufTokenizerSpec {
+        model: md.model,
+        pre: md.pre,
+        tokens: md.tokens,
+        token_types: md.token_types,
+        merges: md.merges,
+        scores: md.scores,
+        bos_token_id: md.bos_token_id,
+        eos_token_id: md.eos_token_id,
+        unknown_token_id: md.unknown_token_id,
+        padding_token_id: md.padding_token_id,
+        add_bos_token: md.add_bos_token,
+        add_eos_token: md.add_eos_token,
+        add_space_prefix: md.add_space_prefix,
+        chat_template: md.chat_template,
+    };
+    let tokenizer = Tokenizer::from_gguf(spec).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chat_template = tokenizer.chat_template().cloned();
+    let eos_token_ids = merge_eos(config.eos_token_ids.clone(), &tokenizer.eos_token_ids());
+    let family = gguf.architecture().unwrap_or("llama").to_string();
+    let quantization = gguf.quantization_label();
+    let model_info = model_info(&config, &family);
+    Ok(ModelFiles {
+        name: display_name(path),
+        family,
+        num_parameters: config.num_parameters(),
+        config,
+        variant,
+        weights: Box::new(gguf),
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        format: "gguf",
+        quantization,
+        model_info,
+    })
+}
+
+fn model_info(c: &ModelConfig, family: &str) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    let mut m = BTreeMap::new();
+    m.insert("general.architecture".into(), json!(family));
+    m.insert("general.parameter_count".into(), json!(c.num_parameters()));
+    m.insert(format!("{family}.context_length"), json!(c.max_position_embeddings));
+    m.insert(format!("{family}.embedding_length"), json!(c.hidden_size));
+    m.insert(format!("{family}.block_count"), json!(c.num_hidden_layers));
+    m.insert(format!("{family}.feed_forward_length"), json!(c.intermediate_size));
+    m.insert(format!("{family}.attention.head_count"), json!(c.num_attention_heads));
+    m.insert(format!("{family}.attention.head_count_kv"), json!(c.num_key_value_heads));
+    m.insert(format!("{family}.attention.layer_norm_rms_epsilon"), json!(c.rms_norm_eps));
+    m.insert(format!("{family}.rope.freq_base"), json!(c.rope_theta));
+    m.insert(format!("{family}.vocab_size"), json!(c.vocab_size));
+    m
+}
+
+/// The sampler's view of the tokenizer.
+pub struct TokenizerDecoder {
+    tokenizer: Tokenizer,
+}
+
+impl TokenizerDecoder {
+    /// Wrap a tokenizer.
+    pub fn new(tokenizer: Tokenizer) -> Self {
+        TokenizerDecoder { tokenizer }
+    }
+}
+
+impl TokenDecoder for TokenizerDecoder {
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
+        self.tokenizer.decode(ids, skip_special_tokens).unwrap_or_default()
+    }
+    fn is_special(&self, id: u32) -> bool {
+        self.tokenizer.is_special(id)
+    }
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+}
+
+/// Shared tokenizer handle for the sampler.
+pub type SharedDecoder = Arc<dyn TokenDecoder>;
