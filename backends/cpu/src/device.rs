@@ -376,7 +376,10 @@ impl CpuDevice {
             scale: op.fparams[0],
             softcap: op.fparams[1],
         };
-        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.block_size == 0 {
+        if shape.kv_heads == 0
+            || !shape.heads.is_multiple_of(shape.kv_heads)
+            || shape.block_size == 0
+        {
             return Err(PluginError::invalid(
                 "attention: bad head counts or block size",
             ));

@@ -8,8 +8,12 @@ use kiln_protocol::{GenerateRequest, PromptInput, SamplingParams, StoppingCriter
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let model = args.next().expect("usage: generate MODEL PROMPT [MAX_TOKENS]");
-    let prompt = args.next().unwrap_or_else(|| "What is the capital of France?".into());
+    let model = args
+        .next()
+        .expect("usage: generate MODEL PROMPT [MAX_TOKENS]");
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "What is the capital of France?".into());
     let max_tokens: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(32);
     let mut config = EngineConfig::new(model);
     config.backend = BackendChoice::Static {
@@ -23,7 +27,11 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1)
     });
-    eprintln!("loaded in {:.2?}: {}", started.elapsed(), llm.engine().summary().kv.log_line());
+    eprintln!(
+        "loaded in {:.2?}: {}",
+        started.elapsed(),
+        llm.engine().summary().kv.log_line()
+    );
     let handle = llm.handle();
     let text = handle
         .apply_chat_template(

@@ -314,12 +314,16 @@ impl SchedulerActor {
         };
         self.in_flight = true;
         let started = Instant::now();
-        ctx.spawn(self.peers.block_manager.send(Allocate(msg)).into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(alloc) => act.plan(alloc, started, ctx),
-                Err(e) => act.fatal(format!("the block manager stopped: {e}")),
-            },
-        ));
+        ctx.spawn(
+            self.peers
+                .block_manager
+                .send(Allocate(msg))
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(alloc) => act.plan(alloc, started, ctx),
+                    Err(e) => act.fatal(format!("the block manager stopped: {e}")),
+                }),
+        );
     }
 
     /// Phase 2: turn the grants into a plan and run it.
@@ -347,18 +351,37 @@ impl SchedulerActor {
     }
 
     /// Phase 3: sample (skipped when no row samples).
-    fn sample(&mut self, logits: StepLogits, scheduled: Vec<SeqId>, batched: u32, started: Instant, ctx: &mut Context<Self>) {
+    fn sample(
+        &mut self,
+        logits: StepLogits,
+        scheduled: Vec<SeqId>,
+        batched: u32,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
         let step_id = logits.step_id;
         if logits.rows.is_empty() {
-            self.finish(StepOutput { step_id, tokens: vec![] }, batched, started, ctx);
+            self.finish(
+                StepOutput {
+                    step_id,
+                    tokens: vec![],
+                },
+                batched,
+                started,
+                ctx,
+            );
             return;
         }
-        ctx.spawn(self.peers.sampler.send(Sample { logits, scheduled }).into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(out) => act.finish(out, batched, started, ctx),
-                Err(e) => act.fatal(format!("the sampler stopped: {e}")),
-            },
-        ));
+        ctx.spawn(
+            self.peers
+                .sampler
+                .send(Sample { logits, scheduled })
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(out) => act.finish(out, batched, started, ctx),
+                    Err(e) => act.fatal(format!("the sampler stopped: {e}")),
+                }),
+        );
     }
 
     /// Phase 4: apply the output, publish stats, loop.
@@ -379,7 +402,10 @@ impl SchedulerActor {
             return;
         }
         for (id, error) in rejected {
-            self.peers.sampler.do_send(FailRequests { ids: vec![id], error });
+            self.peers.sampler.do_send(FailRequests {
+                ids: vec![id],
+                error,
+            });
         }
     }
 
@@ -423,14 +449,20 @@ impl SchedulerActor {
         stats.num_preemptions = self.core.take_preemptions() as u32;
         stats.prefix_cache_queries = std::mem::take(&mut self.last_alloc.prefix_cache_queries);
         stats.prefix_cache_hits = std::mem::take(&mut self.last_alloc.prefix_cache_hits);
-        self.shared.running.store(stats.num_running, Ordering::Relaxed);
-        self.shared.waiting.store(stats.num_waiting, Ordering::Relaxed);
+        self.shared
+            .running
+            .store(stats.num_running, Ordering::Relaxed);
+        self.shared
+            .waiting
+            .store(stats.num_waiting, Ordering::Relaxed);
         let usage = if stats.kv_blocks_total == 0 {
             0.0
         } else {
             f64::from(stats.kv_blocks_used) / f64::from(stats.kv_blocks_total)
         };
-        self.shared.kv_usage_ppm.store((usage * 1e6) as u64, Ordering::Relaxed);
+        self.shared
+            .kv_usage_ppm
+            .store((usage * 1e6) as u64, Ordering::Relaxed);
         let _ = self.events.send(EngineEvent::Step(stats));
     }
 }

@@ -43,7 +43,9 @@ impl std::str::FromStr for DTypeChoice {
             "float32" | "f32" | "float" => Ok(DTypeChoice::Float32),
             "float16" | "f16" | "half" => Ok(DTypeChoice::Float16),
             "bfloat16" | "bf16" => Ok(DTypeChoice::BFloat16),
-            other => Err(format!("unknown dtype `{other}`; expected auto, float32, float16 or bfloat16")),
+            other => Err(format!(
+                "unknown dtype `{other}`; expected auto, float32, float16 or bfloat16"
+            )),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use kiln_engine_api::{EngineHandle, EngineInfo};
-use kiln_models::llama::{ActDType, DecoderOptions, KvCache, LlamaDecoder, LoadProgress, StepBuffers, StepCapacity};
+use kiln_models::llama::{
+    ActDType, DecoderOptions, KvCache, LlamaDecoder, LoadProgress, StepBuffers, StepCapacity,
+};
 use kiln_plugin_abi::safe::{Device, DeviceInfo};
 use kiln_plugin_abi::{KILN_CAP_BF16, KILN_CAP_F16, KILN_DEVICE_CPU};
 use kiln_plugin_host::{BackendRegistry, LoadedBackend};
@@ -16,7 +18,8 @@ use kiln_scheduler::{BlockManager, BlockManagerConfig, Scheduler, SchedulerConfi
 use tokio::sync::broadcast;
 
 use crate::actors::{
-    BlockManagerActor, Clock, Peers, RunnerActor, SamplerActor, SchedulerActor, SchedulerParts, Shared,
+    BlockManagerActor, Clock, Peers, RunnerActor, SamplerActor, SchedulerActor, SchedulerParts,
+    Shared,
 };
 use crate::config::{BackendChoice, DTypeChoice, EngineConfig};
 use crate::memory::{KvBudget, KvPlan, cpu_kv_budget, gpu_kv_budget, human_bytes, plan_kv_cache};
@@ -86,7 +89,8 @@ impl Engine {
     /// Start with hooks.
     pub fn start_with(config: EngineConfig, hooks: StartHooks<'_>) -> Result<Engine, StartError> {
         validate(&config)?;
-        let files = open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
+        let files = open_model(&config.model, config.chat_template.as_deref())
+            .map_err(StartError::Model)?;
         let backend = load_backend(&config)?;
         let params = serde_json::json!({ "threads": config.threads }).to_string();
         let device = backend.backend.open(config.device_index, &params)?;
@@ -105,9 +109,17 @@ impl Engine {
         )?;
         let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
         let kv_plan = size_kv(&config, &files, &device, &decoder, &bufs, act, &sizes)?;
-        let kv = KvCache::allocate(&device, &files.config, kv_plan.num_blocks, config.block_size, act)?;
+        let kv = KvCache::allocate(
+            &device,
+            &files.config,
+            kv_plan.num_blocks,
+            config.block_size,
+            act,
+        )?;
         tracing::info!("{}", kv_plan.log_line());
-        let info = engine_info(&config, &files, &backend, &device, &decoder, &sizes, &kv_plan);
+        let info = engine_info(
+            &config, &files, &backend, &device, &decoder, &sizes, &kv_plan,
+        );
         let summary = StartupSummary {
             info: info.clone(),
             kv: kv_plan,
@@ -163,7 +175,10 @@ fn validate(config: &EngineConfig) -> Result<(), StartError> {
         ));
     }
     if !(1..=256).contains(&config.block_size) || !config.block_size.is_power_of_two() {
-        return bad(format!("--block-size must be a power of two between 1 and 256, got {}", config.block_size));
+        return bad(format!(
+            "--block-size must be a power of two between 1 and 256, got {}",
+            config.block_size
+        ));
     }
     if !(config.gpu_memory_utilization > 0.0 && config.gpu_memory_utilization <= 1.0) {
         return bad(format!(
@@ -235,7 +250,11 @@ pub(crate) struct Sizes {
 }
 
 impl Sizes {
-    fn decide(config: &EngineConfig, files: &ModelFiles, device: &DeviceInfo) -> Result<Sizes, StartError> {
+    fn decide(
+        config: &EngineConfig,
+        files: &ModelFiles,
+        device: &DeviceInfo,
+    ) -> Result<Sizes, StartError> {
         let gpu = device.kind != KILN_DEVICE_CPU;
         let native = files.config.max_position_embeddings;
         let max_model_len = match config.max_model_len {
@@ -244,7 +263,11 @@ impl Sizes {
                     "--max-model-len {n} exceeds the model's context length {native}"
                 )));
             }
-            Some(0) => return Err(StartError::Config("--max-model-len must be at least 1".into())),
+            Some(0) => {
+                return Err(StartError::Config(
+                    "--max-model-len must be at least 1".into(),
+                ));
+            }
             Some(n) => n,
             None => native,
         };
@@ -293,7 +316,10 @@ fn size_kv(
             "--gpu-memory-utilization",
         )
     } else {
-        (cpu_kv_budget(None, free), "the default CPU budget (pass --kv-cache-memory-bytes)")
+        (
+            cpu_kv_budget(None, free),
+            "the default CPU budget (pass --kv-cache-memory-bytes)",
+        )
     };
     tracing::debug!(
         free = %human_bytes(free),
@@ -313,10 +339,21 @@ fn size_kv(
 
 /// Run one forward pass at the largest batch so that the backend allocates
 /// its workspaces before free memory is measured.
-fn profile_activations(device: &Device, decoder: &LlamaDecoder, bufs: &StepBuffers, sizes: &Sizes) -> Result<(), StartError> {
+fn profile_activations(
+    device: &Device,
+    decoder: &LlamaDecoder,
+    bufs: &StepBuffers,
+    sizes: &Sizes,
+) -> Result<(), StartError> {
     let n = sizes.max_num_batched_tokens.min(sizes.max_model_len);
     let blocks = n.div_ceil(sizes.block_size);
-    let kv = KvCache::allocate(device, decoder.config(), blocks, sizes.block_size, decoder.act_dtype())?;
+    let kv = KvCache::allocate(
+        device,
+        decoder.config(),
+        blocks,
+        sizes.block_size,
+        decoder.act_dtype(),
+    )?;
     let ids = vec![0i32; n];
     let positions: Vec<i32> = (0..n as i32).collect();
     let slots = positions.clone();
@@ -385,7 +422,9 @@ fn engine_info(
         chat_template: files.chat_template.as_ref().map(|t| t.source().to_string()),
         model_info: files.model_info.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     }
 }
 
@@ -401,7 +440,9 @@ fn spawn_actors(
 ) -> Result<Spawned, StartError> {
     let (events, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared::default());
-    shared.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    shared
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let clock = Clock::start();
     let scheduler_config = SchedulerConfig {
         max_num_batched_tokens: sizes.max_num_batched_tokens,

@@ -109,13 +109,19 @@ impl BlockTables {
 }
 
 /// Build the arrays for `plan` (after [`BlockTables::apply`]).
-pub fn build_batch(plan: &StepPlan, tables: &BlockTables, block_size: usize) -> Result<HostBatch, PlanError> {
+pub fn build_batch(
+    plan: &StepPlan,
+    tables: &BlockTables,
+    block_size: usize,
+) -> Result<HostBatch, PlanError> {
     let mut b = HostBatch {
         query_start_loc: vec![0],
         ..HostBatch::default()
     };
     for s in &plan.seqs {
-        let table = tables.get(s.seq_id).ok_or(PlanError::UnknownSequence(s.seq_id))?;
+        let table = tables
+            .get(s.seq_id)
+            .ok_or(PlanError::UnknownSequence(s.seq_id))?;
         let start = s.num_computed_tokens as usize;
         for (j, &tok) in s.token_ids.iter().enumerate() {
             let pos = start + j;
@@ -126,7 +132,8 @@ pub fn build_batch(plan: &StepPlan, tables: &BlockTables, block_size: usize) -> 
             })?;
             b.token_ids.push(tok as i32);
             b.positions.push(pos as i32);
-            b.slot_mapping.push((block as usize * block_size + pos % block_size) as i32);
+            b.slot_mapping
+                .push((block as usize * block_size + pos % block_size) as i32);
         }
         let seq_len = start + s.token_ids.len();
         b.seq_lens.push(seq_len as i32);
@@ -145,7 +152,9 @@ pub fn build_batch(plan: &StepPlan, tables: &BlockTables, block_size: usize) -> 
     b.block_tables = vec![0; plan.seqs.len() * b.blocks_per_seq];
     for (row, s) in plan.seqs.iter().enumerate() {
         let table = tables.get(s.seq_id).unwrap_or(&[]);
-        let used = (b.seq_lens[row] as usize).div_ceil(block_size).min(table.len());
+        let used = (b.seq_lens[row] as usize)
+            .div_ceil(block_size)
+            .min(table.len());
         for (col, &blk) in table[..used].iter().enumerate() {
             b.block_tables[row * b.blocks_per_seq + col] = blk as i32;
         }
@@ -158,7 +167,14 @@ mod tests {
     use super::*;
     use kiln_protocol::step::ScheduledSeq;
 
-    fn seq(id: SeqId, tokens: &[u32], computed: u32, keep: u32, new: &[u32], samples: u32) -> ScheduledSeq {
+    fn seq(
+        id: SeqId,
+        tokens: &[u32],
+        computed: u32,
+        keep: u32,
+        new: &[u32],
+        samples: u32,
+    ) -> ScheduledSeq {
         ScheduledSeq {
             seq_id: id,
             token_ids: tokens.to_vec(),
@@ -174,7 +190,10 @@ mod tests {
         let mut tables = BlockTables::default();
         let plan = StepPlan {
             step_id: 1,
-            seqs: vec![seq(1, &[10, 11, 12, 13, 14], 0, 0, &[7, 3], 1), seq(2, &[20, 21], 0, 0, &[5], 0)],
+            seqs: vec![
+                seq(1, &[10, 11, 12, 13, 14], 0, 0, &[7, 3], 1),
+                seq(2, &[20, 21], 0, 0, &[5], 0),
+            ],
             ..Default::default()
         };
         tables.apply(&plan).unwrap();
@@ -189,7 +208,13 @@ mod tests {
         assert_eq!(b.block_tables, vec![7, 3, 5, 0]);
         // Only seq 1 samples (seq 2's chunk does not reach its end).
         assert_eq!(b.logits_indices, vec![4]);
-        assert_eq!(b.logits_rows, vec![LogitsRow { seq_id: 1, num_samples: 1 }]);
+        assert_eq!(
+            b.logits_rows,
+            vec![LogitsRow {
+                seq_id: 1,
+                num_samples: 1
+            }]
+        );
         assert_eq!((b.max_query_len, b.max_seq_len), (5, 5));
 
         // Next step: seq 1 decodes one token into a new block 9 ... no: position 5 lands in block 3.
@@ -232,18 +257,27 @@ mod tests {
             seqs: vec![seq(3, &[1], 0, 0, &[], 1)],
             ..Default::default()
         };
-        assert_eq!(build_batch(&plan, &tables, 16), Err(PlanError::UnknownSequence(3)));
+        assert_eq!(
+            build_batch(&plan, &tables, 16),
+            Err(PlanError::UnknownSequence(3))
+        );
         let mut tables = BlockTables::default();
         let plan = StepPlan {
             seqs: vec![seq(3, &[1, 2, 3], 0, 0, &[1], 1)],
             ..Default::default()
         };
         tables.apply(&plan).unwrap();
-        assert!(matches!(build_batch(&plan, &tables, 2), Err(PlanError::MissingBlock { position: 2, .. })));
+        assert!(matches!(
+            build_batch(&plan, &tables, 2),
+            Err(PlanError::MissingBlock { position: 2, .. })
+        ));
         let bad = StepPlan {
             seqs: vec![seq(3, &[4], 3, 5, &[], 1)],
             ..Default::default()
         };
-        assert!(matches!(tables.apply(&bad), Err(PlanError::BadTableKeep { .. })));
+        assert!(matches!(
+            tables.apply(&bad),
+            Err(PlanError::BadTableKeep { .. })
+        ));
     }
 }

@@ -16,7 +16,10 @@
 
 use futures::StreamExt;
 use kiln_engine_api::{EngineHandle, RequestStream};
-use kiln_protocol::{EngineError, FinishReason, GenerateRequest, RequestId, StopReason, TokenEvent, TopLogprob, Usage};
+use kiln_protocol::{
+    EngineError, FinishReason, GenerateRequest, RequestId, StopReason, TokenEvent, TopLogprob,
+    Usage,
+};
 
 use crate::config::EngineConfig;
 use crate::engine::{Engine, StartError, StartHooks};
@@ -82,7 +85,10 @@ impl LLM {
     }
 
     /// Run every request concurrently and return the outputs in order.
-    pub fn generate(&self, requests: Vec<GenerateRequest>) -> Vec<Result<RequestOutput, EngineError>> {
+    pub fn generate(
+        &self,
+        requests: Vec<GenerateRequest>,
+    ) -> Vec<Result<RequestOutput, EngineError>> {
         self.generate_with_progress(requests, |_| {})
     }
 
@@ -93,8 +99,10 @@ impl LLM {
         mut on_done: impl FnMut(usize),
     ) -> Vec<Result<RequestOutput, EngineError>> {
         let handle = self.engine.handle();
-        let streams: Vec<Result<RequestStream, EngineError>> = requests.into_iter().map(|r| handle.submit(r)).collect();
-        let mut results: Vec<Option<Result<RequestOutput, EngineError>>> = (0..streams.len()).map(|_| None).collect();
+        let streams: Vec<Result<RequestStream, EngineError>> =
+            requests.into_iter().map(|r| handle.submit(r)).collect();
+        let mut results: Vec<Option<Result<RequestOutput, EngineError>>> =
+            (0..streams.len()).map(|_| None).collect();
         let mut pending = futures::stream::FuturesUnordered::new();
         for (i, s) in streams.into_iter().enumerate() {
             match s {

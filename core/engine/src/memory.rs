@@ -73,7 +73,9 @@ pub struct KvBudget {
 /// full-length sequence must fit.
 pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
     if b.block_size == 0 || b.bytes_per_block == 0 {
-        return Err(KvPlanError("block size and bytes per block must be positive".into()));
+        return Err(KvPlanError(
+            "block size and bytes per block must be positive".into(),
+        ));
     }
     let num_blocks = (b.budget_bytes / b.bytes_per_block) as usize;
     let needed_blocks = b.max_model_len.div_ceil(b.block_size);
@@ -105,13 +107,22 @@ pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
 
 /// Default CPU budget: the explicit value, else 4 GiB capped at half the free memory.
 pub fn cpu_kv_budget(explicit: Option<u64>, free_bytes: u64) -> u64 {
-    explicit.unwrap_or_else(|| CPU_DEFAULT_KV_BYTES.min((free_bytes as f64 * CPU_MAX_FREE_FRACTION) as u64))
+    explicit.unwrap_or_else(|| {
+        CPU_DEFAULT_KV_BYTES.min((free_bytes as f64 * CPU_MAX_FREE_FRACTION) as u64)
+    })
 }
 
 /// GPU budget: `utilization × total` minus what is already in use (weights,
 /// activations, workspaces) after profiling.
-pub fn gpu_kv_budget(explicit: Option<u64>, utilization: f32, total_bytes: u64, used_bytes: u64) -> u64 {
-    explicit.unwrap_or_else(|| ((total_bytes as f64 * f64::from(utilization)) as u64).saturating_sub(used_bytes))
+pub fn gpu_kv_budget(
+    explicit: Option<u64>,
+    utilization: f32,
+    total_bytes: u64,
+    used_bytes: u64,
+) -> u64 {
+    explicit.unwrap_or_else(|| {
+        ((total_bytes as f64 * f64::from(utilization)) as u64).saturating_sub(used_bytes)
+    })
 }
 
 /// `1.50 GiB`-style sizes.
@@ -123,7 +134,11 @@ pub fn human_bytes(bytes: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]
@@ -146,7 +161,10 @@ mod tests {
         assert_eq!(plan.num_blocks, 10);
         assert_eq!(plan.total_tokens(), 160);
         assert_eq!(plan.max_concurrency(), 5.0);
-        assert!(plan.log_line().starts_with("KV cache: 10 blocks × 16 tokens = 160 tokens"));
+        assert!(
+            plan.log_line()
+                .starts_with("KV cache: 10 blocks × 16 tokens = 160 tokens")
+        );
     }
 
     #[test]

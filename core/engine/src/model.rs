@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use kiln_models::config::ModelConfig;
 use kiln_models::registry::{DecoderVariant, resolve_architecture, resolve_gguf_architecture};
+use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
 use kiln_models::weights::safetensors::SafetensorsSource;
-use kiln_models::weights::WeightSource;
 use kiln_sampler::TokenDecoder;
 use kiln_tokenizer::{ChatTemplate, GgufTokenizerSpec, Tokenizer};
 
@@ -48,7 +48,10 @@ pub fn open_model(path: &Path, chat_template_override: Option<&str>) -> Result<M
     }
     let mut files = if path.is_dir() {
         open_hf_dir(path)?
-    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         open_gguf(path)?
     } else {
         return Err(format!(
@@ -57,13 +60,18 @@ pub fn open_model(path: &Path, chat_template_override: Option<&str>) -> Result<M
         ));
     };
     if let Some(t) = chat_template_override {
-        files.chat_template = Some(ChatTemplate::from_str_or_file(t).map_err(|e| format!("--chat-template: {e}"))?);
+        files.chat_template =
+            Some(ChatTemplate::from_str_or_file(t).map_err(|e| format!("--chat-template: {e}"))?);
     }
     Ok(files)
 }
 
 fn display_name(path: &Path) -> String {
-    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    let stem = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
     stem.map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
 }
@@ -79,9 +87,14 @@ fn merge_eos(mut ids: Vec<u32>, more: &[u32]) -> Vec<u32> {
 
 fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| format!("{} is not a model directory: cannot read config.json ({e})", dir.display()))?;
-    let config = ModelConfig::from_hf_json(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        format!(
+            "{} is not a model directory: cannot read config.json ({e})",
+            dir.display()
+        )
+    })?;
+    let config =
+        ModelConfig::from_hf_json(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let variant = resolve_architecture(&config.architecture, &config).map_err(|e| e.to_string())?;
     let weights = SafetensorsSource::open(dir).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::from_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -107,8 +120,11 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
 fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
     let gguf = GgufFile::open(path).map_err(|e| e.to_string())?;
     let config = ModelConfig::from_gguf(&gguf).map_err(|e| format!("{}: {e}", path.display()))?;
-    let variant = resolve_gguf_architecture(gguf.architecture().unwrap_or("llama")).map_err(|e| e.to_string())?;
-    let md = gguf.tokenizer_metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    let variant = resolve_gguf_architecture(gguf.architecture().unwrap_or("llama"))
+        .map_err(|e| e.to_string())?;
+    let md = gguf
+        .tokenizer_metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let spec = GgufTokenizerSpec {
         model: md.model,
         pre: md.pre,
@@ -152,13 +168,28 @@ fn model_info(c: &ModelConfig, family: &str) -> BTreeMap<String, serde_json::Val
     let mut m = BTreeMap::new();
     m.insert("general.architecture".into(), json!(family));
     m.insert("general.parameter_count".into(), json!(c.num_parameters()));
-    m.insert(format!("{family}.context_length"), json!(c.max_position_embeddings));
+    m.insert(
+        format!("{family}.context_length"),
+        json!(c.max_position_embeddings),
+    );
     m.insert(format!("{family}.embedding_length"), json!(c.hidden_size));
     m.insert(format!("{family}.block_count"), json!(c.num_hidden_layers));
-    m.insert(format!("{family}.feed_forward_length"), json!(c.intermediate_size));
-    m.insert(format!("{family}.attention.head_count"), json!(c.num_attention_heads));
-    m.insert(format!("{family}.attention.head_count_kv"), json!(c.num_key_value_heads));
-    m.insert(format!("{family}.attention.layer_norm_rms_epsilon"), json!(c.rms_norm_eps));
+    m.insert(
+        format!("{family}.feed_forward_length"),
+        json!(c.intermediate_size),
+    );
+    m.insert(
+        format!("{family}.attention.head_count"),
+        json!(c.num_attention_heads),
+    );
+    m.insert(
+        format!("{family}.attention.head_count_kv"),
+        json!(c.num_key_value_heads),
+    );
+    m.insert(
+        format!("{family}.attention.layer_norm_rms_epsilon"),
+        json!(c.rms_norm_eps),
+    );
     m.insert(format!("{family}.rope.freq_base"), json!(c.rope_theta));
     m.insert(format!("{family}.vocab_size"), json!(c.vocab_size));
     m
@@ -178,7 +209,9 @@ impl TokenizerDecoder {
 
 impl TokenDecoder for TokenizerDecoder {
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
-        self.tokenizer.decode(ids, skip_special_tokens).unwrap_or_default()
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .unwrap_or_default()
     }
     fn is_special(&self, id: u32) -> bool {
         self.tokenizer.is_special(id)

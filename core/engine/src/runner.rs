@@ -70,7 +70,8 @@ impl ModelRunner {
         let logits = if batch.logits_rows.is_empty() {
             Vec::new()
         } else {
-            self.bufs.read_logits(&self.device, batch.logits_rows.len())?
+            self.bufs
+                .read_logits(&self.device, batch.logits_rows.len())?
         };
         Ok(StepLogits {
             step_id: plan.step_id,
@@ -93,7 +94,8 @@ impl ModelRunner {
             max_query_len: batch.max_query_len,
             max_seq_len: batch.max_seq_len,
         };
-        self.decoder.forward(&self.device, &self.kv, &self.bufs, &inputs)?;
+        self.decoder
+            .forward(&self.device, &self.kv, &self.bufs, &inputs)?;
         Ok(())
     }
 

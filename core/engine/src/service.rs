@@ -32,14 +32,23 @@ impl EngineService for ActorEngine {
     }
 
     fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<TokenId>, EngineError> {
-        self.tokenizer.encode(text, add_special_tokens).map_err(tokenizer_error)
+        self.tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(tokenizer_error)
     }
 
-    fn detokenize(&self, ids: &[TokenId], skip_special_tokens: bool) -> Result<String, EngineError> {
+    fn detokenize(
+        &self,
+        ids: &[TokenId],
+        skip_special_tokens: bool,
+    ) -> Result<String, EngineError> {
         if let Some(bad) = ids.iter().find(|&&id| id >= self.info.vocab_size) {
             return Err(EngineError::invalid(
                 "tokens",
-                format!("token id {bad} is outside the vocabulary (size {})", self.info.vocab_size),
+                format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.info.vocab_size
+                ),
             ));
         }
         self.tokenizer
@@ -58,7 +67,11 @@ impl EngineService for ActorEngine {
         self.tokenizer.is_special(id)
     }
 
-    fn apply_chat_template(&self, messages: &[serde_json::Value], options: &ChatOptions) -> Result<String, EngineError> {
+    fn apply_chat_template(
+        &self,
+        messages: &[serde_json::Value],
+        options: &ChatOptions,
+    ) -> Result<String, EngineError> {
         let custom;
         let template = match &options.template {
             Some(source) => {
@@ -85,7 +98,11 @@ impl EngineService for ActorEngine {
             .map_err(|e| EngineError::invalid("messages", e.to_string()))
     }
 
-    fn enqueue(&self, request: AdmittedRequest, events: mpsc::UnboundedSender<TokenEvent>) -> Result<(), EngineError> {
+    fn enqueue(
+        &self,
+        request: AdmittedRequest,
+        events: mpsc::UnboundedSender<TokenEvent>,
+    ) -> Result<(), EngineError> {
         if !self.is_healthy() {
             return Err(EngineError::EngineDead("the engine has stopped".into()));
         }

@@ -9,6 +9,7 @@
 use half::f16;
 
 use crate::pool::{ThreadPool, chunk};
+use crate::vecops;
 
 /// One layer's keys or values.
 #[derive(Debug, Clone, Copy)]
@@ -19,12 +20,21 @@ pub enum KvCache<'a> {
     F16(&'a [u16]),
 }
 
-impl KvCache<'_> {
+impl<'a> KvCache<'a> {
+    /// `len` values at `base` as f32 (converted into `buf` for f16 caches).
     #[inline]
-    fn get(&self, i: usize) -> f32 {
+    fn row<'b>(&self, base: usize, len: usize, buf: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
         match self {
-            KvCache::F32(s) => s[i],
-            KvCache::F16(s) => f16::from_bits(s[i]).to_f32(),
+            KvCache::F32(s) => &s[base..base + len],
+            KvCache::F16(s) => {
+                for (o, &b) in buf.iter_mut().zip(&s[base..base + len]) {
+                    *o = f16::from_bits(b).to_f32();
+                }
+                &buf[..len]
+            }
         }
     }
 }
@@ -156,6 +166,8 @@ pub fn paged_attention(
     let group = shape.heads / shape.kv_heads.max(1);
     pool.run(tasks, &|task| {
         let mut acc = vec![0f32; hd];
+        let mut scores: Vec<f32> = Vec::new();
+        let mut krow = vec![0f32; hd];
         for item in chunk(items, tasks, task) {
             let (t, h) = (item / shape.heads, item % shape.heads);
             let s = token_seq[t];
@@ -170,30 +182,32 @@ pub fn paged_attention(
             let table = &batch.block_tables[s * batch.max_blocks..(s + 1) * batch.max_blocks];
             let q = &batch.q[t * qd + h * hd..t * qd + (h + 1) * hd];
             let kvh = h / group;
-            acc.fill(0.0);
-            let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-            for j in from..=pos {
+            let base = |j: usize| {
                 let block = table[j / shape.block_size] as usize;
-                let base =
-                    ((block * shape.block_size + j % shape.block_size) * shape.kv_heads + kvh) * hd;
-                let mut score = 0f32;
-                for d in 0..hd {
-                    score += q[d] * k.get(base + d);
-                }
-                score *= shape.scale;
+                ((block * shape.block_size + j % shape.block_size) * shape.kv_heads + kvh) * hd
+            };
+            // Pass 1: scores, in key order.
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in from..=pos {
+                let mut score = vecops::dot(q, k.row(base(j), hd, &mut krow)) * shape.scale;
                 if shape.softcap > 0.0 {
                     score = shape.softcap * (score / shape.softcap).tanh();
                 }
-                let m_new = m.max(score);
-                let corr = (m - m_new).exp();
-                let e = (score - m_new).exp();
-                l = l * corr + e;
-                for d in 0..hd {
-                    acc[d] = acc[d] * corr + e * v.get(base + d);
-                }
-                m = m_new;
+                max = max.max(score);
+                scores.push(score);
             }
-            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            // Pass 2: softmax weights and the weighted sum of values, in key order.
+            let mut total = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                total += *sc;
+            }
+            acc.fill(0.0);
+            for (j, &w) in (from..=pos).zip(scores.iter()) {
+                vecops::axpy(&mut acc, w, v.row(base(j), hd, &mut krow));
+            }
+            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
             // SAFETY: (t, h) is written by this task only.
             let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add(t * qd + h * hd), hd) };
             for (d, a) in dst.iter_mut().zip(&acc) {

@@ -28,3 +28,4 @@ pub mod isa;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
+pub mod vecops;

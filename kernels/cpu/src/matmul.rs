@@ -75,13 +75,73 @@ impl std::fmt::Display for KernelError {
 
 impl std::error::Error for KernelError {}
 
-/// A `[rows, cols]` weight in its checkpoint format (rows = output features).
+/// A `[rows, cols]` weight (rows = output features). Float formats keep the
+/// checkpoint layout; quantized rows are repacked as `[quants][d: f32 × blocks]
+/// [m: f32 × blocks (Q4_1)]` so kernels read contiguous nibbles and f32 scales.
 #[derive(Debug, Clone)]
 pub struct WeightMatrix {
     format: WeightFormat,
     rows: usize,
     cols: usize,
+    row_bytes: usize,
     data: Vec<u8>,
+}
+
+/// Quant bytes per block in the packed layout (nibbles or int8 values).
+fn packed_quant_bytes(fmt: WeightFormat) -> usize {
+    if fmt == WeightFormat::Q8_0 { 32 } else { 16 }
+}
+
+/// Packed row size for a quantized format.
+fn packed_row_bytes(fmt: WeightFormat, cols: usize) -> usize {
+    let nb = cols / 32;
+    let scales = if fmt == WeightFormat::Q4_1 { 8 } else { 4 };
+    nb * (packed_quant_bytes(fmt) + scales)
+}
+
+/// Views of one packed quantized row.
+struct PackedRow<'a> {
+    qs: &'a [u8],
+    d: &'a [u8],
+    m: &'a [u8],
+}
+
+fn packed_row(fmt: WeightFormat, row: &[u8], nb: usize) -> PackedRow<'_> {
+    let q = nb * packed_quant_bytes(fmt);
+    let (qs, rest) = row.split_at(q);
+    let (d, m) = rest.split_at(nb * 4);
+    PackedRow { qs, d, m }
+}
+
+#[inline]
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+fn repack(fmt: WeightFormat, rows: usize, cols: usize, bytes: &[u8]) -> Vec<u8> {
+    let nb = cols / 32;
+    let (bb, qb) = (fmt.block_bytes(), packed_quant_bytes(fmt));
+    let prb = packed_row_bytes(fmt, cols);
+    let mut out = vec![0u8; rows * prb];
+    for r in 0..rows {
+        let src = &bytes[r * nb * bb..(r + 1) * nb * bb];
+        let dst = &mut out[r * prb..(r + 1) * prb];
+        let (qs, rest) = dst.split_at_mut(nb * qb);
+        let (d, m) = rest.split_at_mut(nb * 4);
+        for b in 0..nb {
+            let blk = &src[b * bb..(b + 1) * bb];
+            d[b * 4..b * 4 + 4].copy_from_slice(&f16_at(blk, 0).to_le_bytes());
+            let off = match fmt {
+                WeightFormat::Q4_1 => {
+                    m[b * 4..b * 4 + 4].copy_from_slice(&f16_at(blk, 2).to_le_bytes());
+                    4
+                }
+                _ => 2,
+            };
+            qs[b * qb..(b + 1) * qb].copy_from_slice(&blk[off..off + qb]);
+        }
+    }
+    out
 }
 
 impl WeightMatrix {
@@ -104,11 +164,20 @@ impl WeightMatrix {
                 bytes.len()
             )));
         }
+        let (data, row_bytes) = if format.is_quantized() {
+            (
+                repack(format, rows, cols, bytes),
+                packed_row_bytes(format, cols),
+            )
+        } else {
+            (bytes.to_vec(), row_bytes)
+        };
         Ok(WeightMatrix {
             format,
             rows,
             cols,
-            data: bytes.to_vec(),
+            row_bytes,
+            data,
         })
     }
 
@@ -130,8 +199,7 @@ impl WeightMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
-        let rb = self.data.len() / self.rows.max(1);
-        &self.data[r * rb..(r + 1) * rb]
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Dequantize row `r` into `out[cols]`.
@@ -154,26 +222,27 @@ impl WeightMatrix {
                 }
             }
             fmt => {
-                for (b, blk) in row.chunks_exact(fmt.block_bytes()).enumerate() {
+                let nb = self.cols / 32;
+                let p = packed_row(fmt, row, nb);
+                for b in 0..nb {
                     let o = &mut out[b * 32..b * 32 + 32];
-                    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    let d = f32_at(p.d, b);
                     match fmt {
-                        WeightFormat::Q4_0 => {
-                            for j in 0..16 {
-                                o[j] = d * ((blk[2 + j] & 15) as i32 - 8) as f32;
-                                o[j + 16] = d * ((blk[2 + j] >> 4) as i32 - 8) as f32;
-                            }
-                        }
-                        WeightFormat::Q4_1 => {
-                            let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-                            for j in 0..16 {
-                                o[j] = d * (blk[4 + j] & 15) as f32 + m;
-                                o[j + 16] = d * (blk[4 + j] >> 4) as f32 + m;
+                        WeightFormat::Q8_0 => {
+                            for j in 0..32 {
+                                o[j] = d * (p.qs[b * 32 + j] as i8) as f32;
                             }
                         }
                         _ => {
-                            for j in 0..32 {
-                                o[j] = d * (blk[2 + j] as i8) as f32;
+                            let m = if fmt == WeightFormat::Q4_1 {
+                                f32_at(p.m, b)
+                            } else {
+                                -8.0 * d
+                            };
+                            let qs = &p.qs[b * 16..b * 16 + 16];
+                            for j in 0..16 {
+                                o[j] = d * (qs[j] & 15) as f32 + m;
+                                o[j + 16] = d * (qs[j] >> 4) as f32 + m;
                             }
                         }
                     }
@@ -192,8 +261,8 @@ pub struct QuantizedActs {
     pub qs: Vec<i16>,
     /// `[n, blocks]` scales.
     pub d: Vec<f32>,
-    /// `[n, blocks]` sums of the quantized values.
-    pub sum: Vec<i32>,
+    /// `[n, blocks]` scale × sum of the quantized values (for the zero-point terms).
+    pub s: Vec<f32>,
 }
 
 /// Quantize `x[n, k]` (k a multiple of 32) per block of 32: `d = amax/32767`, `q = round(x/d)`.
@@ -203,7 +272,7 @@ pub fn quantize_acts(x: &[f32], n: usize, k: usize) -> QuantizedActs {
         blocks,
         qs: vec![0; n * k],
         d: vec![0.0; n * blocks],
-        sum: vec![0; n * blocks],
+        s: vec![0.0; n * blocks],
     };
     for (b, src) in x[..n * k].chunks_exact(32).enumerate() {
         let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -217,7 +286,7 @@ pub fn quantize_acts(x: &[f32], n: usize, k: usize) -> QuantizedActs {
             s += qi;
         }
         q.d[b] = d;
-        q.sum[b] = s;
+        q.s[b] = d * s as f32;
     }
     q
 }
@@ -345,36 +414,12 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Per-block integer dot product of a weight block with an activation block,
-/// and the block's scalar correction term.
-fn block_terms(fmt: WeightFormat, blk: &[u8], a: &[i16], da: f32, sa: i32) -> (i32, f32, f32) {
-    let d = f16_at(blk, 0);
+/// The zero-point factor of block `b`: `m` for Q4_1, `−8·d` for Q4_0, none for Q8_0.
+fn zero_term(fmt: WeightFormat, p: &PackedRow<'_>, b: usize) -> f32 {
     match fmt {
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
-            let qs = if fmt == WeightFormat::Q4_0 {
-                &blk[2..18]
-            } else {
-                &blk[4..20]
-            };
-            let mut dot = 0i32;
-            for j in 0..16 {
-                dot += (qs[j] & 15) as i32 * a[j] as i32 + (qs[j] >> 4) as i32 * a[j + 16] as i32;
-            }
-            let corr = if fmt == WeightFormat::Q4_0 {
-                -8.0 * d * da * sa as f32
-            } else {
-                f16_at(blk, 2) * da * sa as f32
-            };
-            (dot, d * da, corr)
-        }
-        _ => {
-            let dot = blk[2..34]
-                .iter()
-                .zip(a)
-                .map(|(&w, &x)| (w as i8) as i32 * x as i32)
-                .sum();
-            (dot, d * da, 0.0)
-        }
+        WeightFormat::Q4_1 => f32_at(p.m, b),
+        WeightFormat::Q4_0 => -8.0 * f32_at(p.d, b),
+        _ => 0.0,
     }
 }
 
@@ -386,21 +431,30 @@ fn dot_quant_scalar(
     nt: usize,
     res: &mut [f32; TILE],
 ) {
-    let bb = fmt.block_bytes();
+    let nb = q.blocks;
+    let p = packed_row(fmt, w, nb);
     for (t, r) in res.iter_mut().enumerate().take(nt) {
         let row = t0 + t;
         let (mut acc, mut corr) = (0f32, 0f32);
-        for b in 0..q.blocks {
-            let i = row * q.blocks + b;
-            let (dot, scale, c) = block_terms(
-                fmt,
-                &w[b * bb..],
-                &q.qs[i * 32..i * 32 + 32],
-                q.d[i],
-                q.sum[i],
-            );
-            acc += dot as f32 * scale;
-            corr += c;
+        for b in 0..nb {
+            let i = row * nb + b;
+            let a = &q.qs[i * 32..i * 32 + 32];
+            let dot: i32 = if fmt == WeightFormat::Q8_0 {
+                p.qs[b * 32..b * 32 + 32]
+                    .iter()
+                    .zip(a)
+                    .map(|(&w, &x)| (w as i8) as i32 * x as i32)
+                    .sum()
+            } else {
+                let qs = &p.qs[b * 16..b * 16 + 16];
+                (0..16)
+                    .map(|j| {
+                        (qs[j] & 15) as i32 * a[j] as i32 + (qs[j] >> 4) as i32 * a[j + 16] as i32
+                    })
+                    .sum()
+            };
+            acc += dot as f32 * (f32_at(p.d, b) * q.d[i]);
+            corr += zero_term(fmt, &p, b) * q.s[i];
         }
         *r = acc + corr;
     }
@@ -437,7 +491,9 @@ fn dot_float_scalar(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{QuantizedActs, TILE, WeightFormat, f16_at, float_at};
+    use super::{
+        PackedRow, QuantizedActs, TILE, WeightFormat, f32_at, float_at, packed_row, zero_term,
+    };
 
     /// Expand a 4-bit block (16 bytes) into 32 unsigned bytes: low nibbles then high nibbles.
     #[inline]
@@ -460,100 +516,176 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// The 32 weights of a block as 16-bit integers (Q4: 0..15; Q8: −128..127).
+    /// The 32 weights of block `b` as 16-bit integers (Q4: 0..15; Q8: −128..127).
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn block_i16(fmt: WeightFormat, blk: &[u8]) -> __m512i {
-        // SAFETY: the block holds its scale(s) then 16 (Q4) or 32 (Q8) bytes.
+    unsafe fn block_i16(fmt: WeightFormat, qs: &[u8], b: usize) -> __m512i {
+        // SAFETY: the packed row holds 16 (Q4) or 32 (Q8) bytes per block.
         unsafe {
-            match fmt {
-                WeightFormat::Q4_0 => _mm512_cvtepu8_epi16(expand_q4(blk.as_ptr().add(2))),
-                WeightFormat::Q4_1 => _mm512_cvtepu8_epi16(expand_q4(blk.as_ptr().add(4))),
-                _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i)),
+            if fmt == WeightFormat::Q8_0 {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(qs.as_ptr().add(b * 32) as *const __m256i))
+            } else {
+                _mm512_cvtepu8_epi16(expand_q4(qs.as_ptr().add(b * 16)))
             }
+        }
+    }
+
+    /// Zero-point correction `Σ_b z_b · s_b` over a row, 16 blocks at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn zero_dot(fmt: WeightFormat, p: &PackedRow<'_>, s: &[f32]) -> f32 {
+        let nb = s.len();
+        let zsrc = if fmt == WeightFormat::Q4_1 { p.m } else { p.d };
+        let factor = if fmt == WeightFormat::Q4_0 { -8.0 } else { 1.0 };
+        let mut acc = _mm512_setzero_ps();
+        let mut b = 0;
+        while b + 16 <= nb {
+            // SAFETY: 16 f32 values at b in both arrays.
+            unsafe {
+                let z = _mm512_loadu_ps(zsrc.as_ptr().add(4 * b) as *const f32);
+                acc = _mm512_fmadd_ps(z, _mm512_loadu_ps(s.as_ptr().add(b)), acc);
+            }
+            b += 16;
+        }
+        let mut total = _mm512_reduce_add_ps(acc);
+        while b < nb {
+            total += f32_at(zsrc, b) * s[b];
+            b += 1;
+        }
+        total * factor
+    }
+
+    /// `NT` rows against one packed weight row. Even and odd blocks use
+    /// separate accumulators (hiding FMA latency); the order is the same for
+    /// every `NT`, so rows are batch-invariant.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn quant_rows<const NT: usize>(
+        fmt: WeightFormat,
+        w: &[u8],
+        q: &QuantizedActs,
+        t0: usize,
+        res: &mut [f32; TILE],
+    ) {
+        let nb = q.blocks;
+        let p = packed_row(fmt, w, nb);
+        let mut even = [_mm512_setzero_ps(); NT];
+        let mut odd = [_mm512_setzero_ps(); NT];
+        // A macro, not a closure: closures do not inherit target features.
+        macro_rules! block {
+            ($b:expr, $acc:ident) => {{
+                let b = $b;
+                // SAFETY: features enabled on the enclosing function; b < nb.
+                unsafe {
+                    let wv = block_i16(fmt, p.qs, b);
+                    let dw = f32_at(p.d, b);
+                    for t in 0..NT {
+                        let i = (t0 + t) * nb + b;
+                        let a = _mm512_loadu_si512(q.qs.as_ptr().add(i * 32) as *const __m512i);
+                        let dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), wv, a);
+                        $acc[t] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(dot),
+                            _mm512_set1_ps(dw * q.d[i]),
+                            $acc[t],
+                        );
+                    }
+                }
+            }};
+        }
+        let mut b = 0;
+        while b + 2 <= nb {
+            block!(b, even);
+            block!(b + 1, odd);
+            b += 2;
+        }
+        if b < nb {
+            block!(b, even);
+        }
+        for t in 0..NT {
+            let row = t0 + t;
+            let corr = if fmt == WeightFormat::Q8_0 {
+                0.0
+            } else {
+                // SAFETY: same features.
+                unsafe { zero_dot(fmt, &p, &q.s[row * nb..(row + 1) * nb]) }
+            };
+            res[t] = _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t])) + corr;
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_quant_vnni(fmt: WeightFormat, w: &[u8], q: &QuantizedActs, t0: usize, nt: usize, res: &mut [f32; TILE]) {
-        let bb = fmt.block_bytes();
-        let mut acc = [_mm512_setzero_ps(); TILE];
-        let mut corr = [0f32; TILE];
-        for b in 0..q.blocks {
-            let blk = &w[b * bb..b * bb + bb];
-            let d = f16_at(blk, 0);
-            // SAFETY: features enabled on this function.
-            let wv = unsafe { block_i16(fmt, blk) };
-            let m = if fmt == WeightFormat::Q4_1 { f16_at(blk, 2) } else { 0.0 };
-            for t in 0..nt {
-                let i = (t0 + t) * q.blocks + b;
-                // SAFETY: `qs` holds 32 values per block.
-                let a = unsafe { _mm512_loadu_si512(q.qs.as_ptr().add(i * 32) as *const __m512i) };
-                let dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), wv, a);
-                let da = q.d[i];
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d * da), acc[t]);
-                match fmt {
-                    WeightFormat::Q4_0 => corr[t] += -8.0 * d * da * q.sum[i] as f32,
-                    WeightFormat::Q4_1 => corr[t] += m * da * q.sum[i] as f32,
-                    _ => {}
-                }
+    pub unsafe fn dot_quant_vnni(
+        fmt: WeightFormat,
+        w: &[u8],
+        q: &QuantizedActs,
+        t0: usize,
+        nt: usize,
+        res: &mut [f32; TILE],
+    ) {
+        // SAFETY: same features.
+        unsafe {
+            match nt {
+                1 => quant_rows::<1>(fmt, w, q, t0, res),
+                2 => quant_rows::<2>(fmt, w, q, t0, res),
+                3 => quant_rows::<3>(fmt, w, q, t0, res),
+                _ => quant_rows::<4>(fmt, w, q, t0, res),
             }
-        }
-        for t in 0..nt {
-            res[t] = _mm512_reduce_add_ps(acc[t]) + corr[t];
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_quant_avx2(fmt: WeightFormat, w: &[u8], q: &QuantizedActs, t0: usize, nt: usize, res: &mut [f32; TILE]) {
-        let bb = fmt.block_bytes();
+    pub unsafe fn dot_quant_avx2(
+        fmt: WeightFormat,
+        w: &[u8],
+        q: &QuantizedActs,
+        t0: usize,
+        nt: usize,
+        res: &mut [f32; TILE],
+    ) {
+        let nb = q.blocks;
+        let p = packed_row(fmt, w, nb);
         let mut acc = [_mm256_setzero_ps(); TILE];
-        let mut corr = [0f32; TILE];
-        for b in 0..q.blocks {
-            let blk = &w[b * bb..b * bb + bb];
-            let d = f16_at(blk, 0);
-            // SAFETY: the block holds 16 (Q4) or 32 (Q8) value bytes after the scales.
+        for b in 0..nb {
+            // SAFETY: the packed row holds 16 (Q4) or 32 (Q8) bytes per block.
             let (lo, hi) = unsafe {
-                match fmt {
-                    WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
-                        let off = if fmt == WeightFormat::Q4_0 { 2 } else { 4 };
-                        let v = _mm_loadu_si128(blk.as_ptr().add(off) as *const __m128i);
-                        let mask = _mm_set1_epi8(15);
-                        (
-                            _mm256_cvtepu8_epi16(_mm_and_si128(v, mask)),
-                            _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), mask)),
-                        )
-                    }
-                    _ => (
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.as_ptr().add(2) as *const __m128i)),
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.as_ptr().add(18) as *const __m128i)),
-                    ),
+                if fmt == WeightFormat::Q8_0 {
+                    let base = p.qs.as_ptr().add(b * 32);
+                    (
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(base as *const __m128i)),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(base.add(16) as *const __m128i)),
+                    )
+                } else {
+                    let v = _mm_loadu_si128(p.qs.as_ptr().add(b * 16) as *const __m128i);
+                    let mask = _mm_set1_epi8(15);
+                    (
+                        _mm256_cvtepu8_epi16(_mm_and_si128(v, mask)),
+                        _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), mask)),
+                    )
                 }
             };
-            let m = if fmt == WeightFormat::Q4_1 { f16_at(blk, 2) } else { 0.0 };
+            let dw = f32_at(p.d, b);
             for t in 0..nt {
-                let i = (t0 + t) * q.blocks + b;
+                let i = (t0 + t) * nb + b;
                 // SAFETY: `qs` holds 32 values per block.
                 let (a_lo, a_hi) = unsafe {
-                    let p = q.qs.as_ptr().add(i * 32);
+                    let ptr = q.qs.as_ptr().add(i * 32);
                     (
-                        _mm256_loadu_si256(p as *const __m256i),
-                        _mm256_loadu_si256(p.add(16) as *const __m256i),
+                        _mm256_loadu_si256(ptr as *const __m256i),
+                        _mm256_loadu_si256(ptr.add(16) as *const __m256i),
                     )
                 };
-                let dot = _mm256_add_epi32(_mm256_madd_epi16(lo, a_lo), _mm256_madd_epi16(hi, a_hi));
-                let da = q.d[i];
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * da), acc[t]);
-                match fmt {
-                    WeightFormat::Q4_0 => corr[t] += -8.0 * d * da * q.sum[i] as f32,
-                    WeightFormat::Q4_1 => corr[t] += m * da * q.sum[i] as f32,
-                    _ => {}
-                }
+                let dot =
+                    _mm256_add_epi32(_mm256_madd_epi16(lo, a_lo), _mm256_madd_epi16(hi, a_hi));
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw * q.d[i]), acc[t]);
             }
         }
         for t in 0..nt {
+            let row = t0 + t;
+            let corr: f32 = (0..nb)
+                .map(|b| zero_term(fmt, &p, b) * q.s[row * nb + b])
+                .sum();
             // SAFETY: features enabled on this function.
-            res[t] = unsafe { hsum256(acc[t]) } + corr[t];
+            res[t] = unsafe { hsum256(acc[t]) } + corr;
         }
     }
 
