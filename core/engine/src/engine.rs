@@ -88,47 +88,9 @@ impl Engine {
 
     /// Start with hooks.
     pub fn start_with(config: EngineConfig, hooks: StartHooks<'_>) -> Result<Engine, StartError> {
-        validate(&config)?;
-        let files = open_model(&config.model, config.chat_template.as_deref())
-            .map_err(StartError::Model)?;
-        let backend = load_backend(&config)?;
-        let params = serde_json::json!({ "threads": config.threads }).to_string();
-        let device = backend.backend.open(config.device_index, &params)?;
-        let sizes = Sizes::decide(&config, &files, device.info())?;
-        let act = choose_dtype(config.dtype, device.info())?;
-        let decoder = LlamaDecoder::load(
-            &device,
-            files.weights.as_ref(),
-            &files.config,
-            files.variant.clone(),
-            DecoderOptions {
-                act_dtype: act,
-                max_positions: sizes.max_model_len,
-                progress: hooks.weight_progress,
-            },
-        )?;
-        let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
-        let kv_plan = size_kv(&config, &files, &device, &decoder, &bufs, act, &sizes)?;
-        let kv = KvCache::allocate(
-            &device,
-            &files.config,
-            kv_plan.num_blocks,
-            config.block_size,
-            act,
-        )?;
-        tracing::info!("{}", kv_plan.log_line());
-        let info = engine_info(
-            &config, &files, &backend, &device, &decoder, &sizes, &kv_plan,
-        );
-        let summary = StartupSummary {
-            info: info.clone(),
-            kv: kv_plan,
-            activation_bytes: bufs.bytes(),
-            backend_source: backend.source.to_string(),
-            device: device.info().clone(),
-        };
-        let runner = ModelRunner::new(device, decoder, kv, bufs);
-        let (handle, system, thread) = spawn_actors(&config, files, runner, info, &sizes, kv_plan)?;
+        let p = prepare(&config, hooks)?;
+        let summary = p.summary.clone();
+        let (handle, system, thread) = spawn_actors(&config, p.files, p.runner, p.summary.info, &p.sizes, p.summary.kv)?;
         Ok(Engine {
             handle,
             system,
@@ -164,6 +126,76 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Everything start-up builds before the actors run.
+struct Prepared {
+    files: ModelFiles,
+    runner: ModelRunner,
+    sizes: Sizes,
+    summary: StartupSummary,
+}
+
+fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, StartError> {
+    validate(config)?;
+    let files = open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
+    let backend = load_backend(config)?;
+    let params = serde_json::json!({ "threads": config.threads }).to_string();
+    let device = backend.backend.open(config.device_index, &params)?;
+    let sizes = Sizes::decide(config, &files, device.info())?;
+    let act = choose_dtype(config.dtype, device.info())?;
+    let decoder = LlamaDecoder::load(
+        &device,
+        files.weights.as_ref(),
+        &files.config,
+        files.variant.clone(),
+        DecoderOptions {
+            act_dtype: act,
+            max_positions: sizes.max_model_len,
+            progress: hooks.weight_progress,
+        },
+    )?;
+    let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
+    let kv_plan = size_kv(config, &files, &device, &decoder, &bufs, act, &sizes)?;
+    let kv = KvCache::allocate(&device, &files.config, kv_plan.num_blocks, config.block_size, act)?;
+    tracing::info!("{}", kv_plan.log_line());
+    let info = engine_info(config, &files, &backend, &device, &decoder, &sizes, &kv_plan);
+    let summary = StartupSummary {
+        info,
+        kv: kv_plan,
+        activation_bytes: bufs.bytes(),
+        backend_source: backend.source.to_string(),
+        device: device.info().clone(),
+    };
+    let runner = ModelRunner::new(device, decoder, kv, bufs);
+    Ok(Prepared {
+        files,
+        runner,
+        sizes,
+        summary,
+    })
+}
+
+/// A model loaded on its device without the actors: the runner, the
+/// tokenizer and what start-up decided. For tests and tools that need raw
+/// logits; serving uses [`Engine`].
+pub struct LoadedModel {
+    /// The runner (execute step plans directly).
+    pub runner: ModelRunner,
+    /// The tokenizer.
+    pub tokenizer: kiln_tokenizer::Tokenizer,
+    /// Start-up decisions.
+    pub summary: StartupSummary,
+}
+
+/// Load a model and its runner without starting actors.
+pub fn load_model(config: &EngineConfig) -> Result<LoadedModel, StartError> {
+    let p = prepare(config, StartHooks::default())?;
+    Ok(LoadedModel {
+        runner: p.runner,
+        tokenizer: p.files.tokenizer,
+        summary: p.summary,
+    })
 }
 
 fn validate(config: &EngineConfig) -> Result<(), StartError> {

@@ -27,5 +27,5 @@ pub mod runner;
 pub mod service;
 
 pub use config::{BackendChoice, DTypeChoice, EngineConfig};
-pub use engine::{Engine, StartError, StartHooks, StartupSummary};
+pub use engine::{Engine, LoadedModel, StartError, StartHooks, StartupSummary, load_model};
 pub use llm::{CompletionOutput, LLM, RequestOutput};
