@@ -17,15 +17,24 @@ pub fn default_model() -> Option<PathBuf> {
         candidates.push(PathBuf::from(p));
     }
     if let Some(c) = std::env::var_os("KILN_CACHE") {
-        candidates.push(PathBuf::from(c).join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        candidates.push(
+            PathBuf::from(c).join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        );
     }
     if let Some(h) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(h).join(".cache/kiln/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        candidates.push(
+            PathBuf::from(h)
+                .join(".cache/kiln/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        );
     }
-    candidates.push(PathBuf::from("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    candidates.push(PathBuf::from(
+        "/work/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ));
     let found = candidates.into_iter().find(|p| p.exists());
     if found.is_none() {
-        eprintln!("skipping: the default model is not available (run `kiln pull` or set KILN_TEST_GGUF)");
+        eprintln!(
+            "skipping: the default model is not available (run `kiln pull` or set KILN_TEST_GGUF)"
+        );
     }
     found
 }
@@ -50,7 +59,9 @@ pub fn cpu_config(model: &Path) -> EngineConfig {
 
 /// Start an engine for tests.
 pub fn start(config: EngineConfig) -> LLM {
-    LLM::from_engine(Engine::start(config).unwrap_or_else(|e| panic!("engine failed to start: {e}")))
+    LLM::from_engine(
+        Engine::start(config).unwrap_or_else(|e| panic!("engine failed to start: {e}")),
+    )
 }
 
 /// A greedy request for token ids.

@@ -89,7 +89,10 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
@@ -114,7 +117,12 @@ pub fn weights(spec: &TinySpec) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         matrix(p("self_attn.o_proj.weight"), spec.hidden, q, s);
         matrix(p("mlp.gate_proj.weight"), spec.intermediate, spec.hidden, s);
         matrix(p("mlp.up_proj.weight"), spec.intermediate, spec.hidden, s);
-        matrix(p("mlp.down_proj.weight"), spec.hidden, spec.intermediate, 1.0 / (spec.intermediate as f32).sqrt());
+        matrix(
+            p("mlp.down_proj.weight"),
+            spec.hidden,
+            spec.intermediate,
+            1.0 / (spec.intermediate as f32).sqrt(),
+        );
     }
     if !spec.tie {
         matrix("lm_head.weight".into(), VOCAB, spec.hidden, 0.5);
@@ -122,12 +130,32 @@ pub fn weights(spec: &TinySpec) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut vectors = Vec::new();
     for l in 0..spec.layers {
         for n in ["input_layernorm", "post_attention_layernorm"] {
-            vectors.push((format!("model.layers.{l}.{n}.weight"), spec.hidden, 1.0, 0.2));
+            vectors.push((
+                format!("model.layers.{l}.{n}.weight"),
+                spec.hidden,
+                1.0,
+                0.2,
+            ));
         }
         if spec.qkv_bias {
-            vectors.push((format!("model.layers.{l}.self_attn.q_proj.bias"), q, 0.0, 0.1));
-            vectors.push((format!("model.layers.{l}.self_attn.k_proj.bias"), kv, 0.0, 0.1));
-            vectors.push((format!("model.layers.{l}.self_attn.v_proj.bias"), kv, 0.0, 0.1));
+            vectors.push((
+                format!("model.layers.{l}.self_attn.q_proj.bias"),
+                q,
+                0.0,
+                0.1,
+            ));
+            vectors.push((
+                format!("model.layers.{l}.self_attn.k_proj.bias"),
+                kv,
+                0.0,
+                0.1,
+            ));
+            vectors.push((
+                format!("model.layers.{l}.self_attn.v_proj.bias"),
+                kv,
+                0.0,
+                0.1,
+            ));
         }
     }
     vectors.push(("model.norm.weight".into(), spec.hidden, 1.0, 0.2));
@@ -160,8 +188,14 @@ fn config_json(spec: &TinySpec) -> serde_json::Value {
 
 fn encode(dtype: WeightDType, v: &[f32]) -> Vec<u8> {
     match dtype {
-        WeightDType::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
-        WeightDType::BF16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        WeightDType::F16 => v
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        WeightDType::BF16 => v
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
         _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
 }
@@ -176,16 +210,29 @@ pub fn write_safetensors(dir: &Path, spec: &TinySpec, dtype: WeightDType) -> Pat
         WeightDType::BF16 => safetensors::Dtype::BF16,
         _ => safetensors::Dtype::F32,
     };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), encode(dtype, v))).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), encode(dtype, v)))
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
-    safetensors::tensor::serialize_to_file(views, None::<HashMap<String, String>>, &dir.join("model.safetensors")).unwrap();
+    safetensors::tensor::serialize_to_file(
+        views,
+        None::<HashMap<String, String>>,
+        &dir.join("model.safetensors"),
+    )
+    .unwrap();
     std::fs::write(dir.join("config.json"), config_json(spec).to_string()).unwrap();
     let tok = Tokenizer::from_gguf(tokenizer_spec()).unwrap();
-    tok.save_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
+    tok.save_tokenizer_json(&dir.join("tokenizer.json"))
+        .unwrap();
     let tc = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": CHATML});
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
     dir.to_path_buf()
@@ -245,12 +292,20 @@ fn quantize(dtype: WeightDType, v: &[f32]) -> Vec<u8> {
                 let amax = b.iter().fold(0f32, |a, x| a.max(x.abs()));
                 let d = amax / 127.0;
                 out.extend(f16::from_f32(d).to_le_bytes());
-                out.extend(b.iter().map(|x| if d > 0.0 { (x / d).round() as i8 as u8 } else { 0 }));
+                out.extend(b.iter().map(|x| {
+                    if d > 0.0 {
+                        (x / d).round() as i8 as u8
+                    } else {
+                        0
+                    }
+                }));
             }
         }
         WeightDType::Q4_0 => {
             for b in v.chunks_exact(32) {
-                let max = b.iter().fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
+                let max = b
+                    .iter()
+                    .fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(f16::from_f32(d).to_le_bytes());
@@ -260,7 +315,9 @@ fn quantize(dtype: WeightDType, v: &[f32]) -> Vec<u8> {
         }
         WeightDType::Q4_1 => {
             for b in v.chunks_exact(32) {
-                let (min, max) = b.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                let (min, max) = b
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 let d = (max - min) / 15.0;
                 let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(f16::from_f32(d).to_le_bytes());
@@ -276,24 +333,48 @@ fn quantize(dtype: WeightDType, v: &[f32]) -> Vec<u8> {
 
 /// Write a GGUF file with matrices in `matrix_type` (norms stay F32).
 pub fn write_gguf(path: &Path, spec: &TinySpec, matrix_type: WeightDType) -> PathBuf {
-    let arch = if spec.architecture.starts_with("Qwen2") { "qwen2" } else { "llama" };
+    let arch = if spec.architecture.starts_with("Qwen2") {
+        "qwen2"
+    } else {
+        "llama"
+    };
     let t = tokenizer_spec();
     let mut w = GgufWriter::new();
     let key = |k: &str| format!("{arch}.{k}");
     w.metadata("general.architecture", GgufValue::String(arch.into()))
         .metadata("general.name", GgufValue::String("tiny".into()))
         .metadata(&key("block_count"), GgufValue::U32(spec.layers as u32))
-        .metadata(&key("context_length"), GgufValue::U32(spec.max_positions as u32))
+        .metadata(
+            &key("context_length"),
+            GgufValue::U32(spec.max_positions as u32),
+        )
         .metadata(&key("embedding_length"), GgufValue::U32(spec.hidden as u32))
-        .metadata(&key("feed_forward_length"), GgufValue::U32(spec.intermediate as u32))
-        .metadata(&key("attention.head_count"), GgufValue::U32(spec.heads as u32))
-        .metadata(&key("attention.head_count_kv"), GgufValue::U32(spec.kv_heads as u32))
+        .metadata(
+            &key("feed_forward_length"),
+            GgufValue::U32(spec.intermediate as u32),
+        )
+        .metadata(
+            &key("attention.head_count"),
+            GgufValue::U32(spec.heads as u32),
+        )
+        .metadata(
+            &key("attention.head_count_kv"),
+            GgufValue::U32(spec.kv_heads as u32),
+        )
         .metadata(&key("rope.freq_base"), GgufValue::F32(10000.0))
-        .metadata(&key("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5))
+        .metadata(
+            &key("attention.layer_norm_rms_epsilon"),
+            GgufValue::F32(1e-5),
+        )
         .metadata("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
         .metadata(
             "tokenizer.ggml.tokens",
-            GgufValue::Array(t.tokens.iter().map(|s| GgufValue::String(s.clone())).collect()),
+            GgufValue::Array(
+                t.tokens
+                    .iter()
+                    .map(|s| GgufValue::String(s.clone()))
+                    .collect(),
+            ),
         )
         .metadata(
             "tokenizer.ggml.token_type",

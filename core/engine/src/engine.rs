@@ -90,7 +90,14 @@ impl Engine {
     pub fn start_with(config: EngineConfig, hooks: StartHooks<'_>) -> Result<Engine, StartError> {
         let p = prepare(&config, hooks)?;
         let summary = p.summary.clone();
-        let (handle, system, thread) = spawn_actors(&config, p.files, p.runner, p.summary.info, &p.sizes, p.summary.kv)?;
+        let (handle, system, thread) = spawn_actors(
+            &config,
+            p.files,
+            p.runner,
+            p.summary.info,
+            &p.sizes,
+            p.summary.kv,
+        )?;
         Ok(Engine {
             handle,
             system,
@@ -138,7 +145,8 @@ struct Prepared {
 
 fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, StartError> {
     validate(config)?;
-    let files = open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
+    let files =
+        open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
     let backend = load_backend(config)?;
     let params = serde_json::json!({ "threads": config.threads }).to_string();
     let device = backend.backend.open(config.device_index, &params)?;
@@ -157,9 +165,17 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
     )?;
     let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
     let kv_plan = size_kv(config, &files, &device, &decoder, &bufs, act, &sizes)?;
-    let kv = KvCache::allocate(&device, &files.config, kv_plan.num_blocks, config.block_size, act)?;
+    let kv = KvCache::allocate(
+        &device,
+        &files.config,
+        kv_plan.num_blocks,
+        config.block_size,
+        act,
+    )?;
     tracing::info!("{}", kv_plan.log_line());
-    let info = engine_info(config, &files, &backend, &device, &decoder, &sizes, &kv_plan);
+    let info = engine_info(
+        config, &files, &backend, &device, &decoder, &sizes, &kv_plan,
+    );
     let summary = StartupSummary {
         info,
         kv: kv_plan,

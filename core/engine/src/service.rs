@@ -111,13 +111,16 @@ impl EngineService for ActorEngine {
         if waiting >= limit {
             return Err(EngineError::Overloaded { waiting, limit });
         }
-        self.scheduler
-            .try_send(Submit { request, events })
-            .map_err(|_| EngineError::EngineDead("the scheduler has stopped".into()))
+        if !self.scheduler.connected() {
+            return Err(EngineError::EngineDead("the scheduler has stopped".into()));
+        }
+        // `do_send` ignores the mailbox bound: admission is bounded by `max_waiting_requests`.
+        self.scheduler.do_send(Submit { request, events });
+        Ok(())
     }
 
     fn abort(&self, id: RequestId) {
-        let _ = self.scheduler.try_send(Abort(id));
+        self.scheduler.do_send(Abort(id));
     }
 
     fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
