@@ -50,6 +50,31 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln/cuda"))
 }
 
+/// Compile the kernel program to PTX for `arch` (e.g. `sm_90`). Needs only
+/// NVRTC, not a GPU.
+pub fn compile_ptx(arch: &'static str) -> Result<String, String> {
+    cudarc::nvrtc::compile_ptx_with_opts(
+        program_source(),
+        CompileOptions {
+            arch: Some(arch),
+            options: vec!["--std=c++17".into()],
+            ..Default::default()
+        },
+    )
+    .map(|p| p.to_src())
+    .map_err(|e| format!("{e:?}"))
+}
+
+/// Whether NVRTC can be loaded on this machine (cudarc panics when it cannot).
+pub fn nvrtc_available() -> bool {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    // SAFETY: only probes whether the library loads.
+    let ok = std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
+    std::panic::set_hook(previous);
+    ok
+}
+
 /// Compiled kernels of one device.
 pub struct Kernels {
     module: Arc<CudaModule>,

@@ -183,7 +183,16 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
         backend_source: backend.source.to_string(),
         device: device.info().clone(),
     };
-    let runner = ModelRunner::new(device, decoder, kv, bufs);
+    let mut runner = ModelRunner::new(device, decoder, kv, bufs);
+    if !config.enforce_eager && sizes.gpu {
+        let started = std::time::Instant::now();
+        let n = runner
+            .capture_graphs(sizes.max_num_seqs, sizes.max_model_len)
+            .map_err(|e| StartError::Config(format!("graph capture failed ({e}); retry with --enforce-eager")))?;
+        if n > 0 {
+            tracing::info!("captured {n} decode graphs in {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
     Ok(Prepared {
         files,
         runner,

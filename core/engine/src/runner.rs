@@ -2,7 +2,7 @@
 //! the per-step buffers, and turns a [`StepPlan`] into one forward pass.
 
 use kiln_models::llama::{BatchInputs, KvCache, LlamaDecoder, StepBuffers};
-use kiln_plugin_abi::safe::{Buffer, Device};
+use kiln_plugin_abi::safe::{Buffer, Device, Graph};
 use kiln_plugin_abi::{KILN_I32, ops};
 use kiln_protocol::step::{BlockCopy, StepLogits, StepPlan};
 
@@ -29,7 +29,18 @@ pub struct ModelRunner {
     kv: KvCache,
     bufs: StepBuffers,
     tables: BlockTables,
+    graphs: Vec<DecodeGraph>,
+    graph_seq_len: usize,
 }
+
+/// A captured decode step for a fixed batch size.
+struct DecodeGraph {
+    batch: usize,
+    graph: Graph,
+}
+
+/// Decode batch sizes that get a captured graph.
+pub const GRAPH_BATCHES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 impl ModelRunner {
     /// Assemble a runner from its parts (see `crate::engine` for start-up).
@@ -40,7 +51,39 @@ impl ModelRunner {
             kv,
             bufs,
             tables: BlockTables::default(),
+            graphs: Vec::new(),
+            graph_seq_len: 0,
         }
+    }
+
+    /// Capture decode steps as device graphs for every batch size in
+    /// [`GRAPH_BATCHES`] up to `max_batch` (no-op when the device has no graphs).
+    /// Each is run eagerly once first so that the backend allocates its workspaces.
+    pub fn capture_graphs(&mut self, max_batch: usize, max_model_len: usize) -> Result<usize, RunnerError> {
+        if !self.device.has_graphs() {
+            return Ok(0);
+        }
+        self.graph_seq_len = max_model_len;
+        let cap = self.bufs.capacity();
+        let sizes: Vec<usize> = GRAPH_BATCHES
+            .iter()
+            .copied()
+            .filter(|&b| b <= max_batch.min(cap.max_seqs).min(cap.max_tokens))
+            .collect();
+        for &b in sizes.iter().rev() {
+            let batch = padded_decode_batch(&HostBatch::default(), b, cap.max_blocks_per_seq, max_model_len);
+            let inputs = batch_inputs(&batch);
+            self.decoder.forward(&self.device, &self.kv, &self.bufs, &inputs)?;
+            self.device.synchronize()?;
+            let ops = self.decoder.build_ops(&self.kv, &self.bufs, &inputs);
+            self.device.graph_begin()?;
+            let queued = self.device.execute(&ops);
+            let graph = self.device.graph_end()?;
+            queued?;
+            self.graphs.push(DecodeGraph { batch: b, graph });
+        }
+        self.graphs.sort_by_key(|g| g.batch);
+        Ok(self.graphs.len())
     }
 
     /// The decoder.
@@ -66,7 +109,9 @@ impl ModelRunner {
             });
         }
         let batch = build_batch(plan, &self.tables, self.kv.block_size)?;
-        self.forward(&batch)?;
+        if !self.replay_graph(plan, &batch)? {
+            self.forward(&batch)?;
+        }
         let logits = if batch.logits_rows.is_empty() {
             Vec::new()
         } else {
@@ -82,21 +127,25 @@ impl ModelRunner {
     }
 
     fn forward(&self, batch: &HostBatch) -> Result<(), RunnerError> {
-        let inputs = BatchInputs {
-            token_ids: &batch.token_ids,
-            positions: &batch.positions,
-            slot_mapping: &batch.slot_mapping,
-            seq_lens: &batch.seq_lens,
-            query_start_loc: &batch.query_start_loc,
-            block_tables: &batch.block_tables,
-            blocks_per_seq: batch.blocks_per_seq,
-            logits_indices: &batch.logits_indices,
-            max_query_len: batch.max_query_len,
-            max_seq_len: batch.max_seq_len,
-        };
-        self.decoder
-            .forward(&self.device, &self.kv, &self.bufs, &inputs)?;
+        self.decoder.forward(&self.device, &self.kv, &self.bufs, &batch_inputs(batch))?;
         Ok(())
+    }
+
+    /// Run a decode-only step through a captured graph when one fits.
+    fn replay_graph(&self, plan: &StepPlan, batch: &HostBatch) -> Result<bool, RunnerError> {
+        let decode_only = plan.seqs.iter().all(|s| s.token_ids.len() == 1 && s.num_samples == 1);
+        let n = plan.seqs.len();
+        let Some(g) = self.graphs.iter().find(|g| g.batch >= n) else {
+            return Ok(false);
+        };
+        if !decode_only || batch.max_seq_len > self.graph_seq_len {
+            return Ok(false);
+        }
+        let cap = self.bufs.capacity();
+        let padded = padded_decode_batch(batch, g.batch, cap.max_blocks_per_seq, self.graph_seq_len);
+        self.decoder.upload_inputs(&self.device, &self.bufs, &batch_inputs(&padded))?;
+        self.device.graph_launch(&g.graph)?;
+        Ok(true)
     }
 
     fn copy_blocks(&self, copies: &[BlockCopy]) -> Result<(), RunnerError> {
@@ -122,4 +171,44 @@ impl ModelRunner {
         self.device.synchronize()?;
         Ok(())
     }
+}
+
+fn batch_inputs(batch: &HostBatch) -> BatchInputs<'_> {
+    BatchInputs {
+        token_ids: &batch.token_ids,
+        positions: &batch.positions,
+        slot_mapping: &batch.slot_mapping,
+        seq_lens: &batch.seq_lens,
+        query_start_loc: &batch.query_start_loc,
+        block_tables: &batch.block_tables,
+        blocks_per_seq: batch.blocks_per_seq,
+        logits_indices: &batch.logits_indices,
+        max_query_len: batch.max_query_len,
+        max_seq_len: batch.max_seq_len,
+    }
+}
+
+/// A decode batch padded to `size` rows with harmless rows (no KV write,
+/// one key), block tables widened to `blocks` columns and `max_seq_len`
+/// fixed, so that the same captured graph serves every step of that size.
+pub fn padded_decode_batch(batch: &HostBatch, size: usize, blocks: usize, max_seq_len: usize) -> HostBatch {
+    let n = batch.token_ids.len();
+    let mut p = batch.clone();
+    p.token_ids.resize(size, 0);
+    p.positions.resize(size, 0);
+    p.slot_mapping.resize(size, -1);
+    p.seq_lens.resize(size, 1);
+    p.query_start_loc = (0..=size as i32).collect();
+    let mut tables = vec![0i32; size * blocks];
+    for row in 0..n {
+        let cols = batch.blocks_per_seq.min(blocks);
+        tables[row * blocks..row * blocks + cols]
+            .copy_from_slice(&batch.block_tables[row * batch.blocks_per_seq..row * batch.blocks_per_seq + cols]);
+    }
+    p.block_tables = tables;
+    p.blocks_per_seq = blocks;
+    p.logits_indices = (0..size as i32).collect();
+    p.max_query_len = 1;
+    p.max_seq_len = max_seq_len;
+    p
 }

