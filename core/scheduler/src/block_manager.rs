@@ -1,75 +1,119 @@
 //! The paged KV-cache block manager: reference-counted blocks, automatic
-//! prefix caching and copy-on-write, driven by one [`AllocateForStep`]
-//! message per engine step.
+//! prefix caching, LRU reuse of freed cached blocks and copy-on-write,
+//! driven by one [`AllocateForStep`] message per engine step.
 //!
-//! Prefix caching: a full block is identified by a chained hash of its parent
-//! block's hash and its own token ids; the block also keeps those token ids,
-//! so a hash collision can never hand out the wrong KV (a hit is only taken
-//! when the tokens and the parent hash match). Freed cached blocks keep their
-//! identity on an LRU free list and are reused by later requests until a new
-//! allocation evicts them from the head of the list.
+//! # Blocks and the free list
+//! The pool holds `num_blocks` blocks of `block_size` token slots. Each block
+//! has a reference count (the number of sequence block tables holding it).
+//! Blocks with count 0 sit on a doubly linked free list; allocation takes the
+//! head. A freed block that carries a prefix-cache identity goes to the
+//! tail, so cached content is evicted least recently used first; a freed
+//! block without an identity has nothing worth keeping and goes to the head,
+//! to be reused before any cached block. A sequence's blocks are freed last
+//! block first, so the deep end of a prompt is evicted before its start.
+//!
+//! # Prefix caching
+//! When a block of a sequence becomes full it is registered under a key
+//! `block_hash(parent identity, its block_size token ids)`, where the parent
+//! identity is the unique id given to the previous block's registration (a
+//! fixed root id for the first block). The registration stores the parent id
+//! and the token ids themselves, and a lookup accepts a block only when both
+//! match exactly, so by induction a hit chain is exactly the looked-up token
+//! prefix: a 64-bit hash collision can cost a cache hit, never give wrong KV.
+//! When the key is already held by a block with the same identity, the
+//! sequence adopts that identity (its own copy stays unregistered); when it
+//! is held by a different identity (a true collision), the sequence's chain
+//! stops being cached from that block on.
+//!
+//! Blocks are registered as soon as the step that computes their last slot
+//! is allocated, but a lookup never returns a block registered by the same
+//! `allocate_for_step` call: its KV is being computed in that very step. The
+//! engine must run a step before asking for the next one, and must call
+//! [`BlockManager::reset_prefix_cache`] when a step failed (its KV may be
+//! garbage). An identity is dropped only when its block is taken from the
+//! free list for a new allocation.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 use kiln_protocol::step::{
-    AllocateForStep, BlockCopy, BlockDemand, BlockGrant, DemandKind, Granted, StepAllocation,
+    AllocateForStep, BlockCopy, BlockDemand, BlockGrant, DemandKind, Fork, Granted, StepAllocation,
 };
 use kiln_protocol::{BlockId, SeqId, TokenId};
 
 /// Block manager settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockManagerConfig {
-    /// Blocks in the pool.
+    /// Blocks in the pool (at most `u32::MAX - 1`).
     pub num_blocks: usize,
-    /// Tokens per block.
+    /// Tokens per block (values below 1 are treated as 1).
     pub block_size: usize,
     /// Automatic prefix caching.
     pub enable_prefix_caching: bool,
 }
 
-const NONE: u32 = u32::MAX;
+/// Free-list link meaning "none".
+const NIL: u32 = u32::MAX;
+
+/// Parent identity of the first block of every sequence.
+pub const ROOT_IDENTITY: u64 = 0;
+
+/// A sequence block whose content has no cache identity.
+const NO_IDENTITY: u64 = u64::MAX;
+
+/// The lookup key of a full block: a fast, deterministic 64-bit hash of the
+/// parent block's identity and the block's token ids. Stable across runs and
+/// platforms (it is not `std`'s randomly keyed hasher).
+pub fn block_hash(parent: u64, tokens: &[TokenId]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = parent ^ 0x6b69_6c6e_5f6b_7663;
+    for &t in tokens {
+        h = (h.rotate_left(26) ^ u64::from(t)).wrapping_mul(K);
+    }
+    // Final avalanche (splitmix64's finaliser).
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
 
 #[derive(Debug, Clone)]
 struct Block {
     refs: u32,
-    /// Identity while cached: chained hash, parent hash and token ids.
-    cached: Option<CachedIdentity>,
+    /// Present while the block is registered in the prefix cache.
+    cached: Option<Identity>,
     prev: u32,
     next: u32,
     free: bool,
 }
 
+/// What a registered block holds: the registration's unique id, the parent
+/// registration's id and the block's token ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct CachedIdentity {
-    hash: u64,
+struct Identity {
+    key: u64,
+    id: u64,
     parent: u64,
     tokens: Vec<TokenId>,
+    /// `allocate_for_step` call that registered it (not hittable during it).
+    epoch: u64,
 }
 
 #[derive(Debug, Clone, Default)]
 struct SeqBlocks {
+    /// [ceil(num_tokens / block_size)] block ids.
     table: Vec<BlockId>,
+    /// Token slots allocated.
     num_tokens: usize,
-    /// Chained hashes of the full blocks, by block index.
-    hashes: Vec<u64>,
-    /// Tokens of the last, partial block.
+    /// [num_tokens / block_size] cache identity of each full block's content.
+    identities: Vec<u64>,
+    /// [num_tokens % block_size] tokens of the last, partial block.
     partial: Vec<TokenId>,
+    /// Register full blocks in the prefix cache.
     caching: bool,
 }
 
-/// Hash of a full block given its parent's hash.
-pub fn block_hash(parent: u64, tokens: &[TokenId]) -> u64 {
-    let mut h = DefaultHasher::new();
-    parent.hash(&mut h);
-    tokens.hash(&mut h);
-    h.finish()
-}
-
-/// The root of every hash chain.
-pub const ROOT_HASH: u64 = 0x6b69_6c6e_0000_0001;
-
-/// The pure block manager.
+/// The pure block manager (see the module docs).
 #[derive(Debug, Clone)]
 pub struct BlockManager {
     config: BlockManagerConfig,
@@ -79,34 +123,48 @@ pub struct BlockManager {
     free_count: usize,
     cache: HashMap<u64, BlockId>,
     seqs: HashMap<SeqId, SeqBlocks>,
+    next_identity: u64,
+    epoch: u64,
     queries: u32,
     hits: u32,
 }
 
 impl BlockManager {
-    /// A pool of free blocks.
+    /// A pool of `num_blocks` free blocks.
     pub fn new(config: BlockManagerConfig) -> BlockManager {
+        let config = BlockManagerConfig {
+            num_blocks: config.num_blocks.min(NIL as usize - 1),
+            block_size: config.block_size.max(1),
+            ..config
+        };
         let n = config.num_blocks;
         let blocks = (0..n)
             .map(|i| Block {
                 refs: 0,
                 cached: None,
-                prev: if i == 0 { NONE } else { i as u32 - 1 },
-                next: if i + 1 == n { NONE } else { i as u32 + 1 },
+                prev: if i == 0 { NIL } else { i as u32 - 1 },
+                next: if i + 1 == n { NIL } else { i as u32 + 1 },
                 free: true,
             })
             .collect();
         BlockManager {
             config,
             blocks,
-            head: if n == 0 { NONE } else { 0 },
-            tail: if n == 0 { NONE } else { n as u32 - 1 },
+            head: if n == 0 { NIL } else { 0 },
+            tail: if n == 0 { NIL } else { n as u32 - 1 },
             free_count: n,
             cache: HashMap::new(),
             seqs: HashMap::new(),
+            next_identity: ROOT_IDENTITY + 1,
+            epoch: 0,
             queries: 0,
             hits: 0,
         }
+    }
+
+    /// The settings in use (after clamping).
+    pub fn config(&self) -> BlockManagerConfig {
+        self.config
     }
 
     /// Blocks available for allocation (including cached, evictable ones).
@@ -124,19 +182,24 @@ impl BlockManager {
         self.config.num_blocks - self.free_count
     }
 
-    /// A sequence's block table.
+    /// Blocks registered in the prefix cache (used or free).
+    pub fn num_cached_blocks(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// A sequence's block table (`None` for sequences holding nothing).
     pub fn block_table(&self, seq: SeqId) -> Option<&[BlockId]> {
         self.seqs.get(&seq).map(|s| s.table.as_slice())
     }
 
-    /// Tokens a sequence holds slots for.
+    /// Token slots a sequence holds.
     pub fn num_tokens(&self, seq: SeqId) -> Option<usize> {
         self.seqs.get(&seq).map(|s| s.num_tokens)
     }
 
-    /// A block's reference count.
+    /// A block's reference count (0 for free or unknown blocks).
     pub fn ref_count(&self, block: BlockId) -> u32 {
-        self.blocks[block as usize].refs
+        self.blocks.get(block as usize).map_or(0, |b| b.refs)
     }
 
     /// Sequences holding blocks.
@@ -144,23 +207,28 @@ impl BlockManager {
         self.seqs.len()
     }
 
+    /// The sequences holding blocks, in no particular order.
+    pub fn sequences(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.seqs.keys().copied()
+    }
+
     // ---------------------------------------------------------------- free list
 
     fn unlink(&mut self, b: u32) {
         let (prev, next) = (self.blocks[b as usize].prev, self.blocks[b as usize].next);
-        if prev == NONE {
+        if prev == NIL {
             self.head = next;
         } else {
             self.blocks[prev as usize].next = next;
         }
-        if next == NONE {
+        if next == NIL {
             self.tail = prev;
         } else {
             self.blocks[next as usize].prev = prev;
         }
         let blk = &mut self.blocks[b as usize];
-        blk.prev = NONE;
-        blk.next = NONE;
+        blk.prev = NIL;
+        blk.next = NIL;
         blk.free = false;
         self.free_count -= 1;
     }
@@ -168,9 +236,9 @@ impl BlockManager {
     fn push_tail(&mut self, b: u32) {
         let blk = &mut self.blocks[b as usize];
         blk.prev = self.tail;
-        blk.next = NONE;
+        blk.next = NIL;
         blk.free = true;
-        if self.tail == NONE {
+        if self.tail == NIL {
             self.head = b;
         } else {
             self.blocks[self.tail as usize].next = b;
@@ -182,9 +250,9 @@ impl BlockManager {
     fn push_head(&mut self, b: u32) {
         let blk = &mut self.blocks[b as usize];
         blk.next = self.head;
-        blk.prev = NONE;
+        blk.prev = NIL;
         blk.free = true;
-        if self.head == NONE {
+        if self.head == NIL {
             self.tail = b;
         } else {
             self.blocks[self.head as usize].prev = b;
@@ -193,23 +261,24 @@ impl BlockManager {
         self.free_count += 1;
     }
 
-    /// Take the least recently freed block, evicting its cache identity.
+    /// Take the head of the free list (count 1), evicting its cache identity.
     fn pop_free(&mut self) -> Option<BlockId> {
         let b = self.head;
-        if b == NONE {
+        if b == NIL {
             return None;
         }
         self.unlink(b);
         if let Some(id) = self.blocks[b as usize].cached.take()
-            && self.cache.get(&id.hash) == Some(&b)
+            && self.cache.get(&id.key) == Some(&b)
         {
-            self.cache.remove(&id.hash);
+            self.cache.remove(&id.key);
         }
         self.blocks[b as usize].refs = 1;
         Some(b)
     }
 
-    fn acquire(&mut self, b: BlockId) {
+    /// One more reference to `b`; a free (cached) block leaves the free list.
+    fn touch(&mut self, b: BlockId) {
         if self.blocks[b as usize].free {
             self.unlink(b);
         }
@@ -218,35 +287,31 @@ impl BlockManager {
 
     fn drop_ref(&mut self, b: BlockId) {
         let blk = &mut self.blocks[b as usize];
-        debug_assert!(blk.refs > 0, "block {b} released more often than taken");
         blk.refs = blk.refs.saturating_sub(1);
-        if blk.refs == 0 {
-            let keep = blk
-                .cached
-                .as_ref()
-                .is_some_and(|c| self.cache.get(&c.hash) == Some(&b));
-            if keep {
+        if blk.refs == 0 && !blk.free {
+            if blk.cached.is_some() {
                 self.push_tail(b);
             } else {
-                self.blocks[b as usize].cached = None;
                 self.push_head(b);
             }
         }
     }
 
-    // ---------------------------------------------------------------- requests
+    // ---------------------------------------------------------------- messages
 
-    /// Return every block reference of `seq` (no-op for unknown sequences).
+    /// Return every block reference of `seq`; blocks whose count reaches 0
+    /// go to the free list (cached ones keep their identity). Releasing an
+    /// unknown sequence does nothing.
     pub fn release(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.remove(&seq) {
-            // Last blocks first, so that a prompt's first blocks are evicted last.
             for &b in s.table.iter().rev() {
                 self.drop_ref(b);
             }
         }
     }
 
-    /// Forget every cached prefix (blocks keep their contents but are no longer found).
+    /// Forget every cached prefix: call it after a failed step. Blocks keep
+    /// their places; running sequences stop registering blocks.
     pub fn reset_prefix_cache(&mut self) {
         self.cache.clear();
         for b in &mut self.blocks {
@@ -257,34 +322,37 @@ impl BlockManager {
         }
     }
 
-    fn fork(&mut self, parent: SeqId, child: SeqId) -> bool {
-        let Some(p) = self.seqs.get(&parent).cloned() else {
-            return false;
+    /// `child` shares every block of `parent`. An unknown parent is ignored;
+    /// a child that already held blocks first releases them.
+    fn fork(&mut self, f: Fork) {
+        let Some(p) = self.seqs.get(&f.parent).cloned() else {
+            return;
         };
-        self.release(child);
+        self.release(f.child);
         for &b in &p.table {
             self.blocks[b as usize].refs += 1;
         }
-        self.seqs.insert(child, p);
-        true
+        self.seqs.insert(f.child, p);
     }
 
-    /// Process one step's message.
+    /// Process one step's message: `forks`, then `releases`, then `demands`
+    /// in order (see [`AllocateForStep`]).
     pub fn allocate_for_step(&mut self, msg: AllocateForStep) -> StepAllocation {
-        for f in &msg.forks {
-            self.fork(f.parent, f.child);
+        self.epoch += 1;
+        for &f in &msg.forks {
+            self.fork(f);
         }
-        for seq in &msg.releases {
-            self.release(*seq);
+        for &seq in &msg.releases {
+            self.release(seq);
         }
         self.queries = 0;
         self.hits = 0;
         let mut copies = Vec::new();
-        let mut admissions_blocked = false;
+        let mut admissions_open = true;
         let grants = msg
             .demands
             .into_iter()
-            .map(|d| self.grant(d, &mut admissions_blocked, &mut copies))
+            .map(|d| self.grant(d, &mut admissions_open, &mut copies))
             .collect();
         StepAllocation {
             step_id: msg.step_id,
@@ -300,7 +368,7 @@ impl BlockManager {
     fn grant(
         &mut self,
         d: BlockDemand,
-        admissions_blocked: &mut bool,
+        admissions_open: &mut bool,
         copies: &mut Vec<BlockCopy>,
     ) -> BlockGrant {
         let granted = match d.kind {
@@ -308,20 +376,17 @@ impl BlockManager {
                 token_ids,
                 max_new_tokens,
                 use_prefix_cache,
-            } => {
-                if *admissions_blocked {
-                    None
-                } else {
-                    let g = self.admit(
-                        d.seq_id,
-                        &token_ids,
-                        max_new_tokens as usize,
-                        use_prefix_cache,
-                    );
-                    *admissions_blocked = g.is_none();
-                    g
-                }
+            } if *admissions_open => {
+                let req = AdmitRequest {
+                    tokens: &token_ids,
+                    max_new: max_new_tokens as usize,
+                    use_cache: use_prefix_cache && self.config.enable_prefix_caching,
+                };
+                let g = self.admit(d.seq_id, req);
+                *admissions_open = g.is_some();
+                g
             }
+            DemandKind::Admit { .. } => None,
             DemandKind::Extend { token_ids } => self.extend(d.seq_id, &token_ids, copies),
         };
         BlockGrant {
@@ -330,82 +395,70 @@ impl BlockManager {
         }
     }
 
+    /// The longest chain of cached blocks for `tokens`, never covering the
+    /// last token, never a block registered in this call.
     fn lookup(&self, tokens: &[TokenId]) -> Vec<(BlockId, u64)> {
         let bs = self.config.block_size;
         let max_hits = tokens.len().saturating_sub(1) / bs;
-        let mut parent = ROOT_HASH;
+        let mut parent = ROOT_IDENTITY;
         let mut hits = Vec::new();
-        for i in 0..max_hits {
-            let chunk = &tokens[i * bs..(i + 1) * bs];
-            let h = block_hash(parent, chunk);
-            let Some(&b) = self.cache.get(&h) else { break };
-            let same = self.blocks[b as usize]
-                .cached
-                .as_ref()
-                .is_some_and(|c| c.parent == parent && c.tokens == chunk);
-            if !same {
+        for chunk in tokens.chunks_exact(bs).take(max_hits) {
+            let Some(&b) = self.cache.get(&block_hash(parent, chunk)) else {
+                break;
+            };
+            let Some(id) = self.blocks[b as usize].cached.as_ref() else {
+                break;
+            };
+            if id.parent != parent || id.tokens != chunk || id.epoch == self.epoch {
                 break;
             }
-            hits.push((b, h));
-            parent = h;
+            hits.push((b, id.id));
+            parent = id.id;
         }
         hits
     }
 
-    fn admit(
-        &mut self,
-        seq: SeqId,
-        tokens: &[TokenId],
-        max_new: usize,
-        use_cache: bool,
-    ) -> Option<Granted> {
+    fn admit(&mut self, seq: SeqId, req: AdmitRequest<'_>) -> Option<Granted> {
         let bs = self.config.block_size;
-        let caching = self.config.enable_prefix_caching && use_cache;
-        if tokens.is_empty() || max_new == 0 {
+        if req.tokens.is_empty() || req.max_new == 0 || self.seqs.contains_key(&seq) {
             return None;
         }
-        self.release(seq);
-        let hits = if caching {
-            self.lookup(tokens)
+        let hits = if req.use_cache {
+            self.lookup(req.tokens)
         } else {
             Vec::new()
         };
         let cached = hits.len() * bs;
-        let new_tokens = max_new.min(tokens.len() - cached);
-        let total_blocks = (cached + new_tokens).div_ceil(bs);
-        let new_blocks = total_blocks - hits.len();
-        let hits_on_free = hits
+        let new_tokens = req.max_new.min(req.tokens.len() - cached);
+        let fresh = (cached + new_tokens).div_ceil(bs) - hits.len();
+        let touched_free = hits
             .iter()
             .filter(|(b, _)| self.blocks[*b as usize].free)
             .count();
-        if self.free_count < new_blocks + hits_on_free {
+        if self.free_count < fresh + touched_free {
             return None;
         }
-        if caching {
-            self.queries += tokens.len() as u32;
+        if req.use_cache {
+            self.queries += req.tokens.len() as u32;
             self.hits += cached as u32;
         }
         let mut s = SeqBlocks {
-            caching,
+            caching: req.use_cache,
+            num_tokens: cached,
             ..Default::default()
         };
-        for &(b, h) in &hits {
-            self.acquire(b);
+        // Touch the hits first so that taking fresh blocks cannot evict them.
+        for &(b, id) in &hits {
+            self.touch(b);
             s.table.push(b);
-            s.hashes.push(h);
+            s.identities.push(id);
         }
-        for _ in 0..new_blocks {
-            let b = self.pop_free()?;
-            s.table.push(b);
+        for _ in 0..fresh {
+            s.table.extend(self.pop_free());
         }
-        s.num_tokens = cached;
+        self.append_tokens(&mut s, &req.tokens[cached..cached + new_tokens]);
+        let table = s.table.clone();
         self.seqs.insert(seq, s);
-        self.append_tokens(seq, &tokens[cached..cached + new_tokens]);
-        let table = self
-            .seqs
-            .get(&seq)
-            .map(|s| s.table.clone())
-            .unwrap_or_default();
         Some(Granted {
             num_cached_tokens: cached as u32,
             num_new_tokens: new_tokens as u32,
@@ -421,19 +474,23 @@ impl BlockManager {
         copies: &mut Vec<BlockCopy>,
     ) -> Option<Granted> {
         let bs = self.config.block_size;
-        let s = self.seqs.get(&seq)?;
-        let (len, n) = (s.table.len(), s.num_tokens);
-        let needed = (n + tokens.len()).div_ceil(bs).saturating_sub(len);
-        let last = s.table.last().copied();
-        let cow = !n.is_multiple_of(bs)
-            && !tokens.is_empty()
-            && last.is_some_and(|b| self.blocks[b as usize].refs > 1);
-        if self.free_count < needed + usize::from(cow) {
+        let mut s = self.seqs.remove(&seq)?;
+        let len = s.table.len();
+        let needed = (s.num_tokens + tokens.len()).div_ceil(bs) - len;
+        let shared_partial_tail = s
+            .table
+            .last()
+            .filter(|_| !s.num_tokens.is_multiple_of(bs) && !tokens.is_empty())
+            .filter(|&&b| self.blocks[b as usize].refs > 1)
+            .copied();
+        if self.free_count < needed + usize::from(shared_partial_tail.is_some()) {
+            self.seqs.insert(seq, s);
             return None;
         }
         let mut keep = len;
-        let mut added = Vec::new();
-        if cow && let Some(old) = last {
+        let mut added = Vec::with_capacity(needed + 1);
+        if let Some(old) = shared_partial_tail {
+            // Copy-on-write: the fresh block gets the old one's filled slots.
             let fresh = self.pop_free()?;
             copies.push(BlockCopy {
                 src: old,
@@ -444,13 +501,12 @@ impl BlockManager {
             added.push(fresh);
         }
         for _ in 0..needed {
-            added.push(self.pop_free()?);
+            added.extend(self.pop_free());
         }
-        if let Some(s) = self.seqs.get_mut(&seq) {
-            s.table.truncate(keep);
-            s.table.extend_from_slice(&added);
-        }
-        self.append_tokens(seq, tokens);
+        s.table.truncate(keep);
+        s.table.extend_from_slice(&added);
+        self.append_tokens(&mut s, tokens);
+        self.seqs.insert(seq, s);
         Some(Granted {
             num_cached_tokens: 0,
             num_new_tokens: tokens.len() as u32,
@@ -460,77 +516,52 @@ impl BlockManager {
     }
 
     /// Record tokens written into the sequence's slots; register blocks that become full.
-    fn append_tokens(&mut self, seq: SeqId, tokens: &[TokenId]) {
+    fn append_tokens(&mut self, s: &mut SeqBlocks, tokens: &[TokenId]) {
         let bs = self.config.block_size;
-        let Some(mut s) = self.seqs.remove(&seq) else {
-            return;
-        };
         for &t in tokens {
             s.partial.push(t);
             s.num_tokens += 1;
             if s.partial.len() == bs {
-                let idx = s.num_tokens / bs - 1;
-                let parent = if idx == 0 {
-                    ROOT_HASH
-                } else {
-                    s.hashes[idx - 1]
-                };
-                let h = block_hash(parent, &s.partial);
-                let block = s.table[idx];
-                if s.caching
-                    && !self.cache.contains_key(&h)
-                    && self.blocks[block as usize].cached.is_none()
-                {
-                    self.cache.insert(h, block);
-                    self.blocks[block as usize].cached = Some(CachedIdentity {
-                        hash: h,
-                        parent,
-                        tokens: s.partial.clone(),
-                    });
-                }
-                s.hashes.push(h);
+                let index = s.num_tokens / bs - 1;
+                let identity = self.register(s, s.table[index]);
+                s.identities.push(identity);
                 s.partial.clear();
             }
         }
-        self.seqs.insert(seq, s);
     }
 
-    /// Check every invariant; the error says which one broke.
+    /// Register a block that just became full; returns its content's identity.
+    fn register(&mut self, s: &SeqBlocks, block: BlockId) -> u64 {
+        let parent = s.identities.last().copied().unwrap_or(ROOT_IDENTITY);
+        if !s.caching || parent == NO_IDENTITY {
+            return NO_IDENTITY;
+        }
+        let key = block_hash(parent, &s.partial);
+        if let Some(&other) = self.cache.get(&key) {
+            return match self.blocks[other as usize].cached.as_ref() {
+                Some(id) if id.parent == parent && id.tokens == s.partial => id.id,
+                _ => NO_IDENTITY,
+            };
+        }
+        let id = self.next_identity;
+        self.next_identity += 1;
+        self.cache.insert(key, block);
+        self.blocks[block as usize].cached = Some(Identity {
+            key,
+            id,
+            parent,
+            tokens: s.partial.clone(),
+            epoch: self.epoch,
+        });
+        id
+    }
+
+    // ---------------------------------------------------------------- checks
+
+    /// Check every invariant; the error says which one broke. Meant for tests.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut refs = vec![0u32; self.config.num_blocks];
-        for (id, s) in &self.seqs {
-            if s.table.len() != s.num_tokens.div_ceil(self.config.block_size) {
-                return Err(format!(
-                    "seq {id}: {} blocks for {} tokens",
-                    s.table.len(),
-                    s.num_tokens
-                ));
-            }
-            for &b in &s.table {
-                refs[b as usize] += 1;
-            }
-        }
-        let mut free_seen = 0;
-        let mut cur = self.head;
-        let mut prev = NONE;
-        while cur != NONE {
-            let b = &self.blocks[cur as usize];
-            if !b.free || b.refs != 0 || b.prev != prev {
-                return Err(format!("free list corrupt at block {cur}"));
-            }
-            free_seen += 1;
-            if free_seen > self.config.num_blocks {
-                return Err("free list has a cycle".into());
-            }
-            prev = cur;
-            cur = b.next;
-        }
-        if free_seen != self.free_count || self.tail != prev {
-            return Err(format!(
-                "free list has {free_seen} blocks, counter says {}",
-                self.free_count
-            ));
-        }
+        let refs = self.check_sequences()?;
+        self.check_free_list()?;
         for (i, b) in self.blocks.iter().enumerate() {
             if b.refs != refs[i] {
                 return Err(format!(
@@ -539,27 +570,103 @@ impl BlockManager {
                 ));
             }
             if (b.refs == 0) != b.free {
-                return Err(format!("block {i}: refs {} free {}", b.refs, b.free));
+                return Err(format!(
+                    "block {i}: ref count {} but free flag {}",
+                    b.refs, b.free
+                ));
+            }
+            if let Some(id) = &b.cached
+                && self.cache.get(&id.key) != Some(&(i as BlockId))
+            {
+                return Err(format!(
+                    "block {i} has an identity the cache does not map to it"
+                ));
             }
         }
-        if self.free_count + refs.iter().filter(|&&r| r > 0).count() != self.config.num_blocks {
-            return Err("free + used != total".into());
+        let used = refs.iter().filter(|&&r| r > 0).count();
+        if self.free_count + used != self.config.num_blocks {
+            return Err(format!(
+                "free {} + used {used} != total {}",
+                self.free_count, self.config.num_blocks
+            ));
         }
-        for (h, &b) in &self.cache {
-            if self.blocks[b as usize].cached.as_ref().map(|c| c.hash) != Some(*h) {
+        for (key, &b) in &self.cache {
+            let held = self.blocks.get(b as usize).and_then(|b| b.cached.as_ref());
+            if held.map(|id| id.key) != Some(*key) {
                 return Err(format!(
-                    "cache entry {h:x} points at block {b} with another identity"
+                    "cache key {key:x} points at block {b}, which holds another identity"
                 ));
             }
         }
         Ok(())
     }
+
+    /// Per-sequence bookkeeping; returns the reference count each block should have.
+    fn check_sequences(&self) -> Result<Vec<u32>, String> {
+        let bs = self.config.block_size;
+        let mut refs = vec![0u32; self.config.num_blocks];
+        for (id, s) in &self.seqs {
+            if s.table.len() != s.num_tokens.div_ceil(bs)
+                || s.identities.len() != s.num_tokens / bs
+                || s.partial.len() != s.num_tokens % bs
+            {
+                return Err(format!(
+                    "seq {id}: {} blocks, {} identities, {} partial tokens for {} tokens",
+                    s.table.len(),
+                    s.identities.len(),
+                    s.partial.len(),
+                    s.num_tokens
+                ));
+            }
+            for &b in &s.table {
+                let Some(r) = refs.get_mut(b as usize) else {
+                    return Err(format!("seq {id} holds block {b}, outside the pool"));
+                };
+                *r += 1;
+            }
+        }
+        Ok(refs)
+    }
+
+    fn check_free_list(&self) -> Result<(), String> {
+        let mut seen = 0;
+        let mut cur = self.head;
+        let mut prev = NIL;
+        while cur != NIL {
+            let b = &self.blocks[cur as usize];
+            if !b.free || b.refs != 0 || b.prev != prev {
+                return Err(format!("free list corrupt at block {cur}"));
+            }
+            seen += 1;
+            if seen > self.config.num_blocks {
+                return Err("free list has a cycle".into());
+            }
+            prev = cur;
+            cur = b.next;
+        }
+        if seen != self.free_count || self.tail != prev {
+            return Err(format!(
+                "free list has {seen} blocks, counter says {}",
+                self.free_count
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An `Admit` demand's parameters.
+struct AdmitRequest<'a> {
+    /// [num_known_tokens] every token of the sequence.
+    tokens: &'a [TokenId],
+    /// Most tokens to compute this step.
+    max_new: usize,
+    /// Look up and register prefix-cache blocks.
+    use_cache: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_protocol::step::Fork;
 
     fn bm(blocks: usize) -> BlockManager {
         BlockManager::new(BlockManagerConfig {
@@ -589,6 +696,10 @@ mod tests {
         }
     }
 
+    fn fork(parent: SeqId, child: SeqId) -> Fork {
+        Fork { parent, child }
+    }
+
     fn step(
         m: &mut BlockManager,
         releases: Vec<SeqId>,
@@ -605,53 +716,143 @@ mod tests {
         a
     }
 
+    fn granted(a: &StepAllocation, i: usize) -> Granted {
+        a.grants[i].granted.clone().expect("granted")
+    }
+
+    fn run_one(m: &mut BlockManager, seq: SeqId, tokens: &[u32]) -> Granted {
+        let a = step(
+            m,
+            vec![],
+            vec![],
+            vec![admit(seq, tokens, tokens.len() as u32)],
+        );
+        granted(&a, 0)
+    }
+
     #[test]
     fn admit_extend_release() {
         let mut m = bm(8);
-        let a = step(
-            &mut m,
-            vec![],
-            vec![],
-            vec![admit(1, &[1, 2, 3, 4, 5, 6], 6)],
-        );
-        let g = a.grants[0].granted.clone().unwrap();
+        let g = run_one(&mut m, 1, &[1, 2, 3, 4, 5, 6]);
         assert_eq!(
             (g.num_cached_tokens, g.num_new_tokens, g.new_blocks.len()),
             (0, 6, 2)
         );
         let a = step(&mut m, vec![], vec![], vec![extend(1, &[7, 8, 9])]);
-        let g = a.grants[0].granted.clone().unwrap();
+        let g = granted(&a, 0);
         assert_eq!((g.table_keep, g.new_blocks.len()), (2, 1));
         assert_eq!(m.num_free_blocks(), 5);
+        assert_eq!(m.num_used_blocks(), 3);
+        assert_eq!(m.num_tokens(1), Some(9));
+        assert_eq!(a.num_free_blocks, 5);
         step(&mut m, vec![1], vec![], vec![]);
         assert_eq!(m.num_free_blocks(), 8);
+        assert_eq!(m.num_sequences(), 0);
+    }
+
+    #[test]
+    fn admission_chunks_to_max_new_tokens() {
+        let mut m = bm(8);
+        let a = step(&mut m, vec![], vec![], vec![admit(1, &[1; 10], 3)]);
+        let g = granted(&a, 0);
+        assert_eq!((g.num_new_tokens, g.new_blocks.len()), (3, 1));
+        assert_eq!(m.num_tokens(1), Some(3));
     }
 
     #[test]
     fn prefix_hits_skip_cached_blocks_but_never_the_last_token() {
         let mut m = bm(8);
         let prompt: Vec<u32> = (0..9).collect();
-        step(&mut m, vec![], vec![], vec![admit(1, &prompt, 9)]);
+        run_one(&mut m, 1, &prompt);
         step(&mut m, vec![1], vec![], vec![]);
         // Same prompt: two full blocks cached (8 tokens), the 9th recomputed.
         let a = step(&mut m, vec![], vec![], vec![admit(2, &prompt, 9)]);
-        let g = a.grants[0].granted.clone().unwrap();
+        let g = granted(&a, 0);
         assert_eq!((g.num_cached_tokens, g.num_new_tokens), (8, 1));
         assert_eq!((a.prefix_cache_queries, a.prefix_cache_hits), (9, 8));
         // An exact multiple of the block size: the last block is recomputed.
         let a = step(&mut m, vec![], vec![], vec![admit(3, &prompt[..8], 8)]);
-        assert_eq!(a.grants[0].granted.as_ref().unwrap().num_cached_tokens, 4);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 4);
         // A different continuation shares only what matches.
         let mut other = prompt.clone();
         other[5] = 99;
         let a = step(&mut m, vec![], vec![], vec![admit(4, &other, 9)]);
-        assert_eq!(a.grants[0].granted.as_ref().unwrap().num_cached_tokens, 4);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 4);
+        // Hits on used blocks only bump their counts.
+        let t2 = m.block_table(2).unwrap().to_vec();
+        assert_eq!(m.ref_count(t2[0]), 3);
+        assert_eq!(m.ref_count(t2[1]), 1);
+    }
+
+    #[test]
+    fn hits_on_free_blocks_leave_the_free_list() {
+        let mut m = bm(4);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        step(&mut m, vec![1], vec![], vec![]);
+        assert_eq!((m.num_free_blocks(), m.num_cached_blocks()), (4, 1));
+        let g = run_one(&mut m, 2, &[1, 2, 3, 4, 9]);
+        assert_eq!(g.num_cached_tokens, 4);
+        assert_eq!(m.num_free_blocks(), 2);
+        assert_eq!(m.ref_count(g.new_blocks[0]), 1);
+    }
+
+    #[test]
+    fn no_hit_on_blocks_computed_in_the_same_step() {
+        let mut m = bm(8);
+        let prompt: Vec<u32> = (0..9).collect();
+        let a = step(
+            &mut m,
+            vec![],
+            vec![],
+            vec![admit(1, &prompt, 9), admit(2, &prompt, 9)],
+        );
+        assert_eq!(granted(&a, 1).num_cached_tokens, 0);
+        // From the next step on, they are hits.
+        let a = step(&mut m, vec![], vec![], vec![admit(3, &prompt, 9)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 8);
+    }
+
+    #[test]
+    fn duplicate_content_adopts_the_cached_identity() {
+        let mut m = bm(16);
+        let prompt: Vec<u32> = (0..8).collect();
+        // Two identical prompts in one step: only the first registers.
+        step(
+            &mut m,
+            vec![],
+            vec![],
+            vec![admit(1, &prompt, 8), admit(2, &prompt, 8)],
+        );
+        assert_eq!(m.num_cached_blocks(), 2);
+        // The second keeps growing; its next full block chains onto the
+        // identity it adopted, so the longer prompt is found.
+        step(&mut m, vec![1], vec![], vec![extend(2, &[8, 9, 10, 11])]);
+        let mut longer = prompt.clone();
+        longer.extend([8, 9, 10, 11, 12]);
+        let a = step(&mut m, vec![], vec![], vec![admit(3, &longer, 13)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 12);
+    }
+
+    #[test]
+    fn colliding_keys_never_give_a_hit() {
+        let mut m = bm(8);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        // Forge a collision: point the key of another chunk at block 0.
+        let key = block_hash(ROOT_IDENTITY, &[9, 9, 9, 9]);
+        let b = m.block_table(1).unwrap()[0];
+        m.cache.insert(key, b);
+        let a = m.allocate_for_step(AllocateForStep {
+            demands: vec![admit(2, &[9, 9, 9, 9, 9], 5)],
+            ..Default::default()
+        });
+        assert_eq!(granted(&a, 0).num_cached_tokens, 0);
+        assert!(m.check_invariants().is_err(), "the forged entry is caught");
     }
 
     #[test]
     fn denied_admissions_block_later_ones_but_not_extends() {
         let mut m = bm(3);
-        step(&mut m, vec![], vec![], vec![admit(1, &[1, 2, 3, 4, 5], 5)]);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
         let a = step(
             &mut m,
             vec![],
@@ -667,49 +868,161 @@ mod tests {
     }
 
     #[test]
+    fn denied_demands_change_nothing() {
+        let mut m = bm(2);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5, 6]);
+        let before = (m.block_table(1).unwrap().to_vec(), m.num_tokens(1));
+        let a = step(&mut m, vec![], vec![], vec![extend(1, &[7, 8, 9])]);
+        assert!(a.grants[0].granted.is_none());
+        assert_eq!(
+            (m.block_table(1).unwrap().to_vec(), m.num_tokens(1)),
+            before
+        );
+        let a = step(&mut m, vec![], vec![], vec![admit(2, &[1; 5], 5)]);
+        assert!(a.grants[0].granted.is_none());
+        assert_eq!(m.block_table(2), None);
+        assert_eq!(m.num_free_blocks(), 0);
+    }
+
+    #[test]
     fn forks_share_blocks_and_copy_on_write() {
         let mut m = bm(8);
-        step(
-            &mut m,
-            vec![],
-            vec![],
-            vec![admit(1, &[1, 2, 3, 4, 5, 6], 6)],
-        );
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5, 6]);
         let a = step(
             &mut m,
             vec![],
-            vec![Fork {
-                parent: 1,
-                child: 2,
-            }],
-            vec![extend(1, &[7]), extend(2, &[8])],
+            vec![fork(1, 2), fork(1, 3)],
+            vec![extend(1, &[7]), extend(2, &[8]), extend(3, &[9])],
         );
-        // Seq 1 copies the shared half-full block; seq 2 then owns the original alone.
-        assert_eq!(a.copies.len(), 1);
-        let t1 = m.block_table(1).unwrap().to_vec();
-        let t2 = m.block_table(2).unwrap().to_vec();
-        assert_eq!(t1[0], t2[0]);
-        assert_ne!(t1[1], t2[1]);
-        assert_eq!(m.ref_count(t1[0]), 2);
-        step(&mut m, vec![1, 2], vec![], vec![]);
+        // Seqs 1 and 2 copy the shared half-full block; seq 3 then owns the original alone.
+        assert_eq!(a.copies.len(), 2);
+        let (t1, t2, t3) = (
+            m.block_table(1).unwrap().to_vec(),
+            m.block_table(2).unwrap().to_vec(),
+            m.block_table(3).unwrap().to_vec(),
+        );
+        assert_eq!(a.copies[0].dst, t1[1]);
+        assert_eq!(a.copies[1].dst, t2[1]);
+        assert_eq!(a.copies[0].src, t3[1]);
+        assert_eq!(granted(&a, 0).table_keep, 1);
+        assert_eq!(granted(&a, 2).table_keep, 2);
+        assert_eq!((t1[0], t2[0]), (t3[0], t3[0]));
+        assert_eq!(m.ref_count(t1[0]), 3);
+        assert_eq!(m.ref_count(t3[1]), 1);
+        step(&mut m, vec![1, 2, 3], vec![], vec![]);
         assert_eq!(m.num_free_blocks(), 8);
     }
 
     #[test]
-    fn lru_eviction_reuses_cached_blocks_last() {
+    fn a_fork_survives_its_parent_released_in_the_same_message() {
         let mut m = bm(4);
-        step(&mut m, vec![], vec![], vec![admit(1, &[1, 2, 3, 4, 5], 5)]);
-        step(&mut m, vec![1], vec![], vec![]);
-        // Two fresh blocks come from the never-cached part of the list first.
-        step(&mut m, vec![], vec![], vec![admit(2, &[9, 9, 9, 9, 9], 5)]);
-        let a = step(&mut m, vec![2], vec![], vec![admit(3, &[1, 2, 3, 4, 5], 5)]);
-        assert_eq!(a.grants[0].granted.as_ref().unwrap().num_cached_tokens, 4);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        step(&mut m, vec![1], vec![fork(1, 2)], vec![extend(2, &[6])]);
+        assert_eq!(m.num_tokens(2), Some(6));
+        assert_eq!(m.num_used_blocks(), 2);
     }
 
     #[test]
-    fn releasing_unknown_sequences_is_harmless() {
+    fn copy_on_write_needs_a_free_block() {
         let mut m = bm(2);
-        step(&mut m, vec![42], vec![], vec![extend(42, &[1])]);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5, 6]);
+        let a = step(&mut m, vec![], vec![fork(1, 2)], vec![extend(1, &[7])]);
+        assert!(a.grants[0].granted.is_none());
+        assert!(a.copies.is_empty());
+        assert_eq!(m.num_tokens(1), Some(6));
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_lru_and_cached_ones_last() {
+        let mut m = bm(4);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        step(&mut m, vec![1], vec![], vec![]);
+        // Two fresh blocks come from the uncached part of the list first.
+        run_one(&mut m, 2, &[9, 9, 9, 9, 9]);
+        let a = step(&mut m, vec![2], vec![], vec![admit(3, &[1, 2, 3, 4, 5], 5)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 4);
+        // Filling the pool evicts the least recently freed cached block first.
+        step(&mut m, vec![3], vec![], vec![]);
+        run_one(&mut m, 4, &[7; 5]);
+        let a = step(&mut m, vec![], vec![], vec![admit(5, &[1, 2, 3, 4, 5], 5)]);
+        assert_eq!(
+            granted(&a, 0).num_cached_tokens,
+            4,
+            "the newer entry survives"
+        );
+    }
+
+    #[test]
+    fn taking_a_cached_block_evicts_its_identity() {
+        let mut m = bm(2);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        step(&mut m, vec![1], vec![], vec![]);
+        assert_eq!(m.num_cached_blocks(), 1);
+        run_one(&mut m, 2, &[8; 6]);
+        assert_eq!(
+            m.num_cached_blocks(),
+            1,
+            "the old entry gave way to the new one"
+        );
+        step(&mut m, vec![2], vec![], vec![]);
+        let a = step(&mut m, vec![], vec![], vec![admit(3, &[1, 2, 3, 4, 5], 5)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 0);
+    }
+
+    #[test]
+    fn reset_forgets_every_prefix() {
+        let mut m = bm(4);
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        m.reset_prefix_cache();
+        m.check_invariants().unwrap();
+        step(&mut m, vec![1], vec![], vec![]);
+        let a = step(&mut m, vec![], vec![], vec![admit(2, &[1, 2, 3, 4, 5], 5)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 0);
+    }
+
+    #[test]
+    fn caching_off_registers_nothing() {
+        let mut m = BlockManager::new(BlockManagerConfig {
+            num_blocks: 4,
+            block_size: 4,
+            enable_prefix_caching: false,
+        });
+        run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
+        step(&mut m, vec![1], vec![], vec![]);
+        let a = step(&mut m, vec![], vec![], vec![admit(2, &[1, 2, 3, 4, 5], 5)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 0);
+        assert_eq!((a.prefix_cache_queries, a.prefix_cache_hits), (0, 0));
+    }
+
+    #[test]
+    fn bad_demands_are_denied_not_panics() {
+        let mut m = bm(2);
+        run_one(&mut m, 1, &[1, 2]);
+        let a = step(
+            &mut m,
+            vec![42],
+            vec![fork(77, 78)],
+            vec![extend(42, &[1]), admit(1, &[1, 2], 2)],
+        );
+        assert!(a.grants.iter().all(|g| g.granted.is_none()));
+        let a = step(&mut m, vec![], vec![], vec![admit(5, &[], 1)]);
+        assert!(a.grants[0].granted.is_none());
+        let a = step(&mut m, vec![1], vec![], vec![admit(5, &[1], 0)]);
+        assert!(a.grants[0].granted.is_none());
         assert_eq!(m.num_free_blocks(), 2);
+        assert_eq!(m.ref_count(999), 0);
+        let z = BlockManager::new(BlockManagerConfig {
+            num_blocks: 0,
+            block_size: 0,
+            enable_prefix_caching: true,
+        });
+        assert_eq!((z.num_total_blocks(), z.config().block_size), (0, 1));
+    }
+
+    #[test]
+    fn block_hash_is_stable() {
+        assert_eq!(block_hash(0, &[1, 2, 3]), block_hash(0, &[1, 2, 3]));
+        assert_ne!(block_hash(0, &[1, 2, 3]), block_hash(1, &[1, 2, 3]));
+        assert_ne!(block_hash(0, &[1, 2, 3]), block_hash(0, &[3, 2, 1]));
     }
 }

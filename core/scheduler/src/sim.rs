@@ -1,18 +1,48 @@
-//! A synchronous simulator: [`Scheduler`] and [`BlockManager`] wired
-//! together with a stand-in for the model and the sampler. Every step it
-//! checks the invariants (block accounting, token budget, sequence limit, and
-//! that each sequence's KV is computed exactly over its own tokens, in order,
-//! from position 0). The engine's and this crate's tests use it.
+//! A synchronous simulator for tests: [`Scheduler`] and [`BlockManager`]
+//! wired together with stand-ins for the model runner and the sampler.
+//!
+//! The runner stand-in keeps block tables from the plans' diffs exactly like
+//! the engine's runner, performs the block copies, and writes into each KV
+//! slot a fingerprint of the token prefix ending there. Every step it panics
+//! when an invariant breaks:
+//! - the block manager's own invariants, and the scheduler's copy of every
+//!   running table equals the block manager's;
+//! - no `Extend` is denied (the scheduler's block accounting is exact);
+//! - the token budget and `max_num_seqs` hold, and the step makes progress
+//!   (computes a token, drops a sequence or fails a request);
+//! - every scheduled sequence computes exactly its own next known tokens, at
+//!   positions below `max_model_len`, its runner table equals the block
+//!   manager's, and the KV it attends to (positions `0..num_computed_tokens`,
+//!   prefix-cache hits and fork-shared blocks included) holds its own prefix;
+//! - samples are drawn exactly when a chunk reaches the end of the known
+//!   tokens, `n` at once for the first sample of an `n > 1` request;
+//! - at idle, every block is free and the runner holds no table.
+//!
+//! The sampler stand-in asks a closure for each token:
+//! `sample(seq, history) -> (token, stop)`, where `history` is the sequence's
+//! known tokens (for the forks of an `n > 1` request, those of the first
+//! sequence). A sequence also ends after `max_tokens` tokens.
+//!
+//! ```
+//! use kiln_scheduler::sim::{Sim, SimConfig};
+//! let mut sim = Sim::new(SimConfig::default());
+//! sim.add(1, vec![1, 2, 3], 4, 2);
+//! let out = sim.run_to_completion(|seq, history| (history.len() as u32 + seq as u32, false));
+//! assert_eq!(out[&1].len(), 2);
+//! assert!(out[&1].iter().all(|o| o.len() == 4));
+//! ```
 
 use std::collections::HashMap;
 
-use kiln_protocol::step::{SampledToken, StepAllocation, StepOutput, StepPlan};
-use kiln_protocol::{FinishReason, RequestId, SeqId, TokenId};
+use kiln_protocol::step::{
+    AllocateForStep, DemandKind, SampledToken, StepAllocation, StepOutput, StepPlan,
+};
+use kiln_protocol::{BlockId, EngineError, FinishReason, RequestId, SeqId, TokenId};
 
 use crate::block_manager::{BlockManager, BlockManagerConfig};
 use crate::scheduler::{NewRequest, Scheduler, SchedulerConfig};
 
-/// Simulator settings.
+/// Simulator settings (shared by the scheduler and the block manager).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimConfig {
     /// KV blocks.
@@ -42,27 +72,61 @@ impl Default for SimConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-struct SimSeq {
-    request: RequestId,
-    known: Vec<TokenId>,
-    kv: Vec<TokenId>,
-    generated: Vec<TokenId>,
-    max_tokens: usize,
-    done: bool,
-    admitted: bool,
-}
-
-/// The stand-in for model and sampler: next token after a history, and whether it ends the sequence.
+/// The stand-in for model and sampler: the next token after a history, and
+/// whether it ends the sequence.
 pub type SampleFn<'a> = dyn FnMut(SeqId, &[TokenId]) -> (TokenId, bool) + 'a;
 
 /// What one step did.
 #[derive(Debug, Clone)]
 pub struct StepReport {
+    /// The message sent to the block manager.
+    pub message: AllocateForStep,
     /// The block manager's answer.
     pub allocation: StepAllocation,
     /// The plan that ran.
     pub plan: StepPlan,
+    /// The sampled tokens.
+    pub output: StepOutput,
+}
+
+#[derive(Debug, Clone)]
+struct SimSeq {
+    request: RequestId,
+    /// Prompt plus sampled tokens.
+    known: Vec<TokenId>,
+    /// [known.len()] fingerprint of `known[..=i]`.
+    prints: Vec<u64>,
+    generated: Vec<TokenId>,
+    /// Tokens the runner has computed (valid while it holds a table).
+    computed: usize,
+    done: bool,
+    /// Its request was aborted or failed.
+    gone: bool,
+    /// Drawn as a fork and not yet computed: may start at its parent's KV.
+    fork_pending: bool,
+}
+
+impl SimSeq {
+    fn push(&mut self, t: TokenId) {
+        let prev = self.prints.last().copied().unwrap_or(0x6b69_6c6e);
+        self.prints.push(fingerprint(prev, t));
+        self.known.push(t);
+    }
+}
+
+/// 64-bit fingerprint of a prefix, chained one token at a time.
+fn fingerprint(prev: u64, t: TokenId) -> u64 {
+    let mut h = (prev ^ u64::from(t)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
+    h.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 32)
+}
+
+#[derive(Debug, Clone)]
+struct SimRequest {
+    seq_ids: Vec<SeqId>,
+    max_tokens: usize,
+    /// The first sequence drew its `n` samples.
+    forked: bool,
 }
 
 /// The simulator.
@@ -73,8 +137,15 @@ pub struct Sim {
     pub blocks: BlockManager,
     config: SimConfig,
     seqs: HashMap<SeqId, SimSeq>,
-    requests: HashMap<RequestId, Vec<SeqId>>,
+    requests: HashMap<RequestId, SimRequest>,
+    /// Runner view: block tables built from plan diffs.
+    tables: HashMap<SeqId, Vec<BlockId>>,
+    /// [num_blocks × block_size] prefix fingerprint per KV slot (0 = never written).
+    kv: Vec<u64>,
     finished: HashMap<RequestId, Vec<Vec<TokenId>>>,
+    failed: HashMap<RequestId, EngineError>,
+    /// Aborts to apply while the next step's allocation is in flight.
+    aborts_in_flight: Vec<RequestId>,
     arrivals: u64,
     steps: u64,
     /// Step number at which each request was first scheduled.
@@ -101,31 +172,44 @@ impl Sim {
             config,
             seqs: HashMap::new(),
             requests: HashMap::new(),
+            tables: HashMap::new(),
+            kv: vec![0; config.num_blocks * config.block_size],
             finished: HashMap::new(),
+            failed: HashMap::new(),
+            aborts_in_flight: Vec::new(),
             arrivals: 0,
             steps: 0,
             first_scheduled: HashMap::new(),
         }
     }
 
-    /// Queue a request with `n` sequences (ids `request·1000 + i`).
+    /// Queue a request with `n` sequences (ids `request × 1000 + i`).
     pub fn add(&mut self, request: RequestId, prompt: Vec<TokenId>, max_tokens: usize, n: usize) {
         let ids: Vec<SeqId> = (0..n as u64).map(|i| request * 1000 + i).collect();
         for &id in &ids {
-            self.seqs.insert(
-                id,
-                SimSeq {
-                    request,
-                    known: prompt.clone(),
-                    kv: Vec::new(),
-                    generated: Vec::new(),
-                    max_tokens,
-                    done: false,
-                    admitted: false,
-                },
-            );
+            let mut s = SimSeq {
+                request,
+                known: Vec::new(),
+                prints: Vec::new(),
+                generated: Vec::new(),
+                computed: 0,
+                done: false,
+                gone: false,
+                fork_pending: false,
+            };
+            for &t in &prompt {
+                s.push(t);
+            }
+            self.seqs.insert(id, s);
         }
-        self.requests.insert(request, ids.clone());
+        self.requests.insert(
+            request,
+            SimRequest {
+                seq_ids: ids.clone(),
+                max_tokens,
+                forked: false,
+            },
+        );
         self.arrivals += 1;
         self.scheduler.add_request(NewRequest {
             request_id: request,
@@ -134,54 +218,128 @@ impl Sim {
             max_tokens: max_tokens as u32,
             arrival: self.arrivals,
         });
+        self.collect_rejected();
     }
 
-    /// Abort a request.
+    /// Abort a request (its sequences may still be computed once, never sampled).
     pub fn abort(&mut self, request: RequestId) {
         self.scheduler.abort(request);
-        if let Some(ids) = self.requests.remove(&request) {
-            for id in ids {
-                self.seqs.remove(&id);
-            }
-        }
+        self.forget(request);
     }
 
-    /// Requests still running or waiting.
+    /// Abort a request during the next step, between the block manager's
+    /// answer and [`Scheduler::finish_step`] (as an actor-based engine may).
+    pub fn abort_in_flight(&mut self, request: RequestId) {
+        self.aborts_in_flight.push(request);
+    }
+
+    /// Requests neither finished, aborted nor failed.
     pub fn active(&self) -> usize {
         self.requests.len()
     }
 
-    /// One step; `sample(seq, history)` gives the next token after the
-    /// sequence's tokens so far, and whether it ends the sequence.
+    /// Requests the scheduler rejected or failed, with the error.
+    pub fn failed(&self) -> &HashMap<RequestId, EngineError> {
+        &self.failed
+    }
+
+    /// Steps run so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn forget(&mut self, request: RequestId) {
+        if let Some(r) = self.requests.remove(&request) {
+            for id in r.seq_ids {
+                if let Some(s) = self.seqs.get_mut(&id) {
+                    s.gone = true;
+                }
+            }
+        }
+    }
+
+    fn collect_rejected(&mut self) {
+        for (rid, e) in self.scheduler.take_rejected() {
+            self.forget(rid);
+            self.failed.insert(rid, e);
+        }
+    }
+
+    /// One step; `None` when the scheduler is idle.
     pub fn step(&mut self, sample: &mut SampleFn<'_>) -> Option<StepReport> {
-        let msg = self.scheduler.begin_step()?;
+        let message = self.scheduler.begin_step()?;
         self.steps += 1;
-        let allocation = self.blocks.allocate_for_step(msg);
+        let failed_before = self.failed.len();
+        self.collect_rejected();
+        let allocation = self.blocks.allocate_for_step(message.clone());
+        self.check_allocation(&message, &allocation);
+        let aborted_in_flight = !self.aborts_in_flight.is_empty();
+        for rid in std::mem::take(&mut self.aborts_in_flight) {
+            self.abort(rid);
+        }
+        let plan = self.scheduler.finish_step(allocation.clone());
+        self.collect_rejected();
+        self.check_mirror();
+        self.check_limits(
+            &plan,
+            aborted_in_flight || self.failed.len() > failed_before,
+        );
+        self.run_plan(&plan);
+        let output = self.sample(&plan, sample);
+        self.scheduler.on_step_output(output.clone());
+        self.collect_rejected();
+        Some(StepReport {
+            message,
+            allocation,
+            plan,
+            output,
+        })
+    }
+
+    fn check_allocation(&self, msg: &AllocateForStep, alloc: &StepAllocation) {
         if let Err(e) = self.blocks.check_invariants() {
             panic!("block manager invariant broken at step {}: {e}", self.steps);
         }
-        let plan = self.scheduler.finish_step(allocation.clone());
-        for (rid, _) in self.scheduler.take_rejected() {
-            self.finish_request_early(rid);
-        }
-        self.check_plan(&plan);
-        let out = self.run_model(&plan, sample);
-        self.scheduler.on_step_output(out);
-        Some(StepReport { allocation, plan })
-    }
-
-    fn finish_request_early(&mut self, rid: RequestId) {
-        if let Some(ids) = self.requests.remove(&rid) {
-            let outs = ids
-                .iter()
-                .filter_map(|id| self.seqs.remove(id))
-                .map(|s| s.generated)
-                .collect();
-            self.finished.insert(rid, outs);
+        for (d, g) in msg.demands.iter().zip(&alloc.grants) {
+            if matches!(d.kind, DemandKind::Extend { .. }) {
+                assert!(
+                    g.granted.is_some(),
+                    "step {}: extension of seq {} denied; the scheduler's accounting is off",
+                    self.steps,
+                    d.seq_id
+                );
+            }
         }
     }
 
-    fn check_plan(&mut self, plan: &StepPlan) {
+    /// The scheduler's copy of each running table equals the block
+    /// manager's, and every sequence the block manager holds is running or
+    /// queued for release (nothing leaks).
+    fn check_mirror(&self) {
+        for id in self.blocks.sequences() {
+            assert!(
+                self.scheduler.block_table(id).is_some()
+                    || self.scheduler.queued_releases().contains(&id),
+                "step {}: the block manager holds seq {id}, which the scheduler forgot",
+                self.steps
+            );
+        }
+        for (&id, s) in &self.seqs {
+            if s.gone || s.done {
+                continue;
+            }
+            if let Some(t) = self.scheduler.block_table(id) {
+                assert_eq!(
+                    Some(t),
+                    self.blocks.block_table(id),
+                    "seq {id}: scheduler and block manager disagree on its table"
+                );
+            }
+        }
+    }
+
+    /// `external`: a request was failed or aborted during the step.
+    fn check_limits(&self, plan: &StepPlan, external: bool) {
         let tokens = plan.num_batched_tokens();
         assert!(
             tokens <= self.config.max_num_batched_tokens,
@@ -192,100 +350,179 @@ impl Sim {
             "too many sequences: {}",
             plan.seqs.len()
         );
-        // Dropped sequences are forgotten before the step runs (the runner does the same).
+        assert!(
+            tokens > 0 || !plan.dropped.is_empty() || external,
+            "step {}: no progress (nothing computed, dropped, failed or aborted)",
+            self.steps
+        );
+    }
+
+    fn slot(&self, table: &[BlockId], pos: usize) -> usize {
+        let bs = self.config.block_size;
+        table[pos / bs] as usize * bs + pos % bs
+    }
+
+    /// The runner stand-in: tables, copies, KV checks and writes.
+    fn run_plan(&mut self, plan: &StepPlan) {
         for id in &plan.dropped {
-            if let Some(s) = self.seqs.get_mut(id) {
-                s.kv.clear();
-                s.admitted = false;
+            self.tables.remove(id);
+            if let Some(sim) = self.seqs.get_mut(id) {
+                sim.fork_pending = false;
             }
         }
         for s in &plan.seqs {
-            let Some(sim) = self.seqs.get_mut(&s.seq_id) else {
-                panic!("sequence {} scheduled but unknown", s.seq_id)
-            };
-            let start = s.num_computed_tokens as usize;
-            if !sim.admitted {
-                // A (re)admission: the cached prefix must be this sequence's own tokens.
-                assert!(
-                    start < sim.known.len(),
-                    "seq {}: the whole history came from the cache",
+            if self.tables.contains_key(&s.seq_id) {
+                assert_eq!(
+                    s.num_computed_tokens as usize, self.seqs[&s.seq_id].computed,
+                    "seq {}: positions not contiguous with its last step",
                     s.seq_id
                 );
-                sim.kv = sim.known[..start].to_vec();
-                sim.admitted = true;
+            } else if !self.config.enable_prefix_caching {
+                let sim = &self.seqs[&s.seq_id];
+                let fork =
+                    sim.fork_pending && s.num_computed_tokens as usize + 1 == sim.known.len();
+                assert!(
+                    fork || s.num_computed_tokens == 0,
+                    "seq {}: (re)admitted at {} without a prefix cache",
+                    s.seq_id,
+                    s.num_computed_tokens
+                );
             }
-            assert_eq!(
-                sim.kv.len(),
-                start,
-                "seq {}: KV holds {} tokens, plan starts at {start}",
+            let table = self.tables.entry(s.seq_id).or_default();
+            assert!(
+                s.table_keep as usize <= table.len(),
+                "seq {}: keep {} of a {}-block runner table",
                 s.seq_id,
-                sim.kv.len()
+                s.table_keep,
+                table.len()
             );
-            sim.kv.extend_from_slice(&s.token_ids);
-            assert_eq!(
-                &sim.known[..sim.kv.len()],
-                &sim.kv[..],
-                "seq {}: computed tokens differ from its own tokens",
-                s.seq_id
-            );
-            assert!(sim.kv.len() <= self.config.max_model_len);
-            self.first_scheduled
-                .entry(sim.request)
-                .or_insert(self.steps);
+            table.truncate(s.table_keep as usize);
+            table.extend_from_slice(&s.new_blocks);
+        }
+        let bs = self.config.block_size;
+        for c in &plan.block_copies {
+            let (src, dst) = (c.src as usize * bs, c.dst as usize * bs);
+            self.kv.copy_within(src..src + bs, dst);
+        }
+        // Everything a sequence attends to was computed by earlier steps.
+        for s in &plan.seqs {
+            self.check_scheduled(s.seq_id, s);
+        }
+        for s in &plan.seqs {
+            let table = self.tables[&s.seq_id].clone();
+            let start = s.num_computed_tokens as usize;
+            for i in 0..s.token_ids.len() {
+                let slot = self.slot(&table, start + i);
+                self.kv[slot] = self.seqs[&s.seq_id].prints[start + i];
+            }
+            if let Some(sim) = self.seqs.get_mut(&s.seq_id) {
+                sim.computed = start + s.token_ids.len();
+                sim.fork_pending = false;
+            }
+            let rid = self.seqs[&s.seq_id].request;
+            self.first_scheduled.entry(rid).or_insert(self.steps);
+        }
+        // Nobody's KV was overwritten.
+        let ids: Vec<SeqId> = self.tables.keys().copied().collect();
+        for id in ids {
+            let computed = self.seqs[&id].computed;
+            self.check_kv(id, computed, "after the step");
         }
     }
 
-    fn run_model(&mut self, plan: &StepPlan, sample: &mut SampleFn<'_>) -> StepOutput {
+    fn check_scheduled(&self, id: SeqId, s: &kiln_protocol::step::ScheduledSeq) {
+        let Some(sim) = self.seqs.get(&id) else {
+            panic!("sequence {id} scheduled but never added")
+        };
+        let start = s.num_computed_tokens as usize;
+        let end = start + s.token_ids.len();
+        assert!(
+            !s.token_ids.is_empty(),
+            "seq {id}: scheduled with no tokens"
+        );
+        assert!(
+            end <= sim.known.len() && sim.known[start..end] == s.token_ids[..],
+            "seq {id}: computes tokens other than its own {start}..{end}"
+        );
+        assert!(
+            end <= self.config.max_model_len,
+            "seq {id}: past max_model_len"
+        );
+        let table = &self.tables[&id];
+        assert_eq!(
+            table.len(),
+            end.div_ceil(self.config.block_size),
+            "seq {id}: runner table does not cover {end} tokens"
+        );
+        assert_eq!(
+            Some(table.as_slice()),
+            self.blocks.block_table(id),
+            "seq {id}: the runner's table differs from the block manager's"
+        );
+        self.check_kv(id, start, "before computing");
+        let expected = if sim.gone || end < sim.known.len() {
+            0
+        } else if self.requests[&sim.request].seq_ids[0] == id
+            && !self.requests[&sim.request].forked
+        {
+            self.requests[&sim.request].seq_ids.len() as u32
+        } else {
+            1
+        };
+        assert_eq!(s.num_samples, expected, "seq {id}: wrong number of samples");
+    }
+
+    fn check_kv(&self, id: SeqId, upto: usize, when: &str) {
+        let sim = &self.seqs[&id];
+        let table = &self.tables[&id];
+        for pos in 0..upto {
+            assert_eq!(
+                self.kv[self.slot(table, pos)],
+                sim.prints[pos],
+                "seq {id}: KV at position {pos} is not its own ({when}, step {})",
+                self.steps
+            );
+        }
+    }
+
+    /// The sampler stand-in.
+    fn sample(&mut self, plan: &StepPlan, sample: &mut SampleFn<'_>) -> StepOutput {
         let mut tokens = Vec::new();
-        for s in &plan.seqs {
-            if s.num_samples == 0 {
-                continue;
-            }
+        for s in plan.seqs.iter().filter(|s| s.num_samples > 0) {
             let rid = self.seqs[&s.seq_id].request;
             let targets: Vec<SeqId> = if s.num_samples > 1 {
-                self.requests[&rid].clone()
+                let r = self.requests.get_mut(&rid).expect("live request");
+                r.forked = true;
+                r.seq_ids.clone()
             } else {
                 vec![s.seq_id]
             };
+            let history = self.seqs[&s.seq_id].known.clone();
             for target in targets {
-                let parent = self
-                    .seqs
-                    .get(&s.seq_id)
-                    .map(|p| (p.kv.clone(), p.known[..p.kv.len()].to_vec()));
-                let (parent_kv, history) = parent.unwrap_or_default();
-                let history = if target == s.seq_id {
-                    self.seqs
-                        .get(&target)
-                        .map(|t| t.known.clone())
-                        .unwrap_or_default()
-                } else {
-                    history
-                };
                 let (tok, stop) = sample(target, &history);
+                let max_tokens = self.requests[&rid].max_tokens;
                 let Some(sim) = self.seqs.get_mut(&target) else {
                     continue;
                 };
-                if target != s.seq_id {
-                    // A fork shares the parent's computed prompt.
-                    sim.kv = parent_kv;
-                    sim.admitted = true;
-                }
-                sim.known.push(tok);
+                sim.fork_pending = target != s.seq_id;
+                sim.push(tok);
                 sim.generated.push(tok);
-                let done = stop || sim.generated.len() >= sim.max_tokens;
+                let length = sim.generated.len() >= max_tokens;
+                let finished = if stop {
+                    Some(FinishReason::Stop)
+                } else if length {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                sim.done = finished.is_some();
                 tokens.push(SampledToken {
                     seq_id: target,
                     token_id: tok,
-                    finished: done.then_some(if stop {
-                        FinishReason::Stop
-                    } else {
-                        FinishReason::Length
-                    }),
+                    finished,
                 });
-                if done {
-                    self.finish_seq(target);
-                }
             }
+            self.complete_if_done(rid);
         }
         StepOutput {
             step_id: plan.step_id,
@@ -293,20 +530,24 @@ impl Sim {
         }
     }
 
-    fn finish_seq(&mut self, id: SeqId) {
-        let Some(rid) = self.seqs.get(&id).map(|s| s.request) else {
+    fn complete_if_done(&mut self, rid: RequestId) {
+        let Some(r) = self.requests.get(&rid) else {
             return;
         };
-        if let Some(s) = self.seqs.get_mut(&id) {
-            s.done = true;
-        }
-        let ids = self.requests.get(&rid).cloned().unwrap_or_default();
-        if ids.iter().all(|i| self.seqs.get(i).is_some_and(|s| s.done)) {
-            self.finish_request_early(rid);
+        if r.seq_ids.iter().all(|id| self.seqs[id].done) {
+            let outs = r
+                .seq_ids
+                .iter()
+                .map(|id| self.seqs[id].generated.clone())
+                .collect();
+            self.finished.insert(rid, outs);
+            self.requests.remove(&rid);
         }
     }
 
-    /// Run until idle (panics after a bound that only a livelock would reach).
+    /// Run until idle and return the outputs of the requests that finished
+    /// (per request, one token list per sequence); panics when a request
+    /// is left over, a block is still held, or no end comes in 100 000 steps.
     pub fn run_to_completion(
         &mut self,
         mut sample: impl FnMut(SeqId, &[TokenId]) -> (TokenId, bool),
@@ -319,12 +560,28 @@ impl Sim {
                 "no completion after 100000 steps: livelock"
             );
         }
+        self.check_idle();
+        std::mem::take(&mut self.finished)
+    }
+
+    /// The checks that hold whenever the scheduler reports idle.
+    pub fn check_idle(&self) {
+        assert!(self.scheduler.is_idle(), "idle scheduler is not idle");
         assert_eq!(self.active(), 0, "idle with requests still active");
+        assert!(
+            self.scheduler.active_requests().is_empty(),
+            "the scheduler still tracks requests"
+        );
         assert_eq!(
             self.blocks.num_free_blocks(),
             self.blocks.num_total_blocks(),
             "idle but blocks are still held"
         );
-        std::mem::take(&mut self.finished)
+        assert_eq!(self.blocks.num_sequences(), 0);
+        assert!(
+            self.tables.is_empty(),
+            "the runner still holds tables: {:?}",
+            self.tables.keys()
+        );
     }
 }

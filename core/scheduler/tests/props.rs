@@ -1,4 +1,10 @@
-//! Property tests of the scheduler and block manager driven together.
+//! Property tests of the scheduler and block manager driven together by the
+//! simulator, which checks the per-step invariants itself (block accounting,
+//! budgets, progress, KV content of every sequence); these tests add the
+//! end-to-end properties: everything drains, outputs do not depend on
+//! scheduling, FCFS, prefix caching.
+//!
+//! `PROPTEST_CASES` raises the number of cases (default 256 per property).
 
 use std::collections::HashMap;
 
@@ -6,14 +12,17 @@ use kiln_protocol::{SeqId, TokenId};
 use kiln_scheduler::sim::{Sim, SimConfig};
 use proptest::prelude::*;
 
-/// A deterministic "model": the next token depends only on the history.
-fn next_token(history: &[TokenId], eos_every: u32) -> (TokenId, bool) {
+/// A deterministic "model": the next token depends only on the history and
+/// the sequence (so that the forks of one request diverge).
+fn next_token(seq: SeqId, history: &[TokenId], eos_every: u32) -> (TokenId, bool) {
     let h = history
         .iter()
         .fold(17u32, |a, &t| a.wrapping_mul(31).wrapping_add(t));
-    let tok = h % 997 + 3;
+    let tok = h.wrapping_add(seq as u32 % 1000 * 7) % 997 + 3;
     (tok, eos_every > 0 && tok % eos_every == 0)
 }
+
+const MAX_MODEL_LEN: usize = 64;
 
 #[derive(Debug, Clone)]
 struct Req {
@@ -22,51 +31,53 @@ struct Req {
     max_tokens: usize,
     n: usize,
     abort_at: Option<u64>,
+    /// Abort while the step's allocation is in flight.
+    abort_in_flight: bool,
 }
 
 fn prefixes() -> Vec<Vec<TokenId>> {
-    vec![(100..137).collect(), (200..209).collect(), vec![7]]
+    vec![(100..137).collect(), (200..209).collect(), vec![7], vec![]]
 }
 
 fn req() -> impl Strategy<Value = Req> {
     (
-        0..3usize,
-        prop::collection::vec(1u32..50, 0..20),
-        1..12usize,
-        1..4usize,
-        prop::option::weighted(0.2, 0..30u64),
+        0..4usize,
+        prop::collection::vec(1u32..50, 0..24),
+        1..16usize,
+        prop::sample::select(vec![1usize, 1, 1, 2, 3]),
+        prop::option::weighted(0.2, 0..40u64),
+        prop::bool::ANY,
     )
-        .prop_map(|(prefix, extra, max_tokens, n, abort_at)| Req {
-            prefix,
-            extra,
-            max_tokens,
-            n,
-            abort_at,
-        })
+        .prop_map(
+            |(prefix, extra, max_tokens, n, abort_at, abort_in_flight)| Req {
+                prefix,
+                extra,
+                max_tokens,
+                n,
+                abort_at,
+                abort_in_flight,
+            },
+        )
 }
 
 fn config() -> impl Strategy<Value = SimConfig> {
     (
-        prop::bool::ANY,
-        1..4usize,
+        0..3usize,
+        0..4usize,
         1..48usize,
         1..10usize,
         prop::bool::ANY,
     )
-        .prop_map(|(small, bs_pow, budget, seqs, cache)| {
+        .prop_map(|(pool, bs_pow, budget, seqs, cache)| {
             let block_size = 1 << bs_pow;
-            // Enough blocks for the longest single request (64 tokens), sometimes barely.
-            let min_blocks = 64usize.div_ceil(block_size);
+            // Enough blocks for the longest single sequence, sometimes barely.
+            let min_blocks = MAX_MODEL_LEN.div_ceil(block_size);
             SimConfig {
-                num_blocks: if small {
-                    min_blocks + 1
-                } else {
-                    min_blocks * 8
-                },
+                num_blocks: [min_blocks, min_blocks + 2, min_blocks * 6][pool],
                 block_size,
                 max_num_batched_tokens: budget,
                 max_num_seqs: seqs,
-                max_model_len: 64,
+                max_model_len: MAX_MODEL_LEN,
                 enable_prefix_caching: cache,
             }
         })
@@ -75,119 +86,193 @@ fn config() -> impl Strategy<Value = SimConfig> {
 fn prompt(r: &Req) -> Vec<TokenId> {
     let mut p = prefixes()[r.prefix].clone();
     p.extend(&r.extra);
-    p.truncate(64 - r.max_tokens);
+    p.truncate(MAX_MODEL_LEN - r.max_tokens);
+    if p.is_empty() {
+        p.push(1);
+    }
     p
 }
 
 type Outputs = HashMap<u64, Vec<Vec<TokenId>>>;
 
-/// Run a workload; returns outputs per request and the first-scheduling step per request.
-fn run(cfg: SimConfig, reqs: &[Req], eos_every: u32) -> (Outputs, HashMap<u64, u64>) {
+struct RunResult {
+    outputs: Outputs,
+    first_scheduled: HashMap<u64, u64>,
+    preemptions: u64,
+}
+
+/// Run a workload to the end (the simulator checks every step).
+fn run(cfg: SimConfig, reqs: &[Req], eos_every: u32) -> RunResult {
     let mut sim = Sim::new(cfg);
     for (i, r) in reqs.iter().enumerate() {
         sim.add(i as u64 + 1, prompt(r), r.max_tokens, r.n);
     }
+    assert!(
+        sim.failed().is_empty(),
+        "valid requests rejected: {:?}",
+        sim.failed()
+    );
+    let mut sample = |seq: SeqId, h: &[TokenId]| next_token(seq, h, eos_every);
     let mut step = 0u64;
-    let mut out = HashMap::new();
-    let mut empty_streak = 0;
-    let mut sample = |_: SeqId, h: &[TokenId]| next_token(h, eos_every);
+    let mut aborted = Vec::new();
     loop {
         for (i, r) in reqs.iter().enumerate() {
             if r.abort_at == Some(step) {
-                sim.abort(i as u64 + 1);
+                if r.abort_in_flight {
+                    sim.abort_in_flight(i as u64 + 1);
+                } else {
+                    sim.abort(i as u64 + 1);
+                }
+                aborted.push(i as u64 + 1);
             }
         }
-        let Some(report) = sim.step(&mut sample) else {
+        if sim.step(&mut sample).is_none() {
             break;
-        };
-        step += 1;
-        if report.plan.seqs.is_empty() && report.plan.dropped.is_empty() {
-            empty_streak += 1;
-            assert!(empty_streak < 3, "steps without progress");
-        } else {
-            empty_streak = 0;
         }
+        step += 1;
         assert!(step < 20_000, "livelock");
     }
-    out.extend(sim.run_to_completion(&mut sample));
-    assert_eq!(sim.blocks.num_free_blocks(), sim.blocks.num_total_blocks());
-    sim.blocks.check_invariants().unwrap();
-    (out, sim.first_scheduled.clone())
+    sim.check_idle();
+    assert!(
+        sim.failed().is_empty(),
+        "requests failed: {:?}",
+        sim.failed()
+    );
+    let outputs = sim.run_to_completion(&mut sample);
+    // Every request that was not aborted finished, with n outputs each
+    // ending at max_tokens or at a stop token.
+    for (i, r) in reqs.iter().enumerate() {
+        let id = i as u64 + 1;
+        match outputs.get(&id) {
+            Some(outs) => {
+                assert_eq!(outs.len(), r.n);
+                for o in outs {
+                    assert!(!o.is_empty() && o.len() <= r.max_tokens);
+                    let last_stops = eos_every > 0 && o[o.len() - 1] % eos_every == 0;
+                    assert!(o.len() == r.max_tokens || last_stops);
+                }
+            }
+            None => assert!(aborted.contains(&id), "request {id} never finished"),
+        }
+    }
+    RunResult {
+        outputs,
+        first_scheduled: sim.first_scheduled.clone(),
+        preemptions: sim.scheduler.total_preemptions(),
+    }
+}
+
+fn without_aborts(reqs: Vec<Req>) -> Vec<Req> {
+    reqs.into_iter()
+        .map(|r| Req {
+            abort_at: None,
+            ..r
+        })
+        .collect()
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96)
-    ))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Invariants hold at every step (checked inside the simulator), every
-    /// request ends, and at the end every block is free.
+    /// request ends or is aborted, and at the end every block is free.
     #[test]
-    fn every_workload_drains(cfg in config(), reqs in prop::collection::vec(req(), 1..12), eos in 0..40u32) {
+    fn every_workload_drains(
+        cfg in config(),
+        reqs in prop::collection::vec(req(), 1..14),
+        eos in prop::sample::select(vec![0u32, 5, 13, 40]),
+    ) {
         run(cfg, &reqs, eos);
     }
 
-    /// Outputs do not depend on memory pressure, budgets or batching: a
-    /// sequence's tokens are a function of its own history only, whatever
-    /// preemption and chunking happened.
+    /// Outputs do not depend on memory pressure, budgets, batching or
+    /// prefix caching: a sequence's tokens are a function of its own history
+    /// only, whatever preemption, chunking and cache hits happened.
     #[test]
-    fn outputs_do_not_depend_on_scheduling(cfg in config(), reqs in prop::collection::vec(req(), 1..10)) {
-        let reqs: Vec<Req> = reqs.into_iter().map(|r| Req { abort_at: None, ..r }).collect();
-        let roomy = SimConfig { num_blocks: 4096, max_num_batched_tokens: 4096, max_num_seqs: 64, ..cfg };
-        let (a, _) = run(cfg, &reqs, 0);
-        let (b, _) = run(roomy, &reqs, 0);
-        prop_assert_eq!(a, b);
+    fn outputs_do_not_depend_on_scheduling(
+        cfg in config(),
+        reqs in prop::collection::vec(req(), 1..10),
+    ) {
+        let reqs = without_aborts(reqs);
+        let roomy = SimConfig {
+            num_blocks: 4096,
+            max_num_batched_tokens: 4096,
+            max_num_seqs: 64,
+            enable_prefix_caching: !cfg.enable_prefix_caching,
+            ..cfg
+        };
+        let a = run(cfg, &reqs, 13);
+        let b = run(roomy, &reqs, 13);
+        prop_assert_eq!(a.outputs, b.outputs);
     }
 
-    /// First-come first-served: a request is never first scheduled before an earlier one.
+    /// First come first served: a request is never first scheduled before an
+    /// earlier one.
     #[test]
     fn fcfs(cfg in config(), reqs in prop::collection::vec(req(), 2..10)) {
-        let reqs: Vec<Req> = reqs.into_iter().map(|r| Req { abort_at: None, ..r }).collect();
-        let (_, first) = run(cfg, &reqs, 0);
+        let reqs = without_aborts(reqs);
+        let first = run(cfg, &reqs, 0).first_scheduled;
         for i in 1..reqs.len() as u64 {
             prop_assert!(first[&i] <= first[&(i + 1)], "request {} scheduled before {}", i + 1, i);
         }
     }
 }
 
-#[test]
-fn preemption_keeps_outputs_identical() {
-    // Eight requests, KV for about two full sequences.
-    let reqs: Vec<Req> = (0..8)
-        .map(|i| Req {
-            prefix: i % 2,
-            extra: vec![i as u32 + 1; 10],
-            max_tokens: 11,
-            n: 1,
-            abort_at: None,
-        })
-        .collect();
-    let tight = SimConfig {
+fn tight() -> SimConfig {
+    SimConfig {
         num_blocks: 2 * 64 / 4,
         block_size: 4,
         max_num_batched_tokens: 64,
         max_num_seqs: 8,
         max_model_len: 64,
         enable_prefix_caching: false,
-    };
-    let mut sim = Sim::new(tight);
-    for (i, r) in reqs.iter().enumerate() {
-        sim.add(i as u64 + 1, prompt(r), r.max_tokens, r.n);
     }
-    let constrained = sim.run_to_completion(|_, h| next_token(h, 0));
-    assert!(
-        sim.scheduler.total_preemptions() > 0,
-        "the test must actually preempt"
-    );
-    let (roomy, _) = run(
-        SimConfig {
-            num_blocks: 1024,
-            ..tight
-        },
-        &reqs,
-        0,
-    );
-    assert_eq!(constrained, roomy);
+}
+
+fn crowd(n: usize) -> Vec<Req> {
+    (0..8)
+        .map(|i| Req {
+            prefix: i % 2,
+            extra: vec![i as u32 + 1; 10],
+            max_tokens: 11,
+            n,
+            abort_at: None,
+            abort_in_flight: false,
+        })
+        .collect()
+}
+
+#[test]
+fn preemption_keeps_outputs_identical() {
+    for (cache, n) in [(false, 1), (true, 1), (true, 3), (false, 2)] {
+        let cfg = SimConfig {
+            enable_prefix_caching: cache,
+            ..tight()
+        };
+        let reqs = crowd(n);
+        let constrained = run(cfg, &reqs, 0);
+        assert!(
+            constrained.preemptions > 0,
+            "the test must actually preempt (cache {cache}, n {n})"
+        );
+        let roomy = run(
+            SimConfig {
+                num_blocks: 1024,
+                ..cfg
+            },
+            &reqs,
+            0,
+        );
+        assert_eq!(roomy.preemptions, 0);
+        assert_eq!(constrained.outputs, roomy.outputs);
+    }
 }
 
 #[test]
@@ -201,16 +286,41 @@ fn prefix_cache_skips_shared_blocks() {
         enable_prefix_caching: true,
     };
     let mut sim = Sim::new(cfg);
-    let long: Vec<TokenId> = (1..=40).collect();
-    sim.add(1, long.clone(), 2, 1);
-    sim.run_to_completion(|_, h| next_token(h, 0));
-    let mut second = long.clone();
+    let long: Vec<TokenId> = (1..=42).collect();
+    sim.add(1, long.clone(), 1, 1);
+    sim.run_to_completion(|s, h| next_token(s, h, 0));
+    // 40 tokens = 10 full blocks are shared; the rest is computed.
+    let mut second = long[..41].to_vec();
     second.extend([77, 78]);
     sim.add(2, second, 2, 1);
-    let report = sim.step(&mut |_, h| next_token(h, 0)).unwrap();
+    let report = sim.step(&mut |s, h| next_token(s, h, 0)).unwrap();
+    assert_eq!(report.allocation.prefix_cache_queries, 43);
     assert_eq!(report.allocation.prefix_cache_hits, 40);
+    assert_eq!(sim.scheduler.last_prefix_cache_stats(), (43, 40));
     assert_eq!(report.plan.seqs[0].num_computed_tokens, 40);
-    assert_eq!(report.plan.seqs[0].token_ids, vec![77, 78]);
+    assert_eq!(report.plan.seqs[0].token_ids, vec![41, 77, 78]);
+    sim.run_to_completion(|s, h| next_token(s, h, 0));
+}
+
+#[test]
+fn prefix_cache_with_chunked_prefill_and_a_tiny_budget() {
+    let cfg = SimConfig {
+        num_blocks: 40,
+        block_size: 4,
+        max_num_batched_tokens: 3,
+        max_num_seqs: 4,
+        max_model_len: 64,
+        enable_prefix_caching: true,
+    };
+    let mut sim = Sim::new(cfg);
+    let p: Vec<TokenId> = (1..=30).collect();
+    sim.add(1, p.clone(), 3, 1);
+    sim.run_to_completion(|s, h| next_token(s, h, 0));
+    sim.add(2, p, 3, 2);
+    let report = sim.step(&mut |s, h| next_token(s, h, 0)).unwrap();
+    assert_eq!(report.plan.seqs[0].num_computed_tokens, 28);
+    assert_eq!(report.plan.seqs[0].token_ids, vec![29, 30]);
+    sim.run_to_completion(|s, h| next_token(s, h, 0));
 }
 
 #[test]
@@ -223,37 +333,61 @@ fn aborts_in_every_state_return_all_blocks() {
         max_model_len: 64,
         enable_prefix_caching: true,
     };
-    for abort_step in 0..12 {
+    for abort_step in 0..40 {
         let mut sim = Sim::new(cfg);
-        for i in 1..=5 {
+        for i in 1..=5u64 {
             sim.add(
                 i,
-                (0..30).map(|t| t + i as u32).collect(),
+                (0..30).map(|t| t + i as u32 % 2).collect(),
                 20,
                 (i % 3 + 1) as usize,
             );
         }
-        let mut sample = |_: SeqId, h: &[TokenId]| next_token(h, 0);
-        for step in 0..abort_step {
-            if step == abort_step - 1 {
-                for i in 1..=5 {
-                    sim.abort(i);
-                }
-            }
+        let mut sample = |s: SeqId, h: &[TokenId]| next_token(s, h, 0);
+        for _ in 0..abort_step {
             if sim.step(&mut sample).is_none() {
                 break;
             }
         }
-        for i in 1..=5 {
+        // Abort between steps, and some while an allocation is in flight.
+        for i in 1..=3 {
+            sim.abort(i);
+        }
+        sim.step(&mut sample);
+        for i in 4..=5 {
             sim.abort(i);
         }
         sim.run_to_completion(&mut sample);
-        assert_eq!(
-            sim.blocks.num_free_blocks(),
-            24,
-            "abort at step {abort_step}"
-        );
     }
+}
+
+#[test]
+fn abort_with_an_allocation_in_flight_never_poisons_the_cache() {
+    let cfg = SimConfig {
+        num_blocks: 32,
+        block_size: 4,
+        max_num_batched_tokens: 64,
+        max_num_seqs: 4,
+        max_model_len: 64,
+        enable_prefix_caching: true,
+    };
+    let mut sim = Sim::new(cfg);
+    let mut sample = |s: SeqId, h: &[TokenId]| next_token(s, h, 0);
+    let p: Vec<TokenId> = (1..=21).collect();
+    sim.add(1, p.clone(), 4, 1);
+    sim.abort_in_flight(1);
+    let report = sim.step(&mut sample).unwrap();
+    // The granted prompt is still computed (its blocks are registered), never sampled.
+    assert_eq!(report.plan.seqs.len(), 1);
+    assert_eq!(report.plan.seqs[0].num_samples, 0);
+    assert!(report.output.tokens.is_empty());
+    // The same prompt again: the simulator checks the hit blocks hold its KV.
+    sim.add(2, p, 4, 1);
+    let report = sim.step(&mut sample).unwrap();
+    assert_eq!(report.plan.dropped, vec![1000]);
+    assert_eq!(report.allocation.prefix_cache_hits, 20);
+    let out = sim.run_to_completion(&mut sample);
+    assert_eq!(out[&2][0].len(), 4);
 }
 
 #[test]
@@ -261,7 +395,7 @@ fn n_greater_than_one_forks_after_the_prompt() {
     let mut sim = Sim::new(SimConfig::default());
     sim.add(1, (1..=10).collect(), 5, 3);
     let mut seen_fork = false;
-    let mut sample = |seq: SeqId, h: &[TokenId]| (next_token(h, 0).0 + seq as u32 % 1000, false);
+    let mut sample = |seq: SeqId, h: &[TokenId]| next_token(seq, h, 0);
     while let Some(r) = sim.step(&mut sample) {
         if r.plan.seqs.iter().any(|s| s.num_samples == 3) {
             seen_fork = true;
@@ -281,4 +415,22 @@ fn n_greater_than_one_forks_after_the_prompt() {
     assert_eq!(out[&1].len(), 3);
     assert!(out[&1].iter().all(|o| o.len() == 5));
     assert_ne!(out[&1][0], out[&1][1]);
+}
+
+#[test]
+fn a_request_larger_than_the_pool_fails_instead_of_waiting_forever() {
+    let cfg = SimConfig {
+        num_blocks: 4,
+        block_size: 4,
+        max_num_batched_tokens: 8,
+        max_num_seqs: 4,
+        max_model_len: 64,
+        enable_prefix_caching: true,
+    };
+    let mut sim = Sim::new(cfg);
+    sim.add(1, vec![1; 20], 4, 1);
+    sim.add(2, vec![2; 5], 4, 1);
+    assert!(sim.failed().contains_key(&1));
+    let out = sim.run_to_completion(|s, h| next_token(s, h, 0));
+    assert_eq!(out[&2][0].len(), 4);
 }
