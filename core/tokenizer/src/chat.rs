@@ -1,28 +1,38 @@
 //! Chat templates: Jinja sources from `tokenizer_config.json`,
-//! `chat_template.jinja` or GGUF metadata, rendered with minijinja plus the
-//! helpers Hugging Face templates rely on (`raise_exception`, `tojson` with
-//! Python's spacing, `strftime_now`, Python string and dict methods).
+//! `chat_template.jinja`, GGUF metadata or the command line, rendered with
+//! minijinja the way Hugging Face's `apply_chat_template` renders them:
+//! `trim_blocks` and `lstrip_blocks`, `raise_exception`, a `tojson` filter
+//! that writes Python's JSON (with `indent`, `ensure_ascii`, `separators`,
+//! `sort_keys`), `strftime_now`, Python string/dict/list methods, loop
+//! controls, `namespace()`, and `{% generation %}` blocks.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind};
 
-/// Template errors, with the template's own message.
+use crate::pyjson::{JsonStyle, python_json};
+
+/// Template errors, carrying the template's own message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatTemplateError {
     /// The template does not compile.
     #[error("the chat template is invalid: {0}")]
     Syntax(String),
-    /// Rendering failed (including `raise_exception` from the template).
+    /// The template called `raise_exception(message)`: the conversation is
+    /// not one this model's template accepts.
     #[error("{0}")]
+    Raised(String),
+    /// Rendering failed for another reason (a type error, a missing value...).
+    #[error("the chat template failed: {0}")]
     Render(String),
     /// A template file could not be read.
     #[error("cannot read chat template {path}: {reason}")]
     File {
-        /// The path.
+        /// The path given.
         path: String,
-        /// Why.
+        /// Why it could not be read.
         reason: String,
     },
 }
@@ -30,21 +40,22 @@ pub enum ChatTemplateError {
 /// What a template sees.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatContext {
-    /// Messages: objects with `role`, `content` and anything else.
+    /// Messages: JSON objects with `role`, `content` and anything else the
+    /// template reads (`tool_calls`, `reasoning_content`, `name`...).
     pub messages: Vec<serde_json::Value>,
-    /// Append the assistant-turn opener.
+    /// Append the opening of the assistant's turn.
     pub add_generation_prompt: bool,
-    /// Tool definitions.
+    /// Tool definitions (`tools`; `none` to the template when absent).
     pub tools: Option<serde_json::Value>,
-    /// Extra variables.
+    /// Extra variables (`enable_thinking`, `date_string`, `documents`...).
     pub extra: serde_json::Map<String, serde_json::Value>,
-    /// The BOS token string.
+    /// The BOS token string (`bos_token`; empty when absent).
     pub bos_token: Option<String>,
-    /// The EOS token string.
+    /// The EOS token string (`eos_token`; empty when absent).
     pub eos_token: Option<String>,
 }
 
-/// A compiled chat template.
+/// A compiled chat template. Cheap to clone; Send + Sync.
 #[derive(Clone)]
 pub struct ChatTemplate {
     source: Arc<str>,
@@ -65,85 +76,207 @@ impl PartialEq for ChatTemplate {
     }
 }
 
-/// Serialize like Python's `json.dumps(v, ensure_ascii=False)` (", " and ": "
-/// separators) or with `indent`.
-pub fn python_json(v: &serde_json::Value, indent: Option<usize>) -> String {
-    fn go(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
-        let nl = |out: &mut String, level: usize| {
-            if let Some(n) = indent {
-                out.push('\n');
-                out.push_str(&" ".repeat(n * level));
-            }
-        };
-        match v {
-            serde_json::Value::Array(a) if !a.is_empty() => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(if indent.is_some() { "," } else { ", " });
-                    }
-                    nl(out, level + 1);
-                    go(x, indent, level + 1, out);
-                }
-                nl(out, level);
-                out.push(']');
-            }
-            serde_json::Value::Object(o) if !o.is_empty() => {
-                out.push('{');
-                for (i, (k, x)) in o.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(if indent.is_some() { "," } else { ", " });
-                    }
-                    nl(out, level + 1);
-                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
-                    out.push_str(": ");
-                    go(x, indent, level + 1, out);
-                }
-                nl(out, level);
-                out.push('}');
-            }
-            other => out.push_str(&other.to_string()),
-        }
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// The error `raise_exception` attaches, so that rendering can tell it apart.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RaisedByTemplate(String);
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(RaisedByTemplate(message)))
+}
+
+fn kwarg<T: serde::de::DeserializeOwned>(kwargs: &Kwargs, name: &str) -> Result<Option<T>, Error> {
+    let Some(v) = kwargs.get::<Option<Value>>(name)? else {
+        return Ok(None);
+    };
+    if v.is_none() {
+        return Ok(None);
     }
-    let mut s = String::new();
-    go(v, indent, 0, &mut s);
-    s
+    serde_json::from_value(serde_json::to_value(&v).map_err(bad_json)?)
+        .map(Some)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: bad `{name}`: {e}"),
+            )
+        })
+}
+
+fn bad_json(e: serde_json::Error) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: the value is not JSON: {e}"),
+    )
+}
+
+/// Python's `json.dumps` options from the filter's keyword arguments.
+fn json_style(kwargs: &Kwargs) -> Result<JsonStyle, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Indent {
+        Spaces(usize),
+        Text(String),
+    }
+    let mut style = match kwarg::<Indent>(kwargs, "indent")? {
+        Some(Indent::Spaces(n)) => JsonStyle::indented(" ".repeat(n)),
+        Some(Indent::Text(s)) => JsonStyle::indented(s),
+        None => JsonStyle::default(),
+    };
+    if let Some((item, key)) = kwarg::<(String, String)>(kwargs, "separators")? {
+        style.item_separator = item;
+        style.key_separator = key;
+    }
+    style.ensure_ascii = kwarg::<bool>(kwargs, "ensure_ascii")?.unwrap_or(false);
+    style.sort_keys = kwarg::<bool>(kwargs, "sort_keys")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    Ok(style)
 }
 
 fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
-    let indent: Option<usize> = kwargs.get("indent")?;
-    let _: Option<Value> = kwargs.get("ensure_ascii")?;
-    let _: Option<Value> = kwargs.get("sort_keys")?;
-    kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    Ok(Value::from_safe_string(python_json(&json, indent)))
+    let style = json_style(&kwargs)?;
+    let json = serde_json::to_value(&value).map_err(bad_json)?;
+    Ok(Value::from_safe_string(python_json(&json, &style)))
 }
 
-fn raise_exception(message: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, message))
+fn strftime_now(format: String) -> Result<String, Error> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: `{format}` is not a valid date format"),
+        )
+    })?;
+    Ok(out)
 }
 
-fn strftime_now(format: String) -> String {
-    chrono::Local::now().format(&format).to_string()
+/// `{% generation %}` / `{% endgeneration %}` mark the assistant's text for
+/// training masks and render their body unchanged; minijinja has no such
+/// tag, so they become an always-true `if` (whitespace control kept).
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let trimmed = inner
+            .trim_start_matches(['-', '+'])
+            .trim_end_matches(['-', '+'])
+            .trim();
+        let replacement = match trimmed {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(word) => {
+                let at = inner.find(trimmed).unwrap_or(0);
+                out.push_str("{%");
+                out.push_str(&inner[..at]);
+                out.push_str(word);
+                out.push_str(&inner[at + trimmed.len()..]);
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn environment() -> Result<Environment<'static>, ChatTemplateError> {
+    let mut env = Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_filter("tojson", tojson);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
+    env.set_syntax(syntax);
+    Ok(env)
+}
+
+/// Reasoning given under an older name also appears as `reasoning_content`
+/// and `thinking`, the names templates read (as transformers does).
+fn alias_reasoning(message: &serde_json::Value) -> serde_json::Value {
+    const FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
+    let Some(map) = message.as_object() else {
+        return message.clone();
+    };
+    let Some(reasoning) = FIELDS
+        .iter()
+        .find_map(|k| map.get(*k).filter(|v| !v.is_null()))
+    else {
+        return message.clone();
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("thinking".into(), reasoning.clone());
+    for (k, v) in map {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert("reasoning_content".into(), reasoning.clone());
+    serde_json::Value::Object(out)
+}
+
+/// The variables a template renders with.
+fn variables(ctx: &ChatContext) -> serde_json::Map<String, serde_json::Value> {
+    let mut vars = serde_json::Map::new();
+    vars.insert(
+        "bos_token".into(),
+        ctx.bos_token.clone().unwrap_or_default().into(),
+    );
+    vars.insert(
+        "eos_token".into(),
+        ctx.eos_token.clone().unwrap_or_default().into(),
+    );
+    vars.insert("documents".into(), serde_json::Value::Null);
+    for (k, v) in &ctx.extra {
+        vars.insert(k.clone(), v.clone());
+    }
+    vars.insert(
+        "messages".into(),
+        ctx.messages.iter().map(alias_reasoning).collect(),
+    );
+    vars.insert(
+        "tools".into(),
+        ctx.tools.clone().unwrap_or(serde_json::Value::Null),
+    );
+    vars.insert(
+        "add_generation_prompt".into(),
+        ctx.add_generation_prompt.into(),
+    );
+    vars
+}
+
+fn render_error(e: &Error) -> ChatTemplateError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(raised) = err.downcast_ref::<RaisedByTemplate>() {
+            return ChatTemplateError::Raised(raised.0.clone());
+        }
+        source = err.source();
+    }
+    ChatTemplateError::Render(e.to_string())
 }
 
 impl ChatTemplate {
     /// Compile a template source.
     pub fn new(source: &str) -> Result<ChatTemplate, ChatTemplateError> {
-        let mut env = Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_filter("tojson", tojson);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
-        env.set_syntax(syntax);
-        env.add_template_owned("chat", source.to_string())
+        let mut env = environment()?;
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
             .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
         Ok(ChatTemplate {
             source: Arc::from(source),
@@ -151,67 +284,42 @@ impl ChatTemplate {
         })
     }
 
-    /// An inline template, or the contents of a file when `spec` names one.
+    /// A template given on the command line: the contents of the file `spec`
+    /// names, or `spec` itself when it is inline Jinja (contains `{{` or `{%`).
     pub fn from_str_or_file(spec: &str) -> Result<ChatTemplate, ChatTemplateError> {
-        let path = std::path::Path::new(spec);
-        if !spec.contains("{%") && !spec.contains("{{") && path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| ChatTemplateError::File {
-                path: spec.to_string(),
-                reason: e.to_string(),
-            })?;
-            return ChatTemplate::new(&text);
+        let inline = spec.contains("{%") || spec.contains("{{");
+        if inline {
+            return ChatTemplate::new(spec);
         }
-        if !spec.contains("{%") && !spec.contains("{{") {
+        let path = Path::new(spec);
+        if !path.is_file() {
             return Err(ChatTemplateError::File {
                 path: spec.to_string(),
-                reason: "no such file, and it is not an inline Jinja template".into(),
+                reason: "no such file, and it is not an inline Jinja template (no `{{` or `{%`)"
+                    .into(),
             });
         }
-        ChatTemplate::new(spec)
+        let text = std::fs::read_to_string(path).map_err(|e| ChatTemplateError::File {
+            path: spec.to_string(),
+            reason: e.to_string(),
+        })?;
+        ChatTemplate::new(&text)
     }
 
-    /// The template source.
+    /// The template source as given.
     pub fn source(&self) -> &str {
         &self.source
     }
 
     /// Render a conversation.
     pub fn render(&self, ctx: &ChatContext) -> Result<String, ChatTemplateError> {
-        let tmpl = self
+        let template = self
             .env
-            .get_template("chat")
+            .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
-        let mut vars = ctx.extra.clone();
-        vars.insert(
-            "messages".into(),
-            serde_json::Value::Array(ctx.messages.clone()),
-        );
-        vars.insert(
-            "add_generation_prompt".into(),
-            ctx.add_generation_prompt.into(),
-        );
-        if let Some(t) = &ctx.tools {
-            vars.insert("tools".into(), t.clone());
-        }
-        vars.insert(
-            "bos_token".into(),
-            ctx.bos_token.clone().unwrap_or_default().into(),
-        );
-        vars.insert(
-            "eos_token".into(),
-            ctx.eos_token.clone().unwrap_or_default().into(),
-        );
-        tmpl.render(Value::from(minijinja::value::Serde(&vars)))
-            .map_err(|e| {
-                let mut msg = e.to_string();
-                // `raise_exception` messages read best without minijinja's prefix.
-                if e.kind() == ErrorKind::InvalidOperation
-                    && let Some(detail) = e.detail()
-                {
-                    msg = detail.to_string();
-                }
-                ChatTemplateError::Render(msg)
-            })
+        template
+            .render(Value::from(minijinja::value::Serde(variables(ctx))))
+            .map_err(|e| render_error(&e))
     }
 }
 
@@ -220,89 +328,67 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn msgs(v: serde_json::Value) -> Vec<serde_json::Value> {
-        v.as_array().unwrap().clone()
+    fn render(src: &str, ctx: &ChatContext) -> Result<String, ChatTemplateError> {
+        ChatTemplate::new(src)?.render(ctx)
     }
 
-    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
     #[test]
-    fn smollm2_chatml() {
-        let t = ChatTemplate::new(CHATML).unwrap();
-        let out = t
-            .render(&ChatContext {
-                messages: msgs(
-                    json!([{"role": "user", "content": "What is the capital of France?"}]),
-                ),
-                add_generation_prompt: true,
-                ..Default::default()
-            })
-            .unwrap();
+    fn generation_tags_keep_their_body_and_whitespace_control() {
         assert_eq!(
-            out,
-            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+            rewrite_generation_tags("a{%- generation -%} b {% endgeneration %}{% if x %}"),
+            "a{%- if true -%} b {% endif %}{% if x %}"
         );
+        assert_eq!(rewrite_generation_tags("{% unclosed"), "{% unclosed");
     }
 
     #[test]
-    fn llama3_style_template() {
-        let src = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
-        let t = ChatTemplate::new(src).unwrap();
-        let out = t
-            .render(&ChatContext {
-                messages: msgs(json!([{"role": "user", "content": " hi "}])),
-                add_generation_prompt: true,
-                bos_token: Some("<|begin_of_text|>".into()),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(
-            out,
-            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-        );
+    fn raise_exception_is_a_typed_error_with_the_message() {
+        let e = render(
+            "{% if messages|length == 0 %}{{ raise_exception('No messages!') }}{% endif %}",
+            &ChatContext::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e, ChatTemplateError::Raised("No messages!".into()));
+        // Raised from inside a macro too.
+        let e = render(
+            "{% macro check() %}{{ raise_exception('deep') }}{% endmacro %}{{ check() }}",
+            &ChatContext::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e, ChatTemplateError::Raised("deep".into()));
     }
 
     #[test]
-    fn mistral_alternation_raises() {
-        let src = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
-        let t = ChatTemplate::new(src).unwrap();
-        let ok = t
-            .render(&ChatContext {
-                messages: msgs(json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])),
-                bos_token: Some("<s>".into()),
-                eos_token: Some("</s>".into()),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(ok, "<s>[INST] a [/INST]b</s>");
-        let err = t
-            .render(&ChatContext {
-                messages: msgs(json!([{"role": "assistant", "content": "b"}])),
-                ..Default::default()
-            })
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("Conversation roles must alternate"),
-            "{err}"
-        );
+    fn other_render_failures_say_what_failed() {
+        let e = render("{{ 1 + 'a' }}", &ChatContext::default()).unwrap_err();
+        assert!(matches!(e, ChatTemplateError::Render(_)), "{e:?}");
+        let e = render("{{ 'x' | tojson(indent=[1]) }}", &ChatContext::default()).unwrap_err();
+        assert!(e.to_string().contains("indent"), "{e}");
+        let e = render("{{ 'x' | tojson(colour=1) }}", &ChatContext::default()).unwrap_err();
+        assert!(matches!(e, ChatTemplateError::Render(_)), "{e:?}");
     }
 
     #[test]
-    fn tojson_matches_python_and_pycompat_methods_work() {
-        let src = "{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}|{{ messages[0].content.strip().upper() }}|{{ strftime_now('%Y') | length }}|{% for k, v in tools[0].items() %}{{ k }}{% endfor %}";
-        let t = ChatTemplate::new(src).unwrap();
-        let out = t
-            .render(&ChatContext {
-                messages: msgs(json!([{"role": "user", "content": "  hé  "}])),
-                tools: Some(json!([{"name": "f", "args": {"x": 1, "a": [1, 2]}}])),
+    fn strftime_now_formats_the_local_time() {
+        let before = chrono::Local::now().format("%Y-%m-%d").to_string();
+        let out = render("{{ strftime_now('%Y-%m-%d') }}", &ChatContext::default()).unwrap();
+        let after = chrono::Local::now().format("%Y-%m-%d").to_string();
+        assert!(out == before || out == after, "{out}");
+        assert!(render("{{ strftime_now('%Q') }}", &ChatContext::default()).is_err());
+    }
+
+    #[test]
+    fn absent_tools_and_tokens_are_none_and_empty() {
+        let out = render(
+            "{{ tools is none }}|{{ documents is none }}|[{{ bos_token }}]|{{ extra_flag }}",
+            &ChatContext {
+                extra: json!({"extra_flag": 7}).as_object().unwrap().clone(),
                 ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(
-            out,
-            "[{\"name\": \"f\", \"args\": {\"x\": 1, \"a\": [1, 2]}}]|{\n  \"name\": \"f\",\n  \"args\": {\n    \"x\": 1,\n    \"a\": [\n      1,\n      2\n    ]\n  }\n}|HÉ|4|nameargs"
-        );
+            },
+        )
+        .unwrap();
+        // Booleans print as Python prints them.
+        assert_eq!(out, "True|True|[]|7");
     }
 
     #[test]
@@ -315,6 +401,34 @@ mod tests {
             ChatTemplate::from_str_or_file("/no/such/template.jinja"),
             Err(ChatTemplateError::File { .. })
         ));
-        assert!(ChatTemplate::from_str_or_file("{{ 'x' }}").is_ok());
+        assert_eq!(
+            ChatTemplate::from_str_or_file("{{ 'x' }}")
+                .unwrap()
+                .render(&ChatContext::default())
+                .unwrap(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn templates_load_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jinja");
+        std::fs::write(&path, "{{ messages[0].content }}\n").unwrap();
+        let t = ChatTemplate::from_str_or_file(path.to_str().unwrap()).unwrap();
+        let out = t
+            .render(&ChatContext {
+                messages: vec![json!({"role": "user", "content": "hi"})],
+                ..Default::default()
+            })
+            .unwrap();
+        // Like Jinja, a single trailing newline of the source is dropped.
+        assert_eq!(out, "hi");
+    }
+
+    #[test]
+    fn templates_are_send_and_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<ChatTemplate>();
     }
 }

@@ -1,5 +1,15 @@
-//! Building a `tokenizers::Tokenizer` from GGUF tokenizer metadata, the way
-//! transformers' GGUF converters do.
+//! Building a `tokenizers::Tokenizer` from GGUF tokenizer metadata
+//! (`tokenizer.ggml.*`) the way transformers' GGUF loader builds it:
+//!
+//! - `gpt2`: byte-level BPE from the vocabulary and merges, the split regex
+//!   chosen by `tokenizer.ggml.pre` (see [`crate::known_pre_tokenizers`]),
+//!   a byte-level decoder;
+//! - `llama` (SentencePiece): BPE with byte fallback (`<0xXX>` tokens),
+//!   merges from the file or recovered from the scores, `▁` for spaces with
+//!   one prefixed to the text, and the matching decoder.
+//!
+//! Control tokens (type 3) and the BOS/EOS/UNK/PAD tokens become special
+//! added tokens, user-defined ones (type 4) plain added tokens.
 
 use std::collections::HashSet;
 
@@ -10,207 +20,444 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::{
-    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence,
-};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+use tokenizers::normalizers::Replace;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
-use crate::TokenizerError;
+use crate::merges::merges_from_scores;
+use crate::pre::{pre_split, pre_tokenizer};
+use crate::{TokenizerError, bos_eos_processor};
 
-/// Tokenizer metadata of a GGUF file (`tokenizer.ggml.*`), as plain data.
+/// Tokenizer metadata of a GGUF file (`tokenizer.ggml.*`), as plain data
+/// for the GGUF reader to fill.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GgufTokenizerSpec {
-    /// `gpt2` (byte-level BPE) or `llama` (SentencePiece).
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece).
     pub model: String,
-    /// Pre-tokenizer name (`tokenizer.ggml.pre`): selects the split regex.
+    /// `tokenizer.ggml.pre`: selects the split regex of a `gpt2` vocabulary.
     pub pre: Option<String>,
-    /// Token strings by id.
+    /// `tokenizer.ggml.tokens`: token strings by id.
     pub tokens: Vec<String>,
-    /// Token types (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+    /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control,
+    /// 4 user-defined, 5 unused, 6 byte); empty when absent.
     pub token_types: Vec<i32>,
-    /// BPE merges, `"left right"`.
+    /// `tokenizer.ggml.merges`, each `"left right"`; empty when absent.
     pub merges: Vec<String>,
-    /// SentencePiece scores.
+    /// `tokenizer.ggml.scores` (SentencePiece), one per token.
     pub scores: Option<Vec<f32>>,
-    /// BOS id.
+    /// `tokenizer.ggml.bos_token_id`.
     pub bos_token_id: Option<u32>,
-    /// EOS id.
+    /// `tokenizer.ggml.eos_token_id`.
     pub eos_token_id: Option<u32>,
-    /// Unknown-token id.
+    /// `tokenizer.ggml.unknown_token_id`.
     pub unknown_token_id: Option<u32>,
-    /// Padding id.
+    /// `tokenizer.ggml.padding_token_id`.
     pub padding_token_id: Option<u32>,
-    /// Prepend BOS when encoding (default: true for `llama`, false for `gpt2`).
+    /// `tokenizer.ggml.add_bos_token`: prepend BOS when encoding with special
+    /// tokens (default: true for `llama`, false for `gpt2`).
     pub add_bos_token: Option<bool>,
-    /// Append EOS when encoding.
+    /// `tokenizer.ggml.add_eos_token`: append EOS (default false).
     pub add_eos_token: Option<bool>,
-    /// Prefix a space before SentencePiece encoding (default true).
+    /// `tokenizer.ggml.add_space_prefix`: SentencePiece prefixes a `▁` to
+    /// the text (default true).
     pub add_space_prefix: Option<bool>,
-    /// Chat template.
+    /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
 
+/// What [`build`] makes.
 pub(crate) struct Built {
-    pub tokenizer: tokenizers::Tokenizer,
+    pub tokenizer: HfTokenizer,
+    /// Ids of the special tokens (skipped by `decode(.., skip_special_tokens)`).
     pub special: HashSet<u32>,
 }
 
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn invalid(e: impl std::fmt::Display) -> TokenizerError {
-    TokenizerError::Invalid(e.to_string())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ByteLevel,
+    SentencePiece,
 }
 
-pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Built, TokenizerError> {
-    if spec.tokens.is_empty() {
-        return Err(TokenizerError::Invalid(
-            "the GGUF file has no tokenizer.ggml.tokens".into(),
-        ));
-    }
-    if !spec.token_types.is_empty() && spec.token_types.len() != spec.tokens.len() {
-        return Err(TokenizerError::Invalid(format!(
-            "{} token types for {} tokens",
-            spec.token_types.len(),
-            spec.tokens.len()
-        )));
-    }
-    let (mut tokenizer, extra_special) = match spec.model.as_str() {
-        "gpt2" => (byte_level(spec)?, vec![]),
-        "llama" => sentencepiece(spec)?,
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNKNOWN: i32 = 2;
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Invalid(format!("{what}: {e}"))
+}
+
+/// Check lengths and ids against the vocabulary.
+fn validate(spec: &GgufTokenizerSpec) -> Result<Kind, TokenizerError> {
+    let kind = match spec.model.as_str() {
+        "gpt2" => Kind::ByteLevel,
+        "llama" => Kind::SentencePiece,
         other => {
             return Err(TokenizerError::Invalid(format!(
                 "GGUF tokenizer model `{other}` is not supported (supported: gpt2, llama)"
             )));
         }
     };
-    let mut special = HashSet::new();
-    let mut added = Vec::new();
-    for (id, token) in spec.tokens.iter().enumerate() {
-        let ty = spec.token_types.get(id).copied().unwrap_or(1);
-        let is_special = ty == 3 || extra_special.contains(&(id as u32));
-        if is_special || ty == 4 {
-            added.push(AddedToken::from(token.clone(), is_special));
-        }
-        if is_special {
-            special.insert(id as u32);
+    let n = spec.tokens.len();
+    if n == 0 {
+        return Err(TokenizerError::Invalid(
+            "the GGUF file has no tokenizer.ggml.tokens".into(),
+        ));
+    }
+    if !spec.token_types.is_empty() && spec.token_types.len() != n {
+        return Err(TokenizerError::Invalid(format!(
+            "tokenizer.ggml.token_type has {} entries for {n} tokens",
+            spec.token_types.len()
+        )));
+    }
+    if let Some(scores) = &spec.scores
+        && scores.len() != n
+    {
+        return Err(TokenizerError::Invalid(format!(
+            "tokenizer.ggml.scores has {} entries for {n} tokens",
+            scores.len()
+        )));
+    }
+    let named = [
+        ("bos_token_id", spec.bos_token_id),
+        ("eos_token_id", spec.eos_token_id),
+        ("unknown_token_id", spec.unknown_token_id),
+        ("padding_token_id", spec.padding_token_id),
+    ];
+    for (key, id) in named {
+        if let Some(id) = id
+            && id as usize >= n
+        {
+            return Err(TokenizerError::Invalid(format!(
+                "tokenizer.ggml.{key} is {id}, outside the vocabulary of {n} tokens"
+            )));
         }
     }
-    tokenizer.add_special_tokens(added).map_err(invalid)?;
+    Ok(kind)
+}
+
+/// Build the tokenizer a GGUF file describes.
+pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Built, TokenizerError> {
+    let kind = validate(spec)?;
+    let (mut tokenizer, vocab) = match kind {
+        Kind::ByteLevel => byte_level(spec)?,
+        Kind::SentencePiece => (sentencepiece(spec)?, spec.tokens.clone()),
+    };
+    let special = add_tokens(&mut tokenizer, spec, kind, &vocab)?;
+    let named = |id: Option<u32>| id.map(|i| (i, vocab[i as usize].clone()));
+    let add_bos = spec.add_bos_token.unwrap_or(kind == Kind::SentencePiece);
+    let add_eos = spec.add_eos_token.unwrap_or(false);
+    tokenizer.with_post_processor(Some(bos_eos_processor(
+        named(spec.bos_token_id).filter(|_| add_bos),
+        named(spec.eos_token_id).filter(|_| add_eos),
+    )?));
     Ok(Built { tokenizer, special })
 }
 
-fn vocab(spec: &GgufTokenizerSpec) -> tokenizers::models::bpe::Vocab {
-    spec.tokens
+/// GPT-2's byte alphabet: byte → the printable character that spells it.
+fn byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for (b, slot) in table.iter_mut().enumerate() {
+        let printable = matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+        let code = if printable {
+            b as u32
+        } else {
+            next += 1;
+            next - 1
+        };
+        *slot = char::from_u32(code).unwrap_or('\u{FFFD}');
+    }
+    table
+}
+
+/// Whether every character of `token` is in GPT-2's byte alphabet.
+fn byte_spelled(token: &str) -> bool {
+    token
+        .chars()
+        .all(|c| matches!(c as u32, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0x143))
+}
+
+/// Tokens as byte-level BPE spells them: a token written with other
+/// characters (a literal space, say) is respelled byte by byte.
+fn byte_level_vocab(tokens: &[String]) -> Vec<String> {
+    let table = byte_chars();
+    tokens
+        .iter()
+        .map(|t| {
+            if byte_spelled(t) {
+                t.clone()
+            } else {
+                t.bytes().map(|b| table[b as usize]).collect()
+            }
+        })
+        .collect()
+}
+
+fn parse_merges(merges: &[String]) -> Result<Vec<(String, String)>, TokenizerError> {
+    merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    TokenizerError::Invalid(format!(
+                        "tokenizer.ggml.merges entry `{m}` is not `left right`"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn vocab_map(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
+    tokens
         .iter()
         .enumerate()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect()
 }
 
-fn byte_level(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, TokenizerError> {
-    let merges: Vec<(String, String)> = spec
-        .merges
-        .iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| TokenizerError::Invalid(format!("merge `{m}` is not `left right`")))
-        })
-        .collect::<Result<_, _>>()?;
+fn byte_level(spec: &GgufTokenizerSpec) -> Result<(HfTokenizer, Vec<String>), TokenizerError> {
+    let vocab = byte_level_vocab(&spec.tokens);
     let model = BPE::builder()
-        .vocab_and_merges(vocab(spec), merges)
+        .vocab_and_merges(vocab_map(&vocab), parse_merges(&spec.merges)?)
         .build()
-        .map_err(invalid)?;
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    let pre: PreTokenizerWrapper = match spec.pre.as_deref() {
-        Some("llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe") => split_then_bytes(LLAMA3_SPLIT)?,
-        Some("qwen2") => split_then_bytes(QWEN2_SPLIT)?,
-        Some("gpt2" | "default" | "smollm") | None => ByteLevel::new(false, true, true).into(),
-        Some(other) => {
-            tracing::warn!(
-                "GGUF pre-tokenizer `{other}` is not known; using the GPT-2 byte-level split"
-            );
-            ByteLevel::new(false, true, true).into()
-        }
-    };
-    tokenizer.with_pre_tokenizer(Some(pre));
+        .map_err(|e| invalid("byte-level BPE", e))?;
+    let mut tokenizer = HfTokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre_split(spec.pre.as_deref()))?));
     tokenizer.with_decoder(Some(ByteLevel::new(true, true, true)));
-    Ok(tokenizer)
+    Ok((tokenizer, vocab))
 }
 
-fn split_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
-    let split = Split::new(
-        SplitPattern::Regex(pattern.to_string()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(invalid)?;
-    Ok(PreSequence::new(vec![
-        split.into(),
-        ByteLevel::new(false, true, false).into(),
-    ])
-    .into())
-}
-
-/// SentencePiece vocabularies: merges derived from the scores as transformers does.
-fn sentencepiece(
-    spec: &GgufTokenizerSpec,
-) -> Result<(tokenizers::Tokenizer, Vec<u32>), TokenizerError> {
-    let scores = spec.scores.as_ref().ok_or_else(|| {
-        TokenizerError::Invalid("a `llama` GGUF tokenizer needs tokenizer.ggml.scores".into())
-    })?;
-    let vocab = vocab(spec);
-    let mut merges: Vec<(String, String, f32)> = Vec::new();
-    for (id, piece) in spec.tokens.iter().enumerate() {
-        let mut local: Vec<(String, String, f32)> = Vec::new();
-        for (at, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(at);
-            if vocab.contains_key(l) && vocab.contains_key(r) {
-                local.push((
-                    l.to_string(),
-                    r.to_string(),
-                    scores.get(id).copied().unwrap_or(0.0),
-                ));
-            }
-        }
-        local.sort_by_key(|(l, r, _)| (vocab[l], vocab[r]));
-        merges.extend(local);
-    }
-    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let unk_id = spec.unknown_token_id.or_else(|| {
+fn sentencepiece(spec: &GgufTokenizerSpec) -> Result<HfTokenizer, TokenizerError> {
+    let merges = if spec.merges.is_empty() {
+        let scores = spec.scores.as_ref().ok_or_else(|| {
+            TokenizerError::Invalid(
+                "a `llama` GGUF tokenizer needs tokenizer.ggml.scores or tokenizer.ggml.merges"
+                    .into(),
+            )
+        })?;
+        merges_from_scores(&spec.tokens, scores)
+    } else {
+        parse_merges(&spec.merges)?
+    };
+    let unknown = spec.unknown_token_id.or_else(|| {
         spec.token_types
             .iter()
-            .position(|&t| t == 2)
+            .position(|&t| t == UNKNOWN)
             .map(|i| i as u32)
     });
     let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges.into_iter().map(|(l, r, _)| (l, r)).collect())
+        .vocab_and_merges(vocab_map(&spec.tokens), merges)
         .fuse_unk(true)
         .byte_fallback(true);
-    if let Some(unk) = unk_id.and_then(|i| spec.tokens.get(i as usize)) {
-        builder = builder.unk_token(unk.clone());
+    if let Some(unk) = unknown {
+        builder = builder.unk_token(spec.tokens[unk as usize].clone());
     }
-    let model = builder.build().map_err(invalid)?;
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    let add_prefix = spec.add_space_prefix.unwrap_or(true);
-    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
-    if add_prefix {
-        normalizers.push(Prepend::new("▁".into()).into());
-    }
-    normalizers.push(Replace::new(" ", "▁").map_err(invalid)?.into());
-    tokenizer
-        .with_normalizer(Some(NormalizerSequence::new(normalizers)))
-        .map_err(invalid)?;
-    let decoders: Vec<DecoderWrapper> = vec![
-        Replace::new("▁", " ").map_err(invalid)?.into(),
+    let model = builder
+        .build()
+        .map_err(|e| invalid("SentencePiece BPE", e))?;
+    let mut tokenizer = HfTokenizer::new(model);
+    let prefix = spec.add_space_prefix.unwrap_or(true);
+    let scheme = if prefix {
+        PrependScheme::First
+    } else {
+        PrependScheme::Never
+    };
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ")
+            .map_err(|e| invalid("decoder", e))?
+            .into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
-        Strip::new(' ', usize::from(add_prefix), 0).into(),
     ];
+    if prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
-    Ok((tokenizer, unk_id.into_iter().collect()))
+    Ok(tokenizer)
+}
+
+/// Register control, named and user-defined tokens; returns the special ids.
+fn add_tokens(
+    tokenizer: &mut HfTokenizer,
+    spec: &GgufTokenizerSpec,
+    kind: Kind,
+    vocab: &[String],
+) -> Result<HashSet<u32>, TokenizerError> {
+    let ty = |id: usize| spec.token_types.get(id).copied().unwrap_or(1);
+    // A byte-level token marked control but written outside the byte
+    // alphabet is a mislabel; transformers leaves it out, and so does Kiln.
+    let spelled = |id: usize| kind == Kind::SentencePiece || byte_spelled(&spec.tokens[id]);
+    let mut special: HashSet<u32> = (0..spec.tokens.len())
+        .filter(|&id| ty(id) == CONTROL && spelled(id))
+        .map(|id| id as u32)
+        .collect();
+    special.extend(
+        [
+            spec.bos_token_id,
+            spec.eos_token_id,
+            spec.unknown_token_id,
+            spec.padding_token_id,
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    let mut ids: Vec<u32> = special.iter().copied().collect();
+    ids.sort_unstable();
+    let special_tokens: Vec<AddedToken> = ids
+        .iter()
+        .map(|&id| AddedToken::from(vocab[id as usize].clone(), true).normalized(false))
+        .collect();
+    tokenizer
+        .add_special_tokens(special_tokens)
+        .map_err(|e| invalid("special tokens", e))?;
+    let user: Vec<AddedToken> = (0..spec.tokens.len())
+        .filter(|&id| ty(id) == USER_DEFINED && spelled(id) && !special.contains(&(id as u32)))
+        .map(|id| AddedToken::from(vocab[id].clone(), false).normalized(false))
+        .collect();
+    tokenizer
+        .add_tokens(user)
+        .map_err(|e| invalid("user-defined tokens", e))?;
+    Ok(special)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The 256 byte tokens, a few merges and two control tokens.
+    fn tiny_byte_level(pre: &str) -> HfTokenizer {
+        let mut tokens: Vec<String> = byte_chars().iter().map(|c| c.to_string()).collect();
+        tokens.extend(["Ġt", "he", "Ġthe", "<|a|>", "<|b|>"].map(String::from));
+        let mut token_types = vec![1; 259];
+        token_types.extend([3, 3]);
+        let spec = GgufTokenizerSpec {
+            model: "gpt2".into(),
+            pre: Some(pre.into()),
+            tokens,
+            token_types,
+            merges: vec!["Ġ t".into(), "h e".into(), "Ġt he".into()],
+            ..Default::default()
+        };
+        build(&spec).unwrap().tokenizer
+    }
+
+    proptest! {
+        /// Byte-level BPE loses nothing, whatever the text and pre-tokenizer,
+        /// special tokens included.
+        #[test]
+        fn byte_level_round_trip(
+            text in "(\\PC|\\s|<\\|a\\|>| the){0,40}",
+            pre in prop::sample::select(vec!["gpt2", "smollm", "llama-bpe", "qwen2", "tekken", "gpt-4o"]),
+        ) {
+            let t = tiny_byte_level(pre);
+            let ids = t.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+            prop_assert_eq!(t.decode(&ids, false).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn control_tokens_match_whole_and_merges_apply() {
+        let t = tiny_byte_level("gpt2");
+        let ids = t
+            .encode_fast("the<|a|> the", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let pieces: Vec<String> = ids.iter().map(|&i| t.id_to_token(i).unwrap()).collect();
+        assert_eq!(pieces, ["t", "he", "<|a|>", "Ġthe"]);
+        assert_eq!(t.decode(&ids, true).unwrap(), "the the");
+    }
+
+    #[test]
+    fn byte_alphabet_has_256_distinct_characters() {
+        let table = byte_chars();
+        let distinct: HashSet<char> = table.iter().copied().collect();
+        assert_eq!(distinct.len(), 256);
+        assert_eq!(table[b' ' as usize], 'Ġ');
+        assert_eq!(table[b'\n' as usize], 'Ċ');
+        assert_eq!(table[b'a' as usize], 'a');
+        assert!(table.iter().all(|c| byte_spelled(&c.to_string())));
+        assert!(!byte_spelled("a b"));
+    }
+
+    #[test]
+    fn tokens_outside_the_byte_alphabet_are_respelled() {
+        let vocab = byte_level_vocab(&["ab".into(), "a b".into(), "\n".into()]);
+        assert_eq!(vocab, ["ab", "aĠb", "Ċ"]);
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        let base = GgufTokenizerSpec {
+            model: "gpt2".into(),
+            tokens: vec!["a".into(), "b".into()],
+            merges: vec!["a b".into()],
+            ..Default::default()
+        };
+        let check = |spec: GgufTokenizerSpec, want: &str| {
+            let e = build(&spec).err().expect("an error").to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        check(
+            GgufTokenizerSpec {
+                model: "t5".into(),
+                ..base.clone()
+            },
+            "`t5` is not supported",
+        );
+        check(
+            GgufTokenizerSpec {
+                tokens: vec![],
+                ..base.clone()
+            },
+            "no tokenizer.ggml.tokens",
+        );
+        check(
+            GgufTokenizerSpec {
+                token_types: vec![1],
+                ..base.clone()
+            },
+            "token_type has 1 entries",
+        );
+        check(
+            GgufTokenizerSpec {
+                eos_token_id: Some(9),
+                ..base.clone()
+            },
+            "eos_token_id is 9",
+        );
+        check(
+            GgufTokenizerSpec {
+                merges: vec!["ab".into()],
+                ..base.clone()
+            },
+            "`ab` is not `left right`",
+        );
+        check(
+            GgufTokenizerSpec {
+                merges: vec!["a c".into()],
+                ..base.clone()
+            },
+            "byte-level BPE",
+        );
+        check(
+            GgufTokenizerSpec {
+                model: "llama".into(),
+                merges: vec![],
+                ..base.clone()
+            },
+            "needs tokenizer.ggml.scores",
+        );
+        check(
+            GgufTokenizerSpec {
+                model: "llama".into(),
+                scores: Some(vec![0.0]),
+                ..base
+            },
+            "scores has 1 entries",
+        );
+    }
 }

@@ -1,132 +1,160 @@
-//! The real SmolLM2 vocabulary from its GGUF file must encode exactly as
-//! transformers does. Skipped with a message when the model is absent
-//! (`KILN_TEST_GGUF` points at it).
+//! The real SmolLM2 vocabulary must encode exactly as transformers does:
+//! from the GGUF file's metadata (skipped with a message when the model is
+//! absent; `KILN_TEST_GGUF` points at it) and from the tokenizer.json,
+//! tokenizer_config.json and chat_template.jinja transformers saves for it
+//! (committed under `fixtures/smollm2`). Fixtures: `fixtures/make_tokenizer_fixtures.py`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use kiln_models::weights::gguf::GgufFile;
-use kiln_tokenizer::{GgufTokenizerSpec, Tokenizer};
+use kiln_tokenizer::{ChatContext, Tokenizer};
+use serde_json::Value;
 
-fn gguf() -> Option<GgufFile> {
+#[path = "common/gguf_meta.rs"]
+mod gguf_meta;
+
+/// The tokenizer of the default model's GGUF file, or `None` (with a
+/// message) when the file is absent.
+fn gguf_tokenizer() -> Option<Tokenizer> {
     let p = std::env::var_os("KILN_TEST_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if !p.exists() {
         eprintln!(
-            "skipping: default model not found at {} (set KILN_TEST_GGUF)",
+            "skipping: the default model is not at {} (set KILN_TEST_GGUF)",
             p.display()
         );
         return None;
     }
-    Some(GgufFile::open(p).unwrap())
+    let spec = gguf_meta::tokenizer_spec(&gguf_meta::read_metadata(&p));
+    Some(Tokenizer::from_gguf(spec).unwrap())
 }
 
-fn tokenizer(g: &GgufFile) -> Tokenizer {
-    let md = g.tokenizer_metadata().unwrap();
-    Tokenizer::from_gguf(GgufTokenizerSpec {
-        model: md.model,
-        pre: md.pre,
-        tokens: md.tokens,
-        token_types: md.token_types,
-        merges: md.merges,
-        scores: md.scores,
-        bos_token_id: md.bos_token_id,
-        eos_token_id: md.eos_token_id,
-        unknown_token_id: md.unknown_token_id,
-        padding_token_id: md.padding_token_id,
-        add_bos_token: md.add_bos_token,
-        add_eos_token: md.add_eos_token,
-        add_space_prefix: md.add_space_prefix,
-        chat_template: md.chat_template,
-    })
-    .unwrap()
+fn fixture() -> Value {
+    serde_json::from_str(include_str!("fixtures/smollm2_encodings.json")).unwrap()
 }
 
+fn ids(v: &Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// `(text, ids, decoded)` of every case.
 fn cases() -> Vec<(String, Vec<u32>, String)> {
-    let v: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/smollm2_encodings.json")).unwrap();
-    v["cases"]
+    fixture()["cases"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| {
             (
                 c["text"].as_str().unwrap().to_string(),
-                c["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect(),
+                ids(&c["ids"]),
                 c["decoded"].as_str().unwrap().to_string(),
             )
         })
         .collect()
 }
 
-#[test]
-fn gguf_vocabulary_encodes_like_transformers() {
-    let Some(g) = gguf() else { return };
-    let t = tokenizer(&g);
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2")
+}
+
+fn assert_matches_transformers(t: &Tokenizer) {
+    let cases = cases();
+    assert!(cases.len() >= 40);
+    for (text, want, decoded) in cases {
+        assert_eq!(t.encode(&text, false).unwrap(), want, "encoding {text:?}");
+        assert_eq!(
+            t.decode(&want, false).unwrap(),
+            decoded,
+            "decoding {text:?}"
+        );
+        // Byte-level BPE loses nothing.
+        assert_eq!(decoded, text);
+    }
+}
+
+fn assert_smollm2_specials(t: &Tokenizer) {
     assert_eq!(t.vocab_size(), 49152);
     assert_eq!(t.bos_token_id(), Some(1));
+    assert_eq!(t.bos_token(), Some("<|im_start|>"));
     assert_eq!(t.eos_token_ids(), vec![2]);
     assert_eq!(t.eos_token(), Some("<|im_end|>"));
-    assert!(t.is_special(0) && t.is_special(2) && !t.is_special(100));
-    for (text, ids, decoded) in cases() {
-        assert_eq!(t.encode(&text, false).unwrap(), ids, "encoding {text:?}");
-        assert_eq!(t.decode(&ids, false).unwrap(), decoded, "decoding {text:?}");
-    }
+    assert_eq!(t.pad_token_id(), Some(2));
+    assert_eq!(t.unk_token_id(), Some(0));
+    assert!((0..17).all(|id| t.is_special(id)));
+    assert!(!t.is_special(17) && !t.is_special(100));
     // add_bos_token is false for this model: special tokens add nothing.
-    assert_eq!(
-        t.encode("Hello", true).unwrap(),
-        t.encode("Hello", false).unwrap()
-    );
+    assert_eq!(t.encode("Hello", true).unwrap(), vec![19556]);
+    let ids = t.encode("<|im_start|>user\nHi<|im_end|>", false).unwrap();
+    assert_eq!(t.decode(&ids, true).unwrap(), "user\nHi");
+    assert_eq!(t.token_to_id("Ġthe"), Some(260));
+    assert_eq!(t.id_to_token(260).as_deref(), Some("Ġthe"));
+}
+
+fn assert_chat_template(t: &Tokenizer) {
     let rendered = t
         .chat_template()
-        .unwrap()
-        .render(&kiln_tokenizer::ChatContext {
+        .expect("SmolLM2 has a chat template")
+        .render(&ChatContext {
             messages: vec![serde_json::json!({"role": "user", "content": "Hi"})],
             add_generation_prompt: true,
+            bos_token: t.bos_token().map(str::to_string),
+            eos_token: t.eos_token().map(str::to_string),
             ..Default::default()
         })
         .unwrap();
-    assert!(
-        rendered.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
-        "{rendered}"
+    assert_eq!(
+        rendered,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
 }
 
 #[test]
-fn a_saved_tokenizer_json_directory_loads_the_same() {
-    let Some(g) = gguf() else { return };
-    let t = tokenizer(&g);
-    let dir = tempfile::tempdir().unwrap();
-    t.save_tokenizer_json(&dir.path().join("tokenizer.json"))
-        .unwrap();
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        r#"{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": "{{ messages[0]['content'] }}"}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("generation_config.json"),
-        r#"{"eos_token_id": [2, 0]}"#,
-    )
-    .unwrap();
-    let d = Tokenizer::from_dir(dir.path()).unwrap();
-    for (text, ids, _) in cases() {
-        assert_eq!(d.encode(&text, false).unwrap(), ids, "{text:?}");
+fn gguf_vocabulary_encodes_like_transformers() {
+    let Some(t) = gguf_tokenizer() else { return };
+    assert_matches_transformers(&t);
+    assert_smollm2_specials(&t);
+    assert_chat_template(&t);
+}
+
+/// SmolLM2 was trained with digits split one by one (its published
+/// tokenizer.json, and llama.cpp's `smollm`); transformers' GGUF loader
+/// uses GPT-2's split alone and differs where a space precedes a
+/// non-ASCII numeral. Kiln follows the published tokenizer.
+#[test]
+fn gguf_vocabulary_splits_digits_like_the_published_tokenizer() {
+    let Some(t) = gguf_tokenizer() else { return };
+    let cases = fixture()["published_pre_tokenizer_cases"].clone();
+    let mut differ = 0;
+    for c in cases.as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(t.encode(text, false).unwrap(), ids(&c["ids"]), "{text:?}");
+        differ += usize::from(c["ids"] != c["transformers_gguf_ids"]);
     }
-    assert_eq!(d.eos_token_ids(), vec![2, 0]);
-    assert_eq!(d.bos_token_id(), Some(1));
-    assert!(d.is_special(2));
-    assert!(d.chat_template().is_some());
+    assert!(differ > 0, "the fixture should show where the two differ");
 }
 
 #[test]
-fn missing_tokenizer_json_is_named() {
+fn transformers_saved_directory_encodes_like_transformers() {
+    let t = Tokenizer::from_dir(fixture_dir()).unwrap();
+    assert_matches_transformers(&t);
+    assert_smollm2_specials(&t);
+    assert_chat_template(&t);
+    // transformers writes int(1e30) for "no limit".
+    assert_eq!(t.model_max_length(), None);
+}
+
+#[test]
+fn a_tokenizer_json_saved_from_the_gguf_loads_the_same() {
+    let Some(t) = gguf_tokenizer() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let e = Tokenizer::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json"), "{e}");
+    t.save_tokenizer_json(&dir.path().join("tokenizer.json"))
+        .unwrap();
+    for f in ["tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let d = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_matches_transformers(&d);
+    assert_smollm2_specials(&d);
+    assert_chat_template(&d);
 }
