@@ -18,7 +18,11 @@
 
 // Linear layer `out = x · Wᵀ (+ bias)`: `t0` x `[n, k]`, `w0` W `[m, k]`,
 // `w1` bias `[1, m]` (optional), `t1` out `[n, m]`, `i0` 1 to accumulate
-// (`out += ...`, fuses a residual add), else 0.
+// (`out += ...`, fuses a residual add), else 0; `i1` how many leading rows
+// are single-token decode rows (a hint: a backend may compute those rows
+// with a different kernel, but each row's result must depend only on that
+// row and on whether it is a decode row, never on `n`, so that outputs are
+// the same alone and in a batch).
 #define OP_LINEAR 4
 
 // Rotary position embedding in place: `t0` q `[n, heads·hd]`, `t1` k
@@ -56,10 +60,19 @@
 // Copy whole KV blocks (copy-on-write): `t0` k cache, `t1` v cache, `t2` pairs `[p, 2]` i32 (src, dst).
 #define OP_COPY_BLOCKS 11
 
-// Device-side sampling: `t0` logits `[m, vocab]` f32, `t1` params `[m]` of
-// [`crate::KilnSampleParams`] (as bytes), `t2` out ids `[m]` i32, `t3` out
-// logprob of the sampled token `[m]` f32 (raw distribution), `t4` out top ids
-// `[m, N]` i32, `t5` out top logprobs `[m, N]` f32 (optional), `i0` N.
+// Device-side sampling: `t0` logits `[m, vocab]` f32 (may be modified),
+// `t1` params `[m]` of [`crate::KilnSampleParams`] (as bytes), `t2` out ids
+// `[m]` i32, `t3` out logprob of the sampled token `[m]` f32 (raw
+// distribution), `t4` out top ids `[m, N]` i32 and `t5` out top logprobs
+// `[m, N]` f32 (optional; the raw distribution's N most likely tokens, most
+// likely first, ties to the lower id), `t6` adjustments `[e]` of
+// [`crate::KilnLogitAdjust`] as bytes (optional), `i0` N.
+//
+// Per row: log-probabilities from the raw logits; the row's adjustments;
+// then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
+// on ties) or temperature → top-k → top-p → min-p → a Gumbel-max draw whose
+// noise for token `i` is a function of `(seed, counter, i)` only, so a row's
+// draw never depends on the other rows.
 #define OP_SAMPLE 12
 
 // Convert dtype: `t0` in, `t1` out (same number of elements).
@@ -347,7 +360,17 @@ typedef struct KilnSampleParams {
   // Counter: how many draws the stream has made (the device derives the
   // random number from `(seed, counter)`, so results do not depend on the batch).
   uint64_t counter;
+  // HF-style repetition penalty for adjustments with `repeat` set (1: off).
+  float repetition_penalty;
+  // First entry of this row's [`KilnLogitAdjust`] run in the adjustments tensor.
+  uint32_t adjust_start;
+  // Entries of this row's run (0: none).
+  uint32_t adjust_count;
+  // Reserved, 0.
+  uint32_t reserved;
 } KilnSampleParams;
+// Size in bytes (the struct has no padding).
+#define KilnSampleParams_SIZE 48
 
 // Type of the exported `kiln_plugin_abi_version` symbol.
 typedef uint32_t (*KilnAbiVersionFn)(void);

@@ -18,7 +18,11 @@ pub const OP_RMS_NORM: u32 = 2;
 pub const OP_ADD_RMS_NORM: u32 = 3;
 /// Linear layer `out = x · Wᵀ (+ bias)`: `t0` x `[n, k]`, `w0` W `[m, k]`,
 /// `w1` bias `[1, m]` (optional), `t1` out `[n, m]`, `i0` 1 to accumulate
-/// (`out += ...`, fuses a residual add), else 0.
+/// (`out += ...`, fuses a residual add), else 0; `i1` how many leading rows
+/// are single-token decode rows (a hint: a backend may compute those rows
+/// with a different kernel, but each row's result must depend only on that
+/// row and on whether it is a decode row, never on `n`, so that outputs are
+/// the same alone and in a batch).
 pub const OP_LINEAR: u32 = 4;
 /// Rotary position embedding in place: `t0` q `[n, heads·hd]`, `t1` k
 /// `[n, kv_heads·hd]` (optional), `t2` positions `[n]` i32, `t3` cos table
@@ -48,10 +52,19 @@ pub const OP_ATTENTION: u32 = 9;
 pub const OP_GATHER_ROWS: u32 = 10;
 /// Copy whole KV blocks (copy-on-write): `t0` k cache, `t1` v cache, `t2` pairs `[p, 2]` i32 (src, dst).
 pub const OP_COPY_BLOCKS: u32 = 11;
-/// Device-side sampling: `t0` logits `[m, vocab]` f32, `t1` params `[m]` of
-/// [`crate::KilnSampleParams`] (as bytes), `t2` out ids `[m]` i32, `t3` out
-/// logprob of the sampled token `[m]` f32 (raw distribution), `t4` out top ids
-/// `[m, N]` i32, `t5` out top logprobs `[m, N]` f32 (optional), `i0` N.
+/// Device-side sampling: `t0` logits `[m, vocab]` f32 (may be modified),
+/// `t1` params `[m]` of [`crate::KilnSampleParams`] (as bytes), `t2` out ids
+/// `[m]` i32, `t3` out logprob of the sampled token `[m]` f32 (raw
+/// distribution), `t4` out top ids `[m, N]` i32 and `t5` out top logprobs
+/// `[m, N]` f32 (optional; the raw distribution's N most likely tokens, most
+/// likely first, ties to the lower id), `t6` adjustments `[e]` of
+/// [`crate::KilnLogitAdjust`] as bytes (optional), `i0` N.
+///
+/// Per row: log-probabilities from the raw logits; the row's adjustments;
+/// then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
+/// on ties) or temperature → top-k → top-p → min-p → a Gumbel-max draw whose
+/// noise for token `i` is a function of `(seed, counter, i)` only, so a row's
+/// draw never depends on the other rows.
 pub const OP_SAMPLE: u32 = 12;
 /// Convert dtype: `t0` in, `t1` out (same number of elements).
 pub const OP_CAST: u32 = 13;
@@ -148,6 +161,8 @@ pub struct Linear {
     pub out: KilnTensor,
     /// Overwrite or add into `out`.
     pub accumulate: Accumulate,
+    /// Leading rows of `x` that belong to single-token decode steps (see [`OP_LINEAR`]).
+    pub decode_rows: u64,
 }
 
 /// [`OP_LINEAR`].
@@ -158,6 +173,7 @@ pub fn linear(l: Linear) -> KilnOp {
     op.weights[0] = l.weight;
     op.weights[1] = l.bias;
     op.iparams[0] = i64::from(l.accumulate == Accumulate::Add);
+    op.iparams[1] = l.decode_rows as i64;
     op
 }
 
@@ -332,6 +348,8 @@ pub struct Sample {
     pub out_top_ids: KilnTensor,
     /// `[m, N]` f32 top log-probabilities (or NONE).
     pub out_top_logprobs: KilnTensor,
+    /// `[e]` [`crate::KilnLogitAdjust`] as bytes (or NONE).
+    pub adjustments: KilnTensor,
     /// N.
     pub num_top: i64,
 }
@@ -345,6 +363,7 @@ pub fn sample(s: Sample) -> KilnOp {
     op.tensors[3] = s.out_logprobs;
     op.tensors[4] = s.out_top_ids;
     op.tensors[5] = s.out_top_logprobs;
+    op.tensors[6] = s.adjustments;
     op.iparams[0] = s.num_top;
     op
 }

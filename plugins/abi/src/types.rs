@@ -478,6 +478,101 @@ pub struct KilnSampleParams {
     /// Counter: how many draws the stream has made (the device derives the
     /// random number from `(seed, counter)`, so results do not depend on the batch).
     pub counter: u64,
+    /// HF-style repetition penalty for adjustments with `repeat` set (1: off).
+    pub repetition_penalty: f32,
+    /// First entry of this row's [`KilnLogitAdjust`] run in the adjustments tensor.
+    pub adjust_start: u32,
+    /// Entries of this row's run (0: none).
+    pub adjust_count: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+impl KilnSampleParams {
+    /// Size in bytes (the struct has no padding).
+    pub const SIZE: usize = 48;
+
+    /// The struct's bytes in native (little-endian) layout.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.temperature.to_le_bytes());
+        b[4..8].copy_from_slice(&self.top_k.to_le_bytes());
+        b[8..12].copy_from_slice(&self.top_p.to_le_bytes());
+        b[12..16].copy_from_slice(&self.min_p.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seed.to_le_bytes());
+        b[24..32].copy_from_slice(&self.counter.to_le_bytes());
+        b[32..36].copy_from_slice(&self.repetition_penalty.to_le_bytes());
+        b[36..40].copy_from_slice(&self.adjust_start.to_le_bytes());
+        b[40..44].copy_from_slice(&self.adjust_count.to_le_bytes());
+        b[44..48].copy_from_slice(&self.reserved.to_le_bytes());
+        b
+    }
+
+    /// Parse [`to_bytes`](Self::to_bytes) output (`None` when too short).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.get(..Self::SIZE)?.try_into().ok()?;
+        let f = |i: usize| f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let q = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        Some(KilnSampleParams {
+            temperature: f(0),
+            top_k: u(4) as i32,
+            top_p: f(8),
+            min_p: f(12),
+            seed: q(16),
+            counter: q(24),
+            repetition_penalty: f(32),
+            adjust_start: u(36),
+            adjust_count: u(40),
+            reserved: u(44),
+        })
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<KilnSampleParams>() == KilnSampleParams::SIZE);
+const _: () = assert!(std::mem::size_of::<KilnLogitAdjust>() == KilnLogitAdjust::SIZE);
+
+impl KilnLogitAdjust {
+    /// Size in bytes.
+    pub const SIZE: usize = 16;
+
+    /// The struct's bytes in native (little-endian) layout.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.token.to_le_bytes());
+        b[4..8].copy_from_slice(&self.add_before.to_le_bytes());
+        b[8..12].copy_from_slice(&self.repeat.to_le_bytes());
+        b[12..16].copy_from_slice(&self.add_after.to_le_bytes());
+        b
+    }
+
+    /// Parse [`to_bytes`](Self::to_bytes) output (`None` when too short).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b = b.get(..Self::SIZE)?;
+        let w = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Some(KilnLogitAdjust {
+            token: i32::from_le_bytes(w(0)),
+            add_before: f32::from_le_bytes(w(4)),
+            repeat: i32::from_le_bytes(w(8)),
+            add_after: f32::from_le_bytes(w(12)),
+        })
+    }
+}
+
+/// One token's logit adjustment for [`crate::ops::OP_SAMPLE`]: `x += add_before`;
+/// then, when `repeat` is 1, `x = x > 0 ? x / penalty : x * penalty`; then
+/// `x += add_after`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KilnLogitAdjust {
+    /// Token id (each at most once per row).
+    pub token: i32,
+    /// Added first (logit bias; `-inf` masks the token).
+    pub add_before: f32,
+    /// 1 when the repetition penalty applies to the token.
+    pub repeat: i32,
+    /// Added last (presence and frequency penalties).
+    pub add_after: f32,
 }
 
 // SAFETY: handles are plain addresses owned by the plugin; the host moves them
