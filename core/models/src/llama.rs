@@ -122,10 +122,13 @@ struct LayerWeights {
     k_bias: Option<Weight>,
     v_bias: Option<Weight>,
     o: Weight,
+    o_bias: Option<Weight>,
     ffn_norm: Weight,
     gate: Weight,
     up: Weight,
     down: Weight,
+    /// `(gate, up, down)` biases (Llama `mlp_bias`).
+    mlp_bias: Option<(Weight, Weight, Weight)>,
 }
 
 /// Progress of weight preparation, for progress bars.
@@ -203,7 +206,13 @@ impl<'a> Loader<'a, '_> {
             ActDType::BF16 => WeightDType::BF16,
             ActDType::F32 => return view,
         };
-        let float = matches!(view.dtype, WeightDType::F32 | WeightDType::F16 | WeightDType::BF16);
+        let float = matches!(
+            view.dtype,
+            WeightDType::F32 | WeightDType::F16 | WeightDType::BF16
+        );
+        if shape.len() == 1 && float && view.dtype != target {
+            return Self::round_vector(view, target);
+        }
         if shape.len() != 2 || !float || view.dtype == target {
             return view;
         }
@@ -211,11 +220,38 @@ impl<'a> Loader<'a, '_> {
             return view;
         };
         let data: Vec<u8> = match target {
-            WeightDType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            _ => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            WeightDType::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            _ => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
         };
         TensorView {
             dtype: target,
+            data: std::borrow::Cow::Owned(data),
+            ..view
+        }
+    }
+
+    /// Vectors (norm scales, biases) stay f32 on the device, but with the
+    /// values the 16-bit checkpoint form would hold, as the reference does.
+    fn round_vector(view: TensorView<'a>, target: WeightDType) -> TensorView<'a> {
+        let Some(values) = crate::weights::dequant::dequantize_view(&view) else {
+            return view;
+        };
+        let round = |v: f32| match target {
+            WeightDType::F16 => half::f16::from_f32(v).to_f32(),
+            _ => half::bf16::from_f32(v).to_f32(),
+        };
+        let data: Vec<u8> = values
+            .iter()
+            .flat_map(|v| round(*v).to_le_bytes())
+            .collect();
+        TensorView {
+            dtype: WeightDType::F32,
             data: std::borrow::Cow::Owned(data),
             ..view
         }
@@ -307,27 +343,38 @@ impl LlamaDecoder {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
-            let bias =
-                |l: &mut Loader, name: &str, n: usize| -> Result<Option<Weight>, DecoderError> {
-                    if variant.qkv_bias {
-                        l.upload(&p(name), &[n]).map(Some)
-                    } else {
-                        l.optional(&p(name), &[n])
-                    }
-                };
+            let bias = |l: &mut Loader, required: bool, name: &str, n: usize| -> Result<Option<Weight>, DecoderError> {
+                if required {
+                    l.upload(&p(name), &[n]).map(Some)
+                } else {
+                    l.optional(&p(name), &[n])
+                }
+            };
+            let qkv = variant.qkv_bias;
+            let inter = c.intermediate_size;
             let layer = LayerWeights {
                 attn_norm: loader.upload(&p("input_layernorm.weight"), &[h])?,
                 q: loader.upload(&p("self_attn.q_proj.weight"), &[q_dim, h])?,
                 k: loader.upload(&p("self_attn.k_proj.weight"), &[kv_dim, h])?,
                 v: loader.upload(&p("self_attn.v_proj.weight"), &[kv_dim, h])?,
-                q_bias: bias(&mut loader, "self_attn.q_proj.bias", q_dim)?,
-                k_bias: bias(&mut loader, "self_attn.k_proj.bias", kv_dim)?,
-                v_bias: bias(&mut loader, "self_attn.v_proj.bias", kv_dim)?,
+                q_bias: bias(&mut loader, qkv, "self_attn.q_proj.bias", q_dim)?,
+                k_bias: bias(&mut loader, qkv, "self_attn.k_proj.bias", kv_dim)?,
+                v_bias: bias(&mut loader, qkv, "self_attn.v_proj.bias", kv_dim)?,
                 o: loader.upload(&p("self_attn.o_proj.weight"), &[h, q_dim])?,
+                o_bias: bias(&mut loader, variant.o_proj_bias, "self_attn.o_proj.bias", h)?,
                 ffn_norm: loader.upload(&p("post_attention_layernorm.weight"), &[h])?,
-                gate: loader.upload(&p("mlp.gate_proj.weight"), &[c.intermediate_size, h])?,
-                up: loader.upload(&p("mlp.up_proj.weight"), &[c.intermediate_size, h])?,
-                down: loader.upload(&p("mlp.down_proj.weight"), &[h, c.intermediate_size])?,
+                gate: loader.upload(&p("mlp.gate_proj.weight"), &[inter, h])?,
+                up: loader.upload(&p("mlp.up_proj.weight"), &[inter, h])?,
+                down: loader.upload(&p("mlp.down_proj.weight"), &[h, inter])?,
+                mlp_bias: if variant.mlp_bias {
+                    Some((
+                        loader.upload(&p("mlp.gate_proj.bias"), &[inter])?,
+                        loader.upload(&p("mlp.up_proj.bias"), &[inter])?,
+                        loader.upload(&p("mlp.down_proj.bias"), &[h])?,
+                    ))
+                } else {
+                    None
+                },
             };
             layers.push(layer);
         }
@@ -386,7 +433,12 @@ impl LlamaDecoder {
 
     /// Copy a batch's index arrays into the step buffers (before replaying a
     /// captured graph of [`LlamaDecoder::build_ops`]).
-    pub fn upload_inputs(&self, device: &Device, bufs: &StepBuffers, inputs: &BatchInputs<'_>) -> Result<(), DecoderError> {
+    pub fn upload_inputs(
+        &self,
+        device: &Device,
+        bufs: &StepBuffers,
+        inputs: &BatchInputs<'_>,
+    ) -> Result<(), DecoderError> {
         bufs.upload(device, inputs)
     }
 
@@ -433,6 +485,7 @@ impl LlamaDecoder {
                 bias: bias.as_ref().map_or(KilnWeight::NULL, Weight::raw),
                 out,
                 accumulate: ops::Accumulate::Overwrite,
+                decode_rows: t.decode_rows,
             })
         };
         ops.push(proj(&layer.q, &layer.q_bias, t.q));
@@ -477,9 +530,10 @@ impl LlamaDecoder {
         ops.push(ops::linear(ops::Linear {
             x: t.attn,
             weight: layer.o.raw(),
-            bias: KilnWeight::NULL,
+            bias: layer.o_bias.as_ref().map_or(KilnWeight::NULL, Weight::raw),
             out: t.residual,
             accumulate: ops::Accumulate::Add,
+            decode_rows: t.decode_rows,
         }));
     }
 
@@ -490,24 +544,28 @@ impl LlamaDecoder {
             self.config.rms_norm_eps,
             t.normed,
         ));
-        let plain = |w: &Weight, x: KilnTensor, out: KilnTensor| {
+        let biases = layer.mlp_bias.as_ref();
+        let raw = |b: Option<&Weight>| b.map_or(KilnWeight::NULL, Weight::raw);
+        let plain = |w: &Weight, bias: KilnWeight, x: KilnTensor, out: KilnTensor| {
             ops::linear(ops::Linear {
                 x,
                 weight: w.raw(),
-                bias: KilnWeight::NULL,
+                bias,
                 out,
                 accumulate: ops::Accumulate::Overwrite,
+                decode_rows: t.decode_rows,
             })
         };
-        ops.push(plain(&layer.gate, t.normed, t.gate));
-        ops.push(plain(&layer.up, t.normed, t.up));
+        ops.push(plain(&layer.gate, raw(biases.map(|b| &b.0)), t.normed, t.gate));
+        ops.push(plain(&layer.up, raw(biases.map(|b| &b.1)), t.normed, t.up));
         ops.push(ops::silu_mul(t.gate, t.up, t.gate));
         ops.push(ops::linear(ops::Linear {
             x: t.gate,
             weight: layer.down.raw(),
-            bias: KilnWeight::NULL,
+            bias: raw(biases.map(|b| &b.2)),
             out: t.residual,
             accumulate: ops::Accumulate::Add,
+            decode_rows: t.decode_rows,
         }));
     }
 
@@ -530,6 +588,7 @@ impl LlamaDecoder {
             bias: KilnWeight::NULL,
             out: t.logits,
             accumulate: ops::Accumulate::Overwrite,
+            decode_rows: t.decode_logits_rows,
         }));
         if self.act != ActDType::F32 {
             ops.push(ops::cast(t.logits, t.logits_f32));
@@ -642,6 +701,11 @@ pub struct BatchInputs<'a> {
     pub max_query_len: usize,
     /// Longest context in the batch.
     pub max_seq_len: usize,
+    /// Leading tokens that are single-token decode steps (the batch puts
+    /// decoding sequences first); a hint for backends (see `OP_LINEAR`).
+    pub decode_rows: usize,
+    /// Leading `logits_indices` rows that belong to decode steps.
+    pub decode_logits_rows: usize,
 }
 
 /// Capacity of the per-step buffers.
@@ -827,13 +891,36 @@ impl StepBuffers {
 
     /// Read `[rows, vocab]` f32 logits after a forward pass.
     pub fn read_logits(&self, device: &Device, rows: usize) -> Result<Vec<f32>, DecoderError> {
+        let mut out = vec![0f32; rows * self.vocab];
+        self.read_logits_rows(device, 0, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copy f32 logits rows `first..first + out.len() / vocab` into `out`.
+    pub fn read_logits_rows(
+        &self,
+        device: &Device,
+        first: usize,
+        out: &mut [f32],
+    ) -> Result<(), DecoderError> {
         let buf = self.logits_f32.as_ref().unwrap_or(&self.logits);
-        let mut bytes = vec![0u8; rows * self.vocab * 4];
-        device.read(buf, 0, &mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        // SAFETY: f32 has no padding and every byte pattern is a valid f32.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out))
+        };
+        device.read(buf, (first * self.vocab * 4) as u64, bytes)?;
+        Ok(())
+    }
+
+    /// `[rows, vocab]` f32 view of the logits (what [`read_logits`](Self::read_logits) reads).
+    pub fn logits_view(&self, rows: usize) -> KilnTensor {
+        let buf = self.logits_f32.as_ref().unwrap_or(&self.logits);
+        buf.view(0, KILN_F32, &[rows as u64, self.vocab as u64])
+    }
+
+    /// Vocabulary size (logits row length).
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
 }
 
@@ -867,6 +954,8 @@ struct BatchViews {
     rope_sin: KilnTensor,
     max_query_len: i64,
     max_seq_len: i64,
+    decode_rows: u64,
+    decode_logits_rows: u64,
 }
 
 impl BatchViews {
@@ -905,6 +994,8 @@ impl BatchViews {
             rope_sin: d.rope_sin.view(0, KILN_F32, &[rope_rows, half]),
             max_query_len: inputs.max_query_len as i64,
             max_seq_len: inputs.max_seq_len as i64,
+            decode_rows: inputs.decode_rows.min(n as usize) as u64,
+            decode_logits_rows: inputs.decode_logits_rows.min(m as usize) as u64,
         }
     }
 }
