@@ -32,7 +32,10 @@ pub use events::{
     EngineEvent, FinishReason, Finished, GeneratedToken, RequestMetrics, StepStats, StopReason,
     TokenEvent, TopLogprob, Usage,
 };
-pub use request::{ChatMessage, GenerateRequest, PromptInput, SamplingParams, StoppingCriteria};
+pub use request::{
+    ChatMessage, GenerateRequest, MAX_N, MAX_TOP_LOGPROBS, PromptInput, SamplingParams,
+    StoppingCriteria,
+};
 
 /// Engine-assigned identifier of one client request (which may own `n` sequences).
 pub type RequestId = u64;

@@ -175,7 +175,69 @@ pub struct ScheduledSeq {
     pub num_samples: u32,
 }
 
-/// Model runner → sampler: logits of the rows that sample.
+/// Everything a device needs to draw one sequence's next token (sent to the
+/// model runner next to the [`StepPlan`] for rows with `num_samples == 1`;
+/// rows without one get their logits returned and are drawn on the host): the
+/// request's parameters, its random stream position and the sparse logit
+/// adjustments that its history implies (built by the sampler, which owns the
+/// rules; see `kiln_sampler::row_sampling`).
+///
+/// Order of processing: log-probabilities are taken from the raw row; then
+/// each adjustment applies `add_before` (logit bias; `-inf` masks), the
+/// repetition penalty when `repeat` is set, then `add_after`
+/// (presence/frequency penalties); then temperature, top-k, top-p, min-p and
+/// the draw (or the argmax when greedy).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RowSampling {
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f32,
+    /// Top-k (0: off).
+    pub top_k: u32,
+    /// Top-p (1: off).
+    pub top_p: f32,
+    /// Min-p (0: off).
+    pub min_p: f32,
+    /// The sequence's random stream.
+    pub seed: u64,
+    /// Draws the stream has made (tokens the sequence generated).
+    pub counter: u64,
+    /// HF-style repetition penalty for adjustments with `repeat` (1: off).
+    pub repetition_penalty: f32,
+    /// Sparse per-token adjustments, by ascending token id, each token once.
+    pub adjustments: Vec<LogitAdjustment>,
+    /// Top alternatives to report with log-probabilities (`None`: none, and
+    /// no log-probability of the drawn token either).
+    pub logprobs: Option<u32>,
+}
+
+/// One token's logit adjustment (see [`RowSampling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct LogitAdjustment {
+    /// The token.
+    pub token: TokenId,
+    /// Added first (logit bias, or `-inf` to mask it).
+    pub add_before: f32,
+    /// Whether the repetition penalty applies (the token is in the prompt or output).
+    pub repeat: bool,
+    /// Added after the repetition penalty (presence and frequency penalties).
+    pub add_after: f32,
+}
+
+/// A token drawn on the device.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DeviceSample {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// The token.
+    pub token_id: TokenId,
+    /// Its log-probability under the raw distribution (when asked for).
+    pub logprob: Option<f32>,
+    /// The most likely tokens of the raw distribution with their log-probabilities.
+    pub top_logprobs: Vec<(TokenId, f32)>,
+}
+
+/// Model runner → sampler: logits of the rows that sample on the host, and
+/// the tokens drawn on the device for the others.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StepLogits {
     /// Step counter.
@@ -186,6 +248,16 @@ pub struct StepLogits {
     pub vocab_size: usize,
     /// [rows × vocab_size] raw logits, f32, row-major.
     pub logits: Vec<f32>,
+    /// Tokens already drawn on the device (rows not in `rows`).
+    #[serde(default)]
+    pub sampled: Vec<DeviceSample>,
+}
+
+impl StepLogits {
+    /// True when nothing was computed for sampling.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.sampled.is_empty()
+    }
 }
 
 /// Which sequence a logits row belongs to.

@@ -1,136 +1,174 @@
 //! # kiln-sampler
 //!
-//! Turns a step's logits into tokens and client events: logits processors
-//! (bias, `min_tokens`, repetition/presence/frequency penalties), greedy or
-//! seeded random draws (temperature, top-k, top-p, min-p), log-probabilities
-//! with top alternatives, stop conditions (EOS, stop tokens, stop strings
-//! matched across token boundaries and never emitted, `max_tokens`),
-//! incremental UTF-8-safe detokenization, `n > 1` forks, and per-sequence
-//! timing metrics.
+//! Turns a step's logits ([`StepLogits`]: rows of raw f32 logits) into the
+//! tokens the scheduler appends ([`StepOutput`]) and the events clients
+//! receive ([`TokenEvent`]), on the host CPU:
 //!
-//! Each sequence owns its random stream (ChaCha8 seeded from the request's
-//! seed and the sequence index), so a seeded request draws the same tokens
-//! whatever else is in the batch.
+//! * logits processors, in order: `logit_bias` → `min_tokens` masking →
+//!   repetition penalty (HF) → presence/frequency penalties (OpenAI)
+//!   ([`process`]);
+//! * temperature → top-k → top-p → min-p → draw, or one argmax pass when
+//!   greedy ([`draw`]); no full sort unless top-p needs the whole vocabulary;
+//! * log-probabilities of the sampled token and the top alternatives, from
+//!   the *raw* logits ([`kernels`]);
+//! * stop conditions after each token: EOS, stop tokens, stop strings
+//!   matched across token boundaries and never emitted ([`stop`]),
+//!   `max_tokens`;
+//! * incremental UTF-8-safe detokenization ([`detok`]) whose released
+//!   `text` fields concatenate to exactly the final output;
+//! * `n > 1` forks (one row, `n` draws, one per sequence) and per-sequence
+//!   timing metrics ([`metrics`]).
 //!
-//! Depends on `kiln-protocol` and `rand_chacha` only; the tokenizer is
-//! reached through the [`TokenDecoder`] trait.
+//! Each sequence owns a ChaCha8 stream seeded from the request's seed and
+//! the sequence's index, and a draw reads only its own stream and its own
+//! logits row: a seeded request produces the same tokens whatever else is
+//! in the batch.
+//!
+//! Pure and synchronous: depends on `kiln-protocol`, `rand` and
+//! `rand_chacha` only, and must not depend on actors, async runtimes, I/O,
+//! devices or a tokenizer implementation (tokenizers are reached through
+//! [`TokenDecoder`]).
 //!
 //! ```
 //! use std::sync::Arc;
 //! use kiln_protocol::step::{LogitsRow, StepLogits};
-//! use kiln_protocol::{SamplingParams, StoppingCriteria};
+//! use kiln_protocol::{SamplingParams, StoppingCriteria, TokenEvent};
 //! use kiln_sampler::{SamplerCore, SequenceGroup, TokenDecoder};
+//!
+//! /// Token i is the letter `a + i`.
 //! struct Letters;
 //! impl TokenDecoder for Letters {
-//!     fn decode(&self, ids: &[u32], _: bool) -> String { ids.iter().map(|&i| (b'a' + i as u8) as char).collect() }
+//!     fn decode(&self, ids: &[u32], _skip_special: bool) -> String {
+//!         ids.iter().map(|&i| char::from(b'a' + i as u8)).collect()
+//!     }
 //!     fn is_special(&self, _: u32) -> bool { false }
 //!     fn vocab_size(&self) -> usize { 26 }
 //! }
-//! let mut s = SamplerCore::new(Arc::new(Letters), vec![25]);
-//! s.register(SequenceGroup {
-//!     request_id: 1, seq_ids: vec![7], prompt_token_ids: vec![0],
-//!     sampling: SamplingParams::greedy(), stopping: StoppingCriteria::default(),
-//!     max_tokens: 1, arrival_seconds: 0.0,
+//!
+//! let mut sampler = SamplerCore::new(Arc::new(Letters), vec![25]);
+//! sampler.register(SequenceGroup {
+//!     request_id: 1,
+//!     seq_ids: vec![7],
+//!     prompt_token_ids: vec![0],
+//!     sampling: SamplingParams::greedy(),
+//!     stopping: StoppingCriteria::default(),
+//!     max_tokens: 1,
+//!     arrival_seconds: 0.0,
 //! });
 //! let mut logits = vec![0.0; 26];
 //! logits[7] = 5.0;
-//! let out = s.sample(&StepLogits { step_id: 1, rows: vec![LogitsRow { seq_id: 7, num_samples: 1 }], vocab_size: 26, logits }, 0.1);
-//! assert_eq!(out.output.tokens[0].token_id, 7);
+//! let step = StepLogits {
+//!     step_id: 1,
+//!     rows: vec![LogitsRow { seq_id: 7, num_samples: 1 }],
+//!     vocab_size: 26,
+//!     logits,
+//!     sampled: Vec::new(),
+//! };
+//! let result = sampler.sample(&step, 0.1);
+//! assert_eq!(result.output.tokens[0].token_id, 7);
+//! assert!(matches!(&result.events[0].1, TokenEvent::Token(t) if t.text == "h"));
+//! assert!(!sampler.has_request(1)); // max_tokens reached: state dropped
 //! ```
 
-mod detok;
+pub mod detok;
+pub mod device;
+pub mod draw;
+pub mod kernels;
+pub mod metrics;
 pub mod process;
+mod sequence;
+pub mod stop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kiln_protocol::step::{SampledToken, StepLogits, StepOutput};
+use kiln_protocol::step::{
+    DeviceSample, LogitsRow, RowSampling, SampledToken, StepLogits, StepOutput,
+};
 use kiln_protocol::{
     EngineError, FinishReason, Finished, GeneratedToken, RequestId, RequestMetrics, SamplingParams,
-    SeqId, StopReason, StoppingCriteria, TokenEvent, TokenId, TopLogprob, Usage,
+    SeqId, StoppingCriteria, TokenEvent, TokenId, TopLogprob, Usage,
 };
-use rand_chacha::ChaCha8Rng;
-use rand_chacha::rand_core::SeedableRng;
 
-pub use detok::{IncrementalDecoder, TokenDecoder, find_stop, held_back};
-use process::{
-    RowContext, apply_processors, argmax, draw, log_normalizer, needs_processing, top_n,
-};
+pub use detok::{IncrementalDecoder, SpecialTokens, TokenDecoder};
+use draw::{DrawScratch, entropy_seed, mix64};
+use kernels::{log_sum_exp, top_n_into};
+use metrics::{FinishedSequence, finished_metrics};
+use process::{RowContext, apply_processors, needs_processing};
+use sequence::{Finish, Group, GroupInit, Seq};
 
 /// A request's sampling state, registered before its first step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceGroup {
     /// The request.
     pub request_id: RequestId,
-    /// Its sequences (`n`); the first is sampled first, the others when it forks.
+    /// Its `n` sequences: `seq_ids[0]` is prefilled and sampled first; the
+    /// others start when a row of it draws `num_samples = n`.
     pub seq_ids: Vec<SeqId>,
-    /// `[prompt_len]` prompt tokens.
+    /// \[prompt_len\] prompt tokens.
     pub prompt_token_ids: Vec<TokenId>,
     /// How to draw.
     pub sampling: SamplingParams,
     /// When to stop.
     pub stopping: StoppingCriteria,
-    /// Resolved `max_tokens`.
+    /// Most tokens per sequence, resolved against the context length.
     pub max_tokens: u32,
-    /// Arrival time (engine clock, seconds).
+    /// Arrival time, engine clock seconds.
     pub arrival_seconds: f64,
 }
 
-/// The result of sampling one step.
+/// What one call to [`SamplerCore::sample`] produced.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SampleResult {
-    /// Tokens for the scheduler.
+    /// Tokens for the scheduler, one per draw, in row order (a row's forks
+    /// follow it in `seq_ids` order).
     pub output: StepOutput,
-    /// Events for clients, by request.
+    /// Events for clients, in order, tagged with their request.
     pub events: Vec<(RequestId, TokenEvent)>,
-    /// Metrics of sequences that finished.
+    /// Metrics of every sequence that finished in this step, plus those
+    /// ended by [`SamplerCore::abort`] / [`SamplerCore::fail`] since the
+    /// last step and not taken with [`SamplerCore::take_finished_metrics`].
     pub finished_metrics: Vec<RequestMetrics>,
+    /// The next draw, in device form, of every sequence that received a
+    /// token in this step and goes on.
+    pub next_rows: Vec<(SeqId, RowSampling)>,
 }
 
-struct Group {
-    seq_ids: Vec<SeqId>,
-    prompt: Arc<Vec<TokenId>>,
-    sampling: SamplingParams,
-    stopping: StoppingCriteria,
-    max_tokens: usize,
-    arrival: f64,
-    live: usize,
-    stop_ids: Vec<TokenId>,
+/// Log-probability data shared by every draw from one row.
+struct RowLogprobs {
+    /// `ln Σ e^logit` of the raw row.
+    normalizer: f32,
+    /// The top alternatives (empty when `logprobs == Some(0)`).
+    top: Vec<TopLogprob>,
 }
 
-struct Seq {
-    request: RequestId,
-    index: u32,
-    generated: Vec<TokenId>,
-    counts: HashMap<TokenId, u32>,
-    rng: ChaCha8Rng,
-    detok: IncrementalDecoder,
-    text: String,
-    emitted: usize,
-    first_scheduled: Option<f64>,
-    first_token: Option<f64>,
-    last_token: Option<f64>,
-    gaps: Vec<f64>,
+/// Reusable buffers of [`SamplerCore::sample`].
+#[derive(Default)]
+struct Scratch {
+    /// \[vocab\] the row after processors.
+    processed: Vec<f32>,
+    draw: DrawScratch,
+    /// `(logit, id)` of top alternatives.
+    top: Vec<(f32, TokenId)>,
+    /// `(sequence, token)` drawn from the current row.
+    drawn: Vec<(SeqId, TokenId)>,
 }
 
-/// The sampler's pure core.
+/// The sampler: per-request state plus the per-step sampling logic.
 pub struct SamplerCore {
     decoder: Arc<dyn TokenDecoder>,
     eos: Vec<TokenId>,
     groups: HashMap<RequestId, Group>,
     seqs: HashMap<SeqId, Seq>,
     default_seed: Option<u64>,
-    scratch: Vec<f32>,
-}
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-fn stream_seed(seed: u64, index: u32) -> u64 {
-    seed ^ (u64::from(index) + 1).wrapping_mul(GOLDEN)
+    scratch: Scratch,
+    /// Metrics of sequences ended outside `sample`.
+    pending_metrics: Vec<RequestMetrics>,
 }
 
 impl SamplerCore {
-    /// A sampler over a tokenizer with the model's EOS ids.
+    /// A sampler decoding with `decoder` that ends sequences on any of
+    /// `eos_token_ids` (unless a request sets `ignore_eos`).
     pub fn new(decoder: Arc<dyn TokenDecoder>, eos_token_ids: Vec<TokenId>) -> Self {
         SamplerCore {
             decoder,
@@ -138,117 +176,254 @@ impl SamplerCore {
             groups: HashMap::new(),
             seqs: HashMap::new(),
             default_seed: None,
-            scratch: Vec::new(),
+            scratch: Scratch::default(),
+            pending_metrics: Vec::new(),
         }
     }
 
-    /// Seed unseeded requests deterministically from this value and their id (`--seed`).
+    /// Seeds requests that bring no seed from `seed` and their request id
+    /// (`--seed`) instead of OS entropy.
     pub fn set_default_seed(&mut self, seed: u64) {
         self.default_seed = Some(seed);
     }
 
-    /// Whether a request is still known.
-    pub fn has_request(&self, id: RequestId) -> bool {
-        self.groups.contains_key(&id)
+    /// Whether the request has unfinished sequences here.
+    pub fn has_request(&self, request_id: RequestId) -> bool {
+        self.groups.contains_key(&request_id)
     }
 
-    /// Register a request.
-    pub fn register(&mut self, g: SequenceGroup) {
-        let seed = g.sampling.seed.unwrap_or_else(|| match self.default_seed {
-            Some(s) => s ^ g.request_id.wrapping_mul(GOLDEN),
-            None => fresh_entropy(g.request_id),
+    /// Requests with unfinished sequences.
+    pub fn num_requests(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Registers a request (replacing any state under the same id). Its
+    /// sequence `i` draws from the stream `(seed, i)`; without a seed, the
+    /// seed comes from the default seed and the request id, or from OS
+    /// entropy. A group without sequences is ignored.
+    pub fn register(&mut self, group: SequenceGroup) {
+        self.remove(group.request_id);
+        if group.seq_ids.is_empty() {
+            return;
+        }
+        let seed = self.resolve_seed(&group);
+        let state = Group::new(GroupInit {
+            request_id: group.request_id,
+            prompt: &group.prompt_token_ids,
+            sampling: group.sampling,
+            stopping: group.stopping,
+            eos: &self.eos,
+            max_tokens: group.max_tokens,
+            arrival: group.arrival_seconds,
+            seq_ids: group.seq_ids,
         });
-        let prompt = Arc::new(g.prompt_token_ids);
-        for (i, &id) in g.seq_ids.iter().enumerate() {
-            self.seqs.insert(
-                id,
-                Seq {
-                    request: g.request_id,
-                    index: i as u32,
-                    generated: Vec::new(),
-                    counts: HashMap::new(),
-                    rng: ChaCha8Rng::seed_from_u64(stream_seed(seed, i as u32)),
-                    detok: IncrementalDecoder::new(
-                        self.decoder.clone(),
-                        &prompt,
-                        g.stopping.skip_special_tokens,
-                    ),
-                    text: String::new(),
-                    emitted: 0,
-                    first_scheduled: None,
-                    first_token: None,
-                    last_token: None,
-                    gaps: Vec::new(),
-                },
-            );
+        for (i, &seq_id) in state.seq_ids.iter().enumerate() {
+            let seq = Seq::new(&state, i as u32, &group.prompt_token_ids, seed);
+            self.seqs.insert(seq_id, seq);
         }
-        let mut stop_ids = g.stopping.stop_token_ids.clone();
-        if !g.stopping.ignore_eos {
-            stop_ids.extend(&self.eos);
-        }
-        self.groups.insert(
-            g.request_id,
-            Group {
-                live: g.seq_ids.len(),
-                seq_ids: g.seq_ids,
-                prompt,
-                sampling: g.sampling,
-                stopping: g.stopping,
-                max_tokens: g.max_tokens as usize,
-                arrival: g.arrival_seconds,
-                stop_ids,
-            },
-        );
+        self.groups.insert(group.request_id, state);
     }
 
-    /// Note the first time a sequence is scheduled (queue and prefill timings).
-    pub fn mark_scheduled(&mut self, seq: SeqId, now: f64) {
-        if let Some(s) = self.seqs.get_mut(&seq) {
-            s.first_scheduled.get_or_insert(now);
+    /// The seed a request draws from (see [`resolve_seed`]).
+    pub fn resolve_seed(&self, group: &SequenceGroup) -> u64 {
+        resolve_seed(&group.sampling, group.request_id, self.default_seed)
+    }
+
+    /// The next draw of `seq_id` in device form (`None` when unknown).
+    pub fn row_sampling(&self, seq_id: SeqId) -> Option<RowSampling> {
+        let seq = self.seqs.get(&seq_id)?;
+        let group = self.groups.get(&seq.request)?;
+        Some(device::row_sampling(group, seq))
+    }
+
+    /// Notes that `seq_id` was scheduled at `now_seconds`; the first call per
+    /// request sets its queue time and starts its prefill time.
+    pub fn mark_scheduled(&mut self, seq_id: SeqId, now_seconds: f64) {
+        let Some(request) = self.seqs.get(&seq_id).map(|s| s.request) else {
+            return;
+        };
+        if let Some(g) = self.groups.get_mut(&request) {
+            g.first_scheduled.get_or_insert(now_seconds);
         }
     }
 
-    /// Sample every row of a step.
-    pub fn sample(&mut self, logits: &StepLogits, now: f64) -> SampleResult {
-        let mut result = SampleResult {
+    /// Samples every row of a step at engine time `now_seconds`.
+    ///
+    /// Rows of unknown or finished sequences are skipped (an abort may
+    /// cross a step). When `logits` does not hold `rows × vocab_size`
+    /// values, every request with a row fails: a `Failed` event, and an
+    /// entry with `finished: Some(Error)` (token 0) for each of its
+    /// sequences so that the scheduler releases them.
+    pub fn sample(&mut self, logits: &StepLogits, now_seconds: f64) -> SampleResult {
+        let mut out = SampleResult {
             output: StepOutput {
                 step_id: logits.step_id,
-                tokens: Vec::new(),
+                tokens: Vec::with_capacity(logits.rows.len()),
             },
-            ..Default::default()
+            events: Vec::with_capacity(logits.rows.len() * 2),
+            finished_metrics: std::mem::take(&mut self.pending_metrics),
+            next_rows: Vec::new(),
         };
         let v = logits.vocab_size;
+        let well_formed = v > 0 && logits.rows.len().checked_mul(v) == Some(logits.logits.len());
         for (r, row) in logits.rows.iter().enumerate() {
-            let Some(slice) = logits.logits.get(r * v..(r + 1) * v) else {
-                break;
-            };
-            let Some(request) = self.seqs.get(&row.seq_id).map(|s| s.request) else {
-                continue;
-            };
-            let targets: Vec<SeqId> = match self.groups.get(&request) {
-                Some(g) if row.num_samples > 1 => g.seq_ids.clone(),
-                Some(_) => vec![row.seq_id],
-                None => continue,
-            };
-            let lse = self.needs_logprobs(request).then(|| log_normalizer(slice));
-            for target in targets {
-                self.sample_one(target, slice, lse, now, &mut result);
+            if well_formed {
+                self.sample_row(
+                    *row,
+                    &logits.logits[r * v..(r + 1) * v],
+                    now_seconds,
+                    &mut out,
+                );
+            } else {
+                let error = EngineError::Internal(format!(
+                    "the model runner returned {} logits for {} rows of vocabulary size {v}; \
+                     this is a bug in the backend",
+                    logits.logits.len(),
+                    logits.rows.len()
+                ));
+                self.fail_row(row.seq_id, error, now_seconds, &mut out);
             }
         }
-        result
+        for drawn in &logits.sampled {
+            self.accept_device_sample(drawn, now_seconds, &mut out);
+        }
+        out.next_rows = out
+            .output
+            .tokens
+            .iter()
+            .filter(|t| t.finished.is_none())
+            .filter_map(|t| Some((t.seq_id, self.row_sampling(t.seq_id)?)))
+            .collect();
+        out.finished_metrics.append(&mut self.pending_metrics);
+        out
     }
 
-    fn needs_logprobs(&self, request: RequestId) -> bool {
-        self.groups
-            .get(&request)
-            .is_some_and(|g| g.sampling.logprobs.is_some())
+    /// Delivers a token drawn on the device.
+    fn accept_device_sample(&mut self, d: &DeviceSample, now: f64, out: &mut SampleResult) {
+        let Some(group) = self
+            .seqs
+            .get(&d.seq_id)
+            .and_then(|s| self.groups.get(&s.request))
+        else {
+            return;
+        };
+        let logprobs = match (group.sampling.logprobs, d.logprob) {
+            (Some(n), Some(lp)) => {
+                let decoder = self.decoder.as_ref();
+                let top = d
+                    .top_logprobs
+                    .iter()
+                    .take(n as usize)
+                    .map(|&(id, logprob)| TopLogprob {
+                        id,
+                        logprob,
+                        text: decoder.decode(&[id], false),
+                    })
+                    .collect();
+                Some((lp, top))
+            }
+            _ => None,
+        };
+        self.deliver((d.seq_id, d.token_id), logprobs, now, out);
     }
 
-    fn sample_one(
+    /// Ends every unfinished sequence of the request with
+    /// `Finished { reason: Abort }` and drops its state. Their metrics come
+    /// with the next [`sample`](Self::sample) or
+    /// [`take_finished_metrics`](Self::take_finished_metrics).
+    pub fn abort(
         &mut self,
-        seq_id: SeqId,
-        raw: &[f32],
-        lse: Option<f32>,
+        request_id: RequestId,
+        now_seconds: f64,
+    ) -> Vec<(RequestId, TokenEvent)> {
+        let Some(group) = self.groups.get(&request_id) else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for seq_id in group.seq_ids.clone() {
+            if let Some((event, m)) =
+                self.finish_seq(seq_id, (FinishReason::Abort, None), now_seconds)
+            {
+                events.push((request_id, event));
+                self.pending_metrics.push(m);
+            }
+        }
+        self.groups.remove(&request_id);
+        events
+    }
+
+    /// Ends the request with one `Failed` event and drops its state; each
+    /// unfinished sequence's metrics (reason `Error`) come as for
+    /// [`abort`](Self::abort). Unknown requests give no event.
+    pub fn fail(
+        &mut self,
+        request_id: RequestId,
+        error: EngineError,
+        now_seconds: f64,
+    ) -> Vec<(RequestId, TokenEvent)> {
+        if self.fail_sequences(request_id, now_seconds).is_empty() {
+            return Vec::new();
+        }
+        vec![(request_id, TokenEvent::Failed { error })]
+    }
+
+    /// Forgets a request without any event or metrics.
+    pub fn remove(&mut self, request_id: RequestId) {
+        if let Some(group) = self.groups.remove(&request_id) {
+            for seq_id in &group.seq_ids {
+                if self
+                    .seqs
+                    .get(seq_id)
+                    .is_some_and(|s| s.request == request_id)
+                {
+                    self.seqs.remove(seq_id);
+                }
+            }
+        }
+    }
+
+    /// Metrics of sequences ended by `abort` or `fail` since the last step.
+    pub fn take_finished_metrics(&mut self) -> Vec<RequestMetrics> {
+        std::mem::take(&mut self.pending_metrics)
+    }
+
+    /// Draws `row.num_samples` tokens from one row and delivers them.
+    fn sample_row(&mut self, row: LogitsRow, raw: &[f32], now: f64, out: &mut SampleResult) {
+        if row.num_samples == 0 {
+            return;
+        }
+        let Some(request) = self.seqs.get(&row.seq_id).map(|s| s.request) else {
+            return;
+        };
+        let Some(group) = self.groups.get(&request) else {
+            return;
+        };
+        let targets = fork_targets(group, &self.seqs, row);
+        let logprobs = group.sampling.logprobs.map(|n| {
+            row_logprobs(
+                raw,
+                n as usize,
+                self.decoder.as_ref(),
+                &mut self.scratch.top,
+            )
+        });
+        self.scratch
+            .draw_targets(raw, group, &mut self.seqs, &targets);
+        let drawn = std::mem::take(&mut self.scratch.drawn);
+        for &(seq_id, token) in &drawn {
+            let lp = logprobs
+                .as_ref()
+                .map(|l| (raw[token as usize] - l.normalizer, l.top.clone()));
+            self.deliver((seq_id, token), lp, now, out);
+        }
+        self.scratch.drawn = drawn;
+    }
+
+    /// Appends a drawn token to its sequence and emits its events.
+    fn deliver(
+        &mut self,
+        (seq_id, token): (SeqId, TokenId),
+        logprobs: Option<(f32, Vec<TopLogprob>)>,
         now: f64,
         out: &mut SampleResult,
     ) {
@@ -258,167 +433,65 @@ impl SamplerCore {
         let Some(group) = self.groups.get(&seq.request) else {
             return;
         };
-        let min_reached = seq.generated.len() >= group.stopping.min_tokens as usize;
-        let masked: &[TokenId] = if min_reached { &[] } else { &group.stop_ids };
-        let ctx = RowContext {
-            params: &group.sampling,
-            prompt: &group.prompt,
-            output_counts: &seq.counts,
-            masked,
-        };
-        let token = if needs_processing(&ctx) {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(raw);
-            apply_processors(&mut self.scratch, &ctx);
-            pick(&self.scratch, &group.sampling, &mut seq.rng)
-        } else {
-            pick(raw, &group.sampling, &mut seq.rng)
-        };
-        let logprob = lse.map(|l| raw[token as usize] - l);
-        let top = match (lse, group.sampling.logprobs) {
-            (Some(l), Some(n)) if n > 0 => top_n(raw, n as usize)
-                .into_iter()
-                .map(|(id, v)| TopLogprob {
-                    id,
-                    logprob: v - l,
-                    text: self.decoder.decode(&[id], false),
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        self.accept(seq_id, token, (logprob, top), now, out);
-    }
-
-    /// Append a drawn token, detokenize, check stops, emit events.
-    fn accept(
-        &mut self,
-        seq_id: SeqId,
-        token: TokenId,
-        (logprob, top): (Option<f32>, Vec<TopLogprob>),
-        now: f64,
-        out: &mut SampleResult,
-    ) {
-        let decoder = self.decoder.clone();
-        let Some(seq) = self.seqs.get_mut(&seq_id) else {
-            return;
-        };
-        let Some(group) = self.groups.get(&seq.request) else {
-            return;
-        };
-        seq.generated.push(token);
-        *seq.counts.entry(token).or_default() += 1;
-        if let Some(last) = seq.last_token {
-            seq.gaps.push(now - last);
-        }
-        seq.first_token.get_or_insert(now);
-        seq.last_token = Some(now);
-        let delta = seq.detok.push(token);
-        let old_len = seq.text.len();
-        seq.text.push_str(&delta);
-        let min_reached = seq.generated.len() >= group.stopping.min_tokens as usize;
-        let stops = &group.stopping.stop;
-        let max_stop = stops.iter().map(String::len).max().unwrap_or(0);
-        let mut finish: Option<(FinishReason, Option<StopReason>)> = None;
-        if min_reached && group.stop_ids.contains(&token) {
-            let reason =
-                if self.eos.contains(&token) && !group.stopping.stop_token_ids.contains(&token) {
-                    StopReason::Eos(token)
-                } else {
-                    StopReason::StopToken(token)
-                };
-            finish = Some((FinishReason::Stop, Some(reason)));
-        } else if seq.generated.len() >= group.max_tokens {
-            finish = Some((FinishReason::Length, None));
-        }
-        if finish.is_some() {
-            // Flush characters the incremental decoder still buffers.
-            let rest = seq.detok.flush();
-            seq.text.push_str(&rest);
-        }
-        let mut visible_end = seq.text.len();
-        if min_reached && !stops.is_empty() && !matches!(finish, Some((FinishReason::Stop, _))) {
-            let from = old_len.saturating_sub(max_stop.saturating_sub(1));
-            if let Some((pos, s)) = find_stop(&seq.text, from, stops) {
-                visible_end = if group.stopping.include_stop_str_in_output {
-                    pos + s.len()
-                } else {
-                    pos
-                };
-                finish = Some((FinishReason::Stop, Some(StopReason::StopString(s.clone()))));
-            }
-        }
-        let emit_to = if finish.is_some() {
-            visible_end
-        } else {
-            seq.text.len() - held_back(&seq.text, stops)
-        };
-        let emit_to = emit_to.max(seq.emitted);
-        let text = seq.text[seq.emitted..emit_to].to_string();
-        seq.emitted = emit_to;
+        let decoder = self.decoder.as_ref();
+        let accepted = seq.accept(token, group, decoder, now);
         let request = seq.request;
         out.events.push((
             request,
             TokenEvent::Token(GeneratedToken {
                 index: seq.index,
                 id: token,
-                text,
+                text: accepted.text,
                 piece: decoder.decode(&[token], false),
                 special: decoder.is_special(token),
-                logprob,
-                top_logprobs: top,
+                logprob: logprobs.as_ref().map(|l| l.0),
+                top_logprobs: logprobs.map(|l| l.1).unwrap_or_default(),
             }),
         ));
         out.output.tokens.push(SampledToken {
             seq_id,
             token_id: token,
-            finished: finish.as_ref().map(|f| f.0),
+            finished: accepted.finish.as_ref().map(|f| f.0),
         });
-        if let Some((reason, stop_reason)) = finish {
-            self.finish(seq_id, reason, stop_reason, now, out);
+        if let Some(finish) = accepted.finish
+            && let Some((event, m)) = self.finish_seq(seq_id, finish, now)
+        {
+            out.events.push((request, event));
+            out.finished_metrics.push(m);
         }
     }
 
-    fn finish(
+    /// Removes a finished sequence: its `Finished` event and metrics. Drops
+    /// the request once no sequence is left.
+    fn finish_seq(
         &mut self,
         seq_id: SeqId,
-        reason: FinishReason,
-        stop_reason: Option<StopReason>,
+        (reason, stop_reason): Finish,
         now: f64,
-        out: &mut SampleResult,
-    ) {
-        let Some(seq) = self.seqs.remove(&seq_id) else {
-            return;
-        };
-        let Some(group) = self.groups.get_mut(&seq.request) else {
-            return;
-        };
-        out.events.push((
-            seq.request,
-            TokenEvent::Finished(Finished {
-                index: seq.index,
-                reason,
-                stop_reason,
-                usage: Usage {
-                    prompt_tokens: group.prompt.len() as u32,
-                    completion_tokens: seq.generated.len() as u32,
-                    cached_prompt_tokens: 0,
-                },
-            }),
-        ));
-        let first_token = seq.first_token.unwrap_or(now);
-        let scheduled = seq.first_scheduled.unwrap_or(first_token);
-        out.finished_metrics.push(RequestMetrics {
+    ) -> Option<(TokenEvent, RequestMetrics)> {
+        let seq = self.seqs.remove(&seq_id)?;
+        let group = self.groups.get_mut(&seq.request)?;
+        let generated = seq.num_generated as u32;
+        let event = TokenEvent::Finished(Finished {
+            index: seq.index,
+            reason,
+            stop_reason,
+            usage: Usage {
+                prompt_tokens: group.prompt_tokens,
+                completion_tokens: generated,
+                cached_prompt_tokens: 0,
+            },
+        });
+        let m = finished_metrics(&FinishedSequence {
             request_id: seq.request,
             index: seq.index,
-            reason: Some(reason),
-            prompt_tokens: group.prompt.len() as u32,
-            generation_tokens: seq.generated.len() as u32,
-            queue_seconds: (scheduled - group.arrival).max(0.0),
-            ttft_seconds: (first_token - group.arrival).max(0.0),
-            prefill_seconds: (first_token - scheduled).max(0.0),
-            decode_seconds: (seq.last_token.unwrap_or(first_token) - first_token).max(0.0),
-            e2e_seconds: (now - group.arrival).max(0.0),
-            inter_token_seconds: seq.gaps,
+            reason,
+            prompt_tokens: group.prompt_tokens,
+            generation_tokens: generated,
+            arrival: group.arrival,
+            first_scheduled: group.first_scheduled,
+            times: &seq.times,
+            now,
             n: group.seq_ids.len() as u32,
             max_tokens: group.stopping.max_tokens,
         });
@@ -426,56 +499,167 @@ impl SamplerCore {
         if group.live == 0 {
             self.groups.remove(&seq.request);
         }
+        Some((event, m))
     }
 
-    /// End a request's unfinished sequences with `Finished{abort}`.
-    pub fn abort(&mut self, request: RequestId, now: f64) -> Vec<(RequestId, TokenEvent)> {
-        let Some(g) = self.groups.get(&request) else {
+    /// Ends the request's unfinished sequences with reason `Error` (metrics
+    /// kept for later) and drops it; returns those sequences.
+    fn fail_sequences(&mut self, request_id: RequestId, now: f64) -> Vec<SeqId> {
+        let Some(group) = self.groups.get(&request_id) else {
             return Vec::new();
         };
-        let mut out = SampleResult::default();
-        for id in g.seq_ids.clone() {
-            self.finish(id, FinishReason::Abort, None, now, &mut out);
+        let mut ended = Vec::new();
+        for seq_id in group.seq_ids.clone() {
+            if let Some((_, m)) = self.finish_seq(seq_id, (FinishReason::Error, None), now) {
+                self.pending_metrics.push(m);
+                ended.push(seq_id);
+            }
         }
-        self.groups.remove(&request);
-        out.events
+        self.groups.remove(&request_id);
+        ended
     }
 
-    /// End a request with one `Failed` event.
-    pub fn fail(
+    /// Fails the request owning `seq_id` during a step (see [`sample`](Self::sample)).
+    fn fail_row(&mut self, seq_id: SeqId, error: EngineError, now: f64, out: &mut SampleResult) {
+        let Some(request) = self.seqs.get(&seq_id).map(|s| s.request) else {
+            return;
+        };
+        for ended in self.fail_sequences(request, now) {
+            out.output.tokens.push(SampledToken {
+                seq_id: ended,
+                token_id: 0,
+                finished: Some(FinishReason::Error),
+            });
+        }
+        out.events.push((request, TokenEvent::Failed { error }));
+    }
+}
+
+/// The sequences a row's draws go to: the row's own, then (when it draws
+/// more than one) the request's other sequences that have not started, in
+/// `seq_ids` order.
+fn fork_targets(group: &Group, seqs: &HashMap<SeqId, Seq>, row: LogitsRow) -> Vec<SeqId> {
+    let extra = (row.num_samples as usize).saturating_sub(1);
+    let mut targets = Vec::with_capacity(1 + extra);
+    targets.push(row.seq_id);
+    targets.extend(
+        group
+            .seq_ids
+            .iter()
+            .copied()
+            .filter(|&s| s != row.seq_id && seqs.get(&s).is_some_and(|q| q.num_generated == 0))
+            .take(extra),
+    );
+    targets
+}
+
+/// The seed a request draws from: its own, else one derived from the
+/// default seed (`--seed`) and the request id, else OS entropy. An engine
+/// that samples on a device resolves the seed once, before registering, and
+/// stores it in `sampling.seed` so that host and device draws share it.
+pub fn resolve_seed(
+    sampling: &SamplingParams,
+    request_id: RequestId,
+    default_seed: Option<u64>,
+) -> u64 {
+    sampling.seed.unwrap_or_else(|| match default_seed {
+        Some(base) => mix64(base ^ mix64(request_id)),
+        None => entropy_seed(),
+    })
+}
+
+/// The first draw of a request's first sequence in device form, before it is
+/// registered; `group.sampling.seed` must hold the resolved seed (see
+/// [`resolve_seed`]), and `eos` the model's EOS ids.
+pub fn initial_row_sampling(group: &SequenceGroup, eos: &[TokenId]) -> RowSampling {
+    let state = Group::new(GroupInit {
+        request_id: group.request_id,
+        prompt: &group.prompt_token_ids,
+        sampling: group.sampling.clone(),
+        stopping: group.stopping.clone(),
+        eos,
+        max_tokens: group.max_tokens,
+        arrival: group.arrival_seconds,
+        seq_ids: group.seq_ids.clone(),
+    });
+    let seed = group.sampling.seed.unwrap_or_default();
+    let seq = Seq::new(&state, 0, &group.prompt_token_ids, seed);
+    device::row_sampling(&state, &seq)
+}
+
+/// Log-softmax normalizer of the raw row and its `n` most likely tokens.
+fn row_logprobs(
+    raw: &[f32],
+    n: usize,
+    decoder: &dyn TokenDecoder,
+    buf: &mut Vec<(f32, TokenId)>,
+) -> RowLogprobs {
+    let normalizer = log_sum_exp(raw);
+    top_n_into(raw, n, buf);
+    let top = buf
+        .iter()
+        .map(|&(logit, id)| TopLogprob {
+            id,
+            logprob: logit - normalizer,
+            text: decoder.decode(&[id], false),
+        })
+        .collect();
+    RowLogprobs { normalizer, top }
+}
+
+/// `raw` itself when no processor applies, else the processed copy in `buf`.
+fn processed_row<'a>(raw: &'a [f32], ctx: &RowContext<'_>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if !needs_processing(ctx) {
+        return raw;
+    }
+    buf.clear();
+    buf.extend_from_slice(raw);
+    apply_processors(buf, ctx);
+    buf
+}
+
+impl Scratch {
+    /// Draws one token per target from `raw` into `drawn`. Targets that have
+    /// not generated anything (a fork's first draw) see the same processed
+    /// row, so it is prepared once; each still draws from its own stream.
+    fn draw_targets(
         &mut self,
-        request: RequestId,
-        error: EngineError,
-        _now: f64,
-    ) -> Vec<(RequestId, TokenEvent)> {
-        let Some(g) = self.groups.remove(&request) else {
-            return Vec::new();
-        };
-        for id in g.seq_ids {
-            self.seqs.remove(&id);
+        raw: &[f32],
+        group: &Group,
+        seqs: &mut HashMap<SeqId, Seq>,
+        targets: &[SeqId],
+    ) {
+        let Scratch {
+            processed,
+            draw,
+            drawn,
+            ..
+        } = self;
+        drawn.clear();
+        let fresh = targets.len() > 1
+            && targets
+                .iter()
+                .all(|t| seqs.get(t).is_some_and(|s| s.num_generated == 0));
+        if fresh {
+            let Some(first) = seqs.get(&targets[0]) else {
+                return;
+            };
+            let source = processed_row(raw, &first.row_context(group), processed);
+            let prepared = draw.prepare(source, &group.sampling);
+            for &t in targets {
+                if let Some(seq) = seqs.get_mut(&t) {
+                    drawn.push((t, prepared.draw(&mut seq.rng)));
+                }
+            }
+            return;
         }
-        vec![(request, TokenEvent::Failed { error })]
+        for &t in targets {
+            let Some(seq) = seqs.get_mut(&t) else {
+                continue;
+            };
+            let source = processed_row(raw, &seq.row_context(group), processed);
+            let token = draw.prepare(source, &group.sampling).draw(&mut seq.rng);
+            drawn.push((t, token));
+        }
     }
-
-    /// Requests known to the sampler.
-    pub fn num_requests(&self) -> usize {
-        self.groups.len()
-    }
-}
-
-fn pick(row: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> TokenId {
-    if p.is_greedy() {
-        argmax(row) as TokenId
-    } else {
-        draw(row, p, rng)
-    }
-}
-
-/// A seed from the clock and the request id, for unseeded requests.
-fn fresh_entropy(request: RequestId) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    nanos ^ request.wrapping_mul(GOLDEN) ^ (&local as *const u8 as u64).rotate_left(17)
 }
