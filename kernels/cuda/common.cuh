@@ -121,7 +121,7 @@ __device__ __forceinline__ float weight_at(const u8* w, int fmt, i64 row, i64 co
         float m = half_bits_to_float((u16)(b[2] | (b[3] << 8)));
         int j = col % 32;
         int q = j < 16 ? (b[4 + j] & 15) : (b[4 + j - 16] >> 4);
-        return d * (float)q + m;
+        return __fadd_rn(__fmul_rn(d, (float)q), m);  // no FMA: as the reference dequantizer rounds
     }
     case FMT_Q8_0: {
         const u8* b = w + (row * (cols / 32) + col / 32) * 34;

@@ -11,7 +11,40 @@ struct SampleParams {
     float min_p;
     u64 seed;
     u64 counter;
+    float repetition_penalty;
+    u32 adjust_start;
+    u32 adjust_count;
+    u32 reserved;
 };
+
+struct LogitAdjust {
+    int token;
+    float add_before;
+    int repeat;
+    float add_after;
+};
+
+__device__ __forceinline__ float adjust_value(float x, const LogitAdjust& a, float penalty) {
+    float y = x + a.add_before;
+    if (a.repeat) y = y > 0.0f ? y / penalty : y * penalty;
+    return y + a.add_after;
+}
+
+// The raw logit of `token` given its adjusted value (the adjustments are
+// undone; a masked token reads as -inf).
+__device__ float raw_value(float y, int token, const LogitAdjust* adj, u32 count, float penalty) {
+    u32 lo = 0, hi = count;
+    while (lo < hi) {
+        u32 mid = (lo + hi) / 2;
+        if (adj[mid].token < token) lo = mid + 1; else hi = mid;
+    }
+    if (lo >= count || adj[lo].token != token) return y;
+    const LogitAdjust a = adj[lo];
+    if (a.add_before == NEG_INF) return NEG_INF;
+    float x = y - a.add_after;
+    if (a.repeat) x = x > 0.0f ? x * penalty : x / penalty;
+    return x - a.add_before;
+}
 
 __device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
     if (v2 > v || (v2 == v && i2 < i)) { v = v2; i = i2; }
@@ -60,11 +93,14 @@ __device__ __forceinline__ float uniform(u64 seed, u64 counter, int index) {
     return ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
 }
 
-extern "C" __global__ void sample_rows(const float* logits, const SampleParams* params, int vocab, int* out_ids,
-                                       float* out_logprob, int* top_ids, float* top_logprobs, int num_top) {
+extern "C" __global__ void sample_rows(float* logits, const SampleParams* params, int vocab, int* out_ids,
+                                       float* out_logprob, int* top_ids, float* top_logprobs, int num_top,
+                                       const LogitAdjust* adjust) {
     int r = blockIdx.x;
-    const float* x = logits + (i64)r * vocab;
+    float* x = logits + (i64)r * vocab;
     SampleParams sp = params[r];
+    const LogitAdjust* adj = adjust == 0 ? 0 : adjust + sp.adjust_start;
+    u32 adj_count = adjust == 0 ? 0 : sp.adjust_count;
     // Raw distribution: max and log-sum-exp for log-probabilities.
     float mx = NEG_INF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, x[i]);
@@ -73,6 +109,38 @@ extern "C" __global__ void sample_rows(const float* logits, const SampleParams* 
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) se += __expf(x[i] - mx);
     se = block_sum(se);
     float lse = mx + __logf(se);
+
+    // Top alternatives of the raw distribution, most likely first.
+    float prev_v = __int_as_float(0x7f800000);
+    int prev_i = -1;
+    for (int n = 0; n < num_top; n++) {
+        float v = NEG_INF;
+        int idx = 0x7fffffff;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            float xi = x[i];
+            bool after = xi < prev_v || (xi == prev_v && i > prev_i);
+            if (after) better(v, idx, xi, i);
+        }
+        block_argmax(v, idx);
+        if (threadIdx.x == 0) {
+            top_ids[(i64)r * num_top + n] = idx;
+            top_logprobs[(i64)r * num_top + n] = v - lse;
+        }
+        prev_v = v;
+        prev_i = idx;
+    }
+    // The row's adjustments (each token once, so no two threads touch one entry).
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < adj_count; e += blockDim.x) {
+        int t = adj[e].token;
+        if (t >= 0 && t < vocab) x[t] = adjust_value(x[t], adj[e], sp.repetition_penalty);
+    }
+    __syncthreads();
+    if (adj_count > 0) {
+        mx = NEG_INF;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, x[i]);
+        mx = block_max(mx);
+    }
 
     int chosen;
     if (sp.temperature <= 1e-5f || sp.top_k == 1) {
@@ -85,7 +153,8 @@ extern "C" __global__ void sample_rows(const float* logits, const SampleParams* 
         float inv_t = 1.0f / sp.temperature;
         float zmax = mx * inv_t;
         float zmin = zmax;
-        for (int i = threadIdx.x; i < vocab; i += blockDim.x) zmin = fminf(zmin, x[i] * inv_t);
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+            if (x[i] > NEG_INF) zmin = fminf(zmin, x[i] * inv_t);
         zmin = -block_max(-zmin);
         float tau = zmin;
         if (sp.top_k > 0 && sp.top_k < vocab) {
@@ -133,27 +202,9 @@ extern "C" __global__ void sample_rows(const float* logits, const SampleParams* 
         block_argmax(v, idx);
         chosen = idx;
     }
+    if (chosen < 0 || chosen >= vocab) chosen = 0;
     if (threadIdx.x == 0) {
         out_ids[r] = chosen;
-        if (out_logprob != 0) out_logprob[r] = x[chosen] - lse;
-    }
-    // Top alternatives of the raw distribution, most likely first.
-    float prev_v = __int_as_float(0x7f800000);
-    int prev_i = -1;
-    for (int n = 0; n < num_top; n++) {
-        float v = NEG_INF;
-        int idx = 0x7fffffff;
-        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-            float xi = x[i];
-            bool after = xi < prev_v || (xi == prev_v && i > prev_i);
-            if (after) better(v, idx, xi, i);
-        }
-        block_argmax(v, idx);
-        if (threadIdx.x == 0) {
-            top_ids[(i64)r * num_top + n] = idx;
-            top_logprobs[(i64)r * num_top + n] = v - lse;
-        }
-        prev_v = v;
-        prev_i = idx;
+        if (out_logprob != 0) out_logprob[r] = raw_value(x[chosen], chosen, adj, adj_count, sp.repetition_penalty) - lse;
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use kiln_engine::{BackendChoice, Engine, EngineConfig, LLM};
 use kiln_protocol::{GenerateRequest, PromptInput, SamplingParams, StoppingCriteria};
 
+pub mod conformance;
 pub mod tiny;
 
 /// The default model (SmolLM2-135M-Instruct Q4_1): `KILN_TEST_GGUF`, else the
@@ -39,9 +40,12 @@ pub fn default_model() -> Option<PathBuf> {
     found
 }
 
-/// The repository's `tests/fixtures` directory.
+/// The repository's `tests/fixtures` directory (`KILN_TEST_FIXTURES` overrides
+/// it, for test binaries run away from the source tree).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    std::env::var_os("KILN_TEST_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"))
 }
 
 /// An engine config on the linked-in CPU backend with a modest KV budget.

@@ -181,7 +181,7 @@ fn last_logits(
             num_samples: 1,
         }],
     };
-    runner.execute(&plan).expect("forward").logits
+    runner.execute(&plan, &[]).expect("forward").logits
 }
 
 #[test]

@@ -125,6 +125,19 @@ fn i32s<'a>(t: &KilnTensor) -> PluginResult<&'a [i32]> {
     Ok(unsafe { std::slice::from_raw_parts(base(t)? as *const i32, t.numel() as usize) })
 }
 
+fn i32s_mut<'a>(t: &KilnTensor) -> PluginResult<&'a mut [i32]> {
+    if t.dtype != KILN_I32 {
+        return Err(PluginError::invalid("index outputs must be i32"));
+    }
+    // SAFETY: bounds checked in `base`; callers never hold another view of the same bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(base(t)? as *mut i32, t.numel() as usize) })
+}
+
+fn raw_bytes<'a>(t: &KilnTensor) -> PluginResult<&'a [u8]> {
+    // SAFETY: bounds checked in `base`.
+    Ok(unsafe { std::slice::from_raw_parts(base(t)? as *const u8, t.byte_len() as usize) })
+}
+
 fn kv<'a>(t: &KilnTensor) -> PluginResult<KvCache<'a>> {
     let p = base(t)?;
     let n = t.numel() as usize;
@@ -255,6 +268,7 @@ impl CpuDevice {
                 }
             }
             OP_COPY_BLOCKS => self.copy_blocks(op)?,
+            OP_SAMPLE => self.sample(op)?,
             OP_CAST => {
                 if t[0].dtype != KILN_F32 || t[1].dtype != KILN_F32 {
                     return Err(PluginError::unsupported("the CPU backend casts only f32"));
@@ -412,6 +426,68 @@ impl CpuDevice {
         Ok(())
     }
 
+    fn sample(&self, op: &KilnOp) -> PluginResult<()> {
+        let t = &op.tensors;
+        let (m, vocab) = (t[0].dims[0] as usize, t[0].dims[1] as usize);
+        let logits = f32s_mut(&t[0])?;
+        let params: Vec<KilnSampleParams> = raw_bytes(&t[1])?
+            .chunks_exact(KilnSampleParams::SIZE)
+            .filter_map(KilnSampleParams::from_bytes)
+            .collect();
+        let adjust: Vec<KilnLogitAdjust> = if t[6].is_none() {
+            Vec::new()
+        } else {
+            raw_bytes(&t[6])?
+                .chunks_exact(KilnLogitAdjust::SIZE)
+                .filter_map(KilnLogitAdjust::from_bytes)
+                .collect()
+        };
+        if params.len() < m {
+            return Err(PluginError::invalid(format!(
+                "sample: {} parameter rows for {m} logits rows",
+                params.len()
+            )));
+        }
+        let ids = i32s_mut(&t[2])?;
+        let lps = f32s_mut(&t[3])?;
+        let n = if t[4].is_none() {
+            0
+        } else {
+            op.iparams[0].max(0) as usize
+        };
+        let (mut top_ids, mut top_lps) = if n > 0 {
+            (i32s_mut(&t[4])?, f32s_mut(&t[5])?)
+        } else {
+            (&mut [][..], &mut [][..])
+        };
+        for (r, p) in params.iter().take(m).enumerate() {
+            let (start, count) = (p.adjust_start as usize, p.adjust_count as usize);
+            let row_adjust = adjust.get(start..start + count).ok_or_else(|| {
+                PluginError::invalid(format!(
+                    "sample: row {r} adjustments {start}+{count} outside {} entries",
+                    adjust.len()
+                ))
+            })?;
+            let (ni, nl) = (n.min(top_ids.len()), n.min(top_lps.len()));
+            let (row_top_ids, rest_ids) = std::mem::take(&mut top_ids).split_at_mut(ni);
+            let (row_top_lps, rest_lps) = std::mem::take(&mut top_lps).split_at_mut(nl);
+            top_ids = rest_ids;
+            top_lps = rest_lps;
+            crate::sample::sample_row(
+                &mut logits[r * vocab..(r + 1) * vocab],
+                p,
+                row_adjust,
+                crate::sample::RowOut {
+                    id: &mut ids[r],
+                    logprob: &mut lps[r],
+                    top_ids: row_top_ids,
+                    top_logprobs: row_top_lps,
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn copy_blocks(&self, op: &KilnOp) -> PluginResult<()> {
         let t = &op.tensors;
         let pairs = i32s(&t[2])?;
@@ -536,10 +612,7 @@ impl DevicePlugin for CpuDevice {
     fn supports(&self, query: &KilnSupportQuery) -> bool {
         let weight_ok =
             query.weight_format == u32::MAX || kernel_format(query.weight_format).is_ok();
-        query.act_dtype == KILN_F32
-            && weight_ok
-            && query.opcode != OP_SAMPLE
-            && opcode_name(query.opcode) != "unknown"
+        query.act_dtype == KILN_F32 && weight_ok && opcode_name(query.opcode) != "unknown"
     }
 
     fn execute(&mut self, ops: &[KilnOp]) -> PluginResult<()> {

@@ -23,12 +23,13 @@
 //! ```
 
 mod device;
+mod sample;
 
 use kiln_kernels_cpu::isa;
 use kiln_plugin_abi::plugin::{
     BackendPlugin, DevicePlugin, HostLogger, PluginDeviceInfo, PluginError, PluginResult,
 };
-use kiln_plugin_abi::{KILN_CAP_HOST_MEMORY, KILN_DEVICE_CPU};
+use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_CAP_HOST_MEMORY, KILN_DEVICE_CPU};
 
 pub use device::CpuDevice;
 
@@ -122,7 +123,7 @@ impl BackendPlugin for CpuBackend {
             kind: KILN_DEVICE_CPU,
             memory_total: total,
             memory_free: free,
-            capabilities: KILN_CAP_HOST_MEMORY,
+            capabilities: KILN_CAP_HOST_MEMORY | KILN_CAP_DEVICE_SAMPLING,
             compute_capability: 0,
             parallelism: threads as u32,
         })

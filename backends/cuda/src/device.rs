@@ -14,8 +14,10 @@ use kiln_plugin_abi::*;
 
 use crate::kernels::Kernels;
 
-/// Largest batch served by the GEMV kernels (beyond it: cuBLAS).
+/// Most decode rows served by the GEMV kernels (beyond it: cuBLAS).
 pub const GEMV_MAX_TOKENS: u64 = 64;
+/// Rows of every cuBLAS call (fixed, for batch invariance).
+pub const GEMM_CHUNK: u64 = 256;
 /// Keys per decode partition (must match `ATT_PART` in attention.cu).
 pub const ATT_PART: u64 = 256;
 /// cuBLAS workspace (set explicitly so that graph capture never allocates).
@@ -95,6 +97,8 @@ pub struct CudaDevice {
     blas: blas_sys::cublasHandle_t,
     _blas_workspace: DevBuf,
     scratch: Option<DevBuf>,
+    chunk_x: Option<DevBuf>,
+    chunk_out: Option<DevBuf>,
     attn_ws: Option<DevBuf>,
     capturing: bool,
     log: HostLogger,
@@ -239,6 +243,8 @@ impl CudaDevice {
             blas,
             _blas_workspace: workspace,
             scratch: None,
+            chunk_x: None,
+            chunk_out: None,
             attn_ws: None,
             capturing: false,
             log,
@@ -474,7 +480,6 @@ impl CudaDevice {
             Some(unsafe { weight(op.weights[1]) }?)
         };
         let accumulate = op.iparams[0] != 0;
-        let s = suffix(x.dtype)?;
         let (n, k, m) = (x.dims[0], x.dims[1], out.dims[1]);
         if w.cols != k || w.rows != m {
             return Err(PluginError::invalid(format!(
@@ -485,41 +490,73 @@ impl CudaDevice {
         if n == 0 {
             return Ok(());
         }
-        let gemv_name = match w.format {
-            KILN_WEIGHT_F32 if k % 8 == 0 => Some("f32w"),
-            KILN_WEIGHT_F16 if k % 8 == 0 => Some("f16w"),
-            KILN_WEIGHT_BF16 if k % 8 == 0 => Some("bf16w"),
-            KILN_WEIGHT_GGUF_Q4_0 => Some("q4_0"),
-            KILN_WEIGHT_GGUF_Q4_1 => Some("q4_1"),
-            KILN_WEIGHT_GGUF_Q8_0 => Some("q8_0"),
-            _ => None,
-        };
         let (xp, wp, op_) = unsafe { (ptr(&x), w.data.ptr, ptr(&out)) };
-        let bp: CUdeviceptr = bias.map_or(0, |b| b.data.ptr);
-        if n <= GEMV_MAX_TOKENS
-            && let Some(g) = gemv_name
+        let rows = LinearRows {
+            x: xp,
+            out: op_,
+            dtype: x.dtype,
+            bias: bias.map_or(0, |b| b.data.ptr),
+            accumulate,
+            m,
+            k,
+        };
+        let decode = (op.iparams[1].max(0) as u64).min(n);
+        let gemv = gemv_kernel(w.format, k).filter(|_| decode <= GEMV_MAX_TOKENS);
+        let gemv_rows = if gemv.is_some() { decode } else { 0 };
+        if let Some(g) = gemv
+            && gemv_rows > 0
         {
-            let (ni, mi, ki, acc) = (n as i32, m as i32, k as i32, i32::from(accumulate));
-            let cfg = LaunchConfig {
-                grid_dim: (m.div_ceil(8) as u32, n.div_ceil(8) as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return launch!(
-                self,
-                format!("gemv_{g}_{s}"),
-                cfg,
-                [xp, wp, bp, op_, ni, mi, ki, acc]
-            );
+            self.gemv(g, wp, &rows, gemv_rows)?;
         }
-        // cuBLAS path: the weight must be in the activation dtype.
-        let a_ptr = if weight_dtype(w.format) == Some(x.dtype) {
-            wp
+        if gemv_rows < n {
+            self.gemm_rows(w, &rows, gemv_rows, n - gemv_rows)?;
+        }
+        Ok(())
+    }
+
+    /// Decode rows `[0, count)` through the GEMV kernels.
+    fn gemv(&mut self, name: &str, w: CUdeviceptr, r: &LinearRows, count: u64) -> PluginResult<()> {
+        let s = suffix(r.dtype)?;
+        let (ni, mi, ki, acc) = (
+            count as i32,
+            r.m as i32,
+            r.k as i32,
+            i32::from(r.accumulate),
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (count.div_ceil(8) as u32, r.m.div_ceil(8) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (xp, bp, op_) = (r.x, r.bias, r.out);
+        launch!(
+            self,
+            format!("gemv_{name}_{s}"),
+            cfg,
+            [xp, w, bp, op_, ni, mi, ki, acc]
+        )
+    }
+
+    /// Rows `[first, first + count)` through cuBLAS in chunks of exactly
+    /// [`GEMM_CHUNK`] rows (the last one padded through scratch buffers), so
+    /// that cuBLAS always sees the same shape and a row's result does not
+    /// depend on how many rows share the step.
+    fn gemm_rows(
+        &mut self,
+        w: &DevWeight,
+        r: &LinearRows,
+        first: u64,
+        count: u64,
+    ) -> PluginResult<()> {
+        let s = suffix(r.dtype)?;
+        let es = dtype_size(r.dtype);
+        let (m, k) = (r.m, r.k);
+        let a = if weight_dtype(w.format) == Some(r.dtype) {
+            w.data.ptr
         } else {
-            let bytes = m * k * dtype_size(x.dtype);
             let scratch = Self::ensure(
                 &mut self.scratch,
-                bytes,
+                m * k * es,
                 self.capturing,
                 &self.stream,
                 "dequantization scratch",
@@ -529,30 +566,91 @@ impl CudaDevice {
                 self,
                 format!("dequantize_{s}"),
                 grid_1d(m * k, 256),
-                [wp, fmt, rows, cols, scratch]
+                [w.data.ptr, fmt, rows, cols, scratch]
             )?;
             scratch
         };
-        self.gemm(GemmArgs {
-            a: a_ptr,
-            x: xp,
-            out: op_,
-            n,
-            m,
-            k,
-            dtype: x.dtype,
-            accumulate,
-        })?;
-        if bp != 0 {
-            let (rows, cols) = (n as i64, m as i64);
+        let mut done = 0;
+        while done < count {
+            let rows = GEMM_CHUNK.min(count - done);
+            let row = first + done;
+            let (x, out) = (r.x + row * k * es, r.out + row * m * es);
+            if rows == GEMM_CHUNK {
+                self.gemm(GemmArgs {
+                    a,
+                    x,
+                    out,
+                    n: GEMM_CHUNK,
+                    m,
+                    k,
+                    dtype: r.dtype,
+                    accumulate: r.accumulate,
+                })?;
+            } else {
+                self.gemm_padded(a, r, x, out, rows)?;
+            }
+            done += rows;
+        }
+        if r.bias != 0 {
+            let (rows, cols, op_, bp) = (count as i64, m as i64, r.out + first * m * es, r.bias);
             launch!(
                 self,
                 format!("add_bias_{s}"),
-                grid_1d(n * m, 256),
+                grid_1d(count * m, 256),
                 [op_, bp, rows, cols]
             )?;
         }
         Ok(())
+    }
+
+    /// One partial chunk of `rows` rows, computed as a full chunk in scratch.
+    fn gemm_padded(
+        &mut self,
+        a: CUdeviceptr,
+        r: &LinearRows,
+        x: CUdeviceptr,
+        out: CUdeviceptr,
+        rows: u64,
+    ) -> PluginResult<()> {
+        let es = dtype_size(r.dtype);
+        let (m, k) = (r.m, r.k);
+        let sx = Self::ensure(
+            &mut self.chunk_x,
+            GEMM_CHUNK * k * es,
+            self.capturing,
+            &self.stream,
+            "GEMM input chunk",
+        )?;
+        let so = Self::ensure(
+            &mut self.chunk_out,
+            GEMM_CHUNK * m * es,
+            self.capturing,
+            &self.stream,
+            "GEMM output chunk",
+        )?;
+        let stream = self.stream.cu_stream();
+        // SAFETY: all ranges lie inside their allocations (checked shapes, sized scratch).
+        unsafe {
+            result::memcpy_dtod_async(sx, x, (rows * k * es) as usize, stream)
+                .map_err(cuda_err("copy GEMM input"))?;
+            if r.accumulate {
+                result::memcpy_dtod_async(so, out, (rows * m * es) as usize, stream)
+                    .map_err(cuda_err("copy GEMM output"))?;
+            }
+        }
+        self.gemm(GemmArgs {
+            a,
+            x: sx,
+            out: so,
+            n: GEMM_CHUNK,
+            m,
+            k,
+            dtype: r.dtype,
+            accumulate: r.accumulate,
+        })?;
+        // SAFETY: as above.
+        unsafe { result::memcpy_dtod_async(out, so, (rows * m * es) as usize, stream) }
+            .map_err(cuda_err("copy GEMM result"))
     }
 
     fn gemm(&mut self, g: GemmArgs) -> PluginResult<()> {
@@ -677,7 +775,7 @@ impl CudaDevice {
     }
 
     fn sample(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [logits, params, ids, lps, top_ids, top_lps, ..] = op.tensors;
+        let [logits, params, ids, lps, top_ids, top_lps, adjust, _] = op.tensors;
         if logits.dtype != KILN_F32 {
             return Err(PluginError::unsupported("sampling needs f32 logits"));
         }
@@ -696,12 +794,41 @@ impl CudaDevice {
             unsafe { (ptr(&top_ids), ptr(&top_lps)) }
         };
         let num_top = if tip == 0 { 0 } else { num_top };
+        let ap: CUdeviceptr = if adjust.is_none() {
+            0
+        } else {
+            unsafe { ptr(&adjust) }
+        };
         launch!(
             self,
             "sample_rows".to_string(),
             rows_cfg(rows, 1024),
-            [xp, pp, vocab, ip, lp, tip, tlp, num_top]
+            [xp, pp, vocab, ip, lp, tip, tlp, num_top, ap]
         )
+    }
+}
+
+/// The activation side of one linear op.
+struct LinearRows {
+    x: CUdeviceptr,
+    out: CUdeviceptr,
+    dtype: KilnDType,
+    bias: CUdeviceptr,
+    accumulate: bool,
+    m: u64,
+    k: u64,
+}
+
+/// The GEMV kernel family for a weight format, if it has one.
+fn gemv_kernel(format: KilnWeightFormat, k: u64) -> Option<&'static str> {
+    match format {
+        KILN_WEIGHT_F32 if k.is_multiple_of(8) => Some("f32w"),
+        KILN_WEIGHT_F16 if k.is_multiple_of(8) => Some("f16w"),
+        KILN_WEIGHT_BF16 if k.is_multiple_of(8) => Some("bf16w"),
+        KILN_WEIGHT_GGUF_Q4_0 => Some("q4_0"),
+        KILN_WEIGHT_GGUF_Q4_1 => Some("q4_1"),
+        KILN_WEIGHT_GGUF_Q8_0 => Some("q8_0"),
+        _ => None,
     }
 }
 

@@ -70,7 +70,8 @@ pub fn nvrtc_available() -> bool {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     // SAFETY: only probes whether the library loads.
-    let ok = std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
+    let ok = std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() })
+        .unwrap_or(false);
     std::panic::set_hook(previous);
     ok
 }

@@ -7,9 +7,19 @@ fn kernels_compile_for_hopper_and_ampere() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        let ptx = kiln_backend_cuda::kernels::compile_ptx(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        for name in ["rms_norm_bf16", "gemv_q4_1_bf16", "attention_decode_f16", "sample_rows", "embedding_f32"] {
-            assert!(ptx.contains(name), "{arch}: kernel {name} missing from the PTX");
+        let ptx =
+            kiln_backend_cuda::kernels::compile_ptx(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        for name in [
+            "rms_norm_bf16",
+            "gemv_q4_1_bf16",
+            "attention_decode_f16",
+            "sample_rows",
+            "embedding_f32",
+        ] {
+            assert!(
+                ptx.contains(name),
+                "{arch}: kernel {name} missing from the PTX"
+            );
         }
     }
 }

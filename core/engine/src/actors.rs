@@ -15,8 +15,10 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use kiln_engine_api::AdmittedRequest;
-use kiln_protocol::step::{AllocateForStep, StepAllocation, StepLogits, StepOutput, StepPlan};
-use kiln_protocol::{EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent};
+use kiln_protocol::step::{
+    AllocateForStep, RowSampling, StepAllocation, StepLogits, StepOutput, StepPlan,
+};
+use kiln_protocol::{EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent, TokenId};
 use kiln_sampler::{SamplerCore, SequenceGroup};
 use kiln_scheduler::{BlockManager, NewRequest, Scheduler};
 use tokio::sync::{broadcast, mpsc};
@@ -114,12 +116,19 @@ impl Actor for RunnerActor {
 /// Run one step's plan.
 #[derive(Message)]
 #[rtype(result = "Result<StepLogits, String>")]
-pub struct Execute(pub StepPlan);
+pub struct Execute {
+    /// The plan.
+    pub plan: StepPlan,
+    /// Device-side draws of the plan's single-sample rows that have one.
+    pub sampling: Vec<(SeqId, RowSampling)>,
+}
 
 impl Handler<Execute> for RunnerActor {
     type Result = Result<StepLogits, String>;
     fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
-        self.runner.execute(&msg.0).map_err(|e| e.to_string())
+        self.runner
+            .execute(&msg.plan, &msg.sampling)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -178,9 +187,17 @@ impl Handler<Register> for SamplerActor {
     }
 }
 
+/// What the sampler returns for a step.
+pub struct SampleReply {
+    /// Tokens for the scheduler.
+    pub output: StepOutput,
+    /// The next device-side draw of each sequence that goes on.
+    pub next_rows: Vec<(SeqId, RowSampling)>,
+}
+
 /// Sample a step's logits.
 #[derive(Message)]
-#[rtype(result = "StepOutput")]
+#[rtype(result = "SampleReply")]
 pub struct Sample {
     /// The logits.
     pub logits: StepLogits,
@@ -200,7 +217,10 @@ impl Handler<Sample> for SamplerActor {
             let _ = self.events.send(EngineEvent::SequenceFinished(m));
         }
         self.route(result.events);
-        MessageResult(result.output)
+        MessageResult(SampleReply {
+            output: result.output,
+            next_rows: result.next_rows,
+        })
     }
 }
 
@@ -262,6 +282,21 @@ pub struct SchedulerActor {
     next_seq: SeqId,
     arrivals: u64,
     last_alloc: StepAllocation,
+    sampling: DeviceSampling,
+}
+
+/// What the scheduler actor keeps for device-side sampling: the next draw of
+/// every live sequence (built by the sampler's rules), handed to the runner
+/// with each plan.
+pub struct DeviceSampling {
+    /// False when the backend cannot sample (every row goes to the host sampler).
+    pub enabled: bool,
+    /// The model's EOS ids.
+    pub eos_token_ids: Vec<TokenId>,
+    /// `--seed`.
+    pub default_seed: Option<u64>,
+    /// Next draw per sequence.
+    pub rows: HashMap<SeqId, RowSampling>,
 }
 
 /// Construction parameters of [`SchedulerActor`].
@@ -278,6 +313,8 @@ pub struct SchedulerParts {
     pub clock: Clock,
     /// KV blocks in the pool (for usage before the first step).
     pub num_blocks: u32,
+    /// Device-side sampling state (empty `rows`).
+    pub sampling: DeviceSampling,
 }
 
 impl SchedulerActor {
@@ -297,7 +334,20 @@ impl SchedulerActor {
                 num_total_blocks: p.num_blocks,
                 ..Default::default()
             },
+            sampling: p.sampling,
         }
+    }
+
+    /// The plan's single-sample rows with a device-side draw.
+    fn device_rows(&self, plan: &StepPlan) -> Vec<(SeqId, RowSampling)> {
+        if !self.sampling.enabled {
+            return Vec::new();
+        }
+        plan.seqs
+            .iter()
+            .filter(|s| s.num_samples == 1)
+            .filter_map(|s| Some((s.seq_id, self.sampling.rows.get(&s.seq_id)?.clone())))
+            .collect()
     }
 
     fn kick(&mut self, ctx: &mut Context<Self>) {
@@ -341,13 +391,18 @@ impl SchedulerActor {
         }
         let scheduled: Vec<SeqId> = plan.seqs.iter().map(|s| s.seq_id).collect();
         let batched = plan.num_batched_tokens() as u32;
-        ctx.spawn(self.peers.runner.send(Execute(plan)).into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(Ok(logits)) => act.sample(logits, scheduled, batched, started, ctx),
-                Ok(Err(message)) => act.step_failed(message, ctx),
-                Err(e) => act.fatal(format!("the model runner stopped: {e}")),
-            },
-        ));
+        let sampling = self.device_rows(&plan);
+        ctx.spawn(
+            self.peers
+                .runner
+                .send(Execute { plan, sampling })
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Ok(logits)) => act.sample(logits, scheduled, batched, started, ctx),
+                    Ok(Err(message)) => act.step_failed(message, ctx),
+                    Err(e) => act.fatal(format!("the model runner stopped: {e}")),
+                }),
+        );
     }
 
     /// Phase 3: sample (skipped when no row samples).
@@ -360,7 +415,7 @@ impl SchedulerActor {
         ctx: &mut Context<Self>,
     ) {
         let step_id = logits.step_id;
-        if logits.rows.is_empty() {
+        if logits.is_empty() {
             self.finish(
                 StepOutput {
                     step_id,
@@ -378,7 +433,10 @@ impl SchedulerActor {
                 .send(Sample { logits, scheduled })
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
-                    Ok(out) => act.finish(out, batched, started, ctx),
+                    Ok(reply) => {
+                        act.sampling.rows.extend(reply.next_rows);
+                        act.finish(reply.output, batched, started, ctx)
+                    }
                     Err(e) => act.fatal(format!("the sampler stopped: {e}")),
                 }),
         );
@@ -387,6 +445,7 @@ impl SchedulerActor {
     /// Phase 4: apply the output, publish stats, loop.
     fn finish(&mut self, out: StepOutput, batched: u32, started: Instant, ctx: &mut Context<Self>) {
         self.core.on_step_output(out);
+        self.forget_ended_rows();
         self.in_flight = false;
         self.publish_stats(StepStats {
             num_batched_tokens: batched,
@@ -394,6 +453,14 @@ impl SchedulerActor {
             ..Default::default()
         });
         self.begin(ctx);
+    }
+
+    /// Drops the device-side draws of sequences that ended.
+    fn forget_ended_rows(&mut self) {
+        let core = &self.core;
+        self.sampling
+            .rows
+            .retain(|seq, _| core.tokens(*seq).is_some());
     }
 
     fn fail_rejected(&mut self) {
@@ -490,16 +557,25 @@ impl Handler<Submit> for SchedulerActor {
         self.next_seq += n;
         self.arrivals += 1;
         let prompt_tokens = r.prompt_token_ids.len() as u32;
+        let mut group = SequenceGroup {
+            request_id: r.id,
+            seq_ids: seq_ids.clone(),
+            prompt_token_ids: r.prompt_token_ids.clone(),
+            sampling: r.request.sampling.clone(),
+            stopping: r.request.stopping.clone(),
+            max_tokens: r.max_tokens,
+            arrival_seconds: self.clock.now(),
+        };
+        if self.sampling.enabled {
+            // One seed for host and device draws of this request.
+            let seed =
+                kiln_sampler::resolve_seed(&group.sampling, r.id, self.sampling.default_seed);
+            group.sampling.seed = Some(seed);
+            let first = kiln_sampler::initial_row_sampling(&group, &self.sampling.eos_token_ids);
+            self.sampling.rows.insert(seq_ids[0], first);
+        }
         self.peers.sampler.do_send(Register {
-            group: SequenceGroup {
-                request_id: r.id,
-                seq_ids: seq_ids.clone(),
-                prompt_token_ids: r.prompt_token_ids.clone(),
-                sampling: r.request.sampling.clone(),
-                stopping: r.request.stopping.clone(),
-                max_tokens: r.max_tokens,
-                arrival_seconds: self.clock.now(),
-            },
+            group,
             events: msg.events,
         });
         self.core.add_request(NewRequest {
@@ -527,6 +603,7 @@ impl Handler<Abort> for SchedulerActor {
     type Result = ();
     fn handle(&mut self, msg: Abort, ctx: &mut Self::Context) {
         self.core.abort(msg.0);
+        self.forget_ended_rows();
         self.peers.sampler.do_send(AbortRequest(msg.0));
         self.kick(ctx);
     }

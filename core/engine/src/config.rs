@@ -90,6 +90,10 @@ pub struct EngineConfig {
     pub seed: Option<u64>,
     /// Disable graph capture (`--enforce-eager`).
     pub enforce_eager: bool,
+    /// Draw tokens on the device when the backend can (only token ids and
+    /// requested log-probabilities cross to the host); `false` copies every
+    /// row's logits to the host sampler.
+    pub device_sampling: bool,
     /// Tensor parallelism (`--tensor-parallel-size`); only 1 is supported.
     pub tensor_parallel_size: usize,
     /// Where the model came from, for `/info` (hub id or alias); `None`: the path.
@@ -118,6 +122,7 @@ impl EngineConfig {
             chat_template: None,
             seed: None,
             enforce_eager: false,
+            device_sampling: true,
             tensor_parallel_size: 1,
             model_origin: None,
         }

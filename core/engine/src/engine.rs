@@ -1,6 +1,7 @@
 //! Start-up: model files → backend and device → weights → step buffers → KV
 //! cache → actors. Every failure is an [`StartError`] that says what to change.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,8 +19,8 @@ use kiln_scheduler::{BlockManager, BlockManagerConfig, Scheduler, SchedulerConfi
 use tokio::sync::broadcast;
 
 use crate::actors::{
-    BlockManagerActor, Clock, Peers, RunnerActor, SamplerActor, SchedulerActor, SchedulerParts,
-    Shared,
+    BlockManagerActor, Clock, DeviceSampling, Peers, RunnerActor, SamplerActor, SchedulerActor,
+    SchedulerParts, Shared,
 };
 use crate::config::{BackendChoice, DTypeChoice, EngineConfig};
 use crate::memory::{KvBudget, KvPlan, cpu_kv_budget, gpu_kv_budget, human_bytes, plan_kv_cache};
@@ -184,13 +185,27 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
         device: device.info().clone(),
     };
     let mut runner = ModelRunner::new(device, decoder, kv, bufs);
+    if config.device_sampling
+        && runner
+            .enable_device_sampling()
+            .map_err(|e| StartError::Config(format!("device sampling: {e}")))?
+    {
+        tracing::info!("sampling on the device");
+    }
     if !config.enforce_eager && sizes.gpu {
         let started = std::time::Instant::now();
         let n = runner
             .capture_graphs(sizes.max_num_seqs, sizes.max_model_len)
-            .map_err(|e| StartError::Config(format!("graph capture failed ({e}); retry with --enforce-eager")))?;
+            .map_err(|e| {
+                StartError::Config(format!(
+                    "graph capture failed ({e}); retry with --enforce-eager"
+                ))
+            })?;
         if n > 0 {
-            tracing::info!("captured {n} decode graphs in {:.1} s", started.elapsed().as_secs_f64());
+            tracing::info!(
+                "captured {n} decode graphs in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     Ok(Prepared {
@@ -428,6 +443,8 @@ fn profile_activations(
         logits_indices: &logits_indices,
         max_query_len: n,
         max_seq_len: n,
+        decode_rows: 0,
+        decode_logits_rows: 0,
     };
     decoder.forward(device, &kv, bufs, &inputs)?;
     device.synchronize()?;
@@ -519,6 +536,12 @@ fn spawn_actors(
     if let Some(seed) = config.seed {
         sampler_core.set_default_seed(seed);
     }
+    let device_sampling = DeviceSampling {
+        enabled: config.device_sampling && runner.samples_on_device(),
+        eos_token_ids: files.eos_token_ids.clone(),
+        default_seed: config.seed,
+        rows: HashMap::new(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let (events_tx, shared_tx) = (events.clone(), shared.clone());
     let thread = std::thread::Builder::new()
@@ -544,6 +567,7 @@ fn spawn_actors(
                     shared: shared_tx,
                     clock,
                     num_blocks: kv.num_blocks as u32,
+                    sampling: device_sampling,
                 })
                 .start();
                 let _ = tx.send((scheduler, System::current()));

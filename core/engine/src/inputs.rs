@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use kiln_protocol::step::{LogitsRow, StepPlan};
+use kiln_protocol::step::{LogitsRow, ScheduledSeq, StepPlan};
 use kiln_protocol::{BlockId, SeqId};
 
 /// The host-side arrays of one step (see `kiln_models::llama::BatchInputs`).
@@ -35,6 +35,10 @@ pub struct HostBatch {
     pub max_query_len: usize,
     /// Longest context.
     pub max_seq_len: usize,
+    /// Leading tokens that are single-token (decode) sequences.
+    pub decode_rows: usize,
+    /// Leading logits rows that belong to decode sequences.
+    pub decode_logits_rows: usize,
 }
 
 /// Why a plan cannot be turned into a batch (a scheduler bug, reported not hidden).
@@ -108,6 +112,17 @@ impl BlockTables {
     }
 }
 
+/// The plan's sequences in batch order: single-token (decode) sequences
+/// first, then prefill chunks, each group in plan order. Backends may compute
+/// the decode rows with their own kernels (see `OP_LINEAR`), so a sequence's
+/// decode is computed the same way whatever else shares the step.
+pub fn batch_order(plan: &StepPlan) -> Vec<&ScheduledSeq> {
+    let (mut order, prefill): (Vec<&ScheduledSeq>, Vec<&ScheduledSeq>) =
+        plan.seqs.iter().partition(|s| s.token_ids.len() == 1);
+    order.extend(prefill);
+    order
+}
+
 /// Build the arrays for `plan` (after [`BlockTables::apply`]).
 pub fn build_batch(
     plan: &StepPlan,
@@ -118,7 +133,8 @@ pub fn build_batch(
         query_start_loc: vec![0],
         ..HostBatch::default()
     };
-    for s in &plan.seqs {
+    let order = batch_order(plan);
+    for s in order.iter().copied() {
         let table = tables
             .get(s.seq_id)
             .ok_or(PlanError::UnknownSequence(s.seq_id))?;
@@ -140,7 +156,13 @@ pub fn build_batch(
         b.query_start_loc.push(b.token_ids.len() as i32);
         b.max_query_len = b.max_query_len.max(s.token_ids.len());
         b.max_seq_len = b.max_seq_len.max(seq_len);
+        if s.token_ids.len() == 1 {
+            b.decode_rows += 1;
+        }
         if s.num_samples > 0 && !s.token_ids.is_empty() {
+            if s.token_ids.len() == 1 {
+                b.decode_logits_rows += 1;
+            }
             b.logits_indices.push(b.token_ids.len() as i32 - 1);
             b.logits_rows.push(LogitsRow {
                 seq_id: s.seq_id,
@@ -149,8 +171,8 @@ pub fn build_batch(
         }
     }
     b.blocks_per_seq = b.max_seq_len.div_ceil(block_size).max(1);
-    b.block_tables = vec![0; plan.seqs.len() * b.blocks_per_seq];
-    for (row, s) in plan.seqs.iter().enumerate() {
+    b.block_tables = vec![0; order.len() * b.blocks_per_seq];
+    for (row, s) in order.iter().enumerate() {
         let table = tables.get(s.seq_id).unwrap_or(&[]);
         let used = (b.seq_lens[row] as usize)
             .div_ceil(block_size)
@@ -230,6 +252,29 @@ mod tests {
         assert_eq!(b.positions, vec![5]);
         assert_eq!(b.slot_mapping, vec![13]);
         assert_eq!(b.seq_lens, vec![6]);
+    }
+
+    #[test]
+    fn decoding_sequences_come_first() {
+        let mut tables = BlockTables::default();
+        let plan = StepPlan {
+            seqs: vec![
+                seq(1, &[10, 11, 12], 0, 0, &[1], 1),
+                seq(2, &[20], 4, 0, &[2, 3], 1),
+                seq(3, &[30, 31], 0, 0, &[4], 0),
+                seq(4, &[40], 0, 0, &[5], 1),
+            ],
+            ..Default::default()
+        };
+        tables.apply(&plan).unwrap();
+        let b = build_batch(&plan, &tables, 4).unwrap();
+        assert_eq!(b.token_ids, vec![20, 40, 10, 11, 12, 30, 31]);
+        assert_eq!((b.decode_rows, b.decode_logits_rows), (2, 2));
+        assert_eq!(b.seq_lens, vec![5, 1, 3, 2]);
+        assert_eq!(b.block_tables, vec![2, 3, 5, 0, 1, 0, 4, 0]);
+        let rows: Vec<_> = b.logits_rows.iter().map(|r| r.seq_id).collect();
+        assert_eq!(rows, vec![2, 4, 1]);
+        assert_eq!(b.logits_indices, vec![0, 1, 4]);
     }
 
     #[test]

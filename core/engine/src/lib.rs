@@ -18,6 +18,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod device_sampling;
 pub mod engine;
 pub mod inputs;
 pub mod llm;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_models::config::ModelConfig;
-use kiln_models::registry::{DecoderVariant, resolve_architecture, resolve_gguf_architecture};
+use kiln_models::registry::{DecoderVariant, resolve, resolve_architecture};
 use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
 use kiln_models::weights::safetensors::SafetensorsSource;
@@ -120,8 +120,7 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
 fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
     let gguf = GgufFile::open(path).map_err(|e| e.to_string())?;
     let config = ModelConfig::from_gguf(&gguf).map_err(|e| format!("{}: {e}", path.display()))?;
-    let variant = resolve_gguf_architecture(gguf.architecture().unwrap_or("llama"))
-        .map_err(|e| e.to_string())?;
+    let variant = resolve(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     let md = gguf
         .tokenizer_metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?;

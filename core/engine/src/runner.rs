@@ -1,11 +1,15 @@
 //! The model runner: owns the device, the decoder's weights, the KV cache and
 //! the per-step buffers, and turns a [`StepPlan`] into one forward pass.
 
+use std::collections::HashMap;
+
 use kiln_models::llama::{BatchInputs, KvCache, LlamaDecoder, StepBuffers};
 use kiln_plugin_abi::safe::{Buffer, Device, Graph};
-use kiln_plugin_abi::{KILN_I32, ops};
-use kiln_protocol::step::{BlockCopy, StepLogits, StepPlan};
+use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_I32, ops};
+use kiln_protocol::SeqId;
+use kiln_protocol::step::{BlockCopy, DeviceSample, RowSampling, StepLogits, StepPlan};
 
+use crate::device_sampling::{SampleBuffers, split_rows};
 use crate::inputs::{BlockTables, HostBatch, build_batch};
 
 /// Why a step failed on the device side.
@@ -31,6 +35,7 @@ pub struct ModelRunner {
     tables: BlockTables,
     graphs: Vec<DecodeGraph>,
     graph_seq_len: usize,
+    sampler: Option<SampleBuffers>,
 }
 
 /// A captured decode step for a fixed batch size.
@@ -53,13 +58,34 @@ impl ModelRunner {
             tables: BlockTables::default(),
             graphs: Vec::new(),
             graph_seq_len: 0,
+            sampler: None,
         }
+    }
+
+    /// Prepare device-side sampling when the backend offers it; returns
+    /// whether rows can now be drawn on the device.
+    pub fn enable_device_sampling(&mut self) -> Result<bool, RunnerError> {
+        if !self.device.info().has(KILN_CAP_DEVICE_SAMPLING) {
+            return Ok(false);
+        }
+        let rows = self.bufs.capacity().max_seqs;
+        self.sampler = Some(SampleBuffers::allocate(&self.device, rows)?);
+        Ok(true)
+    }
+
+    /// Whether rows are drawn on the device (see [`enable_device_sampling`](Self::enable_device_sampling)).
+    pub fn samples_on_device(&self) -> bool {
+        self.sampler.is_some()
     }
 
     /// Capture decode steps as device graphs for every batch size in
     /// [`GRAPH_BATCHES`] up to `max_batch` (no-op when the device has no graphs).
     /// Each is run eagerly once first so that the backend allocates its workspaces.
-    pub fn capture_graphs(&mut self, max_batch: usize, max_model_len: usize) -> Result<usize, RunnerError> {
+    pub fn capture_graphs(
+        &mut self,
+        max_batch: usize,
+        max_model_len: usize,
+    ) -> Result<usize, RunnerError> {
         if !self.device.has_graphs() {
             return Ok(0);
         }
@@ -71,9 +97,15 @@ impl ModelRunner {
             .filter(|&b| b <= max_batch.min(cap.max_seqs).min(cap.max_tokens))
             .collect();
         for &b in sizes.iter().rev() {
-            let batch = padded_decode_batch(&HostBatch::default(), b, cap.max_blocks_per_seq, max_model_len);
+            let batch = padded_decode_batch(
+                &HostBatch::default(),
+                b,
+                cap.max_blocks_per_seq,
+                max_model_len,
+            );
             let inputs = batch_inputs(&batch);
-            self.decoder.forward(&self.device, &self.kv, &self.bufs, &inputs)?;
+            self.decoder
+                .forward(&self.device, &self.kv, &self.bufs, &inputs)?;
             self.device.synchronize()?;
             let ops = self.decoder.build_ops(&self.kv, &self.bufs, &inputs);
             self.device.graph_begin()?;
@@ -96,8 +128,14 @@ impl ModelRunner {
         &self.kv
     }
 
-    /// Run one step. Sequences without samples produce no logits row.
-    pub fn execute(&mut self, plan: &StepPlan) -> Result<StepLogits, RunnerError> {
+    /// Run one step. Sequences without samples produce no logits row; rows
+    /// with a device-side draw in `sampling` come back as drawn tokens, the
+    /// others as logits.
+    pub fn execute(
+        &mut self,
+        plan: &StepPlan,
+        sampling: &[(SeqId, RowSampling)],
+    ) -> Result<StepLogits, RunnerError> {
         self.tables.apply(plan)?;
         self.copy_blocks(&plan.block_copies)?;
         let vocab_size = self.decoder.config().vocab_size;
@@ -112,28 +150,53 @@ impl ModelRunner {
         if !self.replay_graph(plan, &batch)? {
             self.forward(&batch)?;
         }
-        let logits = if batch.logits_rows.is_empty() {
-            Vec::new()
-        } else {
-            self.bufs
-                .read_logits(&self.device, batch.logits_rows.len())?
+        let draws: HashMap<SeqId, RowSampling> = match self.sampler {
+            Some(_) => sampling.iter().cloned().collect(),
+            None => HashMap::new(),
         };
+        let split = split_rows(&batch.logits_rows, &draws);
+        let sampled = self.draw_on_device(batch.logits_rows.len(), &split.device)?;
+        let mut logits = vec![0f32; split.host.len() * vocab_size];
+        for (k, (row, _)) in split.host.iter().enumerate() {
+            let out = &mut logits[k * vocab_size..(k + 1) * vocab_size];
+            self.bufs.read_logits_rows(&self.device, *row, out)?;
+        }
         Ok(StepLogits {
             step_id: plan.step_id,
-            rows: batch.logits_rows,
+            rows: split.host.iter().map(|h| h.1).collect(),
             vocab_size,
             logits,
+            sampled,
         })
     }
 
+    fn draw_on_device(
+        &mut self,
+        m: usize,
+        rows: &[(usize, SeqId, &RowSampling)],
+    ) -> Result<Vec<DeviceSample>, RunnerError> {
+        let Some(sampler) = self.sampler.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.bufs.logits_view(m);
+        Ok(sampler.draw(&self.device, logits, rows)?)
+    }
+
     fn forward(&self, batch: &HostBatch) -> Result<(), RunnerError> {
-        self.decoder.forward(&self.device, &self.kv, &self.bufs, &batch_inputs(batch))?;
+        self.decoder
+            .forward(&self.device, &self.kv, &self.bufs, &batch_inputs(batch))?;
         Ok(())
     }
 
     /// Run a decode-only step through a captured graph when one fits.
     fn replay_graph(&self, plan: &StepPlan, batch: &HostBatch) -> Result<bool, RunnerError> {
-        let decode_only = plan.seqs.iter().all(|s| s.token_ids.len() == 1 && s.num_samples == 1);
+        let decode_only = plan
+            .seqs
+            .iter()
+            .all(|s| s.token_ids.len() == 1 && s.num_samples == 1);
         let n = plan.seqs.len();
         let Some(g) = self.graphs.iter().find(|g| g.batch >= n) else {
             return Ok(false);
@@ -142,8 +205,10 @@ impl ModelRunner {
             return Ok(false);
         }
         let cap = self.bufs.capacity();
-        let padded = padded_decode_batch(batch, g.batch, cap.max_blocks_per_seq, self.graph_seq_len);
-        self.decoder.upload_inputs(&self.device, &self.bufs, &batch_inputs(&padded))?;
+        let padded =
+            padded_decode_batch(batch, g.batch, cap.max_blocks_per_seq, self.graph_seq_len);
+        self.decoder
+            .upload_inputs(&self.device, &self.bufs, &batch_inputs(&padded))?;
         self.device.graph_launch(&g.graph)?;
         Ok(true)
     }
@@ -185,13 +250,20 @@ fn batch_inputs(batch: &HostBatch) -> BatchInputs<'_> {
         logits_indices: &batch.logits_indices,
         max_query_len: batch.max_query_len,
         max_seq_len: batch.max_seq_len,
+        decode_rows: batch.decode_rows,
+        decode_logits_rows: batch.decode_logits_rows,
     }
 }
 
 /// A decode batch padded to `size` rows with harmless rows (no KV write,
 /// one key), block tables widened to `blocks` columns and `max_seq_len`
 /// fixed, so that the same captured graph serves every step of that size.
-pub fn padded_decode_batch(batch: &HostBatch, size: usize, blocks: usize, max_seq_len: usize) -> HostBatch {
+pub fn padded_decode_batch(
+    batch: &HostBatch,
+    size: usize,
+    blocks: usize,
+    max_seq_len: usize,
+) -> HostBatch {
     let n = batch.token_ids.len();
     let mut p = batch.clone();
     p.token_ids.resize(size, 0);
@@ -202,13 +274,16 @@ pub fn padded_decode_batch(batch: &HostBatch, size: usize, blocks: usize, max_se
     let mut tables = vec![0i32; size * blocks];
     for row in 0..n {
         let cols = batch.blocks_per_seq.min(blocks);
-        tables[row * blocks..row * blocks + cols]
-            .copy_from_slice(&batch.block_tables[row * batch.blocks_per_seq..row * batch.blocks_per_seq + cols]);
+        tables[row * blocks..row * blocks + cols].copy_from_slice(
+            &batch.block_tables[row * batch.blocks_per_seq..row * batch.blocks_per_seq + cols],
+        );
     }
     p.block_tables = tables;
     p.blocks_per_seq = blocks;
     p.logits_indices = (0..size as i32).collect();
     p.max_query_len = 1;
     p.max_seq_len = max_seq_len;
+    p.decode_rows = size;
+    p.decode_logits_rows = size;
     p
 }

@@ -1,0 +1,95 @@
+//! The backend conformance suite: the CPU backend against itself (a check of
+//! the suite), and every other backend found (CUDA when a GPU is present)
+//! against the CPU reference. Backends that cannot run here are skipped.
+
+use kiln_plugin_abi::safe::{Backend, Device};
+use kiln_plugin_abi::{KILN_BF16, KILN_CAP_BF16, KILN_F32, KilnDType};
+use kiln_plugin_host::{BackendRegistry, HOST_API};
+use kiln_tests::conformance::{Report, check_device};
+
+fn cpu(threads: usize) -> Device {
+    // SAFETY: the statically linked plugin's registration is static.
+    let backend = unsafe {
+        Backend::from_registration(kiln_backend_cpu::kiln_static_registration(&HOST_API))
+    }
+    .unwrap();
+    backend
+        .open(0, &format!("{{\"threads\": {threads}}}"))
+        .unwrap()
+}
+
+fn assert_report(name: &str, r: &Report) {
+    for (case, err) in &r.passed {
+        eprintln!("{name}: {case}: ok (error {err:.2e})");
+    }
+    for m in &r.failed {
+        eprintln!(
+            "{name}: {}: FAILED (error {:.2e} > {:.0e})",
+            m.case, m.error, m.tolerance
+        );
+    }
+    assert!(
+        r.failed.is_empty(),
+        "{name}: {} conformance cases failed",
+        r.failed.len()
+    );
+    assert!(
+        r.passed.len() >= 30,
+        "{name}: only {} cases ran",
+        r.passed.len()
+    );
+}
+
+#[test]
+fn the_suite_passes_on_the_cpu_reference_itself() {
+    let r = check_device(&cpu(2), &cpu(1), KILN_F32);
+    assert_report("cpu", &r);
+}
+
+/// The CUDA backend library, when built and runnable here.
+pub fn cuda_device() -> Option<Device> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dirs: Vec<std::path::PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|p| p.to_path_buf())
+        .collect();
+    if let Some(extra) = std::env::var_os("KILN_BACKEND_PATH") {
+        dirs.extend(std::env::split_paths(&extra));
+    }
+    match BackendRegistry::new().load_best("cuda", &dirs) {
+        Ok(loaded) => match loaded.backend.open(0, "{}") {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipping CUDA: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            eprintln!("skipping CUDA: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn cuda_matches_the_cpu_reference() {
+    let Some(gpu) = cuda_device() else { return };
+    let acts: Vec<KilnDType> = if gpu.info().has(KILN_CAP_BF16) {
+        vec![KILN_F32, KILN_BF16]
+    } else {
+        vec![KILN_F32]
+    };
+    for act in acts {
+        let r = check_device(&gpu, &cpu(2), act);
+        assert_report(
+            if act == KILN_F32 {
+                "cuda f32"
+            } else {
+                "cuda bf16"
+            },
+            &r,
+        );
+    }
+}
