@@ -5,7 +5,8 @@
 //! ```text
 //! <root>/models/<alias>/<file>                   catalog models (e.g. models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf)
 //! <root>/hub/<org>/<name>/<revision>/<files>     Hugging Face downloads, one directory per revision
-//! <root>/hub/<org>/<name>/<revision>/.kiln-complete.json   written once every file of a fetch is in place
+//! <root>/hub/<org>/<name>/<revision>/.kiln-complete.json   written once every file of a directory fetch is in place
+//! <root>/hub/<org>/<name>/<revision>/.kiln-complete.<file>.json   the same for one GGUF file (`/` in its path as `--`)
 //! <root>/tmp/                                    pip downloads being unpacked (removed afterwards)
 //! ```
 //!
@@ -115,23 +116,30 @@ impl Cache {
         self.root.join("tmp")
     }
 
-    /// Read the completion marker of a hub revision directory.
-    pub fn read_marker(&self, dir: &Path) -> Option<CompleteMarker> {
-        let text = std::fs::read_to_string(dir.join(COMPLETE_MARKER)).ok()?;
-        let marker: CompleteMarker = serde_json::from_str(&text).ok()?;
-        marker
-            .files
-            .iter()
-            .all(|f| dir.join(f).is_file())
-            .then_some(marker)
+    /// The complete fetches recorded in a hub revision directory (markers
+    /// whose files are all present), sorted by entry.
+    pub fn read_markers(&self, dir: &Path) -> Vec<CompleteMarker> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<CompleteMarker> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| is_marker_name(&e.file_name().to_string_lossy()))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|text| serde_json::from_str::<CompleteMarker>(&text).ok())
+            .filter(|m| m.files.iter().all(|f| dir.join(f).is_file()))
+            .collect();
+        out.sort_by(|a, b| a.entry.cmp(&b.entry));
+        out
     }
 
-    /// Write the completion marker (atomically).
+    /// Record a complete fetch (atomically), one marker per entry.
     pub fn write_marker(&self, dir: &Path, marker: &CompleteMarker) -> Result<(), HubError> {
-        let text = serde_json::to_string_pretty(marker).expect("a marker always serializes");
-        let tmp = dir.join(format!("{COMPLETE_MARKER}{PART_SUFFIX}"));
+        let text = serde_json::to_string_pretty(marker)
+            .map_err(|e| HubError::io(dir, std::io::Error::other(e)))?;
+        let dest = dir.join(marker_name(&marker.entry));
+        let tmp = dir.join(format!("{}{PART_SUFFIX}", marker_name(&marker.entry)));
         std::fs::write(&tmp, text).map_err(|e| HubError::io(&tmp, e))?;
-        let dest = dir.join(COMPLETE_MARKER);
         std::fs::rename(&tmp, &dest).map_err(|e| HubError::io(&dest, e))
     }
 
@@ -163,28 +171,85 @@ impl Cache {
         let mut out = Vec::new();
         for org in subdirs(&self.root.join("hub"))? {
             for repo in subdirs(&org)? {
+                let repo_id = format!("{}/{}", file_name(&org), file_name(&repo));
                 for rev in subdirs(&repo)? {
-                    let marker = self.read_marker(&rev);
-                    let repo_id = format!("{}/{}", file_name(&org), file_name(&repo));
-                    let revision = marker
-                        .as_ref()
-                        .map(|m| m.revision.clone())
-                        .unwrap_or_else(|| file_name(&rev));
-                    let mut name = if revision == "main" {
-                        repo_id
-                    } else {
-                        format!("{repo_id}@{revision}")
-                    };
-                    if let Some(m) = marker.as_ref().filter(|m| m.entry != ".") {
-                        name = format!("{name}:{}", m.entry);
-                    }
-                    let usage = dir_usage(&rev)?;
-                    out.push(usage.into_model(name, rev, marker.is_some()));
+                    out.extend(self.list_revision(&repo_id, &rev)?);
                 }
             }
         }
         Ok(out)
     }
+
+    /// One entry per complete fetch in a revision directory, plus one
+    /// incomplete entry for files no fetch accounts for (and `.part` files).
+    fn list_revision(&self, repo_id: &str, rev: &Path) -> Result<Vec<CachedModel>, HubError> {
+        let markers = self.read_markers(rev);
+        let revision = markers
+            .first()
+            .map(|m| m.revision.clone())
+            .unwrap_or_else(|| file_name(rev));
+        let base = if revision == "main" {
+            repo_id.to_string()
+        } else {
+            format!("{repo_id}@{revision}")
+        };
+        let mut out = Vec::new();
+        let mut covered = std::collections::BTreeSet::new();
+        for m in &markers {
+            let bytes = m
+                .files
+                .iter()
+                .filter_map(|f| std::fs::metadata(rev.join(f)).ok())
+                .map(|md| md.len())
+                .sum();
+            covered.extend(m.files.iter().cloned());
+            out.push(CachedModel {
+                name: if m.entry == "." {
+                    base.clone()
+                } else {
+                    format!("{base}:{}", m.entry)
+                },
+                path: if m.entry == "." {
+                    rev.to_path_buf()
+                } else {
+                    rev.join(&m.entry)
+                },
+                bytes,
+                partial_bytes: 0,
+                files: m.files.len(),
+                complete: true,
+            });
+        }
+        let usage = dir_usage(rev)?;
+        let covered_bytes: u64 = covered
+            .iter()
+            .filter_map(|f| std::fs::metadata(rev.join(f)).ok())
+            .map(|md| md.len())
+            .sum();
+        let rest = Usage {
+            bytes: usage.bytes.saturating_sub(covered_bytes),
+            partial_bytes: usage.partial_bytes,
+            files: usage.files.saturating_sub(covered.len()),
+        };
+        if rest.files > 0 || rest.partial_bytes > 0 || out.is_empty() {
+            out.push(rest.into_model(base, rev.to_path_buf(), false));
+        }
+        Ok(out)
+    }
+}
+
+/// The marker file of a fetch: `.kiln-complete.json` for a directory,
+/// `.kiln-complete.<file with / as -->.json` for one GGUF file.
+pub fn marker_name(entry: &str) -> String {
+    if entry == "." {
+        COMPLETE_MARKER.to_string()
+    } else {
+        format!(".kiln-complete.{}.json", entry.replace('/', "--"))
+    }
+}
+
+fn is_marker_name(name: &str) -> bool {
+    name.starts_with(".kiln-complete") && name.ends_with(".json")
 }
 
 fn file_name(p: &Path) -> String {
@@ -244,7 +309,7 @@ fn dir_usage(dir: &Path) -> Result<Usage, HubError> {
                 stack.push(entry.path());
             } else if name.ends_with(PART_SUFFIX) {
                 usage.partial_bytes += meta.len();
-            } else if name != COMPLETE_MARKER {
+            } else if !is_marker_name(&name) {
                 usage.bytes += meta.len();
                 usage.files += 1;
             }
@@ -359,15 +424,41 @@ mod tests {
             entry: ".".into(),
         };
         c.write_marker(&rev, &marker).unwrap();
-        assert_eq!(c.read_marker(&rev), Some(marker));
-        assert!(c.list_cached().unwrap()[0].complete);
+        assert_eq!(c.read_markers(&rev), std::slice::from_ref(&marker));
+        let list = c.list_cached().unwrap();
+        assert_eq!(
+            list.len(),
+            2,
+            "the complete fetch and the unfinished download: {list:?}"
+        );
+        assert!(list[0].complete && list[0].bytes == 2 && list[0].files == 1);
+        assert!(!list[1].complete && list[1].partial_bytes == 10);
+        std::fs::remove_file(rev.join("model.safetensors.part")).unwrap();
+        let gguf = CompleteMarker {
+            files: vec!["sub/m.gguf".into()],
+            entry: "sub/m.gguf".into(),
+            ..marker
+        };
+        std::fs::create_dir_all(rev.join("sub")).unwrap();
+        std::fs::write(rev.join("sub/m.gguf"), [1u8; 7]).unwrap();
+        c.write_marker(&rev, &gguf).unwrap();
+        assert_eq!(marker_name(&gguf.entry), ".kiln-complete.sub--m.gguf.json");
+        let list = c.list_cached().unwrap();
+        let names: Vec<(&str, u64, bool)> = list
+            .iter()
+            .map(|m| (m.name.as_str(), m.bytes, m.complete))
+            .collect();
+        assert_eq!(
+            names,
+            [("org/m@v1", 2, true), ("org/m@v1:sub/m.gguf", 7, true)]
+        );
         let alias = c.alias_dir("smollm2-135m-instruct");
         std::fs::create_dir_all(&alias).unwrap();
         std::fs::write(alias.join("SmolLM2-135M-Instruct.Q4_1.gguf"), b"short").unwrap();
         let list = c.list_cached().unwrap();
-        assert_eq!(list[1].name, "smollm2-135m-instruct");
+        assert_eq!(list[2].name, "smollm2-135m-instruct");
         assert!(
-            !list[1].complete,
+            !list[2].complete,
             "a file of the wrong size is not complete"
         );
     }

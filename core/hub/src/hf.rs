@@ -114,6 +114,15 @@ pub struct DownloadTarget<'a> {
     pub dest: &'a Path,
 }
 
+/// What a failed request asked for, to word its error.
+#[derive(Debug, Clone, Copy)]
+struct Asked<'a> {
+    url: &'a str,
+    repo: &'a str,
+    revision: &'a str,
+    file: Option<&'a str>,
+}
+
 /// A blocking client for one hub endpoint.
 #[derive(Debug, Clone)]
 pub struct HfClient {
@@ -207,12 +216,15 @@ impl HfClient {
 
     fn status_error(
         &self,
-        url: &str,
-        repo: &str,
-        revision: &str,
-        file: Option<&str>,
+        asked: &Asked<'_>,
         resp: &mut ureq::http::Response<ureq::Body>,
     ) -> HubError {
+        let Asked {
+            url,
+            repo,
+            revision,
+            file,
+        } = *asked;
         let status = resp.status().as_u16();
         match status {
             401 | 403 => HubError::Unauthorized {
@@ -257,7 +269,13 @@ impl HfClient {
         let url = self.info_url(repo, revision);
         let mut resp = self.get(&url).call().map_err(|e| network(&url, e))?;
         if !resp.status().is_success() {
-            return Err(self.status_error(&url, repo, revision, None, &mut resp));
+            let asked = Asked {
+                url: &url,
+                repo,
+                revision,
+                file: None,
+            };
+            return Err(self.status_error(&asked, &mut resp));
         }
         let text = resp
             .body_mut()
@@ -273,7 +291,13 @@ impl HfClient {
         let url = self.file_url(repo, revision, file);
         let mut resp = self.get(&url).call().map_err(|e| network(&url, e))?;
         if !resp.status().is_success() {
-            return Err(self.status_error(&url, repo, revision, Some(file), &mut resp));
+            let asked = Asked {
+                url: &url,
+                repo,
+                revision,
+                file: Some(file),
+            };
+            return Err(self.status_error(&asked, &mut resp));
         }
         resp.body_mut()
             .with_config()
@@ -364,13 +388,13 @@ impl HfClient {
             }
             500..=599 => return Ok(Attempt::Retry(format!("HTTP {status}"))),
             _ => {
-                return Err(self.status_error(
-                    &url,
-                    target.repo,
-                    target.revision,
-                    Some(&target.file.path),
-                    &mut resp,
-                ));
+                let asked = Asked {
+                    url: &url,
+                    repo: target.repo,
+                    revision: target.revision,
+                    file: Some(&target.file.path),
+                };
+                return Err(self.status_error(&asked, &mut resp));
             }
         };
         if append && content_range_start(&resp) != Some(offset) {

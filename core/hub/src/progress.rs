@@ -40,6 +40,17 @@ impl ProgressMode {
         bar
     }
 
+    /// A bar counting items (requests, prompts).
+    pub fn count_bar(self, label: &str, total: u64) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(Some(total), self.target()).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(label.to_string());
+        bar
+    }
+
     /// A spinner for a step of unknown length.
     pub fn spinner(self, label: &str) -> ProgressBar {
         let bar = ProgressBar::with_draw_target(None, self.target());

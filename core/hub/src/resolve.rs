@@ -12,7 +12,7 @@ use crate::hf::{DEFAULT_ENDPOINT, DownloadTarget, HfClient, RepoFile, RepoInfo, 
 use crate::pip::{PipRunner, PythonSearch};
 use crate::progress::ProgressMode;
 use crate::select::{self, Entry, INDEX_FILE};
-use crate::spec::{HubRef, ModelSpec};
+use crate::spec::{FileChoice, HubRef, ModelSpec};
 
 /// The default revision.
 pub const DEFAULT_REVISION: &str = "main";
@@ -213,19 +213,38 @@ impl Hub {
         Ok(ok)
     }
 
+    /// A complete cached fetch matching `hub_ref`: the directory fetch, or the
+    /// GGUF file named (exactly, or the only one whose name has the tag).
     fn cached_fetch(&self, dir: &Path, hub_ref: &HubRef) -> Option<ResolvedModel> {
-        let marker = self.cache().read_marker(dir)?;
-        let wanted_file = hub_ref.file.is_some();
-        let (path, format) = match marker.entry.as_str() {
-            "." if !wanted_file => (dir.to_path_buf(), ModelFormat::Directory),
-            "." => return None,
-            file => (dir.join(file), ModelFormat::Gguf),
+        let markers = self.cache().read_markers(dir);
+        let entry = match &hub_ref.file {
+            None => markers.iter().find(|m| m.entry == ".")?.entry.clone(),
+            Some(FileChoice::Exact(f)) => markers.iter().find(|m| &m.entry == f)?.entry.clone(),
+            Some(FileChoice::QuantTag(tag)) => {
+                let tag = tag.to_ascii_lowercase();
+                let matching: Vec<&str> = markers
+                    .iter()
+                    .map(|m| m.entry.as_str())
+                    .filter(|e| {
+                        *e != "."
+                            && e.rsplit('/')
+                                .next()
+                                .unwrap_or(e)
+                                .to_ascii_lowercase()
+                                .contains(&tag)
+                    })
+                    .collect();
+                match matching.as_slice() {
+                    [one] => one.to_string(),
+                    _ => return None,
+                }
+            }
         };
-        if let Some(crate::spec::FileChoice::Exact(f)) = &hub_ref.file
-            && f != &marker.entry
-        {
-            return None;
-        }
+        let (path, format) = if entry == "." {
+            (dir.to_path_buf(), ModelFormat::Directory)
+        } else {
+            (dir.join(&entry), ModelFormat::Gguf)
+        };
         Some(ResolvedModel {
             path,
             format,
@@ -256,7 +275,13 @@ impl Hub {
             }
             None => select::plan_metadata(repo, &info.files)?,
         };
-        let mut downloaded = self.download_all(repo, revision, &info, &names, &dir)?;
+        let at = RepoAt {
+            repo,
+            revision,
+            info: &info,
+            dir: &dir,
+        };
+        let mut downloaded = self.download_all(&at, &names)?;
         if entry == Entry::Directory {
             let index = read_optional(&dir.join(INDEX_FILE))?;
             let weights =
@@ -266,7 +291,7 @@ impl Hub {
                         reason,
                     }
                 })?;
-            downloaded += self.download_all(repo, revision, &info, &weights, &dir)?;
+            downloaded += self.download_all(&at, &weights)?;
             names.extend(weights);
         }
         let (path, format, entry_name) = match entry {
@@ -329,7 +354,13 @@ impl Hub {
         if info.files.iter().any(|f| f.path == INDEX_FILE) {
             names.push(INDEX_FILE.to_string());
         }
-        let downloaded = self.download_all(repo, revision, &info, &names, &dir)?;
+        let at = RepoAt {
+            repo,
+            revision,
+            info: &info,
+            dir: &dir,
+        };
+        let downloaded = self.download_all(&at, &names)?;
         let index = read_optional(&dir.join(INDEX_FILE))?;
         let weight_bytes = select::weight_files(&info.files, index.as_deref())
             .ok()
@@ -342,15 +373,14 @@ impl Hub {
         ))
     }
 
-    /// Download `names` into `dir`, skipping files already there with the listed size.
-    fn download_all(
-        &self,
-        repo: &str,
-        revision: &str,
-        info: &RepoInfo,
-        names: &[String],
-        dir: &Path,
-    ) -> Result<u64, HubError> {
+    /// Download `names` into `at.dir`, skipping files already there with the listed size.
+    fn download_all(&self, at: &RepoAt<'_>, names: &[String]) -> Result<u64, HubError> {
+        let RepoAt {
+            repo,
+            revision,
+            info,
+            dir,
+        } = *at;
         let mut total = 0;
         for name in names {
             let file = info
@@ -378,6 +408,15 @@ impl Hub {
         }
         Ok(total)
     }
+}
+
+/// One revision of a repository: where it is cached and what the hub listed.
+#[derive(Debug, Clone, Copy)]
+struct RepoAt<'a> {
+    repo: &'a str,
+    revision: &'a str,
+    info: &'a RepoInfo,
+    dir: &'a Path,
 }
 
 fn config_resolved(

@@ -406,6 +406,27 @@ fn gguf_repo_by_quant_tag_and_ambiguity() {
     assert!(!cache.path().join("hub/org/g/main/m.Q4_0.gguf").exists());
     let listed = hub.cache().list_cached().unwrap();
     assert_eq!(listed[0].name, "org/g:m.Q8_0.gguf");
+    // A second file of the same revision is a second cached model.
+    let q4 = hub.resolve(&spec("org/g:m.Q4_0.gguf"), &weights()).unwrap();
+    assert_eq!(std::fs::read(&q4.path).unwrap(), bytes(50_000, 4));
+    server.clear_seen();
+    assert_eq!(
+        hub.resolve(&spec("org/g:Q8_0"), &weights()).unwrap().path,
+        m.path
+    );
+    assert_eq!(
+        hub.resolve(&spec("org/g:q4_0"), &weights()).unwrap().path,
+        q4.path
+    );
+    assert!(server.seen().is_empty(), "both come from the cache");
+    let names: Vec<String> = hub
+        .cache()
+        .list_cached()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["org/g:m.Q4_0.gguf", "org/g:m.Q8_0.gguf"]);
     let e = hub
         .resolve(&spec("org/g:nope.gguf"), &weights())
         .unwrap_err();
