@@ -12,15 +12,35 @@ use kiln_plugin_abi::*;
 
 const ALIGN: usize = 64;
 
+/// A host buffer: large ones are anonymous memory maps (zero pages until
+/// written, so a multi-GiB KV cache costs nothing until used), small ones
+/// 64-byte aligned heap blocks.
 struct HostBuf {
     ptr: *mut u8,
     bytes: usize,
+    map: Option<memmap2::MmapMut>,
 }
+
+/// Buffers from this size on are memory maps.
+const MAP_FROM: usize = 1 << 20;
 
 impl HostBuf {
     fn alloc(bytes: u64) -> PluginResult<HostBuf> {
         let bytes =
             usize::try_from(bytes).map_err(|_| PluginError::out_of_memory("buffer too large"))?;
+        if bytes >= MAP_FROM {
+            let mut map = memmap2::MmapMut::map_anon(bytes).map_err(|e| {
+                PluginError::out_of_memory(format!(
+                    "cannot map {} MiB of host memory: {e}",
+                    bytes >> 20
+                ))
+            })?;
+            return Ok(HostBuf {
+                ptr: map.as_mut_ptr(),
+                bytes,
+                map: Some(map),
+            });
+        }
         let layout = Layout::from_size_align(bytes.max(1), ALIGN)
             .map_err(|_| PluginError::out_of_memory(format!("cannot allocate {bytes} bytes")))?;
         // SAFETY: non-zero size, valid alignment.
@@ -31,12 +51,19 @@ impl HostBuf {
                 bytes >> 20
             )));
         }
-        Ok(HostBuf { ptr, bytes })
+        Ok(HostBuf {
+            ptr,
+            bytes,
+            map: None,
+        })
     }
 }
 
 impl Drop for HostBuf {
     fn drop(&mut self) {
+        if self.map.is_some() {
+            return; // unmapped when `map` drops
+        }
         // SAFETY: allocated in `alloc` with this layout.
         unsafe {
             dealloc(

@@ -90,6 +90,9 @@ pub struct EngineConfig {
     pub seed: Option<u64>,
     /// Disable graph capture (`--enforce-eager`).
     pub enforce_eager: bool,
+    /// Backends linked into the binary, by name, used when no library of
+    /// that name is found (a single-binary build still runs on the CPU).
+    pub builtin_backends: Vec<(String, kiln_plugin_host::StaticInit)>,
     /// Draw tokens on the device when the backend can (only token ids and
     /// requested log-probabilities cross to the host); `false` copies every
     /// row's logits to the host sampler.
@@ -123,6 +126,7 @@ impl EngineConfig {
             seed: None,
             enforce_eager: false,
             device_sampling: true,
+            builtin_backends: Vec::new(),
             tensor_parallel_size: 1,
             model_origin: None,
         }

@@ -271,18 +271,38 @@ fn load_backend(config: &EngineConfig) -> Result<LoadedBackend, StartError> {
     let loaded = match &config.backend {
         BackendChoice::Static { name, init } => registry.register_static(name, *init)?,
         BackendChoice::Path(p) => registry.load(p)?,
-        BackendChoice::Named(name) => registry.load_best(name, &paths)?,
+        BackendChoice::Named(name) => load_named(&mut registry, config, name, &paths)?,
         BackendChoice::Auto => match registry.load_best("cuda", &paths) {
             Ok(cuda) if cuda.backend.devices().is_ok_and(|d| !d.is_empty()) => cuda,
-            Ok(_) => registry.load_best("cpu", &paths)?,
+            Ok(_) => load_named(&mut registry, config, "cpu", &paths)?,
             Err(e) => {
                 tracing::debug!("no CUDA backend: {e}");
-                registry.load_best("cpu", &paths)?
+                load_named(&mut registry, config, "cpu", &paths)?
             }
         },
     };
     tracing::info!(backend = %loaded.backend.name(), source = %loaded.source, "backend loaded");
     Ok(loaded)
+}
+
+/// The best `kiln_backend_<name>` library on the search paths, else the copy
+/// of that backend linked into the binary (`EngineConfig::builtin_backends`).
+fn load_named(
+    registry: &mut BackendRegistry,
+    config: &EngineConfig,
+    name: &str,
+    paths: &[std::path::PathBuf],
+) -> Result<LoadedBackend, StartError> {
+    match registry.load_best(name, paths) {
+        Ok(loaded) => Ok(loaded),
+        Err(e) => match config.builtin_backends.iter().find(|(n, _)| n == name) {
+            Some((n, init)) => {
+                tracing::debug!("no {name} backend library ({e}); using the built-in one");
+                Ok(registry.register_static(n, *init)?)
+            }
+            None => Err(e.into()),
+        },
+    }
 }
 
 fn choose_dtype(choice: DTypeChoice, device: &DeviceInfo) -> Result<ActDType, StartError> {

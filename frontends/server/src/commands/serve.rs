@@ -136,6 +136,10 @@ pub fn engine_config(model: &ResolvedModel, args: &EngineArgs) -> EngineConfig {
     c.enforce_eager = args.enforce_eager;
     c.tensor_parallel_size = args.tensor_parallel_size;
     c.model_origin = model.origin.clone();
+    // The CPU backend is also linked in, for when its library is not installed
+    // next to the binary (a plain `cargo run`); a library found on the search
+    // paths is preferred.
+    c.builtin_backends = vec![("cpu".into(), kiln_backend_cpu::kiln_static_registration)];
     c
 }
 
