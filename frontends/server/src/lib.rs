@@ -25,4 +25,5 @@ pub mod cli;
 pub mod commands;
 pub mod logging;
 pub mod plan;
+pub mod startup;
 pub mod units;

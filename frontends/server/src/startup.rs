@@ -1,0 +1,59 @@
+//! The start-up summary `kiln serve` logs once the engine is up: the model,
+//! the backend and device, the memory split, and where it listens.
+
+use kiln_engine::StartupSummary;
+use kiln_engine::memory::human_bytes;
+
+/// Where the server listens and what it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// `host:port` as bound.
+    pub address: String,
+    /// Route families mounted (`openai`, `tgi`, ...), with their main routes.
+    pub routes: Vec<String>,
+    /// Whether an API key is required.
+    pub api_key: bool,
+}
+
+/// The summary lines, in order.
+pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
+    let i = &s.info;
+    let params = if i.num_parameters >= 1_000_000_000 {
+        format!("{:.2}B", i.num_parameters as f64 / 1e9)
+    } else {
+        format!("{:.0}M", i.num_parameters as f64 / 1e6)
+    };
+    let weights = match &i.quantization {
+        Some(q) => format!("{} weights, {} activations", q, i.dtype),
+        None => format!("{} weights and activations", i.dtype),
+    };
+    vec![
+        format!(
+            "model: {} ({}, {} parameters, {}, {} from {})",
+            i.model_id, i.architecture, params, weights, i.format, i.model_path
+        ),
+        format!(
+            "backend: {} on {} ({})",
+            i.backend, s.device.description, s.backend_source
+        ),
+        format!(
+            "memory: weights {}, step buffers {}, {}",
+            human_bytes(i.weights_bytes),
+            human_bytes(s.activation_bytes),
+            s.kv.log_line()
+        ),
+        format!(
+            "scheduling: max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}, prefix caching {}",
+            i.max_model_len,
+            i.max_num_seqs,
+            i.max_num_batched_tokens,
+            if i.enable_prefix_caching { "on" } else { "off" }
+        ),
+        format!(
+            "listening on http://{}{}: {}",
+            listening.address,
+            if listening.api_key { " (API key required)" } else { "" },
+            listening.routes.join("; ")
+        ),
+    ]
+}

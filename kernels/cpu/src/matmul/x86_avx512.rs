@@ -1,0 +1,337 @@
+//! AVX-512 kernels: VNNI `vpdpbusd` for block formats, zmm FMA for floats.
+//!
+//! One zmm holds a 16-row weight group (a lane per output row), so block
+//! products land per lane without horizontal sums, and the float steps per
+//! lane are exactly those of [`super::scalar`].
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{Cols, Store, WeightFormat, WeightMatrix};
+use crate::quant::{CodeForm, QuantizedActs};
+use crate::weights::QuantLayout;
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
+/// Write lanes of `y` for row `t` through the canonical bias/accumulate steps.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn store_row(store: &Store, t: usize, cols: Cols, y: __m512) {
+    let Cols { col0, lanes } = cols;
+    let mask: __mmask16 = if lanes >= 16 {
+        0xffff
+    } else {
+        (1u16 << lanes) - 1
+    };
+    // SAFETY: the caller owns columns col0..col0+lanes of row t.
+    unsafe {
+        let y = if store.bias.is_null() {
+            y
+        } else {
+            _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, store.bias.add(col0)))
+        };
+        let o = store.out.add(t * store.m + col0);
+        let y = if store.accumulate {
+            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), y)
+        } else {
+            y
+        };
+        _mm512_mask_storeu_ps(o, mask, y);
+    }
+}
+
+/// Broadcast the little-endian i32 at `p`.
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m512i {
+    // SAFETY: the caller passes 4 readable bytes; callers enable AVX-512.
+    unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
+}
+
+/// Group `g` of a quantized matrix against activation rows `rows`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI and F16C; `acts` is in
+/// [`CodeForm::Split`] form; the `(rows, g)` output tile belongs to the caller.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn quant_group(
+    w: &WeightMatrix,
+    g: usize,
+    acts: &QuantizedActs,
+    rows: Range<usize>,
+    store: &Store,
+) {
+    debug_assert_eq!(acts.form, CodeForm::Split);
+    let grp = QGroup {
+        base: w.group(g).as_ptr(),
+        layout: w.quant_layout(),
+        cols: Cols::of_group(w, g),
+    };
+    let mut t = rows.start;
+    macro_rules! tiles {
+        ($f:expr) => {{
+            while t + 4 <= rows.end {
+                // SAFETY: forwarded from the caller.
+                unsafe { quant_rows::<{ $f }, 4>(&grp, acts, t, store) };
+                t += 4;
+            }
+            // SAFETY: as above.
+            unsafe {
+                match rows.end - t {
+                    3 => quant_rows::<{ $f }, 3>(&grp, acts, t, store),
+                    2 => quant_rows::<{ $f }, 2>(&grp, acts, t, store),
+                    1 => quant_rows::<{ $f }, 1>(&grp, acts, t, store),
+                    _ => {}
+                }
+            }
+        }};
+    }
+    match w.format() {
+        WeightFormat::Q4_0 => tiles!(Q4_0),
+        WeightFormat::Q4_1 => tiles!(Q4_1),
+        _ => tiles!(Q8_0),
+    }
+}
+
+/// Blocks ahead of the current one that decode prefetches.
+const PREFETCH: usize = 4;
+
+/// One packed 16-row group of a quantized matrix.
+struct QGroup {
+    base: *const u8,
+    layout: QuantLayout,
+    cols: Cols,
+}
+
+/// `T` activation rows from `t0` against one 16-row group.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn quant_rows<const F: u8, const T: usize>(
+    grp: &QGroup,
+    acts: &QuantizedActs,
+    t0: usize,
+    store: &Store,
+) {
+    let group = grp.base;
+    let QuantLayout {
+        nb,
+        cb,
+        d_off,
+        m_off,
+    } = grp.layout;
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut accm = [_mm512_setzero_ps(); T];
+    let nibble = _mm512_set1_epi8(0x0f);
+    let codes_base = acts.codes.as_ptr();
+    for b in 0..nb {
+        // SAFETY: block b of the group holds `cb` code bytes and 16 scales.
+        unsafe {
+            let codes = group.add(b * cb);
+            if T == 1 {
+                // Decode streams weights from DRAM: fetch a few blocks ahead
+                // (past the group's end this is the next group, stored next).
+                let ahead = codes.wrapping_add(PREFETCH * cb);
+                for line in 0..cb / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+                }
+                _mm_prefetch::<_MM_HINT_T0>(
+                    group.wrapping_add(d_off + (b + PREFETCH) * 32) as *const i8
+                );
+                if F == Q4_1 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        group.wrapping_add(m_off + (b + PREFETCH) * 32) as *const i8
+                    );
+                }
+            }
+            // wv[c] holds every lane's codes for columns 4c..4c+4 of the block.
+            let mut wv = [_mm512_setzero_si512(); 8];
+            if F == Q8_0 {
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(codes.add(64 * c) as *const __m512i);
+                }
+            } else {
+                for c in 0..4 {
+                    let v = _mm512_loadu_si512(codes.add(64 * c) as *const __m512i);
+                    wv[c] = _mm512_and_si512(v, nibble);
+                    wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                }
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                group.add(d_off + b * 32) as *const __m256i
+            ));
+            let mw = if F == Q4_1 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    group.add(m_off + b * 32) as *const __m256i
+                ))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for t in 0..T {
+                let i = (t0 + t) * nb + b;
+                let a = codes_base.add(i * 64);
+                let (mut h0, mut h1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                let (mut l0, mut l1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for c in (0..8).step_by(2) {
+                    h0 = _mm512_dpbusd_epi32(h0, wv[c], bcast4(a.add(4 * c)));
+                    h1 = _mm512_dpbusd_epi32(h1, wv[c + 1], bcast4(a.add(4 * c + 4)));
+                    l0 = _mm512_dpbusd_epi32(l0, wv[c], bcast4(a.add(32 + 4 * c)));
+                    l1 = _mm512_dpbusd_epi32(l1, wv[c + 1], bcast4(a.add(36 + 4 * c)));
+                }
+                let hi = _mm512_add_epi32(h0, h1);
+                let lo = _mm512_add_epi32(l0, l1);
+                let mut dint = _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo);
+                if F == Q4_0 {
+                    dint =
+                        _mm512_sub_epi32(dint, _mm512_set1_epi32(8 * *acts.sum.get_unchecked(i)));
+                } else if F == Q8_0 {
+                    dint =
+                        _mm512_sub_epi32(dint, _mm512_set1_epi32(128 * *acts.sum.get_unchecked(i)));
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*acts.d.get_unchecked(i)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dint), scale, acc[t]);
+                if F == Q4_1 {
+                    accm[t] =
+                        _mm512_fmadd_ps(mw, _mm512_set1_ps(*acts.sx.get_unchecked(i)), accm[t]);
+                }
+            }
+        }
+    }
+    for t in 0..T {
+        let y = if F == Q4_1 {
+            _mm512_add_ps(acc[t], accm[t])
+        } else {
+            acc[t]
+        };
+        // SAFETY: the tile is the caller's.
+        unsafe { store_row(store, t0 + t, grp.cols, y) };
+    }
+}
+
+const F32: u8 = 0;
+const F16: u8 = 1;
+const BF16: u8 = 2;
+
+/// Column `i` of a packed float group as 16 f32 lanes.
+#[inline(always)]
+unsafe fn load_w<const E: u8>(group: *const u8, i: usize) -> __m512 {
+    // SAFETY: the caller passes a column inside the group; features are
+    // enabled on every caller.
+    unsafe {
+        match E {
+            F32 => _mm512_loadu_ps(group.add(i * 64) as *const f32),
+            F16 => _mm512_cvtph_ps(_mm256_loadu_si256(group.add(i * 32) as *const __m256i)),
+            _ => _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(group.add(i * 32) as *const __m256i)),
+                16,
+            )),
+        }
+    }
+}
+
+/// Float groups `groups` against activation rows `rows`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL and F16C; the `(rows, groups)` output
+/// tile belongs to the caller.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn float_groups(
+    w: &WeightMatrix,
+    groups: Range<usize>,
+    x: &[f32],
+    rows: Range<usize>,
+    store: &Store,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match w.format() {
+            WeightFormat::F32 => float_fmt::<F32>(w, groups, x, rows, store),
+            WeightFormat::F16 => float_fmt::<F16>(w, groups, x, rows, store),
+            _ => float_fmt::<BF16>(w, groups, x, rows, store),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn float_fmt<const E: u8>(
+    w: &WeightMatrix,
+    groups: Range<usize>,
+    x: &[f32],
+    rows: Range<usize>,
+    store: &Store,
+) {
+    let mut g = groups.start;
+    while g < groups.end {
+        let pair = g + 1 < groups.end;
+        let mut t = rows.start;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            macro_rules! run {
+                ($gs:expr, $t:expr) => {
+                    float_rows::<E, { $gs }, { $t }>(w, g, x, t, store)
+                };
+            }
+            while t + 6 <= rows.end {
+                if pair {
+                    run!(2, 6)
+                } else {
+                    run!(1, 6)
+                }
+                t += 6;
+            }
+            match (pair, rows.end - t) {
+                (true, 5) => run!(2, 5),
+                (true, 4) => run!(2, 4),
+                (true, 3) => run!(2, 3),
+                (true, 2) => run!(2, 2),
+                (true, 1) => run!(2, 1),
+                (false, 5) => run!(1, 5),
+                (false, 4) => run!(1, 4),
+                (false, 3) => run!(1, 3),
+                (false, 2) => run!(1, 2),
+                (false, 1) => run!(1, 1),
+                _ => {}
+            }
+        }
+        g += if pair { 2 } else { 1 };
+    }
+}
+
+/// `T` rows from `t0` against `G` consecutive groups from `g0`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn float_rows<const E: u8, const G: usize, const T: usize>(
+    w: &WeightMatrix,
+    g0: usize,
+    x: &[f32],
+    t0: usize,
+    store: &Store,
+) {
+    let k = w.cols();
+    let gp: [*const u8; G] = std::array::from_fn(|i| w.group(g0 + i).as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); T]; G];
+    let xp = x.as_ptr();
+    for i in 0..k {
+        // SAFETY: column i is inside every group; rows t0..t0+T hold k values each.
+        unsafe {
+            let mut wv = [_mm512_setzero_ps(); G];
+            for gi in 0..G {
+                wv[gi] = load_w::<E>(gp[gi], i);
+            }
+            for t in 0..T {
+                let xb = _mm512_set1_ps(*xp.add((t0 + t) * k + i));
+                for gi in 0..G {
+                    acc[gi][t] = _mm512_fmadd_ps(wv[gi], xb, acc[gi][t]);
+                }
+            }
+        }
+    }
+    for gi in 0..G {
+        let cols = Cols::of_group(w, g0 + gi);
+        for t in 0..T {
+            // SAFETY: the tile is the caller's.
+            unsafe { store_row(store, t0 + t, cols, acc[gi][t]) };
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Shared helpers for the integration tests: a seeded generator and random weights.
+
+#![allow(dead_code)]
+
+use half::f16;
+use kiln_kernels_cpu::isa::{Isa, supported};
+use kiln_kernels_cpu::weights::{WeightFormat, WeightMatrix};
+
+/// A small deterministic generator (64-bit LCG).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// A random byte.
+    pub fn byte(&mut self) -> u8 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 56) as u8
+    }
+
+    /// `len` values in [-scale, scale).
+    pub fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.f32() * scale).collect()
+    }
+}
+
+/// A weight with random codes over their full range and modest scales.
+pub fn random_weight(fmt: WeightFormat, rows: usize, cols: usize, rng: &mut Rng) -> WeightMatrix {
+    if !fmt.is_quantized() {
+        let vals = rng.vec(rows * cols, 1.0);
+        return WeightMatrix::from_f32(fmt, rows, cols, &vals).unwrap();
+    }
+    let mut raw: Vec<u8> = (0..rows * fmt.row_bytes(cols).unwrap())
+        .map(|_| rng.byte())
+        .collect();
+    for blk in raw.chunks_exact_mut(fmt.block_bytes()) {
+        let d = 0.002 + rng.f32().abs() * 0.01;
+        blk[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        if fmt == WeightFormat::Q4_1 {
+            blk[2..4].copy_from_slice(&f16::from_f32(rng.f32() * 0.05).to_le_bytes());
+        }
+    }
+    WeightMatrix::from_raw(fmt, rows, cols, &raw).unwrap()
+}
+
+/// The ISAs this CPU runs.
+pub fn isas() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|&i| supported(i)).collect()
+}
+
+/// Bit patterns, for exact comparisons that treat NaN and -0 precisely.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}

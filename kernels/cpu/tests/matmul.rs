@@ -1,0 +1,287 @@
+//! Matmul against an f64 reference, across ISAs, and batch invariance.
+//!
+//! Tolerances (per output `y = Σ_i w_i·x_i`, with `S = Σ_i |w_i·x_i|`):
+//! - float weights: `|err| ≤ 1.01·k·2⁻²⁴·S` (the worst case of an f32 FMA chain);
+//! - block weights: the activation rounding bound `Σ_b amax_b/65024 · Σ_{i∈b} |w_i|`
+//!   (16-bit codes: ≈1.5e-5 of `S`) plus `4·(k/32+4)·2⁻²⁴·S'` for the f32 steps,
+//!   where `S'` also counts Q4_1's minimum (|m| ≤ 0.05 in these weights).
+
+mod common;
+
+use common::{Rng, bits, isas, random_weight};
+use kiln_kernels_cpu::isa::Isa;
+use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul, matmul_with};
+use kiln_kernels_cpu::pool::ThreadPool;
+use proptest::prelude::*;
+
+/// Run one matmul into a fresh (or given) output.
+fn run(
+    pool: &ThreadPool,
+    isa: Isa,
+    w: &WeightMatrix,
+    x: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    init: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = init.map_or_else(|| vec![f32::NAN; n * w.rows()], |o| o.to_vec());
+    matmul_with(
+        pool,
+        isa,
+        Matmul {
+            x,
+            n,
+            w,
+            bias,
+            out: &mut out,
+            accumulate: init.is_some(),
+        },
+    );
+    out
+}
+
+/// Check `got[n, m]` against the exact product of the dequantized weights.
+fn check_against_reference(w: &WeightMatrix, x: &[f32], n: usize, got: &[f32], what: &str) {
+    let (m, k) = (w.rows(), w.cols());
+    let u = 2f64.powi(-24);
+    let mut row = vec![0f32; k];
+    for j in 0..m {
+        w.dequantize_row(j, &mut row);
+        for t in 0..n {
+            let xr = &x[t * k..(t + 1) * k];
+            let exact: f64 = (0..k).map(|i| row[i] as f64 * xr[i] as f64).sum();
+            let s: f64 = (0..k).map(|i| (row[i] as f64 * xr[i] as f64).abs()).sum();
+            let tol = if w.format().is_quantized() {
+                let act: f64 = xr
+                    .chunks(32)
+                    .zip(row.chunks(32))
+                    .map(|(xb, wb)| {
+                        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                        amax / 65024.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>()
+                    })
+                    .sum();
+                let s_m: f64 = s + 0.05 * xr.iter().map(|v| v.abs() as f64).sum::<f64>();
+                act * 1.01 + 4.0 * (k as f64 / 32.0 + 4.0) * u * s_m
+            } else {
+                1.01 * k as f64 * u * s
+            } + 1e-30;
+            let g = got[t * m + j] as f64;
+            assert!(
+                (g - exact).abs() <= tol,
+                "{what}: out[{t}, {j}] = {g}, exact {exact}, tolerance {tol:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_format_and_isa_matches_the_f64_reference() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(7);
+    for fmt in WeightFormat::ALL {
+        // k: a multiple of 32 but not of 64 for blocks; odd for floats.
+        let ks: &[usize] = if fmt.is_quantized() {
+            &[96, 32, 608]
+        } else {
+            &[37, 1, 16, 600]
+        };
+        for &k in ks {
+            let (m, n) = (37, 5);
+            let w = random_weight(fmt, m, k, &mut rng);
+            let x = rng.vec(n * k, 2.0);
+            for isa in isas() {
+                let got = run(&pool, isa, &w, &x, n, None, None);
+                check_against_reference(&w, &x, n, &got, &format!("{fmt:?} {isa:?} k={k}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn isas_agree_bit_for_bit_with_bias_and_accumulation() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(11);
+    for fmt in WeightFormat::ALL {
+        for (m, k, n) in [(19, 64, 3), (50, 160, 9), (16, 32, 1)] {
+            let w = random_weight(fmt, m, k, &mut rng);
+            let x = rng.vec(n * k, 1.0);
+            let bias = rng.vec(m, 1.0);
+            let init = rng.vec(n * m, 1.0);
+            let base = run(&pool, Isa::Scalar, &w, &x, n, Some(&bias), Some(&init));
+            let plain = run(&pool, Isa::Scalar, &w, &x, n, None, None);
+            for isa in isas() {
+                let got = run(&pool, isa, &w, &x, n, Some(&bias), Some(&init));
+                assert_eq!(bits(&got), bits(&base), "{fmt:?} {isa:?} [{m}, {k}] n={n}");
+                let got = run(&pool, isa, &w, &x, n, None, None);
+                assert_eq!(bits(&got), bits(&plain), "{fmt:?} {isa:?} plain");
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_are_bit_identical_alone_in_batches_and_across_threads() {
+    let pools = [ThreadPool::new(1), ThreadPool::new(2), ThreadPool::new(3)];
+    let mut rng = Rng(3);
+    // The last shape is large enough to be split over rows and row blocks.
+    for (m, k, n) in [(70, 160, 13), (16, 512, 300)] {
+        for fmt in WeightFormat::ALL {
+            let w = random_weight(fmt, m, k, &mut rng);
+            let x = rng.vec(n * k, 1.0);
+            for isa in isas() {
+                let whole = run(&pools[1], isa, &w, &x, n, None, None);
+                for pool in &pools {
+                    assert_eq!(bits(&run(pool, isa, &w, &x, n, None, None)), bits(&whole));
+                }
+                // Every row alone, and the batch cut into uneven pieces.
+                for t in (0..n).step_by(if n > 50 { 37 } else { 1 }) {
+                    let alone = run(&pools[0], isa, &w, &x[t * k..(t + 1) * k], 1, None, None);
+                    assert_eq!(
+                        bits(&alone),
+                        bits(&whole[t * m..(t + 1) * m]),
+                        "{fmt:?} {isa:?} row {t}"
+                    );
+                }
+                let mut t0 = 0;
+                for len in [2, 3, 5, 8].iter().cycle() {
+                    if t0 >= n {
+                        break;
+                    }
+                    let len = (*len).min(n - t0);
+                    let part = run(
+                        &pools[2],
+                        isa,
+                        &w,
+                        &x[t0 * k..(t0 + len) * k],
+                        len,
+                        None,
+                        None,
+                    );
+                    assert_eq!(
+                        bits(&part),
+                        bits(&whole[t0 * m..(t0 + len) * m]),
+                        "{fmt:?} {isa:?} rows {t0}+{len}"
+                    );
+                    t0 += len;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_and_accumulate_follow_the_formula() {
+    let pool = ThreadPool::new(2);
+    let w = WeightMatrix::from_f32(WeightFormat::F32, 2, 3, &[1., 0., 0., 0., 1., 1.]).unwrap();
+    let mut out = vec![10f32, 20., 30., 40.];
+    matmul(
+        &pool,
+        Matmul {
+            x: &[1., 2., 3., 4., 5., 6.],
+            n: 2,
+            w: &w,
+            bias: Some(&[0.5, -0.5]),
+            out: &mut out,
+            accumulate: true,
+        },
+    );
+    assert_eq!(out, vec![11.5, 24.5, 34.5, 50.5]);
+}
+
+#[test]
+fn empty_shapes_are_no_ops_or_bias_only() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(5);
+    for fmt in WeightFormat::ALL {
+        let w = random_weight(fmt, 20, 64, &mut rng);
+        let mut out: Vec<f32> = vec![];
+        for isa in isas() {
+            matmul_with(
+                &pool,
+                isa,
+                Matmul {
+                    x: &[],
+                    n: 0,
+                    w: &w,
+                    bias: None,
+                    out: &mut out,
+                    accumulate: false,
+                },
+            );
+        }
+    }
+    // k = 0: the product is empty, the bias remains.
+    let w = WeightMatrix::from_f32(WeightFormat::F32, 3, 0, &[]).unwrap();
+    for isa in isas() {
+        let out = run(&pool, isa, &w, &[], 2, Some(&[1.0, 2.0, 3.0]), None);
+        assert_eq!(out, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    }
+}
+
+#[test]
+fn a_real_quantizer_round_trip_stays_close_to_the_f32_product() {
+    // Weights quantized from f32 by the GGUF rules, then the product compared
+    // with the f32 weights' product: the quantization error of the weights
+    // dominates (Q8_0 ≈ 0.4%, Q4 ≈ 6% of the output scale here).
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(21);
+    let (m, k, n) = (48, 256, 4);
+    let vals = rng.vec(m * k, 1.0);
+    let x = rng.vec(n * k, 1.0);
+    let exact = run(
+        &pool,
+        Isa::Scalar,
+        &WeightMatrix::from_f32(WeightFormat::F32, m, k, &vals).unwrap(),
+        &x,
+        n,
+        None,
+        None,
+    );
+    let rms = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();
+    for (fmt, tol) in [
+        (WeightFormat::Q8_0, 0.01),
+        (WeightFormat::Q4_0, 0.15),
+        (WeightFormat::Q4_1, 0.15),
+        (WeightFormat::BF16, 0.01),
+        (WeightFormat::F16, 0.001),
+    ] {
+        let w = WeightMatrix::from_f32(fmt, m, k, &vals).unwrap();
+        let got = run(&pool, Isa::Avx512Vnni, &w, &x, n, None, None);
+        let err = (got
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            / got.len() as f32)
+            .sqrt();
+        assert!(err / rms < tol, "{fmt:?}: relative rms error {}", err / rms);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Any shape, format and split: each row equals itself computed alone on
+    /// the scalar path, bit for bit.
+    #[test]
+    fn any_row_equals_its_scalar_self(
+        fmt_i in 0usize..6,
+        m in 1usize..40,
+        kb in 1usize..6,
+        n in 1usize..12,
+        seed in any::<u64>(),
+    ) {
+        let fmt = WeightFormat::ALL[fmt_i];
+        let k = if fmt.is_quantized() { kb * 32 } else { kb * 13 };
+        let mut rng = Rng(seed);
+        let w = random_weight(fmt, m, k, &mut rng);
+        let x = rng.vec(n * k, 3.0);
+        let pool = ThreadPool::new(2);
+        let t = (seed as usize) % n;
+        let alone = run(&pool, Isa::Scalar, &w, &x[t * k..(t + 1) * k], 1, None, None);
+        for isa in isas() {
+            let batch = run(&pool, isa, &w, &x, n, None, None);
+            prop_assert_eq!(bits(&batch[t * m..(t + 1) * m]), bits(&alone));
+        }
+    }
+}
