@@ -29,20 +29,7 @@ pub struct Report {
     pub skipped: Vec<String>,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
-    }
-}
+use crate::Rng;
 
 fn to_bytes(dtype: KilnDType, v: &[f32]) -> Vec<u8> {
     match dtype {

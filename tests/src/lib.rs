@@ -10,6 +10,55 @@ use kiln_protocol::{GenerateRequest, PromptInput, SamplingParams, StoppingCriter
 pub mod conformance;
 pub mod tiny;
 
+/// A small deterministic generator of test values (LCG), uniform in [-1, 1).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value in [-1, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `n` values scaled by `scale`.
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next_f32() * scale).collect()
+    }
+}
+
+/// Token ids from a JSON array.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parity fixture's cases (`tests/fixtures/parity_smollm2.json`).
+pub fn parity_cases() -> Vec<serde_json::Value> {
+    let path = fixtures().join("parity_smollm2.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    v["cases"].as_array().cloned().unwrap_or_default()
+}
+
+/// The prompt token ids of the parity fixture's cases.
+pub fn parity_prompts() -> Vec<Vec<u32>> {
+    parity_cases()
+        .iter()
+        .map(|c| json_ids(&c["prompt_ids"]))
+        .collect()
+}
+
 /// The default model (SmolLM2-135M-Instruct Q4_1): `KILN_TEST_GGUF`, else the
 /// Kiln cache, else a developer's copy. `None` (with a message) when absent.
 pub fn default_model() -> Option<PathBuf> {

@@ -85,17 +85,7 @@ pub fn tokenizer_spec() -> GgufTokenizerSpec {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+use crate::Rng;
 
 /// HF-named f32 tensors of a tiny model, `[rows, cols]` or `[len]`.
 pub fn weights(spec: &TinySpec) -> Vec<(String, Vec<usize>, Vec<f32>)> {
@@ -104,7 +94,7 @@ pub fn weights(spec: &TinySpec) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let (q, kv) = (spec.heads * hd, spec.kv_heads * hd);
     let mut out = Vec::new();
     let mut matrix = |name: String, rows: usize, cols: usize, scale: f32| {
-        let v: Vec<f32> = (0..rows * cols).map(|_| rng.next() * scale).collect();
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32() * scale).collect();
         out.push((name, vec![rows, cols], v));
     };
     matrix("model.embed_tokens.weight".into(), VOCAB, spec.hidden, 1.0);
@@ -160,7 +150,7 @@ pub fn weights(spec: &TinySpec) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     }
     vectors.push(("model.norm.weight".into(), spec.hidden, 1.0, 0.2));
     for (name, len, base, scale) in vectors {
-        let v: Vec<f32> = (0..len).map(|_| base + rng.next() * scale).collect();
+        let v: Vec<f32> = (0..len).map(|_| base + rng.next_f32() * scale).collect();
         out.push((name, vec![len], v));
     }
     out

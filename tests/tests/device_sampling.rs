@@ -8,24 +8,7 @@ use kiln_protocol::{GenerateRequest, SamplingParams};
 use kiln_tests::{cpu_config, default_model, greedy, start};
 
 fn prompts() -> Vec<Vec<u32>> {
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(kiln_tests::fixtures().join("parity_smollm2.json")).unwrap(),
-    )
-    .unwrap();
-    v["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(6)
-        .map(|c| {
-            c["prompt_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect()
+    kiln_tests::parity_prompts().into_iter().take(6).collect()
 }
 
 fn engines() -> Option<(LLM, LLM)> {

@@ -10,23 +10,7 @@ use kiln_tests::{cpu_config, default_model, greedy, start};
 
 /// Prompts of mixed lengths made from the parity fixture's token ids.
 fn prompts(count: usize) -> Vec<Vec<u32>> {
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(kiln_tests::fixtures().join("parity_smollm2.json")).unwrap(),
-    )
-    .unwrap();
-    let bases: Vec<Vec<u32>> = v["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            c["prompt_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
+    let bases = kiln_tests::parity_prompts();
     (0..count)
         .map(|i| {
             let base = &bases[i % bases.len()];

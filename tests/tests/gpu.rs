@@ -38,13 +38,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+use kiln_tests::json_ids as ids;
 
 #[test]
 fn gpu_bf16_matches_transformers_on_the_same_gpu() {
@@ -131,16 +125,7 @@ fn gpu_greedy_is_the_same_alone_and_in_a_batch_of_32() {
         return;
     };
     let llm = start(config);
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(kiln_tests::fixtures().join("parity_smollm2.json")).unwrap(),
-    )
-    .unwrap();
-    let bases: Vec<Vec<u32>> = fx["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| ids(&c["prompt_ids"]))
-        .collect();
+    let bases = kiln_tests::parity_prompts();
     let prompts: Vec<Vec<u32>> = (0..32)
         .map(|i| {
             let b = &bases[i % bases.len()];

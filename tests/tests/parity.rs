@@ -12,7 +12,7 @@ use std::path::Path;
 
 use kiln_engine::load_model;
 use kiln_protocol::step::{ScheduledSeq, StepPlan};
-use kiln_tests::{cpu_config, default_model, fixtures, greedy, start};
+use kiln_tests::{cpu_config, default_model, fixtures, greedy, json_ids, start};
 use sha2::{Digest, Sha256};
 
 struct Case {
@@ -25,21 +25,14 @@ fn fixture() -> (Vec<Case>, serde_json::Value) {
     let text =
         std::fs::read_to_string(fixtures().join("parity_smollm2.json")).expect("parity fixture");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |x: &serde_json::Value| {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect()
-    };
     let cases = v["cases"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| Case {
             name: c["name"].as_str().unwrap().to_string(),
-            prompt: ids(&c["prompt_ids"]),
-            greedy: ids(&c["greedy_ids"]),
+            prompt: json_ids(&c["prompt_ids"]),
+            greedy: json_ids(&c["greedy_ids"]),
         })
         .collect();
     (cases, v)

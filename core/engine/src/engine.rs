@@ -425,6 +425,7 @@ fn size_kv(
         block_size: config.block_size,
         max_model_len: sizes.max_model_len,
         budget_source: source,
+        free_bytes: Some(free),
     })
     .map_err(|e| StartError::Memory(e.0))
 }

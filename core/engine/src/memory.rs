@@ -67,6 +67,9 @@ pub struct KvBudget {
     pub max_model_len: usize,
     /// Where the budget came from, for the error message (e.g. `--kv-cache-memory-bytes 64MiB`).
     pub budget_source: &'static str,
+    /// Device memory still free for it, when known (an explicit budget above
+    /// this cannot be allocated).
+    pub free_bytes: Option<u64>,
 }
 
 /// Size the pool: as many whole blocks as the budget holds; at least one
@@ -76,6 +79,20 @@ pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
         return Err(KvPlanError(
             "block size and bytes per block must be positive".into(),
         ));
+    }
+    if let Some(free) = b.free_bytes.filter(|&f| b.budget_bytes > f) {
+        let fits = free / b.bytes_per_block * b.block_size as u64;
+        return Err(KvPlanError(format!(
+            "the KV cache budget {} ({}) is more than the {} of device memory still free after the weights; \
+             lower --kv-cache-memory-bytes to {} or less ({} tokens at {} per block of {} tokens)",
+            human_bytes(b.budget_bytes),
+            b.budget_source,
+            human_bytes(free),
+            human_bytes(free / b.bytes_per_block * b.bytes_per_block),
+            fits,
+            human_bytes(b.bytes_per_block),
+            b.block_size,
+        )));
     }
     let num_blocks = (b.budget_bytes / b.bytes_per_block) as usize;
     let needed_blocks = b.max_model_len.div_ceil(b.block_size);
@@ -147,12 +164,24 @@ mod tests {
 
     fn budget(bytes: u64, len: usize) -> KvBudget {
         KvBudget {
+            free_bytes: None,
             budget_bytes: bytes,
             bytes_per_block: 1000,
             block_size: 16,
             max_model_len: len,
             budget_source: "--kv-cache-memory-bytes",
         }
+    }
+
+    #[test]
+    fn a_budget_above_free_memory_is_refused_with_what_fits() {
+        let mut b = budget(1_000_000, 16);
+        b.free_bytes = Some(64_500);
+        let e = plan_kv_cache(b).unwrap_err().0;
+        assert!(e.contains("lower --kv-cache-memory-bytes"), "{e}");
+        assert!(e.contains("1024 tokens"), "{e}");
+        b.free_bytes = Some(2_000_000);
+        assert_eq!(plan_kv_cache(b).unwrap().num_blocks, 1000);
     }
 
     #[test]
