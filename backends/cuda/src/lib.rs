@@ -38,15 +38,31 @@ pub struct CudaBackend {
 }
 
 fn driver_available() -> bool {
-    // Loading a missing library makes cudarc panic: keep that quiet and report "cannot run".
+    driver_check().is_ok()
+}
+
+/// Whether the driver loads, initialises and sees a GPU; else why not.
+fn driver_check() -> Result<(), String> {
+    use cudarc::driver::sys::cudaError_enum as E;
+    // Loading a missing library makes cudarc panic: keep that quiet and report it.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(|| {
-        cudarc::driver::result::init().is_ok() && CudaContext::device_count().is_ok_and(|n| n > 0)
-    })
-    .unwrap_or(false);
+    let outcome = std::panic::catch_unwind(|| {
+        cudarc::driver::result::init().map_err(|e| e.0)?;
+        CudaContext::device_count().map_err(|e| e.0).map(|n| n > 0)
+    });
     std::panic::set_hook(previous);
-    ok
+    match outcome {
+        Err(_) => Err("the NVIDIA driver library (libcuda.so.1) cannot be loaded: is the NVIDIA driver installed?".into()),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) | Ok(Err(E::CUDA_ERROR_NO_DEVICE)) => {
+            Err("no NVIDIA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)".into())
+        }
+        Ok(Err(E::CUDA_ERROR_STUB_LIBRARY)) => Err(
+            "the libcuda.so found is the CUDA toolkit's stub library: remove the toolkit's `stubs` directory from LD_LIBRARY_PATH so the driver's libcuda.so.1 is used".into(),
+        ),
+        Ok(Err(e)) => Err(format!("the CUDA driver failed to initialise: {e:?}")),
+    }
 }
 
 impl CudaBackend {
@@ -70,11 +86,13 @@ impl BackendPlugin for CudaBackend {
         if driver_available() { 100 } else { 0 }
     }
 
+    fn unavailable_reason() -> Option<String> {
+        driver_check().err()
+    }
+
     fn init(host: HostLogger) -> PluginResult<Self> {
-        if !driver_available() {
-            return Err(PluginError::unsupported(
-                "no CUDA driver or no NVIDIA GPU on this machine",
-            ));
+        if let Err(reason) = driver_check() {
+            return Err(PluginError::unsupported(reason));
         }
         Ok(CudaBackend {
             log: host,

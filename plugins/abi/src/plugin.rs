@@ -117,6 +117,11 @@ impl HostLogger {
 pub trait BackendPlugin: Send + Sync + Sized + 'static {
     /// Score on this machine: 0 when it cannot run here, higher is preferred.
     fn score() -> i32;
+    /// Why [`score`](Self::score) is 0 here, in one line the host shows the
+    /// user (e.g. "no NVIDIA GPU is visible"); `None` for no detail.
+    fn unavailable_reason() -> Option<String> {
+        None
+    }
     /// Initialise (called once, after the host checked the ABI version).
     fn init(host: HostLogger) -> PluginResult<Self>;
     /// Number of devices.
@@ -214,6 +219,12 @@ pub trait DevicePlugin: Send {
 
 thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+}
+
+/// Records `message` as this thread's `last_error` (used by the export macro).
+#[doc(hidden)]
+pub fn sdk_set_last_error(message: &str) {
+    set_last_error(message);
 }
 
 fn set_last_error(message: &str) {
@@ -659,11 +670,21 @@ macro_rules! export_backend {
             $crate::KILN_ABI_VERSION
         }
 
-        /// 0 when this plugin cannot run on this machine, else a preference.
+        /// 0 when this plugin cannot run on this machine (the reason, if any,
+        /// in `kiln_backend_last_error`), else a preference.
         #[unsafe(no_mangle)]
         pub extern "C" fn kiln_backend_score() -> i32 {
-            ::std::panic::catch_unwind(|| <$ty as $crate::plugin::BackendPlugin>::score())
-                .unwrap_or(0)
+            let score =
+                ::std::panic::catch_unwind(|| <$ty as $crate::plugin::BackendPlugin>::score())
+                    .unwrap_or(0);
+            if score <= 0 {
+                if let Ok(Some(reason)) = ::std::panic::catch_unwind(|| {
+                    <$ty as $crate::plugin::BackendPlugin>::unavailable_reason()
+                }) {
+                    $crate::plugin::sdk_set_last_error(&reason);
+                }
+            }
+            score
         }
 
         /// Initialise the plugin; null on failure (see `last_error`).

@@ -376,7 +376,7 @@ fn load_library(path: &Path) -> Result<LoadedBackend, LoadError> {
     if score <= 0 {
         return Err(LoadError::CannotRunHere {
             path: path.to_path_buf(),
-            detail: "the plugin needs hardware or drivers this machine lacks".into(),
+            detail: unavailable_reason(lib, path),
         });
     }
     // SAFETY: ABI-defined signature; HOST_API is static.
@@ -396,20 +396,26 @@ fn load_library(path: &Path) -> Result<LoadedBackend, LoadError> {
     })
 }
 
+/// What a plugin said about scoring 0 (through `kiln_backend_last_error`).
+fn unavailable_reason(lib: &'static libloading::Library, path: &Path) -> String {
+    plugin_last_error(lib, path)
+        .unwrap_or_else(|| "the plugin needs hardware or drivers this machine lacks".into())
+}
+
 fn last_error_of(lib: &'static libloading::Library, path: &Path) -> String {
-    let fallback =
-        "kiln_backend_init returned no registration (see the plugin's log messages above)";
-    let Ok(f) = symbol::<KilnLastErrorFn>(lib, path, SYMBOL_LAST_ERROR) else {
-        return fallback.into();
-    };
+    plugin_last_error(lib, path).unwrap_or_else(|| {
+        "kiln_backend_init returned no registration (see the plugin's log messages above)".into()
+    })
+}
+
+fn plugin_last_error(lib: &'static libloading::Library, path: &Path) -> Option<String> {
+    let f = symbol::<KilnLastErrorFn>(lib, path, SYMBOL_LAST_ERROR).ok()?;
     // SAFETY: ABI-defined signature; returns null or a NUL-terminated string.
     let ptr = unsafe { f() };
-    if ptr.is_null() {
-        fallback.into()
-    } else {
-        // SAFETY: see above.
+    // SAFETY: non-null pointers are NUL-terminated strings owned by the plugin.
+    (!ptr.is_null()).then(|| {
         unsafe { CStr::from_ptr(ptr) }
             .to_string_lossy()
             .into_owned()
-    }
+    })
 }
