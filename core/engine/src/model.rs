@@ -11,7 +11,7 @@ use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
 use kiln_models::weights::safetensors::SafetensorsSource;
 use kiln_sampler::TokenDecoder;
-use kiln_tokenizer::{ChatTemplate, GgufTokenizerSpec, Tokenizer};
+use kiln_tokenizer::{ChatTemplate, Tokenizer};
 
 /// Everything start-up needs from the model files.
 pub struct ModelFiles {
@@ -124,23 +124,7 @@ fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
     let md = gguf
         .tokenizer_metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let spec = GgufTokenizerSpec {
-        model: md.model,
-        pre: md.pre,
-        tokens: md.tokens,
-        token_types: md.token_types,
-        merges: md.merges,
-        scores: md.scores,
-        bos_token_id: md.bos_token_id,
-        eos_token_id: md.eos_token_id,
-        unknown_token_id: md.unknown_token_id,
-        padding_token_id: md.padding_token_id,
-        add_bos_token: md.add_bos_token,
-        add_eos_token: md.add_eos_token,
-        add_space_prefix: md.add_space_prefix,
-        chat_template: md.chat_template,
-    };
-    let tokenizer = Tokenizer::from_gguf(spec).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(md).map_err(|e| format!("{}: {e}", path.display()))?;
     let chat_template = tokenizer.chat_template().cloned();
     let eos_token_ids = merge_eos(config.eos_token_ids.clone(), &tokenizer.eos_token_ids());
     let family = gguf.architecture().unwrap_or("llama").to_string();

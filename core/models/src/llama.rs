@@ -343,7 +343,11 @@ impl LlamaDecoder {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
-            let bias = |l: &mut Loader, required: bool, name: &str, n: usize| -> Result<Option<Weight>, DecoderError> {
+            let bias = |l: &mut Loader,
+                        required: bool,
+                        name: &str,
+                        n: usize|
+             -> Result<Option<Weight>, DecoderError> {
                 if required {
                     l.upload(&p(name), &[n]).map(Some)
                 } else {
@@ -556,7 +560,12 @@ impl LlamaDecoder {
                 decode_rows: t.decode_rows,
             })
         };
-        ops.push(plain(&layer.gate, raw(biases.map(|b| &b.0)), t.normed, t.gate));
+        ops.push(plain(
+            &layer.gate,
+            raw(biases.map(|b| &b.0)),
+            t.normed,
+            t.gate,
+        ));
         ops.push(plain(&layer.up, raw(biases.map(|b| &b.1)), t.normed, t.up));
         ops.push(ops::silu_mul(t.gate, t.up, t.gate));
         ops.push(ops::linear(ops::Linear {

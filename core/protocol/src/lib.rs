@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod request;
 pub mod step;
+mod vocab;
 
 pub use error::EngineError;
 pub use events::{
@@ -36,6 +37,7 @@ pub use request::{
     ChatMessage, GenerateRequest, MAX_N, MAX_TOP_LOGPROBS, PromptInput, SamplingParams,
     StoppingCriteria,
 };
+pub use vocab::GgufTokenizerSpec;
 
 /// Engine-assigned identifier of one client request (which may own `n` sequences).
 pub type RequestId = u64;

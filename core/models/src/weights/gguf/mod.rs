@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use names::{PERMUTED_QK_ARCHITECTURES, gguf_name, hf_name, permute_rows, unpermute_rows};
 pub use reader::GgufTensorInfo;
-pub use tokenizer::GgufTokenizerMetadata;
+pub use tokenizer::GgufTokenizerSpec;
 pub use value::GgufValue;
 pub use writer::GgufWriter;
 

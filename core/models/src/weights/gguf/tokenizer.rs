@@ -6,38 +6,7 @@ use super::value::GgufValue;
 use crate::weights::WeightError;
 
 /// Tokenizer metadata (`tokenizer.ggml.*` and `tokenizer.chat_template`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GgufTokenizerMetadata {
-    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece).
-    pub model: String,
-    /// `tokenizer.ggml.pre`: pre-tokenizer name (`smollm`, `llama-bpe`, ...).
-    pub pre: Option<String>,
-    /// `[vocab]` token strings.
-    pub tokens: Vec<String>,
-    /// `[vocab]` token types (1 normal, 2 unknown, 3 control, 4 user-defined,
-    /// 5 unused, 6 byte); empty when the file has none.
-    pub token_types: Vec<i32>,
-    /// BPE merges (`"a b"`); empty when the file has none.
-    pub merges: Vec<String>,
-    /// `[vocab]` SentencePiece scores, when present.
-    pub scores: Option<Vec<f32>>,
-    /// BOS id.
-    pub bos_token_id: Option<u32>,
-    /// EOS id.
-    pub eos_token_id: Option<u32>,
-    /// Unknown-token id.
-    pub unknown_token_id: Option<u32>,
-    /// Padding id.
-    pub padding_token_id: Option<u32>,
-    /// Prepend BOS when encoding.
-    pub add_bos_token: Option<bool>,
-    /// Append EOS when encoding.
-    pub add_eos_token: Option<bool>,
-    /// Prefix a space before the first word (SentencePiece).
-    pub add_space_prefix: Option<bool>,
-    /// Jinja chat template (`tokenizer.chat_template`).
-    pub chat_template: Option<String>,
-}
+pub use kiln_protocol::GgufTokenizerSpec;
 
 impl GgufFile {
     fn wrong_type(&self, key: &str, want: &str) -> WeightError {
@@ -111,7 +80,7 @@ impl GgufFile {
     /// The tokenizer the file carries. Errors when there is none
     /// (`tokenizer.ggml.model` or `tokenizer.ggml.tokens` missing) or a key
     /// has the wrong type; array lengths are checked against the vocabulary.
-    pub fn tokenizer_metadata(&self) -> Result<GgufTokenizerMetadata, WeightError> {
+    pub fn tokenizer_metadata(&self) -> Result<GgufTokenizerSpec, WeightError> {
         let model = self.optional_string("tokenizer.ggml.model")?.ok_or_else(|| {
             self.error("the file has no tokenizer (`tokenizer.ggml.model` is missing); pass a tokenizer.json directory instead")
         })?;
@@ -133,7 +102,7 @@ impl GgufFile {
         if let Some(s) = &scores {
             self.check_vocab_len("tokenizer.ggml.scores", s.len(), tokens.len())?;
         }
-        Ok(GgufTokenizerMetadata {
+        Ok(GgufTokenizerSpec {
             model,
             pre: self.optional_string("tokenizer.ggml.pre")?,
             merges: self
