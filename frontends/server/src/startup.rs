@@ -52,7 +52,11 @@ pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
         format!(
             "listening on http://{}{}: {}",
             listening.address,
-            if listening.api_key { " (API key required)" } else { "" },
+            if listening.api_key {
+                " (API key required)"
+            } else {
+                ""
+            },
             listening.routes.join("; ")
         ),
     ]

@@ -10,6 +10,7 @@ use kiln_hub::{FetchOptions, FetchPolicy, Hub, ModelSpec, Need, ProgressMode, Re
 
 use super::{CliError, hub_from_env, log_resolved, parse_model};
 use crate::cli::{DtypeArg, EngineArgs, FrontendArg, ServeArgs};
+use crate::startup::{Listening, summary_lines};
 
 /// An API family served over HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,18 +230,123 @@ pub fn execute(args: &ServeArgs) -> Result<(), CliError> {
 
 /// Start the engine and serve it over HTTP until shutdown.
 ///
-/// The engine part is real: it loads the model, sizes the KV cache and logs
-/// the start-up summary. Mounting `http.frontends` on `http.host:http.port`
-/// (with `http.api_key`, and a graceful stop bounded by
-/// `http.shutdown_timeout`) belongs to the HTTP frontend crates, which this
-/// function must call once they are part of the build.
+/// Loads the model (with a progress bar), mounts `http.frontends` on
+/// `http.host:http.port`, logs the start-up summary, and serves until SIGINT
+/// or SIGTERM; then stops accepting, lets running requests finish for at most
+/// `http.shutdown_timeout`, and stops the engine.
 pub fn run_server(engine: EngineConfig, http: HttpSettings) -> Result<(), ServeError> {
-    let engine = kiln_engine::Engine::start(engine)?;
+    let engine = start_engine(engine, ProgressMode::Bars)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiln-http")
+        .build()
+        .map_err(|e| ServeError::Http(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(serve_http(&engine, &http));
+    drop(runtime);
     engine.shutdown();
-    Err(ServeError::Http(format!(
-        "this build of kiln has no HTTP frontends to mount ({:?} on {}:{})",
-        http.frontends, http.host, http.port
-    )))
+    tracing::info!("engine stopped");
+    result
+}
+
+/// Loads the weights with a progress bar and starts the engine's actors.
+pub fn start_engine(
+    config: EngineConfig,
+    progress: ProgressMode,
+) -> Result<kiln_engine::Engine, ServeError> {
+    let bar = progress.bytes_bar("loading weights", None);
+    let mut advance = |done: u64, total: u64| {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    };
+    let hooks = kiln_engine::StartHooks {
+        weight_progress: Some(&mut advance),
+    };
+    let engine = kiln_engine::Engine::start_with(config, hooks);
+    bar.finish_and_clear();
+    Ok(engine?)
+}
+
+/// The mounted frontends, in the order given.
+pub fn build_frontends(kinds: &[FrontendKind]) -> Vec<Box<dyn kiln_http::Frontend>> {
+    kinds
+        .iter()
+        .map(|k| -> Box<dyn kiln_http::Frontend> {
+            match k {
+                FrontendKind::OpenAi => Box::new(kiln_frontend_openai::OpenAiFrontend),
+                FrontendKind::Tgi => Box::new(kiln_frontend_tgi::TgiFrontend),
+                FrontendKind::Ollama => Box::new(kiln_frontend_ollama::OllamaFrontend),
+                FrontendKind::Metrics => Box::new(kiln_frontend_metrics::MetricsFrontend),
+            }
+        })
+        .collect()
+}
+
+/// The main routes of a frontend, for the start-up summary.
+pub fn route_summary(kind: FrontendKind) -> &'static str {
+    match kind {
+        FrontendKind::OpenAi => {
+            "openai (/v1/chat/completions, /v1/completions, /v1/models, /tokenize)"
+        }
+        FrontendKind::Tgi => "tgi (/generate, /generate_stream, POST /, /info)",
+        FrontendKind::Ollama => "ollama (/api/generate, /api/chat, /api/tags, /api/show)",
+        FrontendKind::Metrics => "metrics (/metrics)",
+    }
+}
+
+async fn serve_http(engine: &kiln_engine::Engine, http: &HttpSettings) -> Result<(), ServeError> {
+    let addr = listen_address(http)?;
+    let config = kiln_http::ServeConfig {
+        addr,
+        http: kiln_http::HttpConfig {
+            api_key: http.api_key.clone(),
+            ..kiln_http::HttpConfig::default()
+        },
+        shutdown_timeout: http.shutdown_timeout,
+    };
+    let frontends = build_frontends(&http.frontends);
+    let server = kiln_http::BoundServer::bind(config, engine.handle(), &frontends)
+        .await
+        .map_err(|e| ServeError::Http(e.to_string()))?;
+    let bound = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| addr.to_string());
+    let listening = Listening {
+        address: bound,
+        routes: http
+            .frontends
+            .iter()
+            .map(|k| route_summary(*k).to_string())
+            .collect(),
+        api_key: http.api_key.is_some(),
+    };
+    for line in summary_lines(engine.summary(), &listening) {
+        tracing::info!("{line}");
+    }
+    server
+        .run(kiln_http::shutdown_signal())
+        .await
+        .map_err(|e| ServeError::Http(e.to_string()))?;
+    tracing::info!("HTTP server stopped");
+    Ok(())
+}
+
+/// Resolves `--host`/`--port` (host names such as `localhost` included).
+fn listen_address(http: &HttpSettings) -> Result<std::net::SocketAddr, ServeError> {
+    use std::net::ToSocketAddrs;
+    let host = http.host.trim_matches(|c| c == '[' || c == ']');
+    (host, http.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| {
+            ServeError::Http(format!(
+                "--host {} --port {} is not an address this machine can listen on",
+                http.host, http.port
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,207 @@
+//! Gathering a request's events for non-streaming responses.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kiln_engine_api::RequestStream;
+use kiln_protocol::{EngineError, Finished, GeneratedToken, TokenEvent, TokenId};
+
+use crate::config::Clock;
+
+/// Everything one of a request's `n` sequences produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceOutput {
+    /// Sequence index within the request (0-based).
+    pub index: u32,
+    /// The visible output text (concatenated `GeneratedToken::text`).
+    pub text: String,
+    /// Every generated token, in order.
+    pub tokens: Vec<GeneratedToken>,
+    /// How the sequence ended.
+    pub finished: Finished,
+}
+
+/// When things happened, as times since the Unix epoch from the configured clock.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    /// Collection started (just after submission).
+    pub submitted: Duration,
+    /// The first token arrived.
+    pub first_token: Option<Duration>,
+    /// The last token arrived.
+    pub last_token: Option<Duration>,
+    /// The last event arrived.
+    pub finished: Duration,
+}
+
+impl Timings {
+    /// Submission to first token (prompt processing).
+    pub fn prompt_duration(&self) -> Duration {
+        self.first_token
+            .map_or(Duration::ZERO, |t| t.saturating_sub(self.submitted))
+    }
+
+    /// First to last token (generation).
+    pub fn generation_duration(&self) -> Duration {
+        match (self.first_token, self.last_token) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Submission to the end.
+    pub fn total_duration(&self) -> Duration {
+        self.finished.saturating_sub(self.submitted)
+    }
+}
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected {
+    /// `[prompt_len]` the prompt as the engine tokenized it.
+    pub prompt_token_ids: Vec<TokenId>,
+    /// One entry per sequence, by index.
+    pub sequences: Vec<SequenceOutput>,
+    /// When things happened.
+    pub timings: Timings,
+}
+
+#[derive(Debug, Default)]
+struct Partial {
+    text: String,
+    tokens: Vec<GeneratedToken>,
+    finished: Option<Finished>,
+}
+
+/// Folds [`TokenEvent`]s into per-sequence outputs (pure).
+#[derive(Debug, Default)]
+pub struct Collector {
+    seqs: BTreeMap<u32, Partial>,
+}
+
+impl Collector {
+    /// Adds one event; a `Failed` event is returned as the error.
+    pub fn push(&mut self, event: TokenEvent) -> Result<(), EngineError> {
+        match event {
+            TokenEvent::Token(t) => {
+                let seq = self.seqs.entry(t.index).or_default();
+                seq.text.push_str(&t.text);
+                seq.tokens.push(t);
+            }
+            TokenEvent::Finished(f) => {
+                let index = f.index;
+                self.seqs.entry(index).or_default().finished = Some(f);
+            }
+            TokenEvent::Failed { error } => return Err(error),
+        }
+        Ok(())
+    }
+
+    /// The outputs by index; a sequence without a `Finished` event is an error.
+    pub fn into_sequences(self) -> Result<Vec<SequenceOutput>, EngineError> {
+        self.seqs
+            .into_iter()
+            .map(|(index, p)| {
+                let finished = p.finished.ok_or_else(|| {
+                    EngineError::Internal(format!("sequence {index} ended without finishing"))
+                })?;
+                Ok(SequenceOutput {
+                    index,
+                    text: p.text,
+                    tokens: p.tokens,
+                    finished,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads events to the end. Dropping the returned future (client gone)
+/// drops the stream, which aborts the request.
+pub async fn collect(stream: RequestStream, clock: &dyn Clock) -> Result<Collected, EngineError> {
+    let prompt_token_ids = stream.prompt_token_ids().to_vec();
+    let (sequences, timings) = collect_events(stream, clock).await?;
+    Ok(Collected {
+        prompt_token_ids,
+        sequences,
+        timings,
+    })
+}
+
+/// Like [`collect`] over any event stream.
+pub async fn collect_events(
+    mut events: impl Stream<Item = TokenEvent> + Unpin,
+    clock: &dyn Clock,
+) -> Result<(Vec<SequenceOutput>, Timings), EngineError> {
+    let mut timings = Timings {
+        submitted: clock.since_epoch(),
+        ..Default::default()
+    };
+    let mut collector = Collector::default();
+    while let Some(event) = events.next().await {
+        if matches!(event, TokenEvent::Token(_)) {
+            let now = clock.since_epoch();
+            timings.first_token.get_or_insert(now);
+            timings.last_token = Some(now);
+        }
+        collector.push(event)?;
+    }
+    timings.finished = clock.since_epoch();
+    Ok((collector.into_sequences()?, timings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::{FinishReason, Usage};
+
+    fn tok(index: u32, id: u32, text: &str) -> TokenEvent {
+        TokenEvent::Token(GeneratedToken {
+            index,
+            id,
+            text: text.into(),
+            piece: text.into(),
+            special: false,
+            logprob: None,
+            top_logprobs: vec![],
+        })
+    }
+
+    fn fin(index: u32) -> TokenEvent {
+        TokenEvent::Finished(Finished {
+            index,
+            reason: FinishReason::Length,
+            stop_reason: None,
+            usage: Usage::default(),
+        })
+    }
+
+    #[test]
+    fn interleaved_sequences_are_separated() {
+        let mut c = Collector::default();
+        for e in [
+            tok(1, 5, "b"),
+            tok(0, 4, "a"),
+            tok(1, 6, "c"),
+            fin(0),
+            fin(1),
+        ] {
+            c.push(e).unwrap();
+        }
+        let seqs = c.into_sequences().unwrap();
+        assert_eq!(seqs.len(), 2);
+        assert_eq!((seqs[0].index, seqs[0].text.as_str()), (0, "a"));
+        assert_eq!((seqs[1].index, seqs[1].text.as_str()), (1, "bc"));
+    }
+
+    #[test]
+    fn failures_and_unfinished_sequences_are_errors() {
+        let mut c = Collector::default();
+        let err = EngineError::Backend("x".into());
+        assert_eq!(c.push(TokenEvent::Failed { error: err.clone() }), Err(err));
+        let mut c = Collector::default();
+        c.push(tok(0, 1, "a")).unwrap();
+        assert!(c.into_sequences().is_err());
+    }
+}

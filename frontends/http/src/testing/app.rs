@@ -1,0 +1,126 @@
+//! In-process request helpers over a router and a scripted engine (no sockets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use tower::ServiceExt;
+
+use super::{ScriptedConfig, ScriptedEngine};
+use crate::config::{FixedClock, HttpConfig, SequentialIds};
+use crate::frontend::Frontend;
+use crate::router::build_router;
+
+/// Unix time of [`golden_config`]'s clock (2023-11-14T22:13:20Z).
+pub const GOLDEN_UNIX_SECONDS: u64 = 1_700_000_000;
+
+/// HTTP settings for golden tests: a fixed clock and counting ids.
+pub fn golden_config() -> HttpConfig {
+    HttpConfig {
+        clock: Arc::new(FixedClock(Duration::from_secs(GOLDEN_UNIX_SECONDS))),
+        ids: Arc::new(SequentialIds::default()),
+        ..Default::default()
+    }
+}
+
+/// A response read to the end.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    /// The body as UTF-8 text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (`Value::Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A router over a scripted engine, called in process.
+pub struct TestApp {
+    /// The engine (inspect admitted requests and aborts).
+    pub engine: Arc<ScriptedEngine>,
+    /// The composed router.
+    pub router: Router,
+}
+
+impl TestApp {
+    /// Composes `frontends` over a new scripted engine. Call inside a Tokio runtime.
+    pub fn new(engine: ScriptedConfig, http: HttpConfig, frontends: &[Box<dyn Frontend>]) -> Self {
+        let engine = ScriptedEngine::new(engine);
+        let router = match build_router(engine.handle(), http, frontends) {
+            Ok(r) => r,
+            Err(e) => panic!("test router: {e}"),
+        };
+        TestApp { engine, router }
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// A request with a body and headers.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = match builder.body(body.into()) {
+            Ok(r) => r,
+            Err(e) => panic!("bad test request: {e}"),
+        };
+        self.send(request).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &str) -> TestResponse {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.request(Method::GET, path, &[], Body::empty()).await
+    }
+}

@@ -1,0 +1,71 @@
+//! # kiln-frontend-ollama
+//!
+//! Kiln's Ollama-compatible API: `POST /api/generate` and `POST /api/chat`
+//! (NDJSON streaming by default, one object with `"stream": false`; the final
+//! object carries `done_reason` and durations in nanoseconds), `GET
+//! /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and
+//! `GET`/`HEAD /` ("Ollama is running"; `POST /` belongs to TGI).
+//!
+//! `options` are type-checked as Ollama does (`option "x" must be of type
+//! ...`); `num_ctx` is accepted but never truncates a prompt. Unknown models
+//! are a 404 `model 'x' not found`; served names answer with or without
+//! `:latest`. Embeddings, images, tools, thinking and structured outputs are
+//! rejected with a clear 400.
+//!
+//! Depends on `kiln-http`, `kiln-engine-api` and `kiln-protocol` only.
+//!
+//! ```
+//! use kiln_frontend_ollama::convert::tagged;
+//! assert_eq!(tagged("smollm2"), "smollm2:latest");
+//! ```
+
+pub mod convert;
+pub mod models;
+pub mod options;
+pub mod request;
+pub mod response;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+use kiln_engine_api::EngineHandle;
+use kiln_http::{Dialect, Frontend, HttpConfig};
+
+/// The Ollama frontend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OllamaFrontend;
+
+impl Frontend for OllamaFrontend {
+    fn name(&self) -> &'static str {
+        "ollama"
+    }
+
+    fn dialect(&self) -> Option<Dialect> {
+        Some(Dialect::Ollama)
+    }
+
+    fn routes(&self, handle: EngineHandle, config: &HttpConfig) -> Router {
+        let state = Arc::new(routes::AppState {
+            handle,
+            config: config.clone(),
+        });
+        Router::new()
+            .route("/", get(routes::root))
+            .route("/api/generate", post(routes::generate))
+            .route("/api/chat", post(routes::chat))
+            .route("/api/tags", get(routes::tags))
+            .route("/api/show", post(routes::show))
+            .route("/api/ps", get(routes::ps))
+            .route("/api/version", get(routes::version))
+            .route("/api/embed", post(routes::embed))
+            .route("/api/embeddings", post(routes::embed))
+            .route("/api/pull", post(routes::management))
+            .route("/api/push", post(routes::management))
+            .route("/api/create", post(routes::management))
+            .route("/api/copy", post(routes::management))
+            .route("/api/delete", delete(routes::management))
+            .with_state(state)
+    }
+}

@@ -1,0 +1,139 @@
+//! `/api/tags`, `/api/show`, `/api/ps`, `/api/version`: pure builders over `EngineInfo`.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use kiln_engine_api::EngineInfo;
+use kiln_http::time::rfc3339_seconds;
+use serde_json::{Value, json};
+
+use crate::convert::tagged;
+
+/// `8.0B`, `135M`, `900K`: Ollama's parameter-size label.
+pub fn parameter_size(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{}K", n / 1_000),
+        1_000_000..1_000_000_000 => format!("{}M", n / 1_000_000),
+        _ => format!("{:.1}B", n as f64 / 1e9),
+    }
+}
+
+/// A stable 64-hex-digit identifier of the served model (from its path; not a
+/// file checksum: hashing multi-gigabyte weights at start-up is not worth it).
+pub fn model_digest(info: &EngineInfo) -> String {
+    (0u8..4)
+        .map(|salt| {
+            let mut h = std::hash::DefaultHasher::new();
+            (salt, &info.model_path, &info.model_id).hash(&mut h);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+/// The `details` object.
+pub fn details(info: &EngineInfo) -> Value {
+    json!({
+        "parent_model": "",
+        "format": info.format,
+        "family": info.family,
+        "families": [info.family],
+        "parameter_size": parameter_size(info.num_parameters),
+        "quantization_level": info.quantization.clone().unwrap_or_else(|| info.dtype.to_uppercase()),
+    })
+}
+
+/// `GET /api/tags`: one entry per served name.
+pub fn tags(info: &EngineInfo) -> Value {
+    let modified_at = rfc3339_seconds(Duration::from_secs(info.created));
+    let models: Vec<Value> = info
+        .served_model_names
+        .iter()
+        .map(|name| {
+            let name = tagged(name);
+            json!({
+                "name": name,
+                "model": name,
+                "modified_at": modified_at,
+                "size": info.weights_bytes,
+                "digest": model_digest(info),
+                "details": details(info),
+            })
+        })
+        .collect();
+    json!({"models": models})
+}
+
+/// `POST /api/show`; `model_info` is always present.
+pub fn show(info: &EngineInfo) -> Value {
+    let mut parameters = format!("num_ctx {}", info.max_model_len);
+    for eos in &info.eos_token_ids {
+        parameters.push_str(&format!("\nstop_token_id {eos}"));
+    }
+    json!({
+        "license": "",
+        "modelfile": format!("# Served by Kiln\nFROM {}\n", info.model_path),
+        "parameters": parameters,
+        "template": info.chat_template.clone().unwrap_or_default(),
+        "details": details(info),
+        "model_info": info.model_info,
+        "capabilities": ["completion"],
+        "modified_at": rfc3339_seconds(Duration::from_secs(info.created)),
+    })
+}
+
+/// `GET /api/ps`: the model stays loaded while the server runs.
+pub fn ps(info: &EngineInfo, now: Duration) -> Value {
+    let on_device = info.backend != "cpu" && info.backend != "scripted";
+    let size = info.weights_bytes + info.kv_cache_bytes;
+    let expires = now + Duration::from_secs(100 * 365 * 24 * 3600);
+    let models: Vec<Value> = info
+        .served_model_names
+        .iter()
+        .map(|name| {
+            let name = tagged(name);
+            json!({
+                "name": name,
+                "model": name,
+                "size": size,
+                "digest": model_digest(info),
+                "details": details(info),
+                "expires_at": rfc3339_seconds(expires),
+                "size_vram": if on_device { size } else { 0 },
+                "context_length": info.max_model_len,
+            })
+        })
+        .collect();
+    json!({"models": models})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_sizes() {
+        assert_eq!(parameter_size(134_515_008), "134M");
+        assert_eq!(parameter_size(8_030_261_248), "8.0B");
+        assert_eq!(parameter_size(999), "999");
+    }
+
+    #[test]
+    fn digest_is_stable_hex() {
+        let info = EngineInfo {
+            model_path: "/m.gguf".into(),
+            ..Default::default()
+        };
+        let d = model_digest(&info);
+        assert_eq!(d.len(), 64);
+        assert!(d.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(d, model_digest(&info));
+    }
+
+    #[test]
+    fn show_always_has_model_info() {
+        let v = show(&EngineInfo::default());
+        assert!(v.get("model_info").is_some());
+        assert_eq!(v["capabilities"], json!(["completion"]));
+    }
+}

@@ -1,0 +1,88 @@
+//! Ollama request bodies. Unknown fields are ignored.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// `POST /api/generate`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct GenerateIn {
+    /// Model name (`name` or `name:latest`).
+    pub model: Option<String>,
+    /// The prompt; empty just "loads" the model.
+    pub prompt: Option<String>,
+    /// Fill-in-the-middle suffix (not supported).
+    pub suffix: Option<String>,
+    /// System prompt for the template.
+    pub system: Option<String>,
+    /// A prompt template overriding the model's (`{{ .System }}`, `{{ .Prompt }}`).
+    pub template: Option<String>,
+    /// Token ids of an earlier exchange, prepended to the prompt.
+    pub context: Option<Vec<u32>>,
+    /// Stream NDJSON (default true).
+    pub stream: Option<bool>,
+    /// Use the prompt as is, without any template.
+    pub raw: Option<bool>,
+    /// `"json"` or a JSON schema (not supported).
+    pub format: Option<Value>,
+    /// How long to keep the model loaded (seconds or a duration such as `5m`).
+    pub keep_alive: Option<Value>,
+    /// Base64 images (not supported).
+    pub images: Option<Vec<String>>,
+    /// Model options (`num_predict`, `temperature`, ...).
+    pub options: Option<Map<String, Value>>,
+    /// Thinking mode (not supported when on).
+    pub think: Option<Value>,
+    /// Return log-probabilities.
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0..=20).
+    pub top_logprobs: Option<u32>,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct MessageIn {
+    /// `system`, `user`, `assistant`, `tool` (lower-cased).
+    pub role: String,
+    /// The text.
+    pub content: Option<String>,
+    /// Base64 images (not supported).
+    pub images: Option<Vec<String>>,
+    /// Tool calls of an assistant message (passed to the template).
+    pub tool_calls: Option<Value>,
+    /// Name of the tool a `tool` message answers for.
+    pub tool_name: Option<String>,
+}
+
+/// `POST /api/chat`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ChatIn {
+    /// Model name.
+    pub model: Option<String>,
+    /// The conversation; empty just "loads" the model.
+    pub messages: Option<Vec<MessageIn>>,
+    /// Stream NDJSON (default true).
+    pub stream: Option<bool>,
+    /// `"json"` or a JSON schema (not supported).
+    pub format: Option<Value>,
+    /// How long to keep the model loaded.
+    pub keep_alive: Option<Value>,
+    /// Tool definitions (not supported when non-empty).
+    pub tools: Option<Vec<Value>>,
+    /// Model options.
+    pub options: Option<Map<String, Value>>,
+    /// Thinking mode (not supported when on).
+    pub think: Option<Value>,
+    /// Return log-probabilities.
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0..=20).
+    pub top_logprobs: Option<u32>,
+}
+
+/// `POST /api/show`, `/api/embed`, `/api/embeddings`: only the model matters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ModelIn {
+    /// Model name.
+    pub model: Option<String>,
+    /// Legacy alias of `model`.
+    pub name: Option<String>,
+}

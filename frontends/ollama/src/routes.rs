@@ -1,0 +1,308 @@
+//! Thin handlers over [`crate::convert`], [`crate::options`] and [`crate::response`].
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln_engine_api::{ChatOptions, EngineHandle};
+use kiln_http::stream::Framing;
+use kiln_http::time::rfc3339_nano;
+use kiln_http::{
+    ApiError, ApiJson, Dialect, HttpConfig, OllamaDialect, RequestId, collect, stream_response,
+};
+use kiln_protocol::{EngineError, GenerateRequest, PromptInput, TokenId};
+use serde_json::{Value, json};
+
+use crate::convert::{self, KeepAlive, PromptPlan, Unsupported};
+use crate::models;
+use crate::options::parse_options;
+use crate::request::{ChatIn, GenerateIn, ModelIn};
+use crate::response::{Kind, OllamaStream, ResponseContext, aborted, load_response};
+
+/// What every handler holds.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The engine.
+    pub handle: EngineHandle,
+    /// HTTP settings.
+    pub config: HttpConfig,
+}
+
+impl AppState {
+    fn engine_error(&self, e: &EngineError) -> ApiError {
+        ApiError::from_engine(Dialect::Ollama, e, self.config.retry_after_seconds)
+    }
+
+    fn now(&self) -> String {
+        rfc3339_nano(self.config.clock.since_epoch())
+    }
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A prepared generation: the engine request and how to answer.
+struct Prepared {
+    model: String,
+    kind: Kind,
+    request: GenerateRequest,
+    stream: bool,
+    logprobs: Option<u32>,
+}
+
+/// `POST /api/generate`.
+pub async fn generate(
+    State(st): State<Arc<AppState>>,
+    rid: Option<Extension<RequestId>>,
+    ApiJson(req, _): ApiJson<GenerateIn, OllamaDialect>,
+) -> Response {
+    respond(run_generate(&st, req, rid.map(|Extension(r)| r.0)).await)
+}
+
+/// `POST /api/chat`.
+pub async fn chat(
+    State(st): State<Arc<AppState>>,
+    rid: Option<Extension<RequestId>>,
+    ApiJson(req, _): ApiJson<ChatIn, OllamaDialect>,
+) -> Response {
+    respond(run_chat(&st, req, rid.map(|Extension(r)| r.0)).await)
+}
+
+fn logprobs_of(logprobs: Option<bool>, top: Option<u32>) -> Option<u32> {
+    logprobs.unwrap_or(false).then(|| top.unwrap_or(0))
+}
+
+fn load_or_unload(st: &AppState, model: &str, kind: Kind, keep_alive: KeepAlive) -> Response {
+    let reason = if keep_alive == KeepAlive::Unload {
+        "unload"
+    } else {
+        "load"
+    };
+    Json(load_response(model, kind, &st.now(), reason)).into_response()
+}
+
+async fn run_generate(
+    st: &AppState,
+    req: GenerateIn,
+    tag: Option<String>,
+) -> Result<Response, ApiError> {
+    let model = convert::resolve_model(st.handle.info(), req.model.as_deref())?;
+    let keep_alive = convert::parse_keep_alive(req.keep_alive.as_ref())?;
+    let options = parse_options(req.options.as_ref())?;
+    convert::check_unsupported(
+        &model,
+        Unsupported {
+            format: req.format.as_ref(),
+            think: req.think.as_ref(),
+            images: req.images.as_ref().is_some_and(|i| !i.is_empty()),
+            tools: false,
+            top_logprobs: req.top_logprobs,
+        },
+    )?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::new(
+            Dialect::Ollama,
+            StatusCode::BAD_REQUEST,
+            format!("\"{model}\" does not support insert"),
+        ));
+    }
+    if req.prompt.as_deref().unwrap_or("").is_empty() {
+        return Ok(load_or_unload(st, &model, Kind::Generate, keep_alive));
+    }
+    let (text, add_special) = match convert::generate_prompt(&req)? {
+        PromptPlan::Raw(t) | PromptPlan::Templated(t) => (t, true),
+        PromptPlan::Chat(messages) => (render(st, &messages, false)?, false),
+    };
+    let logprobs = logprobs_of(req.logprobs, req.top_logprobs);
+    let mut request = convert::engine_request(&options, logprobs);
+    request.tag = tag;
+    request.add_special_tokens = add_special;
+    request.prompt = match req.context.filter(|c| !c.is_empty()) {
+        Some(context) => PromptInput::TokenIds(with_context(st, context, &text, add_special)?),
+        None => PromptInput::Text(text),
+    };
+    let prepared = Prepared {
+        model,
+        kind: Kind::Generate,
+        request,
+        stream: req.stream.unwrap_or(true),
+        logprobs,
+    };
+    answer(st, prepared).await
+}
+
+fn with_context(
+    st: &AppState,
+    mut context: Vec<TokenId>,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<TokenId>, ApiError> {
+    let ids = st
+        .handle
+        .tokenize(text, add_special)
+        .map_err(|e| st.engine_error(&e))?;
+    context.extend(ids);
+    Ok(context)
+}
+
+fn render(st: &AppState, messages: &[Value], continue_last: bool) -> Result<String, ApiError> {
+    let options = ChatOptions {
+        add_generation_prompt: !continue_last,
+        ..Default::default()
+    };
+    let rendered = st
+        .handle
+        .apply_chat_template(messages, &options)
+        .map_err(|e| st.engine_error(&e))?;
+    if !continue_last {
+        return Ok(rendered);
+    }
+    let last = messages
+        .last()
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    Ok(kiln_http::chat::cut_after_final_message(&rendered, last).unwrap_or(rendered))
+}
+
+async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Response, ApiError> {
+    let model = convert::resolve_model(st.handle.info(), req.model.as_deref())?;
+    let keep_alive = convert::parse_keep_alive(req.keep_alive.as_ref())?;
+    let options = parse_options(req.options.as_ref())?;
+    let messages = req.messages.unwrap_or_default();
+    convert::check_unsupported(
+        &model,
+        Unsupported {
+            format: req.format.as_ref(),
+            think: req.think.as_ref(),
+            images: messages
+                .iter()
+                .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty())),
+            tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
+            top_logprobs: req.top_logprobs,
+        },
+    )?;
+    if messages.is_empty() {
+        return Ok(load_or_unload(st, &model, Kind::Chat, keep_alive));
+    }
+    let (values, continue_last) = convert::chat_messages(&messages);
+    let logprobs = logprobs_of(req.logprobs, req.top_logprobs);
+    let mut request = convert::engine_request(&options, logprobs);
+    request.tag = tag;
+    request.add_special_tokens = false;
+    request.prompt = PromptInput::Text(render(st, &values, continue_last)?);
+    let prepared = Prepared {
+        model,
+        kind: Kind::Chat,
+        request,
+        stream: req.stream.unwrap_or(true),
+        logprobs,
+    };
+    answer(st, prepared).await
+}
+
+async fn answer(st: &AppState, p: Prepared) -> Result<Response, ApiError> {
+    let stream =
+        kiln_http::submit(&st.handle, &st.config, p.request).map_err(|e| st.engine_error(&e))?;
+    let ctx = ResponseContext {
+        model: p.model,
+        kind: p.kind,
+        clock: st.config.clock.clone(),
+        prompt_token_ids: stream.prompt_token_ids().to_vec(),
+        logprobs: p.logprobs,
+    };
+    if p.stream {
+        return Ok(stream_response(
+            stream,
+            OllamaStream::new(ctx),
+            Framing::Ndjson,
+        ));
+    }
+    let collected = collect(stream, st.config.clock.as_ref())
+        .await
+        .map_err(|e| st.engine_error(&e))?;
+    let Some(seq) = collected.sequences.first() else {
+        return Err(st.engine_error(&EngineError::Internal(
+            "the engine returned no sequence".into(),
+        )));
+    };
+    if crate::response::done_reason(&seq.finished).is_none() {
+        return Err(aborted(&seq.finished));
+    }
+    let generated: Vec<TokenId> = seq.tokens.iter().map(|t| t.id).collect();
+    let mut v = ctx.final_object(&seq.text, &seq.finished, &collected.timings, &generated);
+    if let Some(k) = p.logprobs {
+        v["logprobs"] = seq
+            .tokens
+            .iter()
+            .map(|t| crate::response::logprob_json(t, k))
+            .collect();
+    }
+    Ok(Json(v).into_response())
+}
+
+/// `GET /` and `HEAD /`.
+pub async fn root() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Ollama is running",
+    )
+        .into_response()
+}
+
+/// `GET /api/version`.
+pub async fn version(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"version": st.handle.info().version}))
+}
+
+/// `GET /api/tags`.
+pub async fn tags(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(models::tags(st.handle.info()))
+}
+
+/// `GET /api/ps`.
+pub async fn ps(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(models::ps(st.handle.info(), st.config.clock.since_epoch()))
+}
+
+fn model_of(st: &AppState, req: &ModelIn) -> Result<String, ApiError> {
+    convert::resolve_model(
+        st.handle.info(),
+        req.model.as_deref().or(req.name.as_deref()),
+    )
+}
+
+/// `POST /api/show`.
+pub async fn show(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req, _): ApiJson<ModelIn, OllamaDialect>,
+) -> Response {
+    respond(model_of(&st, &req).map(|_| Json(models::show(st.handle.info())).into_response()))
+}
+
+/// `POST /api/embed` and `/api/embeddings`: the served model generates text only.
+pub async fn embed(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req, _): ApiJson<ModelIn, OllamaDialect>,
+) -> Response {
+    respond(model_of(&st, &req).and_then(|model| {
+        Err(ApiError::new(
+            Dialect::Ollama,
+            StatusCode::BAD_REQUEST,
+            format!("\"{model}\" does not support embeddings"),
+        ))
+    }))
+}
+
+/// Model management routes (`pull`, `push`, `create`, `copy`, `delete`).
+pub async fn management() -> Response {
+    ApiError::new(
+        Dialect::Ollama,
+        StatusCode::NOT_IMPLEMENTED,
+        "model management is not supported: Kiln serves the one model chosen at start-up (use `kiln pull` and `kiln serve`)",
+    )
+    .into_response()
+}

@@ -1,0 +1,286 @@
+//! Golden snapshots of every OpenAI route (bodies and SSE byte for byte,
+//! with a fixed clock and counting ids) over the scripted engine.
+
+use kiln_frontend_openai::OpenAiFrontend;
+use kiln_http::testing::ScriptedConfig;
+use kiln_http::testing::app::{TestApp, TestResponse, golden_config};
+
+fn app() -> TestApp {
+    TestApp::new(
+        ScriptedConfig::default(),
+        golden_config(),
+        &[Box::new(OpenAiFrontend)],
+    )
+}
+
+async fn post(path: &str, body: &str) -> TestResponse {
+    app().post_json(path, body).await
+}
+
+fn assert_sse(r: &TestResponse) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("x-accel-buffering"), Some("no"));
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn completion_json() {
+    let r = post(
+        "/v1/completions",
+        r#"{"model":"scripted-model","prompt":"Hello world","max_tokens":5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-request-id"), Some("1"));
+    insta::assert_json_snapshot!(r.json());
+}
+
+#[tokio::test]
+async fn completion_sse_with_usage() {
+    let r = post(
+        "/v1/completions",
+        r#"{"prompt":"Hello","max_tokens":4,"stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+    .await;
+    assert_sse(&r);
+    insta::assert_snapshot!(r.text());
+}
+
+#[tokio::test]
+async fn completion_n2_seeded_with_logprobs() {
+    let body = r#"{"prompt":"Hello","max_tokens":3,"n":2,"seed":7,"logprobs":2,"temperature":0.8}"#;
+    let r = post("/v1/completions", body).await;
+    assert_eq!(r.status, 200);
+    let again = post("/v1/completions", body).await;
+    assert_eq!(
+        r.json()["choices"],
+        again.json()["choices"],
+        "same seed, same output"
+    );
+    insta::assert_json_snapshot!(r.json());
+}
+
+#[tokio::test]
+async fn completion_sse_logprobs_and_batch() {
+    let r = post(
+        "/v1/completions",
+        r#"{"prompt":["Hello","What"],"max_tokens":2,"stream":true,"logprobs":1}"#,
+    )
+    .await;
+    assert_sse(&r);
+    let text = r.text();
+    assert!(text.contains("\"index\":0") && text.contains("\"index\":1"));
+    assert_eq!(text.matches("\"finish_reason\":\"length\"").count(), 2);
+}
+
+#[tokio::test]
+async fn completion_batch_and_echo() {
+    let r = post(
+        "/v1/completions",
+        r#"{"prompt":["Hello","What"],"max_tokens":2,"echo":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    insta::assert_json_snapshot!(r.json());
+}
+
+#[tokio::test]
+async fn completion_stop_string_and_extras() {
+    let r = post(
+        "/v1/completions",
+        r#"{"prompt":[1,300],"max_tokens":30,"temperature":0,"stop":[" kiln"],"top_k":5,"ignore_eos":true,"min_p":0.05}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["text"], "Once upon a time, a little");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["choices"][0]["stop_reason"], " kiln");
+}
+
+#[tokio::test]
+async fn vllm_extras_reach_the_engine() {
+    let a = app();
+    let r = a
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Hello","top_k":3,"repetition_penalty":1.3,"min_tokens":2,"stop_token_ids":[9],"skip_special_tokens":false,"include_stop_str_in_output":true,"seed":11}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let req = a.engine.last_admitted().unwrap().request;
+    assert_eq!(req.sampling.top_k, 3);
+    assert_eq!(req.sampling.repetition_penalty, 1.3);
+    assert_eq!(req.sampling.seed, Some(11));
+    assert_eq!(req.stopping.min_tokens, 2);
+    assert_eq!(req.stopping.stop_token_ids, vec![9]);
+    assert!(!req.stopping.skip_special_tokens && req.stopping.include_stop_str_in_output);
+    assert_eq!(req.tag.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn chat_json() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"model":"tgi","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"What is the capital of France?"}],"max_tokens":6}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    insta::assert_json_snapshot!(r.json());
+}
+
+#[tokio::test]
+async fn chat_default_max_tokens_is_the_rest_of_the_context() {
+    let a = app();
+    let r = a
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let admitted = a.engine.last_admitted().unwrap();
+    assert_eq!(
+        admitted.max_tokens as usize,
+        128 - admitted.prompt_token_ids.len()
+    );
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn chat_sse_with_usage() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"model":"dummy","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":3,"stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+    .await;
+    assert_sse(&r);
+    insta::assert_snapshot!(r.text());
+}
+
+#[tokio::test]
+async fn chat_sse_n2_stop() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"n":2,"stop":"time","stream":true}"#,
+    )
+    .await;
+    assert_sse(&r);
+    insta::assert_snapshot!(r.text());
+}
+
+#[tokio::test]
+async fn chat_logprobs() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"logprobs":true,"top_logprobs":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    insta::assert_json_snapshot!(r.json());
+}
+
+#[tokio::test]
+async fn chat_sse_logprobs_and_continuous_usage() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"logprobs":true,"stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}}"#,
+    )
+    .await;
+    assert_sse(&r);
+    insta::assert_snapshot!(r.text());
+}
+
+#[tokio::test]
+async fn errors_mid_stream_keep_status_200() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"please [fail]"}],"stream":true}"#,
+    )
+    .await;
+    assert_sse(&r);
+    insta::assert_snapshot!(r.text());
+    let r = post("/v1/completions", r#"{"prompt":"x [fail]","max_tokens":9}"#).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["type"], "InternalServerError");
+}
+
+#[tokio::test]
+async fn continue_final_message() {
+    let a = app();
+    let r = a
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Once"}],"continue_final_message":true,"add_generation_prompt":false,"max_tokens":1}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt = a.engine.last_admitted().unwrap().prompt_token_ids;
+    let text = kiln_http::testing::vocab::detokenize(&prompt, false).unwrap();
+    assert!(text.ends_with("<|im_start|>assistant\nOnce"), "{text}");
+}
+
+#[tokio::test]
+async fn context_overflow_names_both_numbers() {
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":500}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    insta::assert_json_snapshot!(r.json());
+}
+
+#[tokio::test]
+async fn models_version_server_info() {
+    let a = app();
+    let models = a.get("/v1/models").await;
+    assert_eq!(models.status, 200);
+    insta::assert_json_snapshot!("models", models.json());
+    insta::assert_json_snapshot!("version", a.get("/version").await.json());
+    let info = a.get("/v1/server_info").await.json();
+    assert_eq!(info["http"]["frontends"], serde_json::json!(["openai"]));
+    assert_eq!(info["engine"]["max_model_len"], 128);
+    assert_eq!(a.get("/v1/models/scripted-model").await.status, 404);
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize() {
+    let a = app();
+    let t = a
+        .post_json(
+            "/tokenize",
+            r#"{"prompt":"Hello world","return_token_strs":true}"#,
+        )
+        .await;
+    assert_eq!(t.status, 200);
+    insta::assert_json_snapshot!("tokenize_prompt", t.json());
+    let c = a
+        .post_json(
+            "/tokenize",
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+    insta::assert_json_snapshot!("tokenize_messages", c.json());
+    let tokens = t.json()["tokens"].clone();
+    let d = a
+        .post_json(
+            "/detokenize",
+            &serde_json::json!({"tokens": tokens}).to_string(),
+        )
+        .await;
+    assert_eq!(d.json(), serde_json::json!({"prompt": "<s>Hello world"}));
+}
+
+#[tokio::test]
+async fn health_is_empty_200_then_503() {
+    let a = app();
+    let r = a.get("/health").await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
+    a.engine.set_healthy(false);
+    assert_eq!(a.get("/health").await.status, 503);
+    let r = a.post_json("/v1/completions", r#"{"prompt":"x"}"#).await;
+    assert_eq!(r.status, 503);
+}
