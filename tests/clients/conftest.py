@@ -1,9 +1,20 @@
-"""Starts a real `kiln serve` on the default model for the client tests.
+"""Starts a real `kiln serve` for the client suite.
 
-The server listens on a free local port; its log goes to
-target/client-tests/<name>.log and its tail is printed when it fails. At the
-end of the session it gets SIGTERM and must exit 0 (graceful shutdown).
+One server (session scope) serves every module; the API-key tests start a
+second one with `--api-key`, and the shutdown tests start their own. Each
+server listens on a free local port and logs (stdout and stderr) to
+target/client-tests/<name>.log; the tail of every running server's log is
+attached to a failing test's report. At the end each server gets SIGTERM and
+must exit 0 within its shutdown timeout: the graceful-shutdown check.
+
+Environment:
+  KILN_TEST_GGUF       the model file (required; run.sh sets it)
+  KILN_TEST_FRONTENDS  passed as --frontend when set (default: all frontends)
+  KILN_TEST_THREADS    --threads (default 2)
+  KILN_BIN             the binary (default target/release/kiln)
 """
+
+from __future__ import annotations
 
 import os
 import signal
@@ -15,84 +26,116 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support import API_KEY, SERVED_NAME, SHUTDOWN_TIMEOUT_S
+
 ROOT = Path(__file__).resolve().parents[2]
-KILN = ROOT / "target" / "release" / "kiln"
+KILN = Path(os.environ.get("KILN_BIN", ROOT / "target" / "release" / "kiln"))
 LOG_DIR = ROOT / "target" / "client-tests"
-SERVED_NAME = "smollm2-135m-instruct"
-API_KEY = "test-key-123"
+START_TIMEOUT_S = 120.0
+
+_running: list["KilnServer"] = []
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class Server:
-    """A running `kiln serve` process."""
+class KilnServer:
+    """One `kiln serve` child process on 127.0.0.1."""
 
-    def __init__(self, name: str, extra: list[str]):
+    def __init__(self, name: str, *extra: str):
         model = os.environ.get("KILN_TEST_GGUF")
         if not model:
-            pytest.fail("KILN_TEST_GGUF is not set (tests/clients/run.sh sets it)")
-        self.port = free_port()
+            pytest.fail("KILN_TEST_GGUF is not set: run the suite with tests/clients/run.sh")
+        if not KILN.is_file():
+            pytest.fail(f"{KILN} is missing: cargo build --release --workspace --bins --lib")
+        self.name = name
+        self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
-        args = [
+        self.args = [
             str(KILN), "serve", model,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
             "--served-model-name", SERVED_NAME,
             "--max-model-len", "2048",
             "--kv-cache-memory-bytes", "256MiB",
             "--threads", os.environ.get("KILN_TEST_THREADS", "2"),
-            "--shutdown-timeout", "10s",
+            "--shutdown-timeout", f"{SHUTDOWN_TIMEOUT_S}s",
         ]
         if os.environ.get("KILN_TEST_FRONTENDS"):
-            args += ["--frontend", os.environ["KILN_TEST_FRONTENDS"]]
-        args += extra
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_healthy()
+            self.args += ["--frontend", os.environ["KILN_TEST_FRONTENDS"]]
+        self.args += list(extra)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        _running.append(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
 
-    def tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    def tail(self, lines: int = 30) -> str:
+        """The last log lines, without the access lines of /health and /metrics polling."""
+        if not self._log.closed:
+            self._log.flush()
+        text = self.log_path.read_text(errors="replace")
+        kept = [line for line in text.splitlines() if "path=/metrics}" not in line and "path=/health}" not in line]
+        return "\n".join(kept[-lines:])
 
-    def wait_healthy(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"kiln serve exited with {self.proc.returncode}:\n{self.tail()}")
+            code = self.proc.poll()
+            if code is not None:
+                pytest.fail(f"kiln serve ({self.name}) exited with {code} before it was ready:\n{self.tail()}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.proc.kill()
-        pytest.fail(f"kiln serve did not become healthy in {timeout}s:\n{self.tail()}")
+        pytest.fail(f"kiln serve ({self.name}) was not healthy after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
 
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (killed after 30 s)."""
+    def terminate(self) -> int | None:
+        """SIGTERM and wait for the drain; the exit code, or None if it hung."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return -9
-        self.log.close()
-        return self.proc.returncode
+        try:
+            return self.proc.wait(timeout=SHUTDOWN_TIMEOUT_S + 5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        finally:
+            self._close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self in _running:
+            _running.remove(self)
+        self._log.close()
+
+    def stop_and_check(self) -> None:
+        code = self.terminate()
+        assert code == 0, (
+            f"kiln serve ({self.name}) did not shut down cleanly on SIGTERM "
+            f"(exit {code}; None means still running after {SHUTDOWN_TIMEOUT_S + 5} s):\n{self.tail()}"
+        )
 
 
 @pytest.fixture(scope="session")
 def server():
-    s = Server("kiln-serve", [])
+    s = KilnServer("kiln-serve")
     yield s
-    code = s.stop()
-    assert code == 0, f"kiln serve exited with {code} after SIGTERM:\n{s.tail()}"
+    s.stop_and_check()
 
 
 @pytest.fixture(scope="session")
@@ -102,43 +145,36 @@ def base_url(server) -> str:
 
 @pytest.fixture(scope="module")
 def auth_server():
-    s = Server("kiln-serve-auth", ["--api-key", API_KEY])
+    s = KilnServer("kiln-serve-api-key", "--api-key", API_KEY)
     yield s
-    assert s.stop() == 0, s.tail()
+    s.stop_and_check()
 
 
-@pytest.fixture(autouse=True)
-def server_log_on_failure(request):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed and "server" in request.fixturenames:
-        print("---- kiln serve log (tail) ----")
-        print(request.getfixturevalue("server").tail(15))
+@pytest.fixture
+def kiln_factory():
+    """Starts extra servers for one test; stops (kills) whatever is left at the end."""
+    started: list[KilnServer] = []
+
+    def start(name: str, *extra: str) -> KilnServer:
+        s = KilnServer(name, *extra)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
 
 
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
+    if rep.failed:
+        for s in list(_running):
+            rep.sections.append((f"kiln serve log tail: {s.log_path}", s.tail()))
 
 
-CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def metrics(url: str) -> dict:
-    """Samples of /metrics by (name, frozenset(labels)) parsed by prometheus_client."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    r = httpx.get(url + "/metrics", timeout=10)
-    assert r.status_code == 200
-    out = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def sample(samples: dict, name: str, **labels) -> float:
-    labels.setdefault("model_name", SERVED_NAME)
-    return samples[(name, frozenset(labels.items()))]
+def pytest_sessionfinish(session, exitstatus):
+    # A server left behind by an interrupted run must not outlive pytest.
+    for s in list(_running):
+        s.kill()

@@ -1,29 +1,50 @@
 #!/usr/bin/env bash
-# The official-client suite: a venv with the pinned clients (target/client-venv,
-# rebuilt when requirements.txt changes), then pytest against a live
-# `kiln serve` started by conftest.py. Needs target/release/kiln; the model is
-# $KILN_TEST_GGUF or the default model from the Kiln cache (pulled if absent).
+# The official-client acceptance suite against a live `kiln serve`.
+#
+#   bash tests/clients/run.sh [pytest args...]
+#
+# Creates (or reuses) a virtual environment at target/client-venv with the
+# pinned clients from requirements.txt, rebuilt whenever that file changes,
+# then runs pytest; conftest.py starts and stops the server. Needs
+# target/release/kiln (`cargo build --release --workspace --bins --lib`).
+# The model is $KILN_TEST_GGUF when set, else the default model from the Kiln
+# cache (`kiln pull` fetches it when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VENV="${KILN_CLIENT_VENV:-target/client-venv}"
 REQ=tests/clients/requirements.txt
-NODEPS=tests/clients/requirements-nodeps.txt
 STAMP="$VENV/.requirements.sha256"
-want="$(cat "$REQ" "$NODEPS" | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
-    echo "== client venv: $VENV"
+want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+
+if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]]; then
+    echo "== client venv: $VENV (requirements changed or venv missing)"
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$NODEPS"
+    if ! python3 -m venv "$VENV"; then
+        echo "python3 -m venv failed: install Python 3.9+ with the venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2
+        exit 1
+    fi
+    pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    # Lines marked `# no-deps` are installed without their declared
+    # dependencies; everything else is resolved normally.
+    resolved="$VENV/requirements-resolved.txt"
+    nodeps="$VENV/requirements-nodeps.txt"
+    sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$REQ" | grep -v '^$' >"$resolved.all"
+    grep -E '#[[:space:]]*no-deps' "$REQ" | sed -e 's/#.*//' -e 's/[[:space:]]*$//' >"$nodeps"
+    grep -vxF -f "$nodeps" "$resolved.all" >"$resolved"
+    "${pip[@]}" -r "$resolved"
+    if [[ -s "$nodeps" ]]; then "${pip[@]}" --no-deps -r "$nodeps"; fi
     echo "$want" >"$STAMP"
 fi
 
-[[ -x target/release/kiln ]] || cargo build --release -p kiln
+if [[ ! -x target/release/kiln ]]; then
+    echo "target/release/kiln is missing: run \`cargo build --release --workspace --bins --lib\` first" >&2
+    exit 1
+fi
+
 if [[ -z "${KILN_TEST_GGUF:-}" ]]; then
     KILN_TEST_GGUF="$(./target/release/kiln pull --print-path smollm2-135m-instruct)"
-    export KILN_TEST_GGUF
 fi
+export KILN_TEST_GGUF
 
 exec "$VENV/bin/python" -m pytest tests/clients -q -p no:cacheprovider "$@"

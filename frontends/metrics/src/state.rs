@@ -3,37 +3,62 @@
 //! [`Metrics::observe`] is synchronous and does no I/O: the async task in
 //! `lib.rs` only feeds it events, and the scrape handler only sets the gauges
 //! from the engine's current load and encodes.
+//!
+//! Counting rules for a request with `n` sequences (`n` `SequenceFinished`
+//! events, index `0..n`):
+//! - per request, from the sequence with index 0: `prompt_tokens_total`,
+//!   `request_success_total`, and the `request_prompt_tokens`,
+//!   `request_queue_time_seconds`, `e2e_request_latency_seconds` and
+//!   `request_params_*` histograms;
+//! - per sequence: `generation_tokens_total`, `request_generation_tokens`,
+//!   and the token-timing histograms (`time_to_first_token_seconds`,
+//!   `request_prefill_time_seconds` and `request_decode_time_seconds` only
+//!   for sequences that produced a token; one `inter_token_latency_seconds`
+//!   observation per gap between consecutive tokens).
 
-use kiln_engine_api::EngineLoad;
+use kiln_engine_api::{EngineInfo, EngineLoad};
 use kiln_protocol::{EngineEvent, FinishReason, RequestMetrics, StepStats};
+use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder,
 };
 
-/// Seconds from arrival to first token.
-const TTFT_BUCKETS: &[f64] = &[
+/// Seconds from arrival to first token (vLLM's buckets).
+pub const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 ];
-/// Seconds between consecutive tokens.
-const ITL_BUCKETS: &[f64] = &[
+/// Seconds between consecutive tokens (vLLM's buckets).
+pub const ITL_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
     40.0, 80.0,
 ];
-/// Seconds of whole-request phases (queue, prefill, decode, end to end).
-const REQUEST_BUCKETS: &[f64] = &[
+/// Seconds of whole-request phases: queue, prefill, decode, end to end (vLLM's buckets).
+pub const REQUEST_BUCKETS: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
     480.0, 960.0, 1920.0, 7680.0,
 ];
+/// The request's `n` (vLLM's buckets).
+pub const N_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0];
 
-/// Token-count buckets 1, 2, 5, 10, 20, 50, ... up to `max` (vLLM's 1-2-5 series).
+/// Every finish reason, in the order the labels are created.
+const REASONS: [FinishReason; 4] = [
+    FinishReason::Stop,
+    FinishReason::Length,
+    FinishReason::Abort,
+    FinishReason::Error,
+];
+
+/// Token-count buckets 1, 2, 5, 10, 20, 50, ... up to `max` inclusive
+/// (vLLM's 1-2-5 series); at least `[1]`.
 pub fn token_buckets(max: u64) -> Vec<f64> {
+    let max = max.max(1);
     let mut out = Vec::new();
     let mut scale = 1u64;
     loop {
         for m in [1, 2, 5] {
             let v = m * scale;
-            if v > max.max(1) {
+            if v > max {
                 return out;
             }
             out.push(v as f64);
@@ -42,41 +67,29 @@ pub fn token_buckets(max: u64) -> Vec<f64> {
     }
 }
 
-/// Every metric Kiln exports, registered in one registry.
-pub struct Metrics {
-    registry: Registry,
-    running: Gauge,
-    waiting: Gauge,
-    kv_usage: Gauge,
-    prompt_tokens: IntCounter,
-    generation_tokens: IntCounter,
-    request_success: CounterVec,
-    preemptions: IntCounter,
-    prefix_queries: IntCounter,
-    prefix_hits: IntCounter,
-    lagged: IntCounter,
-    ttft: Histogram,
-    itl: Histogram,
-    e2e: Histogram,
-    queue: Histogram,
-    prefill: Histogram,
-    decode: Histogram,
-    prompt_hist: Histogram,
-    generation_hist: Histogram,
-    params_n: Histogram,
-    params_max_tokens: Histogram,
-    iteration_tokens: Histogram,
-}
-
 /// What the families are built from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// The `model_name` label.
     pub model_name: String,
-    /// Upper end of the token-count buckets (the served context length).
+    /// Upper end of the per-request token-count buckets (the served context length).
     pub max_model_len: u32,
+    /// Upper end of the per-step token-count buckets (the step token budget).
+    pub max_num_batched_tokens: u32,
 }
 
+impl MetricsConfig {
+    /// The configuration for the engine described by `info`: `model_name` is its model id.
+    pub fn from_info(info: &EngineInfo) -> Self {
+        MetricsConfig {
+            model_name: info.model_id.clone(),
+            max_model_len: info.max_model_len,
+            max_num_batched_tokens: info.max_num_batched_tokens,
+        }
+    }
+}
+
+/// Registers families in one registry, all labelled `model_name`.
 struct Builder<'a> {
     registry: &'a Registry,
     model_name: &'a str,
@@ -100,11 +113,9 @@ impl Builder<'_> {
         self.register(Histogram::with_opts(opts))
     }
 
-    fn register<M: prometheus::core::Collector + Clone + 'static>(
-        &self,
-        metric: prometheus::Result<M>,
-    ) -> M {
-        // Names and buckets are constants of this file; a failure is a bug here.
+    fn register<M: Collector + Clone + 'static>(&self, metric: prometheus::Result<M>) -> M {
+        // Names, labels and buckets are constants of this file (valid by
+        // construction) and each is registered once: a failure is a bug here.
         let metric = metric.expect("valid metric definition");
         self.registry
             .register(Box::new(metric.clone()))
@@ -113,15 +124,45 @@ impl Builder<'_> {
     }
 }
 
-impl Metrics {
-    /// Builds and registers every family in a fresh registry.
-    pub fn new(config: &MetricsConfig) -> Metrics {
-        let registry = Registry::new();
-        let b = Builder {
-            registry: &registry,
-            model_name: &config.model_name,
-        };
-        let tokens = token_buckets(u64::from(config.max_model_len));
+/// The engine's current load (set at each scrape).
+struct LoadGauges {
+    running: Gauge,
+    waiting: Gauge,
+    kv_usage: Gauge,
+}
+
+impl LoadGauges {
+    fn new(b: &Builder<'_>) -> Self {
+        LoadGauges {
+            running: b.gauge(
+                "vllm:num_requests_running",
+                "Sequences being computed (holding KV-cache blocks).",
+            ),
+            waiting: b.gauge(
+                "vllm:num_requests_waiting",
+                "Requests waiting to be scheduled, preempted ones included.",
+            ),
+            kv_usage: b.gauge(
+                "vllm:kv_cache_usage_perc",
+                "Fraction of KV-cache blocks in use (1 = full).",
+            ),
+        }
+    }
+}
+
+/// Monotonic totals.
+struct Counters {
+    prompt_tokens: IntCounter,
+    generation_tokens: IntCounter,
+    request_success: CounterVec,
+    preemptions: IntCounter,
+    prefix_queries: IntCounter,
+    prefix_hits: IntCounter,
+    lagged: IntCounter,
+}
+
+impl Counters {
+    fn new(b: &Builder<'_>) -> Self {
         let request_success = b.register(CounterVec::new(
             b.opts(
                 "vllm:request_success_total",
@@ -129,26 +170,12 @@ impl Metrics {
             ),
             &["finished_reason"],
         ));
-        // Every reason shows from the start, at 0, as vLLM does.
-        for reason in [
-            FinishReason::Stop,
-            FinishReason::Length,
-            FinishReason::Abort,
-            FinishReason::Error,
-        ] {
+        // Every reason shows from the start, at 0.
+        for reason in REASONS {
             request_success.with_label_values(&[reason.as_str()]);
         }
-        Metrics {
-            running: b.gauge("vllm:num_requests_running", "Requests being computed."),
-            waiting: b.gauge(
-                "vllm:num_requests_waiting",
-                "Requests waiting to be scheduled.",
-            ),
-            kv_usage: b.gauge(
-                "vllm:kv_cache_usage_perc",
-                "Fraction of KV-cache blocks in use (1 = full).",
-            ),
-            prompt_tokens: b.counter("vllm:prompt_tokens_total", "Prompt tokens processed."),
+        Counters {
+            prompt_tokens: b.counter("vllm:prompt_tokens_total", "Prompt tokens of requests."),
             generation_tokens: b.counter("vllm:generation_tokens_total", "Tokens generated."),
             request_success,
             preemptions: b.counter("vllm:num_preemptions_total", "Sequences preempted."),
@@ -164,14 +191,31 @@ impl Metrics {
                 "kiln:metrics_events_lagged_total",
                 "Engine events the metrics task missed because it fell behind.",
             ),
+        }
+    }
+}
+
+/// Latency histograms, in seconds.
+struct Latencies {
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    queue: Histogram,
+    prefill: Histogram,
+    decode: Histogram,
+}
+
+impl Latencies {
+    fn new(b: &Builder<'_>) -> Self {
+        Latencies {
             ttft: b.histogram(
                 "vllm:time_to_first_token_seconds",
-                "Seconds from arrival to the first token.",
+                "Seconds from arrival to a sequence's first token.",
                 TTFT_BUCKETS,
             ),
             itl: b.histogram(
                 "vllm:inter_token_latency_seconds",
-                "Seconds between consecutive tokens.",
+                "Seconds between consecutive tokens of a sequence.",
                 ITL_BUCKETS,
             ),
             e2e: b.histogram(
@@ -181,25 +225,42 @@ impl Metrics {
             ),
             queue: b.histogram(
                 "vllm:request_queue_time_seconds",
-                "Seconds waiting before first scheduled.",
+                "Seconds from arrival to first scheduled.",
                 REQUEST_BUCKETS,
             ),
             prefill: b.histogram(
                 "vllm:request_prefill_time_seconds",
-                "Seconds from first scheduled to first token.",
+                "Seconds from first scheduled to a sequence's first token.",
                 REQUEST_BUCKETS,
             ),
             decode: b.histogram(
                 "vllm:request_decode_time_seconds",
-                "Seconds from first to last token.",
+                "Seconds from a sequence's first token to its last.",
                 REQUEST_BUCKETS,
             ),
-            prompt_hist: b.histogram(
+        }
+    }
+}
+
+/// Size histograms, in tokens (or sequences for `n`).
+struct Sizes {
+    prompt: Histogram,
+    generation: Histogram,
+    params_n: Histogram,
+    params_max_tokens: Histogram,
+    iteration: Histogram,
+}
+
+impl Sizes {
+    fn new(b: &Builder<'_>, config: &MetricsConfig) -> Self {
+        let tokens = token_buckets(u64::from(config.max_model_len));
+        Sizes {
+            prompt: b.histogram(
                 "vllm:request_prompt_tokens",
                 "Prompt tokens per request.",
                 &tokens,
             ),
-            generation_hist: b.histogram(
+            generation: b.histogram(
                 "vllm:request_generation_tokens",
                 "Generated tokens per sequence.",
                 &tokens,
@@ -207,19 +268,55 @@ impl Metrics {
             params_n: b.histogram(
                 "vllm:request_params_n",
                 "The n parameter of requests.",
-                &[1.0, 2.0, 5.0, 10.0, 20.0],
+                N_BUCKETS,
             ),
             params_max_tokens: b.histogram(
                 "vllm:request_params_max_tokens",
-                "The max_tokens parameter of requests.",
+                "The max_tokens parameter of requests that set it.",
                 &tokens,
             ),
-            iteration_tokens: b.histogram(
+            iteration: b.histogram(
                 "vllm:iteration_tokens_total",
                 "Tokens computed per engine step.",
-                &token_buckets(16384),
+                &token_buckets(u64::from(config.max_num_batched_tokens)),
             ),
+        }
+    }
+}
+
+/// Every metric Kiln exports, registered in a registry of its own.
+pub struct Metrics {
+    registry: Registry,
+    load: LoadGauges,
+    counters: Counters,
+    latencies: Latencies,
+    sizes: Sizes,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every family in a fresh registry.
+    pub fn new(config: &MetricsConfig) -> Metrics {
+        let registry = Registry::new();
+        let b = Builder {
+            registry: &registry,
+            model_name: &config.model_name,
+        };
+        let load = LoadGauges::new(&b);
+        let counters = Counters::new(&b);
+        let latencies = Latencies::new(&b);
+        let sizes = Sizes::new(&b, config);
+        Metrics {
             registry,
+            load,
+            counters,
+            latencies,
+            sizes,
         }
     }
 
@@ -228,76 +325,100 @@ impl Metrics {
         match event {
             EngineEvent::RequestArrived { .. } => {}
             EngineEvent::Step(stats) => self.observe_step(stats),
-            EngineEvent::SequenceFinished(m) => self.observe_finished(m),
+            EngineEvent::SequenceFinished(m) => {
+                self.observe_sequence(m);
+                if m.index == 0 {
+                    self.observe_request(m);
+                }
+            }
         }
     }
 
     fn observe_step(&self, s: &StepStats) {
-        self.preemptions.inc_by(u64::from(s.num_preemptions));
-        self.prefix_queries
-            .inc_by(u64::from(s.prefix_cache_queries));
-        self.prefix_hits.inc_by(u64::from(s.prefix_cache_hits));
+        let c = &self.counters;
+        c.preemptions.inc_by(u64::from(s.num_preemptions));
+        c.prefix_queries.inc_by(u64::from(s.prefix_cache_queries));
+        c.prefix_hits.inc_by(u64::from(s.prefix_cache_hits));
+        // Steps that computed nothing (bookkeeping after a release) are not iterations.
         if s.num_batched_tokens > 0 {
-            self.iteration_tokens
+            self.sizes
+                .iteration
                 .observe(f64::from(s.num_batched_tokens));
         }
     }
 
-    /// Per sequence: generated tokens and latencies. Per request (the
-    /// sequence with index 0): prompt tokens, the finish reason and the
-    /// request parameters.
-    fn observe_finished(&self, m: &RequestMetrics) {
-        self.generation_tokens
+    /// What every sequence contributes.
+    fn observe_sequence(&self, m: &RequestMetrics) {
+        let l = &self.latencies;
+        self.counters
+            .generation_tokens
             .inc_by(u64::from(m.generation_tokens));
-        self.generation_hist.observe(f64::from(m.generation_tokens));
+        self.sizes
+            .generation
+            .observe(f64::from(m.generation_tokens));
         if m.generation_tokens > 0 {
-            self.ttft.observe(m.ttft_seconds);
-            self.prefill.observe(m.prefill_seconds);
-            self.decode.observe(m.decode_seconds);
+            l.ttft.observe(m.ttft_seconds);
+            l.prefill.observe(m.prefill_seconds);
+            l.decode.observe(m.decode_seconds);
         }
         for gap in &m.inter_token_seconds {
-            self.itl.observe(*gap);
+            l.itl.observe(*gap);
         }
-        if m.index != 0 {
-            return;
-        }
-        self.prompt_tokens.inc_by(u64::from(m.prompt_tokens));
-        self.prompt_hist.observe(f64::from(m.prompt_tokens));
-        self.queue.observe(m.queue_seconds);
-        self.e2e.observe(m.e2e_seconds);
-        self.params_n.observe(f64::from(m.n.max(1)));
-        if let Some(max) = m.max_tokens {
-            self.params_max_tokens.observe(f64::from(max));
-        }
-        let reason = m.reason.unwrap_or(FinishReason::Error).as_str();
-        self.request_success.with_label_values(&[reason]).inc();
     }
 
-    /// Counts events the fold missed.
+    /// What a request contributes once (fed its sequence with index 0).
+    fn observe_request(&self, m: &RequestMetrics) {
+        self.counters
+            .prompt_tokens
+            .inc_by(u64::from(m.prompt_tokens));
+        self.sizes.prompt.observe(f64::from(m.prompt_tokens));
+        self.latencies.queue.observe(m.queue_seconds);
+        self.latencies.e2e.observe(m.e2e_seconds);
+        self.sizes.params_n.observe(f64::from(m.n.max(1)));
+        if let Some(max) = m.max_tokens {
+            self.sizes.params_max_tokens.observe(f64::from(max));
+        }
+        // A sequence that ended without a reason ended abnormally.
+        let reason = m.reason.unwrap_or(FinishReason::Error);
+        self.counters
+            .request_success
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counts engine events the fold missed.
     pub fn lagged(&self, missed: u64) {
-        self.lagged.inc_by(missed);
+        self.counters.lagged.inc_by(missed);
     }
 
     /// Sets the gauges from the engine's current load.
     pub fn set_load(&self, load: EngineLoad) {
-        self.running.set(f64::from(load.running));
-        self.waiting.set(f64::from(load.waiting));
-        self.kv_usage.set(load.kv_usage);
+        self.load.running.set(f64::from(load.running));
+        self.load.waiting.set(f64::from(load.waiting));
+        self.load.kv_usage.set(load.kv_usage.clamp(0.0, 1.0));
     }
 
     /// The text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
         let mut out = Vec::new();
-        // Encoding into a Vec only fails for malformed families, which this file never builds.
+        // Encoding only fails for malformed families, which this file never
+        // builds, and the text encoder writes UTF-8 only.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// Value of a counter of `request_success_total` (tests and logs).
-    pub fn successes(&self, reason: FinishReason) -> f64 {
-        self.request_success
+    /// Value of `vllm:request_success_total` for one reason.
+    pub fn successes(&self, reason: FinishReason) -> u64 {
+        // Counted by whole increments, so the float is an exact integer.
+        self.counters
+            .request_success
             .with_label_values(&[reason.as_str()])
-            .get()
+            .get() as u64
+    }
+
+    /// Value of `kiln:metrics_events_lagged_total`.
+    pub fn events_lagged(&self) -> u64 {
+        self.counters.lagged.get()
     }
 }
 
@@ -309,11 +430,12 @@ mod tests {
         Metrics::new(&MetricsConfig {
             model_name: "m".into(),
             max_model_len: 2048,
+            max_num_batched_tokens: 512,
         })
     }
 
-    fn finished(index: u32, reason: FinishReason, prompt: u32, generated: u32) -> EngineEvent {
-        EngineEvent::SequenceFinished(RequestMetrics {
+    fn sequence(index: u32, reason: FinishReason, prompt: u32, generated: u32) -> RequestMetrics {
+        RequestMetrics {
             request_id: 1,
             index,
             reason: Some(reason),
@@ -327,13 +449,44 @@ mod tests {
             inter_token_seconds: vec![0.02; generated.saturating_sub(1) as usize],
             n: 2,
             max_tokens: Some(16),
-        })
+        }
+    }
+
+    fn finished(index: u32, reason: FinishReason, prompt: u32, generated: u32) -> EngineEvent {
+        EngineEvent::SequenceFinished(sequence(index, reason, prompt, generated))
+    }
+
+    /// The value of one exposition line, found by its series (`name{labels}`).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
     }
 
     #[test]
     fn token_buckets_follow_the_one_two_five_series() {
         assert_eq!(token_buckets(60), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
+        assert_eq!(token_buckets(50), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
         assert_eq!(token_buckets(0), vec![1.0]);
+        assert_eq!(token_buckets(20_000).last(), Some(&20_000.0));
+        assert_eq!(token_buckets(u64::from(u32::MAX)).last(), Some(&2e9));
+    }
+
+    #[test]
+    fn config_comes_from_engine_info() {
+        let info = EngineInfo {
+            model_id: "org/model".into(),
+            max_model_len: 4096,
+            max_num_batched_tokens: 1024,
+            ..EngineInfo::default()
+        };
+        let config = MetricsConfig::from_info(&info);
+        assert_eq!(config.model_name, "org/model");
+        assert_eq!(
+            (config.max_model_len, config.max_num_batched_tokens),
+            (4096, 1024)
+        );
     }
 
     #[test]
@@ -341,25 +494,127 @@ mod tests {
         let m = metrics();
         m.observe(&finished(0, FinishReason::Length, 10, 16));
         m.observe(&finished(1, FinishReason::Stop, 10, 4));
-        assert_eq!(m.prompt_tokens.get(), 10);
-        assert_eq!(m.generation_tokens.get(), 20);
-        assert_eq!(m.successes(FinishReason::Length), 1.0);
-        assert_eq!(m.successes(FinishReason::Stop), 0.0);
-        assert_eq!(m.e2e.get_sample_count(), 1);
-        assert_eq!(m.ttft.get_sample_count(), 2);
-        assert_eq!(m.itl.get_sample_count(), 15 + 3);
-        assert!((m.itl.get_sample_sum() - 18.0 * 0.02).abs() < 1e-9);
-        assert_eq!(m.generation_hist.get_sample_count(), 2);
-        assert_eq!(m.params_n.get_sample_count(), 1);
+        let (c, l, s) = (&m.counters, &m.latencies, &m.sizes);
+        assert_eq!(c.prompt_tokens.get(), 10);
+        assert_eq!(c.generation_tokens.get(), 20);
+        assert_eq!(m.successes(FinishReason::Length), 1);
+        assert_eq!(m.successes(FinishReason::Stop), 0);
+        assert_eq!(l.e2e.get_sample_count(), 1);
+        assert_eq!(l.queue.get_sample_count(), 1);
+        assert_eq!(l.ttft.get_sample_count(), 2);
+        assert_eq!(l.prefill.get_sample_count(), 2);
+        assert_eq!(l.decode.get_sample_count(), 2);
+        assert_eq!(l.itl.get_sample_count(), 15 + 3);
+        assert!((l.itl.get_sample_sum() - 18.0 * 0.02).abs() < 1e-9);
+        assert_eq!(s.prompt.get_sample_count(), 1);
+        assert_eq!(s.prompt.get_sample_sum(), 10.0);
+        assert_eq!(s.generation.get_sample_count(), 2);
+        assert_eq!(s.generation.get_sample_sum(), 20.0);
+        assert_eq!(s.params_n.get_sample_count(), 1);
+        assert_eq!(s.params_n.get_sample_sum(), 2.0);
+        assert_eq!(s.params_max_tokens.get_sample_sum(), 16.0);
     }
 
     #[test]
-    fn aborted_sequences_without_tokens_observe_no_first_token_latency() {
+    fn a_sequence_finishing_before_index_zero_counts_the_request_only_once() {
+        let m = metrics();
+        m.observe(&finished(1, FinishReason::Stop, 10, 3));
+        assert_eq!(m.counters.prompt_tokens.get(), 0);
+        assert_eq!(m.successes(FinishReason::Stop), 0);
+        m.observe(&finished(0, FinishReason::Stop, 10, 5));
+        assert_eq!(m.counters.prompt_tokens.get(), 10);
+        assert_eq!(m.counters.generation_tokens.get(), 8);
+        assert_eq!(m.successes(FinishReason::Stop), 1);
+    }
+
+    #[test]
+    fn every_finish_reason_has_its_label() {
+        let m = metrics();
+        for (i, reason) in REASONS.into_iter().enumerate() {
+            for _ in 0..=i {
+                m.observe(&finished(0, reason, 1, 1));
+            }
+        }
+        let mut missing = sequence(0, FinishReason::Stop, 1, 1);
+        missing.reason = None;
+        m.observe(&EngineEvent::SequenceFinished(missing));
+        let text = m.encode();
+        for (reason, want) in [
+            ("stop", 1.0),
+            ("length", 2.0),
+            ("abort", 3.0),
+            ("error", 5.0),
+        ] {
+            let series = format!(
+                "vllm:request_success_total{{finished_reason=\"{reason}\",model_name=\"m\"}}"
+            );
+            assert_eq!(sample(&text, &series), Some(want), "{series}\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_reason_is_exposed_at_zero_before_any_request() {
+        let text = metrics().encode();
+        for reason in REASONS {
+            let series = format!(
+                "vllm:request_success_total{{finished_reason=\"{}\",model_name=\"m\"}}",
+                reason.as_str()
+            );
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+    }
+
+    #[test]
+    fn aborted_sequences_without_tokens_observe_no_token_timings() {
         let m = metrics();
         m.observe(&finished(0, FinishReason::Abort, 7, 0));
-        assert_eq!(m.successes(FinishReason::Abort), 1.0);
-        assert_eq!(m.ttft.get_sample_count(), 0);
-        assert_eq!(m.prompt_tokens.get(), 7);
+        assert_eq!(m.successes(FinishReason::Abort), 1);
+        assert_eq!(m.latencies.ttft.get_sample_count(), 0);
+        assert_eq!(m.latencies.prefill.get_sample_count(), 0);
+        assert_eq!(m.latencies.decode.get_sample_count(), 0);
+        assert_eq!(m.latencies.itl.get_sample_count(), 0);
+        assert_eq!(m.latencies.e2e.get_sample_count(), 1);
+        assert_eq!(m.counters.prompt_tokens.get(), 7);
+        assert_eq!(m.sizes.generation.get_sample_count(), 1);
+    }
+
+    #[test]
+    fn observations_land_in_vllm_buckets() {
+        let m = metrics();
+        m.observe(&finished(0, FinishReason::Stop, 300, 3));
+        let text = m.encode();
+        let bucket = |name: &str, le: &str| {
+            sample(
+                &text,
+                &format!("{name}_bucket{{model_name=\"m\",le=\"{le}\"}}"),
+            )
+        };
+        // TTFT 0.05 s: above 0.04, within 0.06.
+        assert_eq!(
+            bucket("vllm:time_to_first_token_seconds", "0.04"),
+            Some(0.0)
+        );
+        assert_eq!(
+            bucket("vllm:time_to_first_token_seconds", "0.06"),
+            Some(1.0)
+        );
+        // Two gaps of 0.02 s: within the first ITL bucket.
+        assert_eq!(
+            bucket("vllm:inter_token_latency_seconds", "0.01"),
+            Some(0.0)
+        );
+        assert_eq!(
+            bucket("vllm:inter_token_latency_seconds", "0.025"),
+            Some(2.0)
+        );
+        // E2E 0.25 s: within the first request bucket.
+        assert_eq!(bucket("vllm:e2e_request_latency_seconds", "0.3"), Some(1.0));
+        // 300 prompt tokens: above 200, within 500; the last bucket is 2000.
+        assert_eq!(bucket("vllm:request_prompt_tokens", "200"), Some(0.0));
+        assert_eq!(bucket("vllm:request_prompt_tokens", "500"), Some(1.0));
+        assert_eq!(bucket("vllm:request_prompt_tokens", "2000"), Some(1.0));
+        assert_eq!(bucket("vllm:request_prompt_tokens", "5000"), None);
+        assert_eq!(bucket("vllm:request_prompt_tokens", "+Inf"), Some(1.0));
     }
 
     #[test]
@@ -374,14 +629,42 @@ mod tests {
         };
         m.observe(&EngineEvent::Step(step));
         m.observe(&EngineEvent::Step(step));
-        assert_eq!(m.preemptions.get(), 4);
-        assert_eq!(m.prefix_queries.get(), 128);
-        assert_eq!(m.prefix_hits.get(), 96);
-        assert_eq!(m.iteration_tokens.get_sample_count(), 2);
+        m.observe(&EngineEvent::Step(StepStats::default()));
+        assert_eq!(m.counters.preemptions.get(), 4);
+        assert_eq!(m.counters.prefix_queries.get(), 128);
+        assert_eq!(m.counters.prefix_hits.get(), 96);
+        assert_eq!(m.sizes.iteration.get_sample_count(), 2);
+        assert_eq!(m.sizes.iteration.get_sample_sum(), 140.0);
     }
 
     #[test]
-    fn gauges_show_the_load_given_and_the_text_names_every_family() {
+    fn arrivals_move_nothing() {
+        let m = metrics();
+        let before = m.encode();
+        m.observe(&EngineEvent::RequestArrived {
+            request_id: 3,
+            prompt_tokens: 12,
+        });
+        assert_eq!(m.encode(), before);
+    }
+
+    #[test]
+    fn lagged_events_are_counted() {
+        let m = metrics();
+        m.lagged(3);
+        m.lagged(4);
+        assert_eq!(m.events_lagged(), 7);
+        assert_eq!(
+            sample(
+                &m.encode(),
+                "kiln:metrics_events_lagged_total{model_name=\"m\"}"
+            ),
+            Some(7.0)
+        );
+    }
+
+    #[test]
+    fn gauges_show_the_load_given() {
         let m = metrics();
         m.set_load(EngineLoad {
             running: 3,
@@ -389,28 +672,23 @@ mod tests {
             kv_usage: 0.25,
         });
         let text = m.encode();
-        assert!(
-            text.contains("vllm:num_requests_running{model_name=\"m\"} 3"),
-            "{text}"
+        let gauge = |name: &str| sample(&text, &format!("{name}{{model_name=\"m\"}}"));
+        assert_eq!(gauge("vllm:num_requests_running"), Some(3.0));
+        assert_eq!(gauge("vllm:num_requests_waiting"), Some(1.0));
+        assert_eq!(gauge("vllm:kv_cache_usage_perc"), Some(0.25));
+        m.set_load(EngineLoad::default());
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "vllm:num_requests_running{model_name=\"m\"}"),
+            Some(0.0)
         );
-        assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25"));
-        for name in [
-            "vllm:num_requests_waiting",
-            "vllm:prompt_tokens_total",
-            "vllm:generation_tokens_total",
-            "vllm:num_preemptions_total",
-            "vllm:prefix_cache_queries_total",
-            "vllm:prefix_cache_hits_total",
-            "vllm:time_to_first_token_seconds",
-            "vllm:inter_token_latency_seconds",
-            "vllm:e2e_request_latency_seconds",
-            "vllm:request_queue_time_seconds",
-            "vllm:request_prefill_time_seconds",
-            "vllm:request_decode_time_seconds",
-            "vllm:request_prompt_tokens",
-            "vllm:request_generation_tokens",
-        ] {
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
-        }
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let (a, b) = (metrics(), metrics());
+        a.observe(&finished(0, FinishReason::Stop, 5, 5));
+        assert_eq!(a.counters.prompt_tokens.get(), 5);
+        assert_eq!(b.counters.prompt_tokens.get(), 0);
     }
 }

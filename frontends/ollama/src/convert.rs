@@ -179,12 +179,15 @@ pub enum PromptPlan {
 }
 
 /// Builds the prompt of `/api/generate` (the prompt is non-empty here).
-pub fn generate_prompt(req: &GenerateIn) -> Result<PromptPlan, ApiError> {
+/// A model without a chat template uses Ollama's default template,
+/// `{{ .Prompt }}`: the prompt as is, with the model's special tokens.
+pub fn generate_prompt(req: &GenerateIn, has_chat_template: bool) -> Result<PromptPlan, ApiError> {
     let prompt = req.prompt.clone().unwrap_or_default();
     let has_template = req.template.as_deref().is_some_and(|t| !t.is_empty());
+    let has_system = req.system.as_deref().is_some_and(|s| !s.is_empty());
     let has_context = req.context.as_ref().is_some_and(|c| !c.is_empty());
     if req.raw == Some(true) {
-        if has_template || req.system.is_some() || has_context {
+        if has_template || has_system || has_context {
             return Err(bad(
                 "raw mode does not support template, system, or context",
             ));
@@ -195,6 +198,9 @@ pub fn generate_prompt(req: &GenerateIn) -> Result<PromptPlan, ApiError> {
         let system = req.system.as_deref().unwrap_or("");
         return render_simple_template(req.template.as_deref().unwrap_or(""), system, &prompt)
             .map(PromptPlan::Templated);
+    }
+    if !has_chat_template {
+        return Ok(PromptPlan::Templated(prompt));
     }
     let mut messages = Vec::new();
     if let Some(system) = req.system.as_deref().filter(|s| !s.is_empty()) {
@@ -252,27 +258,36 @@ pub fn render_simple_template(
     Ok(out)
 }
 
+/// The roles a chat message may have (compared without case, as Ollama
+/// lower-cases them).
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
 /// Chat messages for the template (roles lower-cased) and whether the last
-/// one is an assistant message to continue.
-pub fn chat_messages(messages: &[MessageIn]) -> (Vec<Value>, bool) {
-    let values = messages
-        .iter()
-        .map(|m| {
-            let mut v = json!({"role": m.role.to_lowercase(), "content": m.content.clone().unwrap_or_default()});
-            if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
-                v["tool_calls"] = calls.clone();
-            }
-            if let Some(name) = &m.tool_name {
-                v["tool_name"] = json!(name);
-            }
-            v
-        })
-        .collect();
+/// one is an assistant message to continue. An unknown role is a 400.
+pub fn chat_messages(messages: &[MessageIn]) -> Result<(Vec<Value>, bool), ApiError> {
+    let mut values = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.role.to_lowercase();
+        if !ROLES.contains(&role.as_str()) {
+            return Err(bad(format!(
+                "invalid role {:?} in messages[{i}]: use one of system, user, assistant, tool",
+                m.role
+            )));
+        }
+        let mut v = json!({"role": role, "content": m.content.clone().unwrap_or_default()});
+        if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+            v["tool_calls"] = calls.clone();
+        }
+        if let Some(name) = &m.tool_name {
+            v["tool_name"] = json!(name);
+        }
+        values.push(v);
+    }
     let continue_last = messages.last().is_some_and(|m| {
         m.role.eq_ignore_ascii_case("assistant")
             && m.content.as_deref().is_some_and(|c| !c.is_empty())
     });
-    (values, continue_last)
+    Ok((values, continue_last))
 }
 
 /// Sampling and stopping from the options (the prompt is filled in later).
@@ -380,22 +395,50 @@ mod tests {
             system: Some("s".into()),
             ..Default::default()
         };
-        assert!(generate_prompt(&req).is_err());
+        assert!(generate_prompt(&req, true).is_err());
         let req = GenerateIn {
             prompt: Some("x".into()),
             raw: Some(true),
+            system: Some(String::new()),
             ..Default::default()
         };
-        assert_eq!(generate_prompt(&req).unwrap(), PromptPlan::Raw("x".into()));
+        assert_eq!(
+            generate_prompt(&req, true).unwrap(),
+            PromptPlan::Raw("x".into()),
+            "an empty system is no system"
+        );
         let req = GenerateIn {
             prompt: Some("x".into()),
             system: Some("s".into()),
             ..Default::default()
         };
-        let PromptPlan::Chat(m) = generate_prompt(&req).unwrap() else {
+        let PromptPlan::Chat(m) = generate_prompt(&req, true).unwrap() else {
             panic!()
         };
         assert_eq!(m[0]["role"], "system");
+        assert_eq!(
+            generate_prompt(&req, false).unwrap(),
+            PromptPlan::Templated("x".into()),
+            "without a chat template the prompt is used as is"
+        );
+    }
+
+    #[test]
+    fn roles_are_checked_and_lower_cased() {
+        let msg = |role: &str, content: &str| MessageIn {
+            role: role.into(),
+            content: Some(content.into()),
+            ..Default::default()
+        };
+        let (values, cont) = chat_messages(&[msg("USER", "hi"), msg("Assistant", "ok")]).unwrap();
+        assert_eq!(values[0]["role"], "user");
+        assert!(cont, "a final assistant message is continued");
+        let e = chat_messages(&[msg("wizard", "hi")]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid role \"wizard\" in messages[0]: use one of system, user, assistant, tool"
+        );
+        assert!(chat_messages(&[msg("", "hi")]).is_err());
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //! `GET`/`HEAD /` ("Ollama is running"; `POST /` belongs to TGI).
 //!
 //! `options` are type-checked as Ollama does (`option "x" must be of type
-//! ...`); `num_ctx` is accepted but never truncates a prompt. Unknown models
+//! ...`) and range-checked under their Ollama names; `num_predict` ≤ 0
+//! generates up to the context; `num_ctx` is accepted but never truncates a
+//! prompt, and a prompt (plus `num_predict`) beyond the context is a 400
+//! naming both numbers. Bodies must be JSON objects (any `Content-Type`), and
+//! message roles one of `system`, `user`, `assistant`, `tool`. Unknown models
 //! are a 404 `model 'x' not found`; served names answer with or without
 //! `:latest`. Embeddings, images, tools, thinking and structured outputs are
 //! rejected with a clear 400.

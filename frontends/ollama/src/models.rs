@@ -64,16 +64,46 @@ pub fn tags(info: &EngineInfo) -> Value {
     json!({"models": models})
 }
 
-/// `POST /api/show`; `model_info` is always present.
-pub fn show(info: &EngineInfo) -> Value {
-    let mut parameters = format!("num_ctx {}", info.max_model_len);
-    for eos in &info.eos_token_ids {
-        parameters.push_str(&format!("\nstop_token_id {eos}"));
+/// Width Ollama pads parameter names to in `/api/show`'s `parameters`.
+const PARAMETER_NAME_WIDTH: usize = 30;
+
+/// The model's parameters as `(name, value)`, values written as in a
+/// Modelfile (strings quoted): the context length and one `stop` per
+/// end-of-sequence token text.
+fn parameter_pairs(info: &EngineInfo, stops: &[String]) -> Vec<(&'static str, String)> {
+    let mut pairs = vec![("num_ctx", info.max_model_len.to_string())];
+    for stop in stops {
+        pairs.push(("stop", Value::from(stop.as_str()).to_string()));
+    }
+    pairs
+}
+
+/// `POST /api/show`; `model_info` is always present. `stops` are the texts
+/// of the end-of-sequence tokens. `parameters` is laid out as Ollama does
+/// (names padded to 30 columns); `modelfile` holds `FROM`, `TEMPLATE` (a
+/// Jinja chat template) and `PARAMETER` lines.
+pub fn show(info: &EngineInfo, stops: &[String]) -> Value {
+    let pairs = parameter_pairs(info, stops);
+    let parameters: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k:<PARAMETER_NAME_WIDTH$} {v}"))
+        .collect();
+    let mut modelfile = format!(
+        "# Modelfile of the model Kiln serves\n\nFROM {}\n",
+        info.model_path
+    );
+    if let Some(template) = &info.chat_template {
+        modelfile.push_str(&format!(
+            "# a Jinja chat template\nTEMPLATE \"\"\"{template}\"\"\"\n"
+        ));
+    }
+    for (k, v) in &pairs {
+        modelfile.push_str(&format!("PARAMETER {k} {v}\n"));
     }
     json!({
         "license": "",
-        "modelfile": format!("# Served by Kiln\nFROM {}\n", info.model_path),
-        "parameters": parameters,
+        "modelfile": modelfile,
+        "parameters": parameters.join("\n"),
         "template": info.chat_template.clone().unwrap_or_default(),
         "details": details(info),
         "model_info": info.model_info,
@@ -132,8 +162,34 @@ mod tests {
 
     #[test]
     fn show_always_has_model_info() {
-        let v = show(&EngineInfo::default());
+        let v = show(&EngineInfo::default(), &[]);
         assert!(v.get("model_info").is_some());
         assert_eq!(v["capabilities"], json!(["completion"]));
+    }
+
+    #[test]
+    fn show_parameters_are_laid_out_as_ollama() {
+        let info = EngineInfo {
+            max_model_len: 4096,
+            model_path: "/m.gguf".into(),
+            ..Default::default()
+        };
+        let v = show(&info, &["<|im_end|>".to_string()]);
+        assert_eq!(
+            v["parameters"],
+            format!(
+                "num_ctx{} 4096\nstop{} \"<|im_end|>\"",
+                " ".repeat(23),
+                " ".repeat(26)
+            )
+        );
+        let modelfile = v["modelfile"].as_str().unwrap();
+        assert!(modelfile.contains("\nFROM /m.gguf\n"), "{modelfile}");
+        assert!(modelfile.ends_with("PARAMETER num_ctx 4096\nPARAMETER stop \"<|im_end|>\"\n"));
+        assert!(
+            !modelfile.contains("TEMPLATE"),
+            "no template, no TEMPLATE line"
+        );
+        assert!(modelfile.starts_with("# Modelfile of the model Kiln serves\n\nFROM /m.gguf\n"));
     }
 }

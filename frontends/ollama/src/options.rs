@@ -1,9 +1,19 @@
 //! Ollama's `options` map: typed like Ollama checks it (wrong types are a
 //! 400 `option "x" must be of type ...`; unknown keys are ignored), with
-//! Ollama's defaults.
+//! Ollama's defaults, and sampling values range-checked under their Ollama
+//! names (`option "top_p" must be in (0, 1], got 1.5`).
+//!
+//! `num_predict` keeps Ollama's meaning: a positive value caps the new
+//! tokens; `-1` (infinite), `-2` (fill the context) and any other value
+//! ≤ 0 generate up to the end of the context.
 
+use axum::http::StatusCode;
 use kiln_http::{ApiError, Dialect};
 use serde_json::{Map, Value};
+
+fn bad(message: String) -> ApiError {
+    ApiError::new(Dialect::Ollama, StatusCode::BAD_REQUEST, message)
+}
 
 /// The options Kiln acts on (others are accepted and ignored).
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +58,59 @@ impl Default for Options {
             stop: Vec::new(),
             num_ctx: None,
         }
+    }
+}
+
+impl Options {
+    /// Range checks of the sampling values, naming the Ollama option.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let checks: [(&str, f32, bool, &str); 6] = [
+            (
+                "temperature",
+                self.temperature,
+                self.temperature >= 0.0,
+                "must be non-negative",
+            ),
+            (
+                "top_p",
+                self.top_p,
+                self.top_p > 0.0 && self.top_p <= 1.0,
+                "must be in (0, 1]",
+            ),
+            (
+                "min_p",
+                self.min_p,
+                (0.0..=1.0).contains(&self.min_p),
+                "must be in [0, 1]",
+            ),
+            (
+                "repeat_penalty",
+                self.repeat_penalty,
+                self.repeat_penalty > 0.0,
+                "must be positive",
+            ),
+            (
+                "presence_penalty",
+                self.presence_penalty,
+                (-2.0..=2.0).contains(&self.presence_penalty),
+                "must be in [-2, 2]",
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                (-2.0..=2.0).contains(&self.frequency_penalty),
+                "must be in [-2, 2]",
+            ),
+        ];
+        for (name, value, ok, rule) in checks {
+            if !value.is_finite() {
+                return Err(bad(format!("option \"{name}\" must be a finite number")));
+            }
+            if !ok {
+                return Err(bad(format!("option \"{name}\" {rule}, got {value}")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -114,11 +177,10 @@ pub fn parse_options(map: Option<&Map<String, Value>>) -> Result<Options, ApiErr
             continue;
         };
         if !ty.accepts(value) {
-            return Err(ApiError::new(
-                Dialect::Ollama,
-                axum::http::StatusCode::BAD_REQUEST,
-                format!("option \"{key}\" must be of type {}", ty.name()),
-            ));
+            return Err(bad(format!(
+                "option \"{key}\" must be of type {}",
+                ty.name()
+            )));
         }
         let f = number(value);
         match key.as_str() {
@@ -143,6 +205,7 @@ pub fn parse_options(map: Option<&Map<String, Value>>) -> Result<Options, ApiErr
             _ => tracing::debug!(option = %key, "accepted Ollama option has no effect in Kiln"),
         }
     }
+    o.validate()?;
     Ok(o)
 }
 
@@ -207,5 +270,54 @@ mod tests {
             let e = parse(v).unwrap_err();
             assert_eq!((e.status.as_u16(), e.message.as_str()), (400, msg));
         }
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_option() {
+        for (v, msg) in [
+            (
+                json!({"temperature": -1}),
+                "option \"temperature\" must be non-negative, got -1",
+            ),
+            (
+                json!({"top_p": 1.5}),
+                "option \"top_p\" must be in (0, 1], got 1.5",
+            ),
+            (
+                json!({"top_p": 0}),
+                "option \"top_p\" must be in (0, 1], got 0",
+            ),
+            (
+                json!({"min_p": 2}),
+                "option \"min_p\" must be in [0, 1], got 2",
+            ),
+            (
+                json!({"repeat_penalty": 0}),
+                "option \"repeat_penalty\" must be positive, got 0",
+            ),
+            (
+                json!({"presence_penalty": 3}),
+                "option \"presence_penalty\" must be in [-2, 2], got 3",
+            ),
+            (
+                json!({"frequency_penalty": -2.5}),
+                "option \"frequency_penalty\" must be in [-2, 2], got -2.5",
+            ),
+            (
+                json!({"temperature": 1e300}),
+                "option \"temperature\" must be a finite number",
+            ),
+        ] {
+            let e = parse(v).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.message.as_str()), (400, msg));
+        }
+    }
+
+    #[test]
+    fn any_non_positive_num_predict_means_up_to_the_context() {
+        for n in [-1, -2, -5, 0] {
+            assert_eq!(parse(json!({"num_predict": n})).unwrap().num_predict, n);
+        }
+        assert_eq!(parse(json!({"num_predict": 7.9})).unwrap().num_predict, 7);
     }
 }

@@ -1,7 +1,28 @@
-//! Ollama request bodies. Unknown fields are ignored.
+//! Ollama request bodies. Unknown fields are ignored; a body that is not a
+//! JSON object is refused (serde would otherwise read an array positionally).
 
+use axum::http::StatusCode;
+use kiln_http::{ApiError, Dialect};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+/// Reads a parsed body into `T`: a JSON object, or a 400 in Ollama's shape.
+pub fn from_body<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    let kind = match &value {
+        Value::Object(_) => return kiln_http::body::from_value(Dialect::Ollama, value),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(ApiError::new(
+        Dialect::Ollama,
+        StatusCode::BAD_REQUEST,
+        format!("invalid request: the body must be a JSON object, got {kind}"),
+    ))
+}
 
 /// `POST /api/generate`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -41,7 +62,7 @@ pub struct GenerateIn {
 /// One chat message.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct MessageIn {
-    /// `system`, `user`, `assistant`, `tool` (lower-cased).
+    /// `system`, `user`, `assistant` or `tool` (any case).
     pub role: String,
     /// The text.
     pub content: Option<String>,
@@ -85,4 +106,25 @@ pub struct ModelIn {
     pub model: Option<String>,
     /// Legacy alias of `model`.
     pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_must_be_objects() {
+        let e = from_body::<GenerateIn>(json!(["m", "hi"])).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.message.as_str()),
+            (
+                400,
+                "invalid request: the body must be a JSON object, got an array"
+            )
+        );
+        assert!(from_body::<ChatIn>(json!(null)).is_err());
+        let ok: GenerateIn = from_body(json!({"model": "m", "extra": 1})).unwrap();
+        assert_eq!(ok.model.as_deref(), Some("m"));
+    }
 }

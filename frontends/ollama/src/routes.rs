@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::convert::{self, KeepAlive, PromptPlan, Unsupported};
 use crate::models;
 use crate::options::parse_options;
-use crate::request::{ChatIn, GenerateIn, ModelIn};
+use crate::request::{ChatIn, GenerateIn, ModelIn, from_body};
 use crate::response::{Kind, OllamaStream, ResponseContext, aborted, load_response};
 
 /// What every handler holds.
@@ -58,18 +58,26 @@ struct Prepared {
 pub async fn generate(
     State(st): State<Arc<AppState>>,
     rid: Option<Extension<RequestId>>,
-    ApiJson(req, _): ApiJson<GenerateIn, OllamaDialect>,
+    ApiJson(body, _): ApiJson<Value, OllamaDialect>,
 ) -> Response {
-    respond(run_generate(&st, req, rid.map(|Extension(r)| r.0)).await)
+    let tag = rid.map(|Extension(r)| r.0);
+    respond(match from_body(body) {
+        Ok(req) => run_generate(&st, req, tag).await,
+        Err(e) => Err(e),
+    })
 }
 
 /// `POST /api/chat`.
 pub async fn chat(
     State(st): State<Arc<AppState>>,
     rid: Option<Extension<RequestId>>,
-    ApiJson(req, _): ApiJson<ChatIn, OllamaDialect>,
+    ApiJson(body, _): ApiJson<Value, OllamaDialect>,
 ) -> Response {
-    respond(run_chat(&st, req, rid.map(|Extension(r)| r.0)).await)
+    let tag = rid.map(|Extension(r)| r.0);
+    respond(match from_body(body) {
+        Ok(req) => run_chat(&st, req, tag).await,
+        Err(e) => Err(e),
+    })
 }
 
 fn logprobs_of(logprobs: Option<bool>, top: Option<u32>) -> Option<u32> {
@@ -113,7 +121,8 @@ async fn run_generate(
     if req.prompt.as_deref().unwrap_or("").is_empty() {
         return Ok(load_or_unload(st, &model, Kind::Generate, keep_alive));
     }
-    let (text, add_special) = match convert::generate_prompt(&req)? {
+    let has_chat_template = st.handle.info().chat_template.is_some();
+    let (text, add_special) = match convert::generate_prompt(&req, has_chat_template)? {
         PromptPlan::Raw(t) | PromptPlan::Templated(t) => (t, true),
         PromptPlan::Chat(messages) => (render(st, &messages, false)?, false),
     };
@@ -122,7 +131,7 @@ async fn run_generate(
     request.tag = tag;
     request.add_special_tokens = add_special;
     request.prompt = match req.context.filter(|c| !c.is_empty()) {
-        Some(context) => PromptInput::TokenIds(with_context(st, context, &text, add_special)?),
+        Some(context) => PromptInput::TokenIds(with_context(st, context, &text)?),
         None => PromptInput::Text(text),
     };
     let prepared = Prepared {
@@ -135,15 +144,16 @@ async fn run_generate(
     answer(st, prepared).await
 }
 
+/// The token ids of an earlier exchange followed by the new prompt, which
+/// gets no special tokens of its own (the context already starts with them).
 fn with_context(
     st: &AppState,
     mut context: Vec<TokenId>,
     text: &str,
-    add_special: bool,
 ) -> Result<Vec<TokenId>, ApiError> {
     let ids = st
         .handle
-        .tokenize(text, add_special)
+        .tokenize(text, false)
         .map_err(|e| st.engine_error(&e))?;
     context.extend(ids);
     Ok(context)
@@ -188,7 +198,16 @@ async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Res
     if messages.is_empty() {
         return Ok(load_or_unload(st, &model, Kind::Chat, keep_alive));
     }
-    let (values, continue_last) = convert::chat_messages(&messages);
+    let (values, continue_last) = convert::chat_messages(&messages)?;
+    if st.handle.info().chat_template.is_none() {
+        return Err(ApiError::new(
+            Dialect::Ollama,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "\"{model}\" has no chat template: start kiln with --chat-template, or send a prompt to /api/generate"
+            ),
+        ));
+    }
     let logprobs = logprobs_of(req.logprobs, req.top_logprobs);
     let mut request = convert::engine_request(&options, logprobs);
     request.tag = tag;
@@ -268,7 +287,8 @@ pub async fn ps(State(st): State<Arc<AppState>>) -> Json<Value> {
     Json(models::ps(st.handle.info(), st.config.clock.since_epoch()))
 }
 
-fn model_of(st: &AppState, req: &ModelIn) -> Result<String, ApiError> {
+fn model_of(st: &AppState, body: Value) -> Result<String, ApiError> {
+    let req: ModelIn = from_body(body)?;
     convert::resolve_model(
         st.handle.info(),
         req.model.as_deref().or(req.name.as_deref()),
@@ -278,17 +298,30 @@ fn model_of(st: &AppState, req: &ModelIn) -> Result<String, ApiError> {
 /// `POST /api/show`.
 pub async fn show(
     State(st): State<Arc<AppState>>,
-    ApiJson(req, _): ApiJson<ModelIn, OllamaDialect>,
+    ApiJson(body, _): ApiJson<Value, OllamaDialect>,
 ) -> Response {
-    respond(model_of(&st, &req).map(|_| Json(models::show(st.handle.info())).into_response()))
+    respond(model_of(&st, body).map(|_| {
+        let info = st.handle.info();
+        let mut stops: Vec<String> = Vec::new();
+        for text in info
+            .eos_token_ids
+            .iter()
+            .filter_map(|&id| st.handle.token_text(id))
+        {
+            if !text.is_empty() && !stops.contains(&text) {
+                stops.push(text);
+            }
+        }
+        Json(models::show(info, &stops)).into_response()
+    }))
 }
 
 /// `POST /api/embed` and `/api/embeddings`: the served model generates text only.
 pub async fn embed(
     State(st): State<Arc<AppState>>,
-    ApiJson(req, _): ApiJson<ModelIn, OllamaDialect>,
+    ApiJson(body, _): ApiJson<Value, OllamaDialect>,
 ) -> Response {
-    respond(model_of(&st, &req).and_then(|model| {
+    respond(model_of(&st, body).and_then(|model| {
         Err(ApiError::new(
             Dialect::Ollama,
             StatusCode::BAD_REQUEST,

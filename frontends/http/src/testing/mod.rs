@@ -16,7 +16,10 @@
 //! - `max_num_seqs` requests run at once, the rest wait (bounded by
 //!   `max_waiting_requests`, like the real engine); `token_delay` between steps;
 //! - engine events (`RequestArrived`, `Step`, `SequenceFinished`) with timings
-//!   of a nominal 10 ms per token; a `Step` follows every release;
+//!   of a nominal 10 ms per token; a `Step` follows every release; every
+//!   sequence ends with one `SequenceFinished` carrying the request's prompt
+//!   length, `n` and `max_tokens`, also when aborted (reason `abort`, waiting
+//!   ones included) or failed (reason `error`);
 //! - records of every admitted request and every abort, for assertions.
 
 pub mod app;
@@ -236,10 +239,31 @@ pub fn render_chatml(
     Ok(out)
 }
 
+/// What every `SequenceFinished` of a request repeats.
+#[derive(Debug, Clone, Copy)]
+struct RequestShape {
+    prompt_tokens: u32,
+    n: u32,
+    max_tokens: Option<u32>,
+}
+
+impl RequestShape {
+    fn of(request: &AdmittedRequest) -> Self {
+        RequestShape {
+            prompt_tokens: request.prompt_token_ids.len() as u32,
+            n: request.request.sampling.n,
+            max_tokens: request.request.stopping.max_tokens,
+        }
+    }
+}
+
 /// Returns a request's counters on drop: finished, aborted or failed alike.
 struct Release {
     shared: Arc<Shared>,
     id: RequestId,
+    shape: RequestShape,
+    /// Reason reported for sequences still live when the request ends.
+    unfinished: FinishReason,
     state: ReleaseState,
 }
 
@@ -281,7 +305,7 @@ impl Drop for Release {
         let unfinished = match &self.state {
             ReleaseState::Waiting => {
                 self.shared.lock().waiting -= 1;
-                Vec::new()
+                (0..self.shape.n).map(|i| (i, 0)).collect()
             }
             ReleaseState::Running { live } => {
                 self.shared.lock().running_seqs -= live.len() as u32;
@@ -289,7 +313,7 @@ impl Drop for Release {
             }
         };
         for (index, generated) in unfinished {
-            let m = scripted_metrics(self.id, index, FinishReason::Abort, 0, generated);
+            let m = scripted_metrics(self.id, index, self.unfinished, self.shape, generated);
             let _ = self.shared.events.send(EngineEvent::SequenceFinished(m));
         }
         self.shared.lock().tasks.remove(&self.id);
@@ -301,7 +325,7 @@ fn scripted_metrics(
     request_id: RequestId,
     index: u32,
     reason: FinishReason,
-    prompt_tokens: u32,
+    shape: RequestShape,
     generated: u32,
 ) -> RequestMetrics {
     let ttft = if generated > 0 {
@@ -314,7 +338,7 @@ fn scripted_metrics(
         request_id,
         index,
         reason: Some(reason),
-        prompt_tokens,
+        prompt_tokens: shape.prompt_tokens,
         generation_tokens: generated,
         queue_seconds: 0.0,
         ttft_seconds: ttft,
@@ -322,8 +346,8 @@ fn scripted_metrics(
         decode_seconds: decode,
         e2e_seconds: ttft + decode,
         inter_token_seconds: vec![NOMINAL_TOKEN_SECONDS; generated.saturating_sub(1) as usize],
-        n: 1,
-        max_tokens: None,
+        n: shape.n,
+        max_tokens: shape.max_tokens,
     }
 }
 
@@ -332,8 +356,10 @@ struct RunContext {
     permits: Arc<Semaphore>,
     delay: Duration,
     request: AdmittedRequest,
-    events: mpsc::UnboundedSender<TokenEvent>,
+    /// Dropped before `events`, so the load and the engine events are
+    /// settled by the time the client's stream ends.
     release: Release,
+    events: mpsc::UnboundedSender<TokenEvent>,
 }
 
 async fn pause(delay: Duration) {
@@ -365,7 +391,7 @@ async fn run_request(mut ctx: RunContext) {
     let n = ctx.request.request.sampling.n;
     ctx.release.start_running(n);
     let seed = request_seed(&ctx.request);
-    let prompt_tokens = ctx.request.prompt_token_ids.len() as u32;
+    let shape = ctx.release.shape;
     let mut seqs: Vec<ScriptedSequence> = (0..n)
         .map(|i| ScriptedSequence::new(&ctx.request, i, seed))
         .collect();
@@ -377,6 +403,7 @@ async fn run_request(mut ctx: RunContext) {
         if fail && step == 2 {
             let error = EngineError::Backend("scripted failure after 2 tokens".into());
             let _ = ctx.events.send(TokenEvent::Failed { error });
+            ctx.release.unfinished = FinishReason::Error;
             return;
         }
         let mut batched = 0;
@@ -394,7 +421,7 @@ async fn run_request(mut ctx: RunContext) {
                     ctx.request.id,
                     i as u32,
                     finished.reason,
-                    prompt_tokens,
+                    shape,
                     seq.generated(),
                 );
                 ctx.release.finish_seq(i as u32);
@@ -402,7 +429,7 @@ async fn run_request(mut ctx: RunContext) {
                 let _ = ctx.events.send(TokenEvent::Finished(finished));
             }
         }
-        let queries = if step == 0 { prompt_tokens } else { 0 };
+        let queries = if step == 0 { shape.prompt_tokens } else { 0 };
         ctx.shared.publish_step(batched, queries);
         step += 1;
     }
@@ -477,6 +504,7 @@ impl EngineService for ScriptedEngine {
             request_id: id,
             prompt_tokens: request.prompt_token_ids.len() as u32,
         });
+        let shape = RequestShape::of(&request);
         let ctx = RunContext {
             shared: self.shared.clone(),
             permits: self.permits.clone(),
@@ -486,6 +514,8 @@ impl EngineService for ScriptedEngine {
             release: Release {
                 shared: self.shared.clone(),
                 id,
+                shape,
+                unfinished: FinishReason::Abort,
                 state: ReleaseState::Waiting,
             },
         };
@@ -592,6 +622,43 @@ mod tests {
             .await;
         assert!(matches!(events.last(), Some(TokenEvent::Failed { .. })));
         assert_eq!(events.len(), 3);
+    }
+
+    /// Drains every `SequenceFinished` broadcast so far.
+    fn finished_events(rx: &mut broadcast::Receiver<EngineEvent>) -> Vec<RequestMetrics> {
+        let mut out = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            if let EngineEvent::SequenceFinished(m) = event {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_sequence_ends_with_its_metrics() {
+        let engine = ScriptedEngine::new(ScriptedConfig::default());
+        let mut rx = engine.handle().subscribe();
+        let stream = engine.handle().submit(req("Hello", 2, 3)).unwrap();
+        let _: Vec<TokenEvent> = stream.collect().await;
+        let mut seen = finished_events(&mut rx);
+        seen.sort_by_key(|m| m.index);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        for (i, m) in seen.iter().enumerate() {
+            assert_eq!(m.index, i as u32);
+            assert_eq!((m.n, m.max_tokens), (2, Some(3)));
+            assert_eq!(m.reason, Some(FinishReason::Length));
+            assert_eq!(m.generation_tokens, 3);
+            assert!(m.prompt_tokens > 0);
+        }
+
+        let failed = engine.handle().submit(req("x [fail]", 1, 10)).unwrap();
+        let _: Vec<TokenEvent> = failed.collect().await;
+        tokio::task::yield_now().await;
+        let seen = finished_events(&mut rx);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].reason, Some(FinishReason::Error));
+        assert_eq!(seen[0].generation_tokens, 2);
     }
 
     #[tokio::test]
