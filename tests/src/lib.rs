@@ -82,11 +82,42 @@ pub fn default_model() -> Option<PathBuf> {
     ));
     let found = candidates.into_iter().find(|p| p.exists());
     if found.is_none() {
+        // CI provides the model (scripts/test.sh pulls it); there a missing
+        // model is a failure, never a silent pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the default model is not available in CI (scripts/test.sh runs `kiln pull` and sets KILN_TEST_GGUF)"
+        );
         eprintln!(
             "skipping: the default model is not available (run `kiln pull` or set KILN_TEST_GGUF)"
         );
     }
     found
+}
+
+/// Last-position logits of `prompt` run as one fresh sequence `seq` (the
+/// previous sequence, `seq − 1`, is dropped first).
+pub fn last_logits(
+    runner: &mut kiln_engine::runner::ModelRunner,
+    prompt: &[u32],
+    seq: u64,
+) -> Vec<f32> {
+    use kiln_protocol::step::{ScheduledSeq, StepPlan};
+    let blocks = prompt.len().div_ceil(16) as u32;
+    let plan = StepPlan {
+        step_id: seq,
+        dropped: if seq > 1 { vec![seq - 1] } else { vec![] },
+        block_copies: vec![],
+        seqs: vec![ScheduledSeq {
+            seq_id: seq,
+            token_ids: prompt.to_vec(),
+            num_computed_tokens: 0,
+            table_keep: 0,
+            new_blocks: (0..blocks).collect(),
+            num_samples: 1,
+        }],
+    };
+    runner.execute(&plan, &[]).expect("forward").logits
 }
 
 /// The repository's `tests/fixtures` directory (`KILN_TEST_FIXTURES` overrides

@@ -11,8 +11,7 @@
 use std::path::Path;
 
 use kiln_engine::load_model;
-use kiln_protocol::step::{ScheduledSeq, StepPlan};
-use kiln_tests::{cpu_config, default_model, fixtures, greedy, json_ids, start};
+use kiln_tests::{cpu_config, default_model, fixtures, greedy, json_ids, last_logits, start};
 use sha2::{Digest, Sha256};
 
 struct Case {
@@ -153,28 +152,6 @@ fn check_tensor_hashes(dir: &Path) {
             "tensor {name} differs from transformers'"
         );
     }
-}
-
-fn last_logits(
-    runner: &mut kiln_engine::runner::ModelRunner,
-    prompt: &[u32],
-    seq: u64,
-) -> Vec<f32> {
-    let blocks = prompt.len().div_ceil(16) as u32;
-    let plan = StepPlan {
-        step_id: seq,
-        dropped: if seq > 1 { vec![seq - 1] } else { vec![] },
-        block_copies: vec![],
-        seqs: vec![ScheduledSeq {
-            seq_id: seq,
-            token_ids: prompt.to_vec(),
-            num_computed_tokens: 0,
-            table_keep: 0,
-            new_blocks: (0..blocks).collect(),
-            num_samples: 1,
-        }],
-    };
-    runner.execute(&plan, &[]).expect("forward").logits
 }
 
 #[test]

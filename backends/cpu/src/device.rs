@@ -1,6 +1,7 @@
 //! The CPU device: host-memory buffers, prepared weights and op dispatch.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_kernels_cpu::attention::{self, AttentionBatch, AttentionShape, KvCache, KvCacheMut};
 use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul};
@@ -79,6 +80,25 @@ enum CpuWeight {
     Vector(Vec<f32>),
 }
 
+impl CpuWeight {
+    /// Bytes this weight holds in memory.
+    fn bytes(&self) -> usize {
+        match self {
+            CpuWeight::Matrix(m) => m.bytes(),
+            CpuWeight::Vector(v) => v.len() * 4,
+        }
+    }
+}
+
+/// Bytes held by every live weight of every CPU device in this process.
+static HELD_WEIGHT_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of weight memory the CPU backend holds right now, across devices:
+/// the packed matrices (with their group padding) and the f32 vectors.
+pub fn held_weight_bytes() -> u64 {
+    HELD_WEIGHT_BYTES.load(Ordering::Relaxed)
+}
+
 /// The CPU device.
 pub struct CpuDevice {
     pool: ThreadPool,
@@ -96,6 +116,15 @@ fn kernel_format(format: KilnWeightFormat) -> PluginResult<WeightFormat> {
         KILN_WEIGHT_GGUF_Q4_0 => WeightFormat::Q4_0,
         KILN_WEIGHT_GGUF_Q4_1 => WeightFormat::Q4_1,
         KILN_WEIGHT_GGUF_Q8_0 => WeightFormat::Q8_0,
+        KILN_WEIGHT_GGUF_Q5_0 => WeightFormat::Q5_0,
+        KILN_WEIGHT_GGUF_Q5_1 => WeightFormat::Q5_1,
+        KILN_WEIGHT_GGUF_Q2_K => WeightFormat::Q2_K,
+        KILN_WEIGHT_GGUF_Q3_K => WeightFormat::Q3_K,
+        KILN_WEIGHT_GGUF_Q4_K => WeightFormat::Q4_K,
+        KILN_WEIGHT_GGUF_Q5_K => WeightFormat::Q5_K,
+        KILN_WEIGHT_GGUF_Q6_K => WeightFormat::Q6_K,
+        KILN_WEIGHT_GGUF_IQ4_NL => WeightFormat::IQ4_NL,
+        KILN_WEIGHT_GGUF_IQ4_XS => WeightFormat::IQ4_XS,
         other => {
             return Err(PluginError::unsupported(format!(
                 "weight format {other} is not supported by the CPU backend yet"
@@ -626,13 +655,15 @@ impl DevicePlugin for CpuDevice {
         } else {
             CpuWeight::Matrix(matrix)
         };
+        HELD_WEIGHT_BYTES.fetch_add(weight.bytes() as u64, Ordering::Relaxed);
         Ok(KilnWeight(Box::into_raw(Box::new(weight)) as *mut _))
     }
 
     fn release_weight(&mut self, weight: KilnWeight) {
         if !weight.is_null() {
             // SAFETY: created by `prepare_weight`, released once.
-            drop(unsafe { Box::from_raw(weight.0 as *mut CpuWeight) });
+            let weight = unsafe { Box::from_raw(weight.0 as *mut CpuWeight) };
+            HELD_WEIGHT_BYTES.fetch_sub(weight.bytes() as u64, Ordering::Relaxed);
         }
     }
 

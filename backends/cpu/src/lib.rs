@@ -31,7 +31,7 @@ use kiln_plugin_abi::plugin::{
 };
 use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_CAP_HOST_MEMORY, KILN_DEVICE_CPU};
 
-pub use device::CpuDevice;
+pub use device::{CpuDevice, held_weight_bytes};
 
 /// The CPU backend.
 pub struct CpuBackend {

@@ -13,9 +13,10 @@
 use kiln_plugin_abi::safe::{AbiError, Buffer, Device, Weight, WeightSpec};
 use kiln_plugin_abi::{
     KILN_BF16, KILN_F16, KILN_F32, KILN_I32, KILN_WEIGHT_BF16, KILN_WEIGHT_F16, KILN_WEIGHT_F32,
+    KILN_WEIGHT_GGUF_IQ4_NL, KILN_WEIGHT_GGUF_IQ4_XS, KILN_WEIGHT_GGUF_Q2_K, KILN_WEIGHT_GGUF_Q3_K,
     KILN_WEIGHT_GGUF_Q4_0, KILN_WEIGHT_GGUF_Q4_1, KILN_WEIGHT_GGUF_Q4_K, KILN_WEIGHT_GGUF_Q5_0,
-    KILN_WEIGHT_GGUF_Q5_1, KILN_WEIGHT_GGUF_Q6_K, KILN_WEIGHT_GGUF_Q8_0, KilnDType, KilnOp,
-    KilnTensor, KilnWeight, KilnWeightFormat, dtype_size, ops,
+    KILN_WEIGHT_GGUF_Q5_1, KILN_WEIGHT_GGUF_Q5_K, KILN_WEIGHT_GGUF_Q6_K, KILN_WEIGHT_GGUF_Q8_0,
+    KilnDType, KilnOp, KilnTensor, KilnWeight, KilnWeightFormat, dtype_size, ops,
 };
 
 use crate::config::ModelConfig;
@@ -107,8 +108,13 @@ pub fn weight_format(dtype: WeightDType) -> Option<KilnWeightFormat> {
         WeightDType::Q8_0 => KILN_WEIGHT_GGUF_Q8_0,
         WeightDType::Q5_0 => KILN_WEIGHT_GGUF_Q5_0,
         WeightDType::Q5_1 => KILN_WEIGHT_GGUF_Q5_1,
+        WeightDType::Q2_K => KILN_WEIGHT_GGUF_Q2_K,
+        WeightDType::Q3_K => KILN_WEIGHT_GGUF_Q3_K,
         WeightDType::Q4_K => KILN_WEIGHT_GGUF_Q4_K,
+        WeightDType::Q5_K => KILN_WEIGHT_GGUF_Q5_K,
         WeightDType::Q6_K => KILN_WEIGHT_GGUF_Q6_K,
+        WeightDType::IQ4_NL => KILN_WEIGHT_GGUF_IQ4_NL,
+        WeightDType::IQ4_XS => KILN_WEIGHT_GGUF_IQ4_XS,
         _ => return None,
     })
 }

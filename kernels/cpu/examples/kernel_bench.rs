@@ -25,6 +25,13 @@ const SHAPES: [(&str, usize, usize); 5] = [
     ("down 576x1536", 576, 1536),
     ("lm_head 49152x576", 49152, 576),
 ];
+/// Qwen2.5-1.5B's shapes, where every K-quant applies (k a multiple of 256).
+const SHAPES_1B5: [(&str, usize, usize); 4] = [
+    ("q/o 1536x1536", 1536, 1536),
+    ("k/v 256x1536", 256, 1536),
+    ("gate/up 8960x1536", 8960, 1536),
+    ("down 1536x8960", 1536, 8960),
+];
 /// Bytes of weights to rotate through for cold-cache decode timings.
 const COLD_BYTES: usize = 160 << 20;
 
@@ -39,10 +46,24 @@ impl Lcg {
     }
 }
 
+/// A random weight: quantized from f32 where Kiln has an encoder, random
+/// source blocks (with small positive f16 scales) otherwise.
 fn weight(fmt: WeightFormat, m: usize, k: usize, seed: u64) -> WeightMatrix {
     let mut r = Lcg(seed);
     let vals: Vec<f32> = (0..m * k).map(|_| r.next() * 0.05).collect();
-    WeightMatrix::from_f32(fmt, m, k, &vals).expect("bench weight")
+    if let Ok(w) = WeightMatrix::from_f32(fmt, m, k, &vals) {
+        return w;
+    }
+    let row = fmt.row_bytes(k).expect("k is a whole number of blocks");
+    let mut raw: Vec<u8> = (0..m * row)
+        .map(|_| (r.next() * 127.0) as i8 as u8)
+        .collect();
+    for blk in raw.chunks_exact_mut(fmt.block_bytes()) {
+        for &at in fmt.f16_fields() {
+            blk[at..at + 2].copy_from_slice(&half::f16::from_f32(1e-3).to_le_bytes());
+        }
+    }
+    WeightMatrix::from_raw(fmt, m, k, &raw).expect("bench weight")
 }
 
 /// Fastest of `reps` runs of `f` after one warm-up, in seconds (the minimum
@@ -75,9 +96,8 @@ fn mm(pool: &ThreadPool, w: &WeightMatrix, x: &[f32], n: usize, out: &mut [f32])
 }
 
 fn shapes_bench(pool: &ThreadPool, fmt: WeightFormat) {
-    for &(name, m, k) in &SHAPES {
-        let fmt = if m == 49152 { WeightFormat::Q8_0 } else { fmt };
-        if m == 49152 && fmt != WeightFormat::Q8_0 {
+    for &(name, m, k) in SHAPES.iter().chain(&SHAPES_1B5) {
+        if m == 49152 && fmt != WeightFormat::Q8_0 || !k.is_multiple_of(fmt.block_size()) {
             continue;
         }
         let one = weight(fmt, m, k, 1);
@@ -290,7 +310,7 @@ fn main() {
         shapes_bench(&pool, fmt);
     }
     println!("whole-model matmuls (30 layers + Q8_0 lm_head on one row)");
-    for &fmt in &formats {
+    for &fmt in formats.iter().filter(|f| 576 % f.block_size() == 0) {
         model_bench(&pool, fmt);
     }
     println!("paged attention (9 heads, 3 KV heads, head_dim 64, block 16)");

@@ -41,4 +41,12 @@ pub enum KernelError {
         /// Input features.
         cols: usize,
     },
+    /// `from_f32` was asked for a format it has no quantizer for.
+    #[error(
+        "Kiln cannot quantize f32 weights to {format}; load {format} weights from a checkpoint"
+    )]
+    NoEncoder {
+        /// Format name.
+        format: &'static str,
+    },
 }

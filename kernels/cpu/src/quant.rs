@@ -57,8 +57,13 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// `[n, nb]` sums of the integer codes.
     pub sum: Vec<i32>,
-    /// `[n, nb]` `d · sum` (the Q4_1 minimum term's factor).
+    /// `[n, nb]` `d · sum` (the minimum term's factor).
     pub sx: Vec<f32>,
+    /// `[n, nb, 2]` sums of the codes of each 16-column half of a block
+    /// (formats with 16-weight sub-blocks).
+    pub sum16: Vec<i32>,
+    /// `[n, nb, 2]` `d · sum16`.
+    pub sx16: Vec<f32>,
 }
 
 impl QuantizedActs {
@@ -72,6 +77,8 @@ impl QuantizedActs {
             d: Vec::new(),
             sum: Vec::new(),
             sx: Vec::new(),
+            sum16: Vec::new(),
+            sx16: Vec::new(),
         }
     }
 
@@ -113,12 +120,21 @@ struct RowOut<'a> {
     d: &'a mut [f32],
     sum: &'a mut [i32],
     sx: &'a mut [f32],
+    sum16: &'a mut [i32],
+    sx16: &'a mut [f32],
 }
 
 /// Quantize one row `x[nb·32]`.
 #[inline(always)]
 fn quantize_row_body(form: CodeForm, x: &[f32], o: RowOut<'_>) {
-    let RowOut { codes, d, sum, sx } = o;
+    let RowOut {
+        codes,
+        d,
+        sum,
+        sx,
+        sum16,
+        sx16,
+    } = o;
     for (b, xb) in x.chunks_exact(32).enumerate() {
         let mut amax = 0f32;
         for &v in xb {
@@ -133,7 +149,9 @@ fn quantize_row_body(form: CodeForm, x: &[f32], o: RowOut<'_>) {
         for (qj, &v) in q.iter_mut().zip(xb) {
             *qj = round_even(v * id) as i32;
         }
-        let s: i32 = q.iter().sum();
+        let s0: i32 = q[..16].iter().sum();
+        let s1: i32 = q[16..].iter().sum();
+        let s = s0 + s1;
         let out = &mut codes[b * 64..b * 64 + 64];
         match form {
             CodeForm::Wide => {
@@ -153,6 +171,10 @@ fn quantize_row_body(form: CodeForm, x: &[f32], o: RowOut<'_>) {
         d[b] = db;
         sum[b] = s;
         sx[b] = db * s as f32;
+        sum16[2 * b] = s0;
+        sum16[2 * b + 1] = s1;
+        sx16[2 * b] = db * s0 as f32;
+        sx16[2 * b + 1] = db * s1 as f32;
     }
 }
 
@@ -188,7 +210,14 @@ mod x86 {
     /// The CPU supports AVX2; `codes` holds 64 bytes per block of `x`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn quantize_row_avx2(form: CodeForm, x: &[f32], o: RowOut<'_>) {
-        let RowOut { codes, d, sum, sx } = o;
+        let RowOut {
+            codes,
+            d,
+            sum,
+            sx,
+            sum16,
+            sx16,
+        } = o;
         let magic = _mm256_set1_ps(12_582_912.0);
         let sign = _mm256_set1_ps(-0.0);
         for b in 0..x.len() / 32 {
@@ -206,18 +235,25 @@ mod x86 {
                 let (db, id) = factors(amax);
                 let vid = _mm256_set1_ps(id);
                 let mut q = [_mm256_setzero_si256(); 4];
-                let mut acc = _mm256_setzero_si256();
                 for i in 0..4 {
                     let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], vid), magic), magic);
                     q[i] = _mm256_cvtps_epi32(r);
-                    acc = _mm256_add_epi32(acc, q[i]);
                 }
-                let a4 = _mm_add_epi32(
-                    _mm256_castsi256_si128(acc),
-                    _mm256_extracti128_si256(acc, 1),
-                );
-                let a2 = _mm_add_epi32(a4, _mm_shuffle_epi32(a4, 0b01_00_11_10));
-                let s = _mm_cvtsi128_si32(_mm_add_epi32(a2, _mm_shuffle_epi32(a2, 0b00_00_00_01)));
+                // A macro: closures would not inherit the target features.
+                macro_rules! hsum {
+                    ($acc:expr) => {{
+                        let acc = $acc;
+                        let a4 = _mm_add_epi32(
+                            _mm256_castsi256_si128(acc),
+                            _mm256_extracti128_si256(acc, 1),
+                        );
+                        let a2 = _mm_add_epi32(a4, _mm_shuffle_epi32(a4, 0b01_00_11_10));
+                        _mm_cvtsi128_si32(_mm_add_epi32(a2, _mm_shuffle_epi32(a2, 0b00_00_00_01)))
+                    }};
+                }
+                let s0 = hsum!(_mm256_add_epi32(q[0], q[1]));
+                let s1 = hsum!(_mm256_add_epi32(q[2], q[3]));
+                let s = s0 + s1;
                 // Pack (values fit, no saturation); packs interleave 128-bit lanes.
                 let out = codes.as_mut_ptr().add(64 * b);
                 match form {
@@ -254,6 +290,10 @@ mod x86 {
                 d[b] = db;
                 sum[b] = s;
                 sx[b] = db * s as f32;
+                sum16[2 * b] = s0;
+                sum16[2 * b + 1] = s1;
+                sx16[2 * b] = db * s0 as f32;
+                sx16[2 * b + 1] = db * s1 as f32;
             }
         }
     }
@@ -294,11 +334,15 @@ impl QuantizedActs {
         self.d.resize(n * nb, 0.0);
         self.sum.resize(n * nb, 0);
         self.sx.resize(n * nb, 0.0);
+        self.sum16.resize(n * nb * 2, 0);
+        self.sx16.resize(n * nb * 2, 0.0);
         let ptrs = (
             SendPtr(self.codes.as_mut_ptr()),
             SendPtr(self.d.as_mut_ptr()),
             SendPtr(self.sum.as_mut_ptr()),
             SendPtr(self.sx.as_mut_ptr()),
+            SendPtr(self.sum16.as_mut_ptr()),
+            SendPtr(self.sx16.as_mut_ptr()),
         );
         let run = |rows: std::ops::Range<usize>| {
             for t in rows {
@@ -309,6 +353,8 @@ impl QuantizedActs {
                         d: ptrs.1.rows(t..t + 1, nb),
                         sum: ptrs.2.rows(t..t + 1, nb),
                         sx: ptrs.3.rows(t..t + 1, nb),
+                        sum16: ptrs.4.rows(t..t + 1, 2 * nb),
+                        sx16: ptrs.5.rows(t..t + 1, 2 * nb),
                     }
                 };
                 quantize_row(isa, form, &x[t * k..t * k + nb * 32], out);

@@ -3,8 +3,9 @@
 //! Tolerances (per output `y = Σ_i w_i·x_i`, with `S = Σ_i |w_i·x_i|`):
 //! - float weights: `|err| ≤ 1.01·k·2⁻²⁴·S` (the worst case of an f32 FMA chain);
 //! - block weights: the activation rounding bound `Σ_b amax_b/65024 · Σ_{i∈b} |w_i|`
-//!   (16-bit codes: ≈1.5e-5 of `S`) plus `4·(k/32+4)·2⁻²⁴·S'` for the f32 steps,
-//!   where `S'` also counts Q4_1's minimum (|m| ≤ 0.05 in these weights).
+//!   (16-bit codes: ≈1.5e-5 of `S`) plus `4·(k/16+4)·2⁻²⁴·S'` for the f32 steps,
+//!   where `S'` also counts the minimums (|m| ≤ 0.05 in these weights), with
+//!   two steps per block for the formats with 16-weight sub-blocks.
 
 mod common;
 
@@ -61,7 +62,8 @@ fn check_against_reference(w: &WeightMatrix, x: &[f32], n: usize, got: &[f32], w
                     })
                     .sum();
                 let s_m: f64 = s + 0.05 * xr.iter().map(|v| v.abs() as f64).sum::<f64>();
-                act * 1.01 + 4.0 * (k as f64 / 32.0 + 4.0) * u * s_m
+                // Up to two f32 steps per block (16-weight sub-blocks).
+                act * 1.01 + 4.0 * (k as f64 / 16.0 + 4.0) * u * s_m
             } else {
                 1.01 * k as f64 * u * s
             } + 1e-30;
@@ -79,11 +81,12 @@ fn every_format_and_isa_matches_the_f64_reference() {
     let pool = ThreadPool::new(2);
     let mut rng = Rng(7);
     for fmt in WeightFormat::ALL {
-        // k: a multiple of 32 but not of 64 for blocks; odd for floats.
-        let ks: &[usize] = if fmt.is_quantized() {
-            &[96, 32, 608]
-        } else {
-            &[37, 1, 16, 600]
+        // k: a multiple of 32 but not of 64 for blocks of 32; one and three
+        // super-blocks for the 256-weight formats; odd for floats.
+        let ks: &[usize] = match fmt.block_size() {
+            1 => &[37, 1, 16, 600],
+            32 => &[96, 32, 608],
+            _ => &[256, 768],
         };
         for &k in ks {
             let (m, n) = (37, 5);
@@ -102,7 +105,8 @@ fn isas_agree_bit_for_bit_with_bias_and_accumulation() {
     let pool = ThreadPool::new(2);
     let mut rng = Rng(11);
     for fmt in WeightFormat::ALL {
-        for (m, k, n) in [(19, 64, 3), (50, 160, 9), (16, 32, 1)] {
+        for (m, k, n) in [(19, 64usize, 3), (50, 160, 9), (16, 32, 1)] {
+            let k = k.next_multiple_of(fmt.block_size());
             let w = random_weight(fmt, m, k, &mut rng);
             let x = rng.vec(n * k, 1.0);
             let bias = rng.vec(m, 1.0);
@@ -124,8 +128,9 @@ fn rows_are_bit_identical_alone_in_batches_and_across_threads() {
     let pools = [ThreadPool::new(1), ThreadPool::new(2), ThreadPool::new(3)];
     let mut rng = Rng(3);
     // The last shape is large enough to be split over rows and row blocks.
-    for (m, k, n) in [(70, 160, 13), (16, 512, 300)] {
+    for (m, k, n) in [(70, 160usize, 13), (16, 512, 300)] {
         for fmt in WeightFormat::ALL {
+            let k = k.next_multiple_of(fmt.block_size());
             let w = random_weight(fmt, m, k, &mut rng);
             let x = rng.vec(n * k, 1.0);
             for isa in isas() {
@@ -193,7 +198,12 @@ fn empty_shapes_are_no_ops_or_bias_only() {
     let pool = ThreadPool::new(2);
     let mut rng = Rng(5);
     for fmt in WeightFormat::ALL {
-        let w = random_weight(fmt, 20, 64, &mut rng);
+        let w = random_weight(
+            fmt,
+            20,
+            64usize.next_multiple_of(fmt.block_size()),
+            &mut rng,
+        );
         let mut out: Vec<f32> = vec![];
         for isa in isas() {
             matmul_with(
@@ -265,14 +275,17 @@ proptest! {
     /// the scalar path, bit for bit.
     #[test]
     fn any_row_equals_its_scalar_self(
-        fmt_i in 0usize..6,
+        fmt_i in 0usize..WeightFormat::ALL.len(),
         m in 1usize..40,
         kb in 1usize..6,
         n in 1usize..12,
         seed in any::<u64>(),
     ) {
         let fmt = WeightFormat::ALL[fmt_i];
-        let k = if fmt.is_quantized() { kb * 32 } else { kb * 13 };
+        let k = match fmt.block_size() {
+            1 => kb * 13,
+            block => kb * block,
+        };
         let mut rng = Rng(seed);
         let w = random_weight(fmt, m, k, &mut rng);
         let x = rng.vec(n * k, 3.0);

@@ -452,6 +452,21 @@ typedef const char *(*KilnLastErrorFn)(void);
 // GGUF Q5_1 blocks along `cols`.
 #define KILN_WEIGHT_GGUF_Q5_1 16
 
+// GGUF Q2_K super-blocks along `cols` (256 weights / 84 bytes).
+#define KILN_WEIGHT_GGUF_Q2_K 17
+
+// GGUF Q3_K super-blocks along `cols` (256 weights / 110 bytes).
+#define KILN_WEIGHT_GGUF_Q3_K 18
+
+// GGUF Q5_K super-blocks along `cols` (256 weights / 176 bytes).
+#define KILN_WEIGHT_GGUF_Q5_K 19
+
+// GGUF IQ4_NL blocks along `cols` (32 weights / 18 bytes).
+#define KILN_WEIGHT_GGUF_IQ4_NL 30
+
+// GGUF IQ4_XS super-blocks along `cols` (256 weights / 136 bytes).
+#define KILN_WEIGHT_GGUF_IQ4_XS 31
+
 // GPTQ (parts: qweight, qzeros, scales, g_idx; `bits`, `group_size`).
 #define KILN_WEIGHT_GPTQ 20
 

@@ -100,6 +100,16 @@ pub const KILN_WEIGHT_GGUF_Q6_K: KilnWeightFormat = 14;
 pub const KILN_WEIGHT_GGUF_Q5_0: KilnWeightFormat = 15;
 /// GGUF Q5_1 blocks along `cols`.
 pub const KILN_WEIGHT_GGUF_Q5_1: KilnWeightFormat = 16;
+/// GGUF Q2_K super-blocks along `cols` (256 weights / 84 bytes).
+pub const KILN_WEIGHT_GGUF_Q2_K: KilnWeightFormat = 17;
+/// GGUF Q3_K super-blocks along `cols` (256 weights / 110 bytes).
+pub const KILN_WEIGHT_GGUF_Q3_K: KilnWeightFormat = 18;
+/// GGUF Q5_K super-blocks along `cols` (256 weights / 176 bytes).
+pub const KILN_WEIGHT_GGUF_Q5_K: KilnWeightFormat = 19;
+/// GGUF IQ4_NL blocks along `cols` (32 weights / 18 bytes).
+pub const KILN_WEIGHT_GGUF_IQ4_NL: KilnWeightFormat = 30;
+/// GGUF IQ4_XS super-blocks along `cols` (256 weights / 136 bytes).
+pub const KILN_WEIGHT_GGUF_IQ4_XS: KilnWeightFormat = 31;
 /// GPTQ (parts: qweight, qzeros, scales, g_idx; `bits`, `group_size`).
 pub const KILN_WEIGHT_GPTQ: KilnWeightFormat = 20;
 /// AWQ GEMM (parts: qweight, qzeros, scales; `bits`, `group_size`).

@@ -18,13 +18,15 @@
 //! | Q4_K | 256/144 | `d, dmin, scales[12], qs[128]`; 6-bit scale and min per 32 |
 //! | Q5_K | 256/176 | `d, dmin, scales[12], qh[32], qs[128]` |
 //! | Q6_K | 256/210 | `ql[128], qh[64], scales[16] i8, d`; `d·sc·(q−32)` |
+//! | IQ4_NL | 32/18 | `d, qs[16]`; Q4_0's nibbles index a 16-value table; `d·T[q]` |
+//! | IQ4_XS | 256/136 | `d, scales_h u16, scales_l[4], qs[128]`; 6-bit scale `ls` per 32; `d·(ls−32)·T[q]` |
 
 use half::{bf16, f16};
 
 use super::{TensorView, WeightDType};
 
 /// Types [`dequantize`] handles.
-pub const SUPPORTED: [WeightDType; 14] = [
+pub const SUPPORTED: [WeightDType; 16] = [
     WeightDType::F32,
     WeightDType::F16,
     WeightDType::BF16,
@@ -39,6 +41,8 @@ pub const SUPPORTED: [WeightDType; 14] = [
     WeightDType::Q4_K,
     WeightDType::Q5_K,
     WeightDType::Q6_K,
+    WeightDType::IQ4_NL,
+    WeightDType::IQ4_XS,
 ];
 
 /// True when [`dequantize`] handles `dtype`.
@@ -90,6 +94,8 @@ pub fn dequantize(dtype: WeightDType, data: &[u8], elements: usize) -> Option<Ve
         WeightDType::Q4_K => each(&mut out, q4_k),
         WeightDType::Q5_K => each(&mut out, q5_k),
         WeightDType::Q6_K => each(&mut out, q6_k),
+        WeightDType::IQ4_NL => each(&mut out, iq4_nl),
+        WeightDType::IQ4_XS => each(&mut out, iq4_xs),
         _ => return None,
     }
     Some(out)
@@ -289,6 +295,39 @@ fn q6_k(b: &[u8], out: &mut Vec<f32>) {
     out.extend_from_slice(&v);
 }
 
+/// The IQ4 code table (llama.cpp's `kvalues_iq4nl`).
+const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// IQ4_NL: Q4_0's nibble order, each nibble an index into [`IQ4_VALUES`].
+fn iq4_nl(b: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    out.extend(
+        nibbles(&b[2..18])
+            .iter()
+            .map(|&q| d * IQ4_VALUES[q as usize] as f32),
+    );
+}
+
+/// IQ4_XS: 8 sub-blocks of 32, each laid out as an IQ4_NL block's nibbles,
+/// with a 6-bit scale (low 4 bits in `scales_l`, high 2 in `scales_h`).
+fn iq4_xs(b: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    let scales_h = u16::from_le_bytes([b[2], b[3]]);
+    let (scales_l, qs) = (&b[4..8], &b[8..136]);
+    for ib in 0..8 {
+        let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 15) as i32
+            | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+        let dl = d * (ls - 32) as f32;
+        out.extend(
+            nibbles(&qs[16 * ib..16 * ib + 16])
+                .iter()
+                .map(|&q| dl * IQ4_VALUES[q as usize] as f32),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +455,25 @@ mod tests {
         assert!(dequantize(WeightDType::Q4_0, &[0; 18], 31).is_none());
         assert!(dequantize(WeightDType::Q4_0, &[0; 17], 32).is_none());
         assert!(dequantize(WeightDType::I32, &[0; 4], 1).is_none());
-        assert!(dequantize(WeightDType::IQ4_NL, &[0; 18], 32).is_none());
+        assert!(dequantize(WeightDType::IQ2_XXS, &[0; 66], 256).is_none());
+    }
+
+    #[test]
+    fn iq4_blocks_index_the_table() {
+        let mut b = vec![0u8; 18];
+        b[0..2].copy_from_slice(&h(0.5));
+        b[2] = 0xf1; // weight 0 → T[1], weight 16 → T[15]
+        let v = dequantize(WeightDType::IQ4_NL, &b, 32).unwrap();
+        assert_eq!((v[0], v[16], v[1]), (-52.0, 56.5, -63.5));
+        // IQ4_XS: sub-block 3 has ls = 0b10_0101 = 37, so its scale is d·5.
+        let mut b = vec![0u8; 136];
+        b[0..2].copy_from_slice(&h(0.25));
+        b[2..4].copy_from_slice(&(0b10u16 << 6).to_le_bytes());
+        b[4 + 1] = 0x50; // scales_l for sub-block 3 (high nibble of byte 1)
+        b[8 + 16 * 3] = 0x08; // sub-block 3, weight 0 → T[8] = 1
+        let v = dequantize(WeightDType::IQ4_XS, &b, 256).unwrap();
+        assert_eq!(v[96], 1.25);
+        assert_eq!(v[97], 0.25 * 5.0 * -127.0);
+        assert_eq!(v[0], 0.25 * -32.0 * -127.0);
     }
 }

@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{Cols, GROUP_ROWS, Store, WeightFormat, WeightMatrix};
 use crate::quant::QuantizedActs;
-use crate::weights::QuantLayout;
+use crate::weights::{IQ4_VALUES, MinKind, block_codes, sub_factors};
 
 #[inline(always)]
 fn f16_at(b: &[u8], off: usize) -> f32 {
@@ -16,44 +16,15 @@ fn f16_at(b: &[u8], off: usize) -> f32 {
 /// The integer offset subtracted per activation code sum.
 #[inline(always)]
 pub(crate) fn code_offset(fmt: WeightFormat) -> i32 {
-    match fmt {
-        WeightFormat::Q4_0 => 8,
-        WeightFormat::Q8_0 => 128,
-        _ => 0,
-    }
+    fmt.packing().map_or(0, |p| p.offset)
 }
 
-/// Exact integer block product `Σ code·q` of lane `lane`, block `b`, activation row `t`.
-#[inline(always)]
-fn block_dot(
-    fmt: WeightFormat,
-    codes: &[u8],
-    lane: usize,
-    acts: &QuantizedActs,
-    t: usize,
-    b: usize,
-) -> i32 {
-    let base = b * 32;
-    let mut dot = 0i32;
-    if fmt == WeightFormat::Q8_0 {
-        for c in 0..8 {
-            for j in 0..4 {
-                dot += codes[c * 64 + lane * 4 + j] as i32 * acts.code(t, base + 4 * c + j);
-            }
-        }
-    } else {
-        for c in 0..4 {
-            for j in 0..4 {
-                let byte = codes[c * 64 + lane * 4 + j];
-                dot += (byte & 15) as i32 * acts.code(t, base + 4 * c + j)
-                    + (byte >> 4) as i32 * acts.code(t, base + 16 + 4 * c + j);
-            }
-        }
-    }
-    dot
-}
-
-/// Group `g` of a quantized matrix against activation rows `rows`.
+/// Group `g` of a quantized matrix against activation rows `rows`: the
+/// canonical arithmetic of every block format. Per 32-block `b` and
+/// sub-block `s` (one of 32 weights, or two of 16):
+/// `D = Σ code·q − offset·Σq` exactly in integers, then
+/// `acc = fma(f32(D), scale·d_x, acc)` and, with a minimum,
+/// `acc_m = fma(min, d_x·Σq, acc_m)`; finally `y = acc (+ acc_m)`.
 ///
 /// # Safety
 /// The `(rows, group g)` tile of the output belongs to the caller.
@@ -64,35 +35,46 @@ pub(crate) unsafe fn quant_group(
     rows: Range<usize>,
     store: &Store,
 ) {
-    let fmt = w.format();
-    let QuantLayout {
-        nb,
-        cb,
-        d_off,
-        m_off,
-    } = w.quant_layout();
+    let p = w.packing();
+    let l = w.quant_layout();
+    let nb = l.nb;
     let group = w.group(g);
     let cols = Cols::of_group(w, g);
     let lanes = cols.lanes;
-    let off = code_offset(fmt);
+    let sub_len = 32 / p.subs;
     for t in rows {
         let mut acc = [0f32; GROUP_ROWS];
         let mut accm = [0f32; GROUP_ROWS];
         for b in 0..nb {
             let i = t * nb + b;
-            let codes = &group[b * cb..(b + 1) * cb];
             for lane in 0..lanes {
-                let dint = block_dot(fmt, codes, lane, acts, t, b) - off * acts.sum[i];
-                let dw = f16_at(group, d_off + b * 32 + lane * 2);
-                acc[lane] = (dint as f32).mul_add(dw * acts.d[i], acc[lane]);
-                if fmt == WeightFormat::Q4_1 {
-                    let mw = f16_at(group, m_off + b * 32 + lane * 2);
-                    accm[lane] = mw.mul_add(acts.sx[i], accm[lane]);
+                let codes = block_codes(&p, &l, group, b, lane);
+                for s in 0..p.subs {
+                    let mut dot = 0i32;
+                    for k in s * sub_len..(s + 1) * sub_len {
+                        let u = if p.lut {
+                            IQ4_VALUES[codes[k] as usize] as i32 + 128
+                        } else {
+                            codes[k] as i32
+                        };
+                        dot += u * acts.code(t, b * 32 + k);
+                    }
+                    let (sum, sx) = if p.sub16() {
+                        (acts.sum16[2 * i + s], acts.sx16[2 * i + s])
+                    } else {
+                        (acts.sum[i], acts.sx[i])
+                    };
+                    let dint = dot - p.offset * sum;
+                    let f = sub_factors(&p, &l, group, b, s, lane);
+                    acc[lane] = (dint as f32).mul_add(f.scale * acts.d[i], acc[lane]);
+                    if p.min != MinKind::None {
+                        accm[lane] = f.min.mul_add(sx, accm[lane]);
+                    }
                 }
             }
         }
         let mut ys = acc;
-        if fmt == WeightFormat::Q4_1 {
+        if p.min != MinKind::None {
             for (y, m) in ys.iter_mut().zip(accm) {
                 *y += m;
             }

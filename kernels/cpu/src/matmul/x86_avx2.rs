@@ -8,7 +8,7 @@ use std::ops::Range;
 use super::scalar::code_offset;
 use super::{Cols, Store, WeightFormat, WeightMatrix};
 use crate::quant::{CodeForm, QuantizedActs};
-use crate::weights::QuantLayout;
+use crate::weights::{IQ4_VALUES, MinKind, QuantLayout, SubScale};
 
 /// Write lanes of one half (8 columns from `col0`) for row `t`.
 #[inline]
@@ -53,11 +53,19 @@ pub(crate) unsafe fn quant_group(
 ) {
     debug_assert_eq!(acts.form, CodeForm::Wide);
     let fmt = w.format();
+    if !matches!(
+        fmt,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+    ) {
+        // SAFETY: forwarded from the caller.
+        return unsafe { generic_group(w, g, acts, rows, store) };
+    }
     let QuantLayout {
         nb,
         cb,
         d_off,
         m_off,
+        ..
     } = w.quant_layout();
     let group = w.group(g).as_ptr();
     let cols = Cols::of_group(w, g);
@@ -123,6 +131,184 @@ pub(crate) unsafe fn quant_group(
         }
         for h in 0..2 {
             let y = if fmt == WeightFormat::Q4_1 {
+                _mm256_add_ps(acc[h], accm[h])
+            } else {
+                acc[h]
+            };
+            if let Some(half) = cols.half(h) {
+                // SAFETY: the tile is the caller's.
+                unsafe { store_half(store, t, half, y) };
+            }
+        }
+    }
+}
+
+/// Group `g` of the formats without a hand-specialized kernel: the
+/// arithmetic of `scalar::quant_group`, 8 lanes at a time.
+///
+/// # Safety
+/// As for [`quant_group`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn generic_group(
+    w: &WeightMatrix,
+    g: usize,
+    acts: &QuantizedActs,
+    rows: Range<usize>,
+    store: &Store,
+) {
+    let p = w.packing();
+    let l = w.quant_layout();
+    let nb = l.nb;
+    let group = w.group(g).as_ptr();
+    let cols = Cols::of_group(w, g);
+    let sign = _mm256_set1_epi32(i32::MIN);
+    let lut = {
+        let mut table = [0i8; 16];
+        for (t, v) in table.iter_mut().zip(IQ4_VALUES) {
+            *t = (v as i32 + 128) as u8 as i8;
+        }
+        // SAFETY: 16 readable bytes.
+        unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr() as *const __m128i)) }
+    };
+    for t in rows {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut accm = [_mm256_setzero_ps(); 2];
+        for b in 0..nb {
+            let i = t * nb + b;
+            // SAFETY: block b's parts lie at the layout's offsets; row t's
+            // block i holds 32 i16 codes.
+            unsafe {
+                let codes = group.add(b * l.cb);
+                let q = acts.codes.as_ptr().add(i * 64);
+                let unit = b / p.unit_blocks;
+                for h in 0..2 {
+                    // wv[c]: 8 lanes × 4 code bytes for columns 4c..4c+4.
+                    let mut wv = [_mm256_setzero_si256(); 8];
+                    let at = |c: usize| codes.add(64 * c + 32 * h) as *const __m256i;
+                    match p.code_bits {
+                        8 => {
+                            for c in 0..8 {
+                                wv[c] = _mm256_loadu_si256(at(c));
+                            }
+                        }
+                        4 => {
+                            let nibble = _mm256_set1_epi8(0x0f);
+                            for c in 0..4 {
+                                let v = _mm256_loadu_si256(at(c));
+                                wv[c] = _mm256_and_si256(v, nibble);
+                                wv[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                            }
+                        }
+                        _ => {
+                            let crumb = _mm256_set1_epi8(0x03);
+                            for c in 0..2 {
+                                let v = _mm256_loadu_si256(at(c));
+                                wv[c] = _mm256_and_si256(v, crumb);
+                                wv[c + 2] = _mm256_and_si256(_mm256_srli_epi16(v, 2), crumb);
+                                wv[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), crumb);
+                                wv[c + 6] = _mm256_and_si256(_mm256_srli_epi16(v, 6), crumb);
+                            }
+                        }
+                    }
+                    for pl in 0..p.planes {
+                        let plane = _mm256_loadu_si256(
+                            group.add(l.plane_off + (b * p.planes + pl) * 64 + 32 * h)
+                                as *const __m256i,
+                        );
+                        let to = _mm256_set1_epi32((p.code_bits as usize + pl) as i32);
+                        for (c, v) in wv.iter_mut().enumerate() {
+                            let hb = _mm256_and_si256(
+                                _mm256_srlv_epi32(plane, _mm256_set1_epi32(c as i32)),
+                                _mm256_set1_epi32(0x0101_0101),
+                            );
+                            *v = _mm256_or_si256(*v, _mm256_sllv_epi32(hb, to));
+                        }
+                    }
+                    if p.lut {
+                        for v in wv.iter_mut() {
+                            *v = _mm256_shuffle_epi8(lut, *v);
+                        }
+                    }
+                    // Integer dot of each sub-block (chunks 0..4 and 4..8 apart).
+                    let mut a = [_mm256_setzero_si256(); 2];
+                    let mut bb = [_mm256_setzero_si256(); 2];
+                    for c in 0..8 {
+                        let qv = _mm256_set1_epi64x((q.add(8 * c) as *const i64).read_unaligned());
+                        let lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(wv[c]));
+                        let hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(wv[c], 1));
+                        a[c / 4] = _mm256_add_epi32(a[c / 4], _mm256_madd_epi16(lo, qv));
+                        bb[c / 4] = _mm256_add_epi32(bb[c / 4], _mm256_madd_epi16(hi, qv));
+                    }
+                    // [r0 r1 r4 r5 | r2 r3 r6 r7] → lanes in order.
+                    let dots = [
+                        _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[0], bb[0]), 0xd8),
+                        _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[1], bb[1]), 0xd8),
+                    ];
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(
+                        group.add(l.d_off + unit * 32 + 16 * h) as *const __m128i,
+                    ));
+                    let dmin = if p.has_unit_min() {
+                        _mm256_cvtph_ps(_mm_loadu_si128(
+                            group.add(l.m_off + unit * 32 + 16 * h) as *const __m128i
+                        ))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    let dx = _mm256_set1_ps(acts.d[i]);
+                    macro_rules! neg {
+                        ($x:expr) => {
+                            _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256($x), sign))
+                        };
+                    }
+                    for s in 0..p.subs {
+                        let sc_bytes =
+                            _mm_loadl_epi64(group.add(l.sc_off + (b * p.subs + s) * 16 + 8 * h)
+                                as *const __m128i);
+                        let ws = match p.sub_scale {
+                            SubScale::None => d,
+                            SubScale::U8 => {
+                                _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc_bytes)))
+                            }
+                            SubScale::I8 => {
+                                _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc_bytes)))
+                            }
+                            SubScale::Q2K => _mm256_mul_ps(
+                                d,
+                                _mm256_cvtepi32_ps(_mm256_and_si256(
+                                    _mm256_cvtepu8_epi32(sc_bytes),
+                                    _mm256_set1_epi32(15),
+                                )),
+                            ),
+                        };
+                        let (dot, sum, sx) = if p.sub16() {
+                            (dots[s], acts.sum16[2 * i + s], acts.sx16[2 * i + s])
+                        } else {
+                            (_mm256_add_epi32(dots[0], dots[1]), acts.sum[i], acts.sx[i])
+                        };
+                        let dint = _mm256_sub_epi32(dot, _mm256_set1_epi32(p.offset * sum));
+                        let scale = _mm256_mul_ps(ws, dx);
+                        acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dint), scale, acc[h]);
+                        let mw = match p.min {
+                            MinKind::None => continue,
+                            MinKind::Add => dmin,
+                            MinKind::SubBytes => {
+                                let m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                    group.add(l.mn_off + b * 16 + 8 * h) as *const __m128i,
+                                ));
+                                neg!(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)))
+                            }
+                            MinKind::SubQ2K => {
+                                let m = _mm256_srli_epi32(_mm256_cvtepu8_epi32(sc_bytes), 4);
+                                neg!(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)))
+                            }
+                        };
+                        accm[h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), accm[h]);
+                    }
+                }
+            }
+        }
+        for h in 0..2 {
+            let y = if p.min != MinKind::None {
                 _mm256_add_ps(acc[h], accm[h])
             } else {
                 acc[h]

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use super::{Cols, Store, WeightFormat, WeightMatrix};
 use crate::quant::{CodeForm, QuantizedActs};
-use crate::weights::QuantLayout;
+use crate::weights::{IQ4_VALUES, MinKind, QuantLayout, SubScale};
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -90,7 +90,254 @@ pub(crate) unsafe fn quant_group(
     match w.format() {
         WeightFormat::Q4_0 => tiles!(Q4_0),
         WeightFormat::Q4_1 => tiles!(Q4_1),
-        _ => tiles!(Q8_0),
+        WeightFormat::Q8_0 => tiles!(Q8_0),
+        // SAFETY: forwarded from the caller.
+        fmt => unsafe { generic_group(fmt, &grp, acts, rows, store) },
+    }
+}
+
+/// Group rows of the formats without a hand-specialized kernel.
+///
+/// # Safety
+/// As for [`quant_group`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn generic_group(
+    fmt: WeightFormat,
+    grp: &QGroup,
+    acts: &QuantizedActs,
+    rows: Range<usize>,
+    store: &Store,
+) {
+    let mut t = rows.start;
+    macro_rules! tiles {
+        ($f:expr) => {{
+            const F: u8 = $f;
+            while t + 4 <= rows.end {
+                // SAFETY: forwarded from the caller.
+                unsafe { block_rows::<F, 4>(grp, acts, t, store) };
+                t += 4;
+            }
+            // SAFETY: as above.
+            unsafe {
+                match rows.end - t {
+                    3 => block_rows::<F, 3>(grp, acts, t, store),
+                    2 => block_rows::<F, 2>(grp, acts, t, store),
+                    1 => block_rows::<F, 1>(grp, acts, t, store),
+                    _ => {}
+                }
+            }
+        }};
+    }
+    match fmt {
+        WeightFormat::Q5_0 => tiles!(6),
+        WeightFormat::Q5_1 => tiles!(7),
+        WeightFormat::Q2_K => tiles!(8),
+        WeightFormat::Q3_K => tiles!(9),
+        WeightFormat::Q4_K => tiles!(10),
+        WeightFormat::Q5_K => tiles!(11),
+        WeightFormat::Q6_K => tiles!(12),
+        WeightFormat::IQ4_NL => tiles!(13),
+        WeightFormat::IQ4_XS => tiles!(14),
+        other => unreachable!("{} has its own kernel", other.name()),
+    }
+}
+
+/// Spread bit `c` of every byte of each lane's plane word to bit `to` of
+/// the code bytes of chunk `c` (see the plane layout in `weights`).
+#[inline(always)]
+unsafe fn plane_bits(plane: __m512i, c: usize, to: u32) -> __m512i {
+    // SAFETY: callers enable AVX-512 F/BW.
+    unsafe {
+        let hb = _mm512_and_si512(
+            _mm512_srlv_epi32(plane, _mm512_set1_epi32(c as i32)),
+            _mm512_set1_epi32(0x0101_0101),
+        );
+        _mm512_sllv_epi32(hb, _mm512_set1_epi32(to as i32))
+    }
+}
+
+/// `T` activation rows from `t0` against one 16-row group of format
+/// `WeightFormat::ALL[F]`: the arithmetic of `scalar::quant_group`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn block_rows<const F: u8, const T: usize>(
+    grp: &QGroup,
+    acts: &QuantizedActs,
+    t0: usize,
+    store: &Store,
+) {
+    let fmt = WeightFormat::ALL[F as usize];
+    let Some(p) = fmt.packing() else { return };
+    let group = grp.base;
+    let l = grp.layout;
+    let nb = l.nb;
+    let cb = l.cb;
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut accm = [_mm512_setzero_ps(); T];
+    let codes_base = acts.codes.as_ptr();
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let lut = if p.lut {
+        let mut table = [0i8; 16];
+        for (t, v) in table.iter_mut().zip(IQ4_VALUES) {
+            *t = (v as i32 + 128) as u8 as i8;
+        }
+        // SAFETY: 16 readable bytes.
+        _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) })
+    } else {
+        _mm512_setzero_si512()
+    };
+    for b in 0..nb {
+        // SAFETY: block b of the group holds its codes, planes, scale bytes
+        // and (per unit) its f16 scales at the layout's offsets.
+        unsafe {
+            let codes = group.add(b * cb);
+            if T == 1 {
+                let ahead = codes.wrapping_add(PREFETCH * cb);
+                for line in 0..cb / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+                }
+                for pl in 0..p.planes {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        group.wrapping_add(l.plane_off + ((b + PREFETCH) * p.planes + pl) * 64)
+                            as *const i8,
+                    );
+                }
+            }
+            let mut wv = [_mm512_setzero_si512(); 8];
+            match p.code_bits {
+                8 => {
+                    for (c, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_si512(codes.add(64 * c) as *const __m512i);
+                    }
+                }
+                4 => {
+                    let nibble = _mm512_set1_epi8(0x0f);
+                    for c in 0..4 {
+                        let v = _mm512_loadu_si512(codes.add(64 * c) as *const __m512i);
+                        wv[c] = _mm512_and_si512(v, nibble);
+                        wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    }
+                }
+                _ => {
+                    let crumb = _mm512_set1_epi8(0x03);
+                    for c in 0..2 {
+                        let v = _mm512_loadu_si512(codes.add(64 * c) as *const __m512i);
+                        wv[c] = _mm512_and_si512(v, crumb);
+                        wv[c + 2] = _mm512_and_si512(_mm512_srli_epi16(v, 2), crumb);
+                        wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), crumb);
+                        wv[c + 6] = _mm512_and_si512(_mm512_srli_epi16(v, 6), crumb);
+                    }
+                }
+            }
+            for pl in 0..p.planes {
+                let plane = _mm512_loadu_si512(
+                    group.add(l.plane_off + (b * p.planes + pl) * 64) as *const __m512i
+                );
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_or_si512(*v, plane_bits(plane, c, p.code_bits + pl as u32));
+                }
+            }
+            if p.lut {
+                for v in wv.iter_mut() {
+                    *v = _mm512_shuffle_epi8(lut, *v);
+                }
+            }
+            // Per sub-block scale and minimum of every lane (scalar `sub_factors`).
+            let unit = b / p.unit_blocks;
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(
+                group.add(l.d_off + unit * 32) as *const __m256i
+            ));
+            let dmin = if p.has_unit_min() {
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    group.add(l.m_off + unit * 32) as *const __m256i
+                ))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let mut ws = [d; 2];
+            let mut mw = [_mm512_setzero_ps(); 2];
+            for s in 0..p.subs {
+                let sc_bytes =
+                    _mm_loadu_si128(group.add(l.sc_off + (b * p.subs + s) * 16) as *const __m128i);
+                let sc = match p.sub_scale {
+                    SubScale::None => _mm512_setzero_si512(),
+                    SubScale::U8 => _mm512_cvtepu8_epi32(sc_bytes),
+                    SubScale::I8 => _mm512_cvtepi8_epi32(sc_bytes),
+                    SubScale::Q2K => {
+                        _mm512_and_si512(_mm512_cvtepu8_epi32(sc_bytes), _mm512_set1_epi32(15))
+                    }
+                };
+                if p.sub_scale != SubScale::None {
+                    ws[s] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+                }
+                macro_rules! neg {
+                    ($x:expr) => {
+                        _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512($x), sign))
+                    };
+                }
+                mw[s] = match p.min {
+                    MinKind::None => _mm512_setzero_ps(),
+                    MinKind::Add => dmin,
+                    MinKind::SubBytes => {
+                        let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            group.add(l.mn_off + b * 16) as *const __m128i
+                        ));
+                        neg!(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m)))
+                    }
+                    MinKind::SubQ2K => {
+                        let m = _mm512_srli_epi32(_mm512_cvtepu8_epi32(sc_bytes), 4);
+                        neg!(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m)))
+                    }
+                };
+            }
+            for t in 0..T {
+                let i = (t0 + t) * nb + b;
+                let a = codes_base.add(i * 64);
+                let dx = _mm512_set1_ps(*acts.d.get_unchecked(i));
+                // Dot products of chunks 0..4 (columns 0..16) and 4..8 apart,
+                // high and low activation bytes apart.
+                let mut h = [_mm512_setzero_si512(); 2];
+                let mut lo = [_mm512_setzero_si512(); 2];
+                for c in 0..8 {
+                    h[c / 4] = _mm512_dpbusd_epi32(h[c / 4], wv[c], bcast4(a.add(4 * c)));
+                    lo[c / 4] = _mm512_dpbusd_epi32(lo[c / 4], wv[c], bcast4(a.add(32 + 4 * c)));
+                }
+                if p.sub16() {
+                    for s in 0..2 {
+                        let dot = _mm512_add_epi32(_mm512_slli_epi32(h[s], 8), lo[s]);
+                        let sum = *acts.sum16.get_unchecked(2 * i + s);
+                        let dint = _mm512_sub_epi32(dot, _mm512_set1_epi32(p.offset * sum));
+                        let scale = _mm512_mul_ps(ws[s], dx);
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dint), scale, acc[t]);
+                        if p.min != MinKind::None {
+                            let sx = _mm512_set1_ps(*acts.sx16.get_unchecked(2 * i + s));
+                            accm[t] = _mm512_fmadd_ps(mw[s], sx, accm[t]);
+                        }
+                    }
+                } else {
+                    let hi = _mm512_add_epi32(h[0], h[1]);
+                    let lw = _mm512_add_epi32(lo[0], lo[1]);
+                    let dot = _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lw);
+                    let sum = *acts.sum.get_unchecked(i);
+                    let dint = _mm512_sub_epi32(dot, _mm512_set1_epi32(p.offset * sum));
+                    let scale = _mm512_mul_ps(ws[0], dx);
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dint), scale, acc[t]);
+                    if p.min != MinKind::None {
+                        let sx = _mm512_set1_ps(*acts.sx.get_unchecked(i));
+                        accm[t] = _mm512_fmadd_ps(mw[0], sx, accm[t]);
+                    }
+                }
+            }
+        }
+    }
+    for t in 0..T {
+        let y = if p.min != MinKind::None {
+            _mm512_add_ps(acc[t], accm[t])
+        } else {
+            acc[t]
+        };
+        // SAFETY: the tile is the caller's.
+        unsafe { store_row(store, t0 + t, grp.cols, y) };
     }
 }
 
@@ -119,6 +366,7 @@ unsafe fn quant_rows<const F: u8, const T: usize>(
         cb,
         d_off,
         m_off,
+        ..
     } = grp.layout;
     let mut acc = [_mm512_setzero_ps(); T];
     let mut accm = [_mm512_setzero_ps(); T];

@@ -43,11 +43,18 @@ pub fn random_weight(fmt: WeightFormat, rows: usize, cols: usize, rng: &mut Rng)
     let mut raw: Vec<u8> = (0..rows * fmt.row_bytes(cols).unwrap())
         .map(|_| rng.byte())
         .collect();
+    // Keep `d` modest and positive, and `m`/`dmin` within ±0.05 (the
+    // K-quants' 6-bit scales and minimums multiply them by up to 63).
+    let k_quant = fmt.block_size() == 256;
     for blk in raw.chunks_exact_mut(fmt.block_bytes()) {
-        let d = 0.002 + rng.f32().abs() * 0.01;
-        blk[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        if fmt == WeightFormat::Q4_1 {
-            blk[2..4].copy_from_slice(&f16::from_f32(rng.f32() * 0.05).to_le_bytes());
+        for (f, &at) in fmt.f16_fields().iter().enumerate() {
+            let v = match (f, k_quant) {
+                (0, false) => 0.002 + rng.f32().abs() * 0.01,
+                (0, true) => (0.002 + rng.f32().abs() * 0.01) / 32.0,
+                (_, false) => rng.f32() * 0.05,
+                (_, true) => rng.f32().abs() * 0.05 / 63.0,
+            };
+            blk[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
         }
     }
     WeightMatrix::from_raw(fmt, rows, cols, &raw).unwrap()

@@ -1,115 +1,51 @@
 //! Weight matrices in float and GGUF block formats, repacked for the kernels.
 //!
 //! A [`WeightMatrix`] is `[rows, cols]` = `[out_features, in_features]`,
-//! built from checkpoint bytes (HF row-major; GGUF blocks of 32 along a row).
+//! built from checkpoint bytes (HF row-major; GGUF blocks along a row).
 //! At construction the rows are interleaved in groups of [`GROUP_ROWS`] so a
-//! SIMD lane holds one output row and no kernel needs a horizontal sum:
+//! SIMD lane holds one output row and no kernel needs a horizontal sum.
 //!
-//! - float formats: per group, `[cols][16]` elements in the source type;
-//! - block formats: per group, `codes [blocks][C]` then `d [blocks][16] f16`
-//!   (then `m [blocks][16] f16` for Q4_1). Within a block, 4-byte chunk `c`
-//!   of lane `r` holds row `r`'s codes for columns `4c..4c+4`: for Q4 the low
-//!   nibbles are columns `4c+j` and the high nibbles `16+4c+j` (the GGUF byte
-//!   itself, so `C = 256`); for Q8_0 each byte is the int8 value plus 128
-//!   (`C = 512`). All codes are therefore unsigned, ready for `u8 × s8` dot
-//!   products, with the offset (8 for Q4_0, 128 for Q8_0) corrected exactly
-//!   in integers.
+//! Float formats: per group, `[cols][16]` elements in the source type.
+//!
+//! Block formats are seen by the kernels in blocks of 32 columns (a 256-weight
+//! K-quant super-block is 8 of them sharing `d`/`dmin`). Per group, in order:
+//!
+//! | part | size per 32-block | content |
+//! |---|---|---|
+//! | codes | 128, 256 or 512 B | chunk `c` (64 B) holds, per lane `r`, 4 bytes for columns `4c+j` |
+//! | planes | 64 B each (0–2) | per lane a u32 whose bit `8j + c` is bit `code_bits + p` of column `4c + j` |
+//! | sub-scales | 16 B per sub-block | one byte per lane ([`format::SubScale`]) |
+//! | sub-minimums | 16 B | Q4_K/Q5_K: one 6-bit minimum per lane |
+//! | `d` | 32 B per unit | f16 per lane; a unit is a block, or a super-block for K-quants and IQ4_XS |
+//! | `m`/`dmin` | 32 B per unit | f16 per lane, for formats with a minimum |
+//!
+//! Code bytes: 8-bit codes are one byte per column (Q8_0 stores `q + 128`);
+//! 4-bit codes put column `4c+j` in the low nibble and `16+4c+j` in the high
+//! nibble of chunk `c < 4` (the GGUF Q4_0 byte itself); 2-bit codes put
+//! column `4(c + 2s) + j` in bits `2s..2s+2` of chunk `c < 2`. Every code is
+//! unsigned, ready for `u8 × s8` dot products, and the format's offset (8 for
+//! Q4_0, 16 for Q5_0, 128 for Q8_0 and IQ4, 32 for Q6_K, 4 for Q3_K) is
+//! corrected exactly in integers through the activation sums.
 //!
 //! The packed size equals the source size except for padding of the last
-//! group to 16 rows and of each group to a cache line.
+//! group to 16 rows and of each group to a cache line, and for the
+//! K-quant scales, which are unpacked to a byte each (Q4_K +2.8%, Q5_K
+//! +2.3%, Q3_K +3.6%, IQ4_XS +1.5%).
+
+pub mod format;
+mod source;
 
 use half::{bf16, f16};
 
+pub use self::format::{IQ4_VALUES, WeightFormat};
+pub(crate) use self::format::{MinKind, Packing, SubScale};
 use crate::aligned::AlignedBytes;
 use crate::error::KernelError;
 
 /// Output rows interleaved per group (one SIMD lane each).
 pub const GROUP_ROWS: usize = 16;
-/// Weights per quantization block.
+/// Weights per kernel block (every block format is seen in blocks of 32).
 pub const BLOCK: usize = 32;
-
-/// Storage format of a weight matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)]
-pub enum WeightFormat {
-    /// IEEE f32.
-    F32,
-    /// IEEE f16.
-    F16,
-    /// bfloat16.
-    BF16,
-    /// GGUF Q4_0: blocks of 32 as `d: f16, qs[16]`; `x = d·(q − 8)`.
-    Q4_0,
-    /// GGUF Q4_1: blocks of 32 as `d: f16, m: f16, qs[16]`; `x = d·q + m`.
-    Q4_1,
-    /// GGUF Q8_0: blocks of 32 as `d: f16, qs[32] i8`; `x = d·q`.
-    Q8_0,
-}
-
-impl WeightFormat {
-    /// Every format.
-    pub const ALL: [WeightFormat; 6] = [
-        WeightFormat::F32,
-        WeightFormat::F16,
-        WeightFormat::BF16,
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_1,
-        WeightFormat::Q8_0,
-    ];
-
-    /// Name as GGUF spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightFormat::F32 => "F32",
-            WeightFormat::F16 => "F16",
-            WeightFormat::BF16 => "BF16",
-            WeightFormat::Q4_0 => "Q4_0",
-            WeightFormat::Q4_1 => "Q4_1",
-            WeightFormat::Q8_0 => "Q8_0",
-        }
-    }
-
-    /// True for the block formats.
-    pub fn is_quantized(self) -> bool {
-        matches!(
-            self,
-            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
-        )
-    }
-
-    /// Weights per block (1 for float formats).
-    pub fn block_size(self) -> usize {
-        if self.is_quantized() { BLOCK } else { 1 }
-    }
-
-    /// Source bytes per block (per element for float formats).
-    pub fn block_bytes(self) -> usize {
-        match self {
-            WeightFormat::F32 => 4,
-            WeightFormat::F16 | WeightFormat::BF16 => 2,
-            WeightFormat::Q4_0 => 18,
-            WeightFormat::Q4_1 => 20,
-            WeightFormat::Q8_0 => 34,
-        }
-    }
-
-    /// Source bytes of one row of `cols` weights; `None` when `cols` is not a
-    /// whole number of blocks.
-    pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        cols.is_multiple_of(self.block_size())
-            .then(|| cols / self.block_size() * self.block_bytes())
-    }
-
-    /// Packed code bytes per block and 16-row group (quantized formats).
-    pub(crate) fn codes_per_block(self) -> usize {
-        if self == WeightFormat::Q8_0 { 512 } else { 256 }
-    }
-
-    /// Bytes per element (float formats).
-    pub(crate) fn elem_bytes(self) -> usize {
-        if self == WeightFormat::F32 { 4 } else { 2 }
-    }
-}
 
 /// A `[rows, cols]` weight (rows = output features), repacked into 16-row groups.
 #[derive(Debug, Clone)]
@@ -125,14 +61,60 @@ pub struct WeightMatrix {
 /// Byte offsets inside one packed quantized group.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QuantLayout {
-    /// Blocks per row.
+    /// 32-blocks per row.
     pub nb: usize,
     /// Code bytes per block.
     pub cb: usize,
-    /// Offset of the `d` scales.
+    /// Offset of the high-bit planes (`planes` × 64 B per block).
+    pub plane_off: usize,
+    /// Offset of the sub-block scale bytes (`subs` × 16 B per block).
+    pub sc_off: usize,
+    /// Offset of the sub-block minimum bytes (16 B per block).
+    pub mn_off: usize,
+    /// Offset of the `d` scales (32 B per unit).
     pub d_off: usize,
-    /// Offset of the `m` minimums (Q4_1).
+    /// Offset of the `m`/`dmin` values (32 B per unit).
     pub m_off: usize,
+    /// Bytes of one group's parts, before padding.
+    pub end: usize,
+}
+
+impl QuantLayout {
+    fn new(p: &Packing, cols: usize) -> Option<QuantLayout> {
+        let nb = cols / BLOCK;
+        let units = nb / p.unit_blocks;
+        let cb = p.code_bytes();
+        let plane_off = nb.checked_mul(cb)?;
+        let sc_off = plane_off.checked_add(nb.checked_mul(64 * p.planes)?)?;
+        let sc_bytes = if p.sub_scale == SubScale::None {
+            0
+        } else {
+            nb.checked_mul(16 * p.subs)?
+        };
+        let mn_off = sc_off.checked_add(sc_bytes)?;
+        let mn_bytes = if p.min == MinKind::SubBytes {
+            nb.checked_mul(16)?
+        } else {
+            0
+        };
+        let d_off = mn_off.checked_add(mn_bytes)?;
+        let m_off = d_off.checked_add(units.checked_mul(32)?)?;
+        let end = if p.has_unit_min() {
+            m_off.checked_add(units.checked_mul(32)?)?
+        } else {
+            m_off
+        };
+        Some(QuantLayout {
+            nb,
+            cb,
+            plane_off,
+            sc_off,
+            mn_off,
+            d_off,
+            m_off,
+            end,
+        })
+    }
 }
 
 impl WeightMatrix {
@@ -169,13 +151,20 @@ impl WeightMatrix {
     }
 
     /// Quantize or convert f32 values `[rows, cols]` into `format` (the GGUF
-    /// reference rounding for block formats), then pack.
+    /// reference rounding for block formats), then pack. Formats without an
+    /// encoder here (the K-quants, Q5 and IQ4) are refused: they come from
+    /// checkpoints.
     pub fn from_f32(
         format: WeightFormat,
         rows: usize,
         cols: usize,
         values: &[f32],
     ) -> Result<WeightMatrix, KernelError> {
+        if !ENCODABLE.contains(&format) {
+            return Err(KernelError::NoEncoder {
+                format: format.name(),
+            });
+        }
         if values.len() != rows.saturating_mul(cols) {
             return Err(KernelError::ByteLength {
                 format: "F32",
@@ -198,12 +187,9 @@ impl WeightMatrix {
     fn zeroed(format: WeightFormat, rows: usize, cols: usize) -> Result<WeightMatrix, KernelError> {
         let too_large = KernelError::TooLarge { rows, cols };
         let groups = rows.div_ceil(GROUP_ROWS);
-        let group_bytes = if format.is_quantized() {
-            let nb = cols / BLOCK;
-            let scales = if format == WeightFormat::Q4_1 { 64 } else { 32 };
-            nb.checked_mul(format.codes_per_block() + scales)
-        } else {
-            cols.checked_mul(GROUP_ROWS * format.elem_bytes())
+        let group_bytes = match format.packing() {
+            Some(p) => QuantLayout::new(&p, cols).map(|l| l.end),
+            None => cols.checked_mul(GROUP_ROWS * format.elem_bytes()),
         }
         .and_then(|b| b.checked_next_multiple_of(64))
         .ok_or(too_large.clone())?;
@@ -221,38 +207,46 @@ impl WeightMatrix {
     /// Scatter one source row into its group.
     fn pack_row(&mut self, r: usize, src: &[u8]) {
         let (fmt, lane) = (self.format, r % GROUP_ROWS);
-        let layout = self.quant_layout();
         let gb = self.group_bytes;
-        let group = &mut self.data.as_mut_slice()[r / GROUP_ROWS * gb..][..gb];
-        if !fmt.is_quantized() {
+        let Some(p) = fmt.packing() else {
+            let group = &mut self.data.as_mut_slice()[r / GROUP_ROWS * gb..][..gb];
             let es = fmt.elem_bytes();
             for (kk, e) in src.chunks_exact(es).enumerate() {
                 group[(kk * GROUP_ROWS + lane) * es..][..es].copy_from_slice(e);
             }
             return;
-        }
-        for (b, blk) in src.chunks_exact(fmt.block_bytes()).enumerate() {
-            group[layout.d_off + b * 32 + lane * 2..][..2].copy_from_slice(&blk[0..2]);
-            match fmt {
-                WeightFormat::Q8_0 => {
-                    let codes = &mut group[b * layout.cb..][..layout.cb];
-                    for c in 0..8 {
-                        for j in 0..4 {
-                            codes[c * 64 + lane * 4 + j] = blk[2 + 4 * c + j] ^ 0x80;
-                        }
+        };
+        let l = self.quant_layout();
+        let group = &mut self.data.as_mut_slice()[r / GROUP_ROWS * gb..][..gb];
+        let per_unit = fmt.block_size() / BLOCK;
+        for (u, blk) in src.chunks_exact(fmt.block_bytes()).enumerate() {
+            let dec = source::decode(fmt, blk);
+            let unit = u * per_unit / p.unit_blocks;
+            group[l.d_off + unit * 32 + lane * 2..][..2].copy_from_slice(&dec.d.to_le_bytes());
+            if p.has_unit_min() {
+                group[l.m_off + unit * 32 + lane * 2..][..2].copy_from_slice(&dec.m.to_le_bytes());
+            }
+            for bi in 0..per_unit {
+                let b = u * per_unit + bi;
+                let codes = &dec.codes[bi * BLOCK..(bi + 1) * BLOCK];
+                pack_codes(&p, codes, &mut group[b * l.cb..][..l.cb], lane);
+                for pl in 0..p.planes {
+                    let bit = p.code_bits as usize + pl;
+                    let mut word = 0u32;
+                    for (col, &code) in codes.iter().enumerate() {
+                        let (c, j) = (col / 4, col % 4);
+                        word |= (((code >> bit) & 1) as u32) << (8 * j + c);
+                    }
+                    let at = l.plane_off + (b * p.planes + pl) * 64 + lane * 4;
+                    group[at..at + 4].copy_from_slice(&word.to_le_bytes());
+                }
+                if p.sub_scale != SubScale::None {
+                    for s in 0..p.subs {
+                        group[l.sc_off + (b * p.subs + s) * 16 + lane] = dec.sub[bi * p.subs + s];
                     }
                 }
-                _ => {
-                    let qs = if fmt == WeightFormat::Q4_1 {
-                        group[layout.m_off + b * 32 + lane * 2..][..2].copy_from_slice(&blk[2..4]);
-                        &blk[4..20]
-                    } else {
-                        &blk[2..18]
-                    };
-                    let codes = &mut group[b * layout.cb..][..layout.cb];
-                    for c in 0..4 {
-                        codes[c * 64 + lane * 4..][..4].copy_from_slice(&qs[4 * c..4 * c + 4]);
-                    }
+                if p.min == MinKind::SubBytes {
+                    group[l.mn_off + b * 16 + lane] = dec.mins[bi];
                 }
             }
         }
@@ -293,19 +287,21 @@ impl WeightMatrix {
         &self.data.as_slice()[g * self.group_bytes..(g + 1) * self.group_bytes]
     }
 
-    /// Offsets inside a quantized group.
-    pub(crate) fn quant_layout(&self) -> QuantLayout {
-        let nb = self.cols / BLOCK;
-        let cb = self.format.codes_per_block();
-        QuantLayout {
-            nb,
-            cb,
-            d_off: nb * cb,
-            m_off: nb * (cb + 32),
-        }
+    /// The kernels' view of the format (block formats only).
+    pub(crate) fn packing(&self) -> Packing {
+        self.format
+            .packing()
+            .expect("packing() asked of a float weight")
     }
 
-    /// Dequantize (or convert) row `r` into `out[..cols]` as f32.
+    /// Offsets inside a quantized group.
+    pub(crate) fn quant_layout(&self) -> QuantLayout {
+        QuantLayout::new(&self.packing(), self.cols).expect("layout checked at construction")
+    }
+
+    /// Dequantize (or convert) row `r` into `out[..cols]` as f32, with the
+    /// arithmetic of llama.cpp's dequantizers (`(d·sc)·(q − offset)`, then
+    /// `+ m` or `− dmin·m`).
     ///
     /// Panics if `r >= rows` or `out` is shorter than `cols`.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
@@ -336,29 +332,26 @@ impl WeightMatrix {
                     *o = bf16::from_le_bytes([e[0], e[1]]).to_f32();
                 }
             }
-            fmt => {
+            _ => {
+                let p = self.packing();
                 let l = self.quant_layout();
-                let f16_at = |off: usize| f16::from_le_bytes([group[off], group[off + 1]]).to_f32();
+                let sub_len = BLOCK / p.subs;
                 for (b, o) in out.chunks_exact_mut(BLOCK).enumerate() {
-                    let d = f16_at(l.d_off + b * 32 + lane * 2);
-                    let codes = &group[b * l.cb..][..l.cb];
-                    for c in 0..l.cb / 64 {
-                        for j in 0..4 {
-                            let byte = codes[c * 64 + lane * 4 + j];
-                            match fmt {
-                                WeightFormat::Q8_0 => {
-                                    o[4 * c + j] = d * ((byte ^ 0x80) as i8) as f32;
-                                }
-                                WeightFormat::Q4_0 => {
-                                    o[4 * c + j] = d * ((byte & 15) as f32 - 8.0);
-                                    o[16 + 4 * c + j] = d * ((byte >> 4) as f32 - 8.0);
-                                }
-                                _ => {
-                                    let m = f16_at(l.m_off + b * 32 + lane * 2);
-                                    o[4 * c + j] = d * (byte & 15) as f32 + m;
-                                    o[16 + 4 * c + j] = d * (byte >> 4) as f32 + m;
-                                }
-                            }
+                    let codes = block_codes(&p, &l, group, b, lane);
+                    for s in 0..p.subs {
+                        let f = sub_factors(&p, &l, group, b, s, lane);
+                        for i in s * sub_len..(s + 1) * sub_len {
+                            let q = if p.lut {
+                                IQ4_VALUES[codes[i] as usize] as f32
+                            } else {
+                                (codes[i] as i32 - p.offset) as f32
+                            };
+                            // llama.cpp: `d·q + m`, and `(d·sc)·q − dmin·m` with
+                            // the minimum already negated.
+                            o[i] = match p.min {
+                                MinKind::None => f.scale * q,
+                                _ => f.scale * q + f.min,
+                            };
                         }
                     }
                 }
@@ -366,6 +359,100 @@ impl WeightMatrix {
         }
     }
 }
+
+/// Per-sub-block f32 factors of one lane: `scale` multiplies `q − offset`,
+/// `min` is added (already negated for the K-quants). Both are exact
+/// products of an f16 and a small integer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubFactors {
+    pub scale: f32,
+    pub min: f32,
+}
+
+fn f16_at(b: &[u8], off: usize) -> f32 {
+    f16::from_le_bytes([b[off], b[off + 1]]).to_f32()
+}
+
+/// The scale and minimum of sub-block `s` of block `b`, lane `lane` (the
+/// definition every kernel follows).
+#[inline(always)]
+pub(crate) fn sub_factors(
+    p: &Packing,
+    l: &QuantLayout,
+    group: &[u8],
+    b: usize,
+    s: usize,
+    lane: usize,
+) -> SubFactors {
+    let unit = b / p.unit_blocks;
+    let d = f16_at(group, l.d_off + unit * 32 + lane * 2);
+    let sc = group[l.sc_off + (b * p.subs + s) * 16 + lane];
+    let scale = match p.sub_scale {
+        SubScale::None => d,
+        SubScale::U8 => d * sc as f32,
+        SubScale::I8 => d * (sc as i8) as f32,
+        SubScale::Q2K => d * (sc & 15) as f32,
+    };
+    let min = match p.min {
+        MinKind::None => 0.0,
+        MinKind::Add => f16_at(group, l.m_off + unit * 32 + lane * 2),
+        MinKind::SubBytes => {
+            -(f16_at(group, l.m_off + unit * 32 + lane * 2)
+                * group[l.mn_off + b * 16 + lane] as f32)
+        }
+        MinKind::SubQ2K => -(f16_at(group, l.m_off + unit * 32 + lane * 2) * (sc >> 4) as f32),
+    };
+    SubFactors { scale, min }
+}
+
+/// The 32 unsigned codes (table indexes for IQ4) of block `b`, lane `lane`.
+#[inline(always)]
+pub(crate) fn block_codes(
+    p: &Packing,
+    l: &QuantLayout,
+    group: &[u8],
+    b: usize,
+    lane: usize,
+) -> [u8; 32] {
+    let codes = &group[b * l.cb..][..l.cb];
+    let mut out = [0u8; 32];
+    for (col, o) in out.iter_mut().enumerate() {
+        let (c, j) = (col / 4, col % 4);
+        *o = match p.code_bits {
+            8 => codes[c * 64 + lane * 4 + j],
+            4 => (codes[(c % 4) * 64 + lane * 4 + j] >> (4 * (c / 4))) & 15,
+            _ => (codes[(c % 2) * 64 + lane * 4 + j] >> (2 * (c / 2))) & 3,
+        };
+        for pl in 0..p.planes {
+            let at = l.plane_off + (b * p.planes + pl) * 64 + lane * 4;
+            let word = u32::from_le_bytes([group[at], group[at + 1], group[at + 2], group[at + 3]]);
+            *o |= (((word >> (8 * j + c)) & 1) as u8) << (p.code_bits as usize + pl);
+        }
+    }
+    out
+}
+
+/// Write one lane's 32 codes of a block into its code bytes.
+fn pack_codes(p: &Packing, codes: &[u8], dst: &mut [u8], lane: usize) {
+    for (col, &code) in codes.iter().enumerate() {
+        let (c, j) = (col / 4, col % 4);
+        match p.code_bits {
+            8 => dst[c * 64 + lane * 4 + j] = code,
+            4 => dst[(c % 4) * 64 + lane * 4 + j] |= (code & 15) << (4 * (c / 4)),
+            _ => dst[(c % 2) * 64 + lane * 4 + j] |= (code & 3) << (2 * (c / 2)),
+        }
+    }
+}
+
+/// Formats [`WeightMatrix::from_f32`] can encode.
+const ENCODABLE: [WeightFormat; 6] = [
+    WeightFormat::F32,
+    WeightFormat::F16,
+    WeightFormat::BF16,
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q8_0,
+];
 
 /// Append the source encoding of one f32 row in `format` to `out`.
 fn encode_row(format: WeightFormat, row: &[f32], out: &mut Vec<u8>) {
@@ -411,6 +498,10 @@ fn encode_row(format: WeightFormat, row: &[f32], out: &mut Vec<u8>) {
                 out.extend((0..16).map(|j| q(blk[j]) | (q(blk[j + 16]) << 4)));
             }
         }
+        other => unreachable!(
+            "{} has no encoder (from_f32 checks ENCODABLE)",
+            other.name()
+        ),
     }
 }
 
