@@ -100,6 +100,79 @@ __device__ float block_max(float v) {
 #define FMT_Q4_0 10
 #define FMT_Q4_1 11
 #define FMT_Q8_0 12
+#define FMT_Q4_K 13
+#define FMT_Q6_K 14
+#define FMT_Q5_0 15
+#define FMT_Q5_1 16
+#define FMT_Q2_K 17
+#define FMT_Q3_K 18
+#define FMT_Q5_K 19
+#define FMT_IQ4_NL 30
+#define FMT_IQ4_XS 31
+
+// llama.cpp's kvalues_iq4nl.
+__device__ __constant__ signed char IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+__device__ __forceinline__ float f16_at(const u8* b) { return half_bits_to_float((u16)(b[0] | (b[1] << 8))); }
+
+// Nibble j of a 16-byte Q4_0-style run: j < 16 low nibbles, then high ones.
+__device__ __forceinline__ int nibble_at(const u8* qs, int j) { return j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4); }
+
+// The 6-bit (scale, min) of sub-block j of a Q4_K/Q5_K super-block.
+__device__ __forceinline__ void k4_scale_min(const u8* s, int j, int* sc, int* m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+// One weight of a 256-weight K-quant (or IQ4_XS) super-block `b`, column c
+// (llama.cpp's dequantize_row_* arithmetic, as gguf-py computes it).
+__device__ __forceinline__ float k_quant_at(const u8* b, int fmt, int c) {
+    int n = c / 128, r = c % 128, j = r / 32, l = r % 32;
+    switch (fmt) {
+    case FMT_Q2_K: {
+        int sc = b[c / 16];
+        int q = (b[16 + 32 * n + l] >> (2 * j)) & 3;
+        float dl = f16_at(b + 80) * (float)(sc & 15), ml = f16_at(b + 82) * (float)(sc >> 4);
+        return __fsub_rn(__fmul_rn(dl, (float)q), ml);
+    }
+    case FMT_Q3_K: {
+        const u8* sc = b + 96;
+        int s = c / 16;
+        int low = (sc[s % 8] >> (4 * (s / 8))) & 15, high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        int q = ((b[32 + 32 * n + l] >> (2 * j)) & 3) - (((b[l] >> (4 * n + j)) & 1) ? 0 : 4);
+        return __fmul_rn(f16_at(b + 108) * (float)((low | (high << 4)) - 32), (float)q);
+    }
+    case FMT_Q4_K:
+    case FMT_Q5_K: {
+        int sc, m;
+        k4_scale_min(b + 4, c / 32, &sc, &m);
+        const u8* qs = b + (fmt == FMT_Q5_K ? 48 : 16);
+        int q4 = c % 64, byte = qs[32 * (c / 64) + q4 % 32];
+        int q = q4 < 32 ? (byte & 15) : (byte >> 4);
+        if (fmt == FMT_Q5_K) q |= ((b[16 + c % 32] >> (c / 32)) & 1) << 4;
+        return __fsub_rn(__fmul_rn(f16_at(b) * (float)sc, (float)q), f16_at(b + 2) * (float)m);
+    }
+    case FMT_Q6_K: {
+        int byte = b[64 * n + 32 * (j % 2) + l];
+        int low = j < 2 ? (byte & 15) : (byte >> 4);
+        int q = (low | (((b[128 + 32 * n + l] >> (2 * j)) & 3) << 4)) - 32;
+        return __fmul_rn(f16_at(b + 208) * (float)(signed char)b[192 + c / 16], (float)q);
+    }
+    case FMT_IQ4_XS: {
+        int ib = c / 32;
+        int sh = b[2] | (b[3] << 8);
+        int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
+        return __fmul_rn(f16_at(b) * (float)(ls - 32), (float)IQ4_VALUES[nibble_at(b + 8 + 16 * ib, c % 32)]);
+    }
+    }
+    return 0.0f;
+}
 
 // Dequantize weight element (row, col) of a [rows, cols] matrix in `fmt`.
 // Quantized rows are runs of 32-weight blocks along cols.
@@ -127,6 +200,29 @@ __device__ __forceinline__ float weight_at(const u8* w, int fmt, i64 row, i64 co
         const u8* b = w + (row * (cols / 32) + col / 32) * 34;
         float d = half_bits_to_float((u16)(b[0] | (b[1] << 8)));
         return d * (float)(signed char)b[2 + col % 32];
+    }
+    case FMT_Q5_0:
+    case FMT_Q5_1: {
+        int bytes = fmt == FMT_Q5_0 ? 22 : 24, off = fmt == FMT_Q5_0 ? 2 : 4;
+        const u8* b = w + (row * (cols / 32) + col / 32) * bytes;
+        int j = col % 32;
+        u32 qh = b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | ((u32)b[off + 3] << 24);
+        int q = nibble_at(b + off + 4, j) | (((qh >> j) & 1) << 4);
+        if (fmt == FMT_Q5_0) return f16_at(b) * (float)(q - 16);
+        return __fadd_rn(__fmul_rn(f16_at(b), (float)q), f16_at(b + 2));
+    }
+    case FMT_IQ4_NL: {
+        const u8* b = w + (row * (cols / 32) + col / 32) * 18;
+        return f16_at(b) * (float)IQ4_VALUES[nibble_at(b + 2, col % 32)];
+    }
+    case FMT_Q2_K:
+    case FMT_Q3_K:
+    case FMT_Q4_K:
+    case FMT_Q5_K:
+    case FMT_Q6_K:
+    case FMT_IQ4_XS: {
+        int bytes = fmt == FMT_Q2_K ? 84 : fmt == FMT_Q3_K ? 110 : fmt == FMT_Q4_K ? 144 : fmt == FMT_Q5_K ? 176 : fmt == FMT_Q6_K ? 210 : 136;
+        return k_quant_at(w + (row * (cols / 256) + col / 256) * bytes, fmt, (int)(col % 256));
     }
     }
     return 0.0f;

@@ -138,6 +138,67 @@ __device__ void dequantize(const u8* w, int fmt, i64 rows, i64 cols, T* out) {
     }
 }
 
+// LayerNorm in f32 (mean, then biased variance of the centred row); the
+// normalized value is rounded to T before the scale, as in rms_norm. beta may
+// be null. One block per row.
+template <typename T>
+__device__ void layer_norm(const T* x, const float* gamma, const float* beta, T* out, i64 h, float eps) {
+    i64 r = blockIdx.x;
+    const T* xr = x + r * h;
+    float s = 0.0f;
+    for (i64 j = threadIdx.x; j < h; j += blockDim.x) s += to_float(xr[j]);
+    float mean = block_sum(s) / (float)h;
+    float ss = 0.0f;
+    for (i64 j = threadIdx.x; j < h; j += blockDim.x) {
+        float d = to_float(xr[j]) - mean;
+        ss += d * d;
+    }
+    float inv = rsqrtf(block_sum(ss) / (float)h + eps);
+    for (i64 j = threadIdx.x; j < h; j += blockDim.x) {
+        float y = round_to<T>((to_float(xr[j]) - mean) * inv) * gamma[j];
+        if (beta != 0) y = round_to<T>(y) + beta[j];
+        out[r * h + j] = from_float<T>(y);
+    }
+}
+
+// Activation kinds of OP_ACTIVATION (ACT_SILU, ACT_GELU_TANH, ACT_GELU, ACT_RELU).
+__device__ __forceinline__ float activate(int kind, float v) {
+    switch (kind) {
+        case 0: return silu(v);
+        case 1: return 0.5f * v * (1.0f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
+        case 2: return 0.5f * v * (1.0f + erff(v * 0.7071067812f));
+        default: return fmaxf(v, 0.0f);
+    }
+}
+
+// out = act(x), or act(x) * up when up is non-null.
+template <typename T>
+__device__ void activation(const T* x, const T* up, T* out, int kind, i64 n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float a = activate(kind, to_float(x[i]));
+        if (up != 0) a = round_to<T>(a) * to_float(up[i]);
+        out[i] = from_float<T>(a);
+    }
+}
+
+// out = x * f (accumulate 0) or out += x * f (accumulate 1).
+template <typename T>
+__device__ void scale(const T* x, T* out, float f, int accumulate, i64 n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float y = to_float(x[i]) * f;
+        if (accumulate) y = to_float(out[i]) + round_to<T>(y);
+        out[i] = from_float<T>(y);
+    }
+}
+
+// out = cap * tanh(x / cap).
+template <typename T>
+__device__ void softcap(const T* x, T* out, float cap, i64 n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        out[i] = from_float<T>(cap * tanhf(to_float(x[i]) / cap));
+    }
+}
+
 #define KILN_ELEMENTWISE(T, S)                                                                                        \
     extern "C" __global__ void embedding_##S(const int* ids, const u8* table, int fmt, i64 vocab, i64 hidden, T* out) { \
         embedding<T>(ids, table, fmt, vocab, hidden, out);                                                            \
@@ -160,6 +221,14 @@ __device__ void dequantize(const u8* w, int fmt, i64 rows, i64 cols, T* out) {
     extern "C" __global__ void kv_write_##S(const T* k, const T* v, T* kc, T* vc, const int* s, i64 d) {             \
         kv_write<T>(k, v, kc, vc, s, d);                                                                              \
     }                                                                                                                 \
+    extern "C" __global__ void layer_norm_##S(const T* x, const float* g, const float* b, T* out, i64 h, float eps) { \
+        layer_norm<T>(x, g, b, out, h, eps);                                                                          \
+    }                                                                                                                 \
+    extern "C" __global__ void activation_##S(const T* x, const T* u, T* o, int kind, i64 n) {                        \
+        activation<T>(x, u, o, kind, n);                                                                              \
+    }                                                                                                                 \
+    extern "C" __global__ void scale_##S(const T* x, T* o, float f, int acc, i64 n) { scale<T>(x, o, f, acc, n); }     \
+    extern "C" __global__ void softcap_##S(const T* x, T* o, float c, i64 n) { softcap<T>(x, o, c, n); }              \
     extern "C" __global__ void dequantize_##S(const u8* w, int fmt, i64 r, i64 c, T* o) { dequantize<T>(w, fmt, r, c, o); }
 
 KILN_ELEMENTWISE(float, f32)

@@ -55,7 +55,7 @@ pub fn hf_config_json(c: &ModelConfig) -> serde_json::Value {
             v["sliding_window"] = json!(c.sliding_window);
             v["max_window_layers"] = 0.into();
         }
-        Some(Family::Llama) | None => {}
+        _ => {}
     }
     v
 }

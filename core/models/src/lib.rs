@@ -1,12 +1,14 @@
 //! # kiln-models
 //!
 //! What a model is: its config ([`config::ModelConfig`], from a Hugging Face
-//! `config.json` or GGUF metadata) and architecture ([`registry`]: which
-//! Llama-family members Kiln runs, and their flags), where its weights come
-//! from ([`weights`]: memory-mapped safetensors and GGUF files under Hugging
-//! Face names, a GGUF writer, the reference dequantizer), an f32 converter
-//! for GGUF files ([`convert`]), its RoPE tables ([`rope`]), and the
-//! Llama-family decoder written as backend operations ([`llama`]).
+//! `config.json` or GGUF metadata), its family ([`registry`]: which
+//! architectures Kiln runs) and the parts its decoder is built from
+//! ([`parts`]), its tensors' names by role in either format ([`names`],
+//! [`gguf_weights`]), where its weights come from ([`weights`]:
+//! memory-mapped safetensors and GGUF files, a GGUF writer, the reference
+//! dequantizer), an f32 converter for GGUF files ([`convert`]), its RoPE
+//! tables ([`rope`]), and the one decoder every family runs, written as
+//! backend operations ([`decoder`]).
 //!
 //! Depends on `kiln-plugin-abi` (the safe device wrapper) and file-format
 //! crates; never on the engine, actors, async runtimes, frontends, the
@@ -23,7 +25,10 @@
 
 pub mod config;
 pub mod convert;
-pub mod llama;
+pub mod decoder;
+pub mod gguf_weights;
+pub mod names;
+pub mod parts;
 pub mod registry;
 pub mod rope;
 pub mod weights;

@@ -1,34 +1,115 @@
-//! Architecture registry: which checkpoints the one Llama-family decoder
-//! runs, keyed by `architectures[0]` of a `config.json` or by GGUF
-//! `general.architecture`, and the flags that tell the members apart.
-//!
-//! Every supported architecture uses rotate-half (NeoX) RoPE on Hugging Face
-//! row order; GGUF Q/K rows are un-permuted at load, so no variant needs the
-//! interleaved-pair layout.
+//! Architecture registry: the model families Kiln runs, keyed by
+//! `architectures[0]` of a `config.json`, by its `model_type`, or by GGUF
+//! `general.architecture`. What each family is made of lives in
+//! [`crate::parts`]; this module only names them.
 
 use crate::config::ModelConfig;
+use crate::parts::{DecoderVariant, describe};
 
-/// A member of the Llama family.
+/// A model family: one set of parts and tensor names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// Llama 1–3, SmolLM, TinyLlama, ...: optional biases (`attention_bias`
-    /// on q/k/v/o, `mlp_bias` on the MLP), full attention.
+    /// Llama 1–3, SmolLM, TinyLlama, DeepSeek-LLM/-Coder (Llama layout).
     Llama,
-    /// Mistral: no biases, optional sliding-window attention.
+    /// Mistral: sliding-window attention on every layer.
     Mistral,
-    /// Qwen2: q/k/v biases always, optional sliding window.
+    /// Qwen2 / Qwen2.5: q/k/v biases, optional windows from a layer on.
     Qwen2,
+    /// Qwen3: per-head q/k RMSNorm, no biases.
+    Qwen3,
+    /// Gemma: RMSNorm with `(1 + w)`, GeGLU, embeddings scaled by √hidden.
+    Gemma,
+    /// Gemma 2: Gemma plus sandwich norms, soft-capping, alternating windows.
+    Gemma2,
+    /// Gemma 3 (text): Gemma 2 plus q/k norm, local RoPE base on windowed layers.
+    Gemma3,
+    /// Phi-3: fused qkv and gate/up projections.
+    Phi3,
+    /// Phi-1/1.5/2: LayerNorm, partial rotary, parallel attention and MLP.
+    Phi2,
+    /// GPT-NeoX / Pythia: LayerNorm, partial rotary, per-head fused qkv.
+    GptNeoX,
+    /// GPT-2: learned positions, Conv1D (transposed) weights.
+    Gpt2,
+    /// OPT: learned positions with an offset of 2, ReLU MLP.
+    Opt,
+    /// StarCoder2: LayerNorm, biases, GELU MLP, sliding window.
+    Starcoder2,
+    /// OLMo 2: norms after attention and MLP, q/k norm over all heads.
+    Olmo2,
+    /// Granite: Llama with embedding, residual, attention and logit multipliers.
+    Granite,
 }
 
+/// Every family, in the order messages list them.
+pub const FAMILIES: [Family; 15] = [
+    Family::Llama,
+    Family::Mistral,
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Gemma,
+    Family::Gemma2,
+    Family::Gemma3,
+    Family::Phi3,
+    Family::Phi2,
+    Family::GptNeoX,
+    Family::Gpt2,
+    Family::Opt,
+    Family::Starcoder2,
+    Family::Olmo2,
+    Family::Granite,
+];
+
 impl Family {
-    /// Short name (`llama`, `mistral`, `qwen2`), also the GGUF architecture
-    /// and the Hugging Face `model_type`.
-    pub fn name(self) -> &'static str {
+    /// The Hugging Face `model_type` (`llama`, `gemma3_text`, `gpt_neox`).
+    pub fn model_type(self) -> &'static str {
         match self {
             Family::Llama => "llama",
             Family::Mistral => "mistral",
             Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
+            Family::Phi3 => "phi3",
+            Family::Phi2 => "phi",
+            Family::GptNeoX => "gpt_neox",
+            Family::Gpt2 => "gpt2",
+            Family::Opt => "opt",
+            Family::Starcoder2 => "starcoder2",
+            Family::Olmo2 => "olmo2",
+            Family::Granite => "granite",
         }
+    }
+
+    /// Short name for logs and Ollama's `details.family`: the GGUF
+    /// architecture where llama.cpp has one, else the `model_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Mistral => "mistral",
+            other => other.gguf_architecture().unwrap_or(other.model_type()),
+        }
+    }
+
+    /// The GGUF `general.architecture` llama.cpp's converter writes (`None`
+    /// for OPT, which it does not convert). Mistral converts to `llama`.
+    pub fn gguf_architecture(self) -> Option<&'static str> {
+        Some(match self {
+            Family::Llama | Family::Mistral => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3",
+            Family::Phi3 => "phi3",
+            Family::Phi2 => "phi2",
+            Family::GptNeoX => "gptneox",
+            Family::Gpt2 => "gpt2",
+            Family::Opt => return None,
+            Family::Starcoder2 => "starcoder2",
+            Family::Olmo2 => "olmo2",
+            Family::Granite => "granite",
+        })
     }
 
     /// The Hugging Face architecture name (`LlamaForCausalLM`).
@@ -37,15 +118,27 @@ impl Family {
             Family::Llama => "LlamaForCausalLM",
             Family::Mistral => "MistralForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Gemma => "GemmaForCausalLM",
+            Family::Gemma2 => "Gemma2ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
+            Family::Phi2 => "PhiForCausalLM",
+            Family::GptNeoX => "GPTNeoXForCausalLM",
+            Family::Gpt2 => "GPT2LMHeadModel",
+            Family::Opt => "OPTForCausalLM",
+            Family::Starcoder2 => "Starcoder2ForCausalLM",
+            Family::Olmo2 => "Olmo2ForCausalLM",
+            Family::Granite => "GraniteForCausalLM",
         }
     }
 }
 
-/// Every family, in the order messages list them.
-pub const FAMILIES: [Family; 3] = [Family::Llama, Family::Mistral, Family::Qwen2];
-
-/// Older spellings of architecture names that map to a family.
-const HF_ALIASES: [(&str, Family); 1] = [("LLaMAForCausalLM", Family::Llama)];
+/// Older or alternative spellings of architecture names.
+const HF_ALIASES: [(&str, Family); 2] = [
+    ("LLaMAForCausalLM", Family::Llama),
+    ("GPT2Model", Family::Gpt2),
+];
 
 /// The family of a Hugging Face architecture name (`architectures[0]`).
 pub fn family_of_hf(architecture: &str) -> Option<Family> {
@@ -60,24 +153,19 @@ pub fn family_of_hf(architecture: &str) -> Option<Family> {
         })
 }
 
-/// The family of a GGUF `general.architecture` or HF `model_type` value.
-pub fn family_of_name(name: &str) -> Option<Family> {
-    FAMILIES.into_iter().find(|f| f.name() == name)
+/// The family of a GGUF `general.architecture` value (`llama` is Llama).
+pub fn family_of_gguf(name: &str) -> Option<Family> {
+    FAMILIES
+        .into_iter()
+        .find(|f| f.gguf_architecture() == Some(name))
 }
 
-/// Flags that distinguish members of the Llama family for the decoder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecoderVariant {
-    /// Family name (`llama`, `mistral`, `qwen2`).
-    pub family: &'static str,
-    /// q/k/v projections carry biases.
-    pub qkv_bias: bool,
-    /// The output projection (`o_proj`) carries a bias (Llama with `attention_bias`).
-    pub o_proj_bias: bool,
-    /// gate/up/down projections carry biases (Llama `mlp_bias`).
-    pub mlp_bias: bool,
-    /// Sliding-window attention span in tokens, on every layer.
-    pub sliding_window: Option<usize>,
+/// The family of a Hugging Face `model_type` or GGUF architecture value.
+pub fn family_of_name(name: &str) -> Option<Family> {
+    FAMILIES
+        .into_iter()
+        .find(|f| f.model_type() == name)
+        .or_else(|| family_of_gguf(name))
 }
 
 /// The error for a model Kiln cannot run.
@@ -95,35 +183,29 @@ pub fn supported() -> Vec<&'static str> {
 
 /// GGUF `general.architecture` values Kiln runs.
 pub fn supported_gguf() -> Vec<&'static str> {
-    FAMILIES.iter().map(|f| f.name()).collect()
+    let mut v: Vec<&str> = FAMILIES
+        .iter()
+        .filter_map(|f| f.gguf_architecture())
+        .collect();
+    v.dedup();
+    v
 }
 
-/// The decoder variant of a family, with biases and window from `config`.
-pub fn variant_for(family: Family, config: &ModelConfig) -> DecoderVariant {
-    let (qkv_bias, o_proj_bias, mlp_bias) = match family {
-        Family::Llama => (
-            config.attention_bias,
-            config.attention_bias,
-            config.mlp_bias,
-        ),
-        Family::Mistral => (false, false, false),
-        Family::Qwen2 => (config.attention_bias, false, false),
-    };
-    DecoderVariant {
-        family: family.name(),
-        qkv_bias,
-        o_proj_bias,
-        mlp_bias,
-        sliding_window: match family {
-            Family::Llama => None,
-            Family::Mistral | Family::Qwen2 => config.sliding_window,
-        },
-    }
+/// Why a config cannot become a decoder: an unknown architecture or an
+/// inconsistent field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    /// No family has this name.
+    #[error(transparent)]
+    Unsupported(#[from] UnsupportedArchitecture),
+    /// The family is known but the config cannot be run as given.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Resolve a config (from `config.json` or GGUF metadata) by its
-/// `architecture`.
-pub fn resolve(config: &ModelConfig) -> Result<DecoderVariant, UnsupportedArchitecture> {
+/// `architecture` into the parts its decoder is built from.
+pub fn resolve(config: &ModelConfig) -> Result<DecoderVariant, ResolveError> {
     resolve_architecture(&config.architecture, config)
 }
 
@@ -131,27 +213,11 @@ pub fn resolve(config: &ModelConfig) -> Result<DecoderVariant, UnsupportedArchit
 pub fn resolve_architecture(
     name: &str,
     config: &ModelConfig,
-) -> Result<DecoderVariant, UnsupportedArchitecture> {
+) -> Result<DecoderVariant, ResolveError> {
     let family = family_of_hf(name).ok_or_else(|| UnsupportedArchitecture {
         name: name.to_string(),
     })?;
-    Ok(variant_for(family, config))
-}
-
-/// Resolve a GGUF `general.architecture` value alone (biases as the family
-/// usually has them; prefer [`resolve`] on [`ModelConfig::from_gguf`], which
-/// also looks at the tensors).
-pub fn resolve_gguf_architecture(name: &str) -> Result<DecoderVariant, UnsupportedArchitecture> {
-    let family = family_of_name(name).ok_or_else(|| UnsupportedArchitecture {
-        name: name.to_string(),
-    })?;
-    Ok(DecoderVariant {
-        family: family.name(),
-        qkv_bias: family == Family::Qwen2,
-        o_proj_bias: false,
-        mlp_bias: false,
-        sliding_window: None,
-    })
+    Ok(describe(family, config)?)
 }
 
 #[cfg(test)]
@@ -169,59 +235,40 @@ mod tests {
         let c = config(&format!(
             r#"{{"architectures":["LlamaForCausalLM"],{BASE}}}"#
         ));
-        let msg = resolve_architecture("GPTNeoXForCausalLM", &c)
+        let msg = resolve_architecture("FalconForCausalLM", &c)
             .unwrap_err()
             .to_string();
         for part in [
-            "`GPTNeoXForCausalLM`",
+            "`FalconForCausalLM`",
             "LlamaForCausalLM",
             "MistralForCausalLM",
             "Qwen2ForCausalLM",
+            "Gemma3ForCausalLM",
+            "GPTNeoXForCausalLM",
             "qwen2",
+            "gemma3",
         ] {
             assert!(msg.contains(part), "{msg}");
         }
-        assert!(resolve_gguf_architecture("falcon").is_err());
+        assert!(!msg.contains('\n'));
     }
 
     #[test]
-    fn families_set_their_flags() {
-        let llama = config(&format!(
-            r#"{{"architectures":["LlamaForCausalLM"],"attention_bias":true,"mlp_bias":true,"sliding_window":16,{BASE}}}"#
-        ));
-        let v = resolve(&llama).unwrap();
-        assert_eq!(
-            v,
-            DecoderVariant {
-                family: "llama",
-                qkv_bias: true,
-                o_proj_bias: true,
-                mlp_bias: true,
-                sliding_window: None,
+    fn names_round_trip() {
+        for f in FAMILIES {
+            assert_eq!(family_of_hf(f.hf_architecture()), Some(f));
+            assert_eq!(family_of_name(f.model_type()), Some(f));
+            if let Some(g) = f.gguf_architecture()
+                && f != Family::Mistral
+            {
+                assert_eq!(family_of_gguf(g), Some(f));
             }
-        );
-        let qwen = config(&format!(
-            r#"{{"architectures":["Qwen2ForCausalLM"],{BASE}}}"#
-        ));
-        let v = resolve(&qwen).unwrap();
-        assert!(v.qkv_bias && !v.o_proj_bias && !v.mlp_bias);
-        let mistral = config(&format!(
-            r#"{{"architectures":["MistralForCausalLM"],"sliding_window":4096,{BASE}}}"#
-        ));
-        let v = resolve(&mistral).unwrap();
-        assert_eq!(
-            (v.family, v.qkv_bias, v.sliding_window),
-            ("mistral", false, Some(4096))
-        );
-        assert_eq!(
-            resolve_architecture("LLaMAForCausalLM", &llama)
-                .unwrap()
-                .family,
-            "llama"
-        );
-        assert!(resolve_gguf_architecture("qwen2").unwrap().qkv_bias);
-        assert!(!resolve_gguf_architecture("llama").unwrap().qkv_bias);
-        assert_eq!(family_of_name("mistral"), Some(Family::Mistral));
-        assert_eq!(family_of_hf("Qwen3ForCausalLM"), None);
+        }
+        assert_eq!(family_of_gguf("llama"), Some(Family::Llama));
+        assert_eq!(family_of_hf("LLaMAForCausalLM"), Some(Family::Llama));
+        assert_eq!(family_of_hf("FalconForCausalLM"), None);
+        assert_eq!(Family::Gemma3.name(), "gemma3");
+        assert_eq!(Family::Mistral.name(), "mistral");
+        assert_eq!(Family::Opt.name(), "opt");
     }
 }

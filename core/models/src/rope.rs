@@ -60,10 +60,25 @@ pub fn inverse_frequencies(
 }
 
 impl RopeTables {
-    /// Tables for `max_positions` positions of the model's heads.
+    /// Tables for `max_positions` positions of the model's heads (its θ,
+    /// scaling and rotated dimensions).
     pub fn for_model(config: &ModelConfig, max_positions: usize) -> RopeTables {
-        let rotary_dim = config.head_dim;
-        let inv = inverse_frequencies(rotary_dim, config.rope_theta, config.rope_scaling.as_ref());
+        RopeTables::new(
+            config.rotary_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+            max_positions,
+        )
+    }
+
+    /// Tables for `rotary_dim` rotated dimensions with base `theta`.
+    pub fn new(
+        rotary_dim: usize,
+        theta: f32,
+        scaling: Option<&RopeScaling>,
+        max_positions: usize,
+    ) -> RopeTables {
+        let inv = inverse_frequencies(rotary_dim, theta, scaling);
         let half = rotary_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);

@@ -299,11 +299,11 @@ fn broken_public_configs_name_the_problem() {
     );
 
     let mut gpt = base.clone();
-    gpt["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+    gpt["architectures"] = serde_json::json!(["FalconForCausalLM"]);
     let c = ModelConfig::from_hf_json(&gpt.to_string()).unwrap();
     let msg = resolve(&c).unwrap_err().to_string();
     assert!(
-        msg.contains("GPTNeoXForCausalLM") && msg.contains(&registry::supported().join(", ")),
+        msg.contains("FalconForCausalLM") && msg.contains(&registry::supported().join(", ")),
         "{msg}"
     );
 }

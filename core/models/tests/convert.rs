@@ -84,6 +84,8 @@ fn config_json_describes_the_same_decoder() {
     let g = kiln_models::weights::gguf::GgufFile::open(dir.0.join("model.gguf")).unwrap();
     let mut original = ModelConfig::from_gguf(&g).unwrap();
     original.torch_dtype = Some("float32".into());
+    // The converted directory is in Hugging Face layout, the file in llama.cpp's.
+    original.llama_cpp_layout = false;
     assert_eq!(written, original);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["architectures"], serde_json::json!(["LlamaForCausalLM"]));
@@ -109,12 +111,12 @@ fn conversion_is_deterministic() {
 fn unsupported_types_fail_before_writing() {
     let dir = Scratch::new("unsupported");
     let spec = TinySpec {
-        matrix_type: WeightDType::IQ4_NL,
+        matrix_type: WeightDType::MXFP4,
         ..TinySpec::default()
     };
     let mut tensors = tiny_tensors(&spec, 2);
     for t in &mut tensors {
-        if t.dtype == WeightDType::IQ4_NL {
+        if t.dtype == WeightDType::MXFP4 {
             t.hf_bytes.iter_mut().for_each(|b| *b = 0);
         }
     }
@@ -123,6 +125,6 @@ fn unsupported_types_fail_before_writing() {
     let e = gguf_to_safetensors_f32(&gguf, &dir.0.join("hf"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("IQ4_NL") && e.contains("model.gguf"), "{e}");
+    assert!(e.contains("MXFP4") && e.contains("model.gguf"), "{e}");
     assert!(!dir.0.join("hf/model.safetensors").exists());
 }

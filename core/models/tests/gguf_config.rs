@@ -98,7 +98,7 @@ fn qwen2_and_unknown_architectures() {
     assert_eq!(c.architecture, "falcon");
     let msg = resolve(&c).unwrap_err().to_string();
     assert!(
-        msg.contains("`falcon`") && msg.contains("llama, mistral, qwen2"),
+        msg.contains("`falcon`") && msg.contains("llama, qwen2, qwen3, gemma"),
         "{msg}"
     );
 }
@@ -156,9 +156,15 @@ fn head_geometry_is_checked() {
         w.metadata(k, v.clone());
     }
     let base = w.clone();
-    w.metadata("llama.rope.dimension_count", GgufValue::U32(8));
+    let mut partial = w.clone();
+    partial.metadata("llama.rope.dimension_count", GgufValue::U32(8));
+    assert_eq!(config_of(&partial).unwrap().rotary_dim, 8, "partial rotary");
+    w.metadata("llama.rope.dimension_count", GgufValue::U32(7));
     let e = config_of(&w).unwrap_err();
-    assert!(e.to_string().contains("partial rotary"), "{e}");
+    assert!(
+        e.to_string().contains("`llama.rope.dimension_count`") && e.to_string().contains("even"),
+        "{e}"
+    );
     let mut w = base.clone();
     w.metadata("llama.attention.head_count_kv", GgufValue::U32(3));
     let e = config_of(&w).unwrap_err();

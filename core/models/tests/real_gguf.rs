@@ -147,10 +147,12 @@ fn config_matches_what_transformers_writes() {
         "fixtures/configs/smollm2-135m-instruct-transformers5.json"
     ))
     .unwrap();
+    // The GGUF form differs only in recording llama.cpp's Q/K row layout.
     assert_eq!(
         c,
         ModelConfig {
             torch_dtype: None,
+            llama_cpp_layout: true,
             ..reference
         }
     );

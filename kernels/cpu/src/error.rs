@@ -49,4 +49,12 @@ pub enum KernelError {
         /// Format name.
         format: &'static str,
     },
+    /// The parts of an integer-group weight disagree with its shape.
+    #[error("{format} weight: {what}")]
+    IntParts {
+        /// Format name.
+        format: &'static str,
+        /// What is wrong.
+        what: String,
+    },
 }

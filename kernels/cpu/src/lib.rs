@@ -9,6 +9,9 @@
 //!   [`quant`], AVX-512 VNNI `vpdpbusd` / AVX2 `pmaddwd` / scalar);
 //! - [`ops`]: RMS norm (with fused residual add), RoPE (NeoX and interleaved),
 //!   SiLU-gating, adds, embedding lookup;
+//! - [`activation`]: SiLU, GELU (tanh and erf), ReLU, optionally gated;
+//!   scaling and soft-capping;
+//! - [`layer_norm`]: LayerNorm with or without a bias;
 //! - [`attention`]: paged KV cache writes and causal varlen attention
 //!   (online softmax, GQA, sliding window, soft-cap, f32/f16 cache);
 //! - [`pool`]: a persistent low-latency thread pool every kernel runs on;
@@ -37,10 +40,12 @@
 // Kernels index several arrays with one counter; iterator chains would hide the access pattern.
 #![allow(clippy::needless_range_loop)]
 
+pub mod activation;
 mod aligned;
 pub mod attention;
 pub mod error;
 pub mod isa;
+pub mod layer_norm;
 pub mod math;
 pub mod matmul;
 pub mod ops;

@@ -37,6 +37,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Rng, bits, isas, random_weight};
+use common::{Rng, bits, isas, random_int_weight, random_weight};
 use kiln_kernels_cpu::isa::Isa;
 use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul, matmul_with};
 use kiln_kernels_cpu::pool::ThreadPool;
@@ -297,4 +297,71 @@ proptest! {
             prop_assert_eq!(bits(&batch[t * m..(t + 1) * m]), bits(&alone));
         }
     }
+}
+
+#[test]
+fn integer_groups_match_the_reference_across_isas_and_batches() {
+    // GPTQ/AWQ-style weights: every code width, both scale types, group
+    // sizes from one block to the whole row, with and without act-order.
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(41);
+    for bits in [2u8, 3, 4, 8] {
+        for bf16_scales in [false, true] {
+            for (group, shuffle) in [(32, false), (64, true), (128, false), (256, true)] {
+                let (m, k, n) = (37, 256, 5);
+                let w = random_int_weight(bits, bf16_scales, m, k, group, shuffle, &mut rng);
+                let x = rng.vec(n * k, 2.0);
+                let what = format!("INT{bits} bf16={bf16_scales} g{group} perm={shuffle}");
+                let base = run(&pool, Isa::Scalar, &w, &x, n, None, None);
+                check_against_reference(&w, &x, n, &base, &what);
+                for isa in isas() {
+                    let got = run(&pool, isa, &w, &x, n, None, None);
+                    assert_eq!(bits_of(&got), bits_of(&base), "{what} {isa:?}");
+                    for t in 0..n {
+                        let alone = run(&pool, isa, &w, &x[t * k..(t + 1) * k], 1, None, None);
+                        assert_eq!(
+                            bits_of(&alone),
+                            bits_of(&base[t * m..(t + 1) * m]),
+                            "{what} {isa:?} row {t}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    bits(v)
+}
+
+#[test]
+fn integer_group_parts_are_checked() {
+    use kiln_kernels_cpu::weights::IntParts;
+    let parts = |group, codes: &'static [u8]| IntParts {
+        bits: 4,
+        bf16_scales: false,
+        rows: 1,
+        cols: 64,
+        group,
+        codes,
+        scales: &[0x3c00, 0x3c00],
+        zeros: &[8, 8],
+        perm: None,
+    };
+    static CODES: [u8; 64] = [1; 64];
+    static BIG: [u8; 64] = [16; 64];
+    assert!(WeightMatrix::from_int(parts(32, &CODES)).is_ok());
+    let e = WeightMatrix::from_int(parts(48, &CODES))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("group size 48"), "{e}");
+    let e = WeightMatrix::from_int(parts(32, &BIG))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit in 4 bits"), "{e}");
+    let e = WeightMatrix::from_int(parts(64, &CODES))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scales has 2 values"), "{e}");
 }

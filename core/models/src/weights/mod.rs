@@ -8,6 +8,8 @@
 
 pub mod dequant;
 pub mod gguf;
+pub mod quantize;
+pub mod quantized;
 pub mod safetensors;
 
 use std::borrow::Cow;

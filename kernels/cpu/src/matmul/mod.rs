@@ -130,6 +130,8 @@ fn plan(n: usize, groups: usize, k: usize, weight_bytes: usize, threads: usize) 
 
 thread_local! {
     static ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::new());
+    /// Activations gathered into an act-order matrix's column order.
+    static GATHERED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run a matmul with the process's ISA ([`detect`]).
@@ -181,7 +183,17 @@ pub fn matmul_with(pool: &ThreadPool, isa: Isa, a: Matmul<'_>) {
     if w.format().is_quantized() {
         ACTS.with(|cell| {
             let mut acts = cell.borrow_mut();
-            acts.quantize(pool, isa, &a.x[..n * k], k);
+            match w.perm() {
+                None => acts.quantize(pool, isa, &a.x[..n * k], k),
+                Some(perm) => GATHERED.with(|g| {
+                    let mut g = g.borrow_mut();
+                    g.clear();
+                    for row in a.x[..n * k].chunks_exact(k) {
+                        g.extend(perm.iter().map(|&i| row[i as usize]));
+                    }
+                    acts.quantize(pool, isa, &g, k);
+                }),
+            }
             let acts = &*acts;
             pool.run(tasks, &|i| quant_tile(isa, w, acts, &tile(i), &store));
         });

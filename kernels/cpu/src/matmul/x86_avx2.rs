@@ -180,7 +180,7 @@ unsafe fn generic_group(
             unsafe {
                 let codes = group.add(b * l.cb);
                 let q = acts.codes.as_ptr().add(i * 64);
-                let unit = b / p.unit_blocks;
+                let unit = b / l.unit_blocks;
                 for h in 0..2 {
                     // wv[c]: 8 lanes × 4 code bytes for columns 4c..4c+4.
                     let mut wv = [_mm256_setzero_si256(); 8];
@@ -244,9 +244,13 @@ unsafe fn generic_group(
                         _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[0], bb[0]), 0xd8),
                         _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[1], bb[1]), 0xd8),
                     ];
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(
-                        group.add(l.d_off + unit * 32 + 16 * h) as *const __m128i,
-                    ));
+                    let d_bits =
+                        _mm_loadu_si128(group.add(l.d_off + unit * 32 + 16 * h) as *const __m128i);
+                    let d = if p.d_bf16 {
+                        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(d_bits), 16))
+                    } else {
+                        _mm256_cvtph_ps(d_bits)
+                    };
                     let dmin = if p.has_unit_min() {
                         _mm256_cvtph_ps(_mm_loadu_si128(
                             group.add(l.m_off + unit * 32 + 16 * h) as *const __m128i
@@ -300,6 +304,12 @@ unsafe fn generic_group(
                             MinKind::SubQ2K => {
                                 let m = _mm256_srli_epi32(_mm256_cvtepu8_epi32(sc_bytes), 4);
                                 neg!(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)))
+                            }
+                            MinKind::Zero => {
+                                let z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                    group.add(l.zp_off + unit * 16 + 8 * h) as *const __m128i,
+                                ));
+                                neg!(_mm256_mul_ps(d, _mm256_cvtepi32_ps(z)))
                             }
                         };
                         accm[h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), accm[h]);

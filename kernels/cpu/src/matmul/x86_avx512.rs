@@ -138,21 +138,51 @@ unsafe fn generic_group(
         WeightFormat::Q6_K => tiles!(12),
         WeightFormat::IQ4_NL => tiles!(13),
         WeightFormat::IQ4_XS => tiles!(14),
+        WeightFormat::Int {
+            bits: 2,
+            bf16_scales: false,
+        } => tiles!(15),
+        WeightFormat::Int {
+            bits: 2,
+            bf16_scales: true,
+        } => tiles!(16),
+        WeightFormat::Int {
+            bits: 3,
+            bf16_scales: false,
+        } => tiles!(17),
+        WeightFormat::Int {
+            bits: 3,
+            bf16_scales: true,
+        } => tiles!(18),
+        WeightFormat::Int {
+            bits: 4,
+            bf16_scales: false,
+        } => tiles!(19),
+        WeightFormat::Int {
+            bits: 4,
+            bf16_scales: true,
+        } => tiles!(20),
+        WeightFormat::Int {
+            bf16_scales: false, ..
+        } => tiles!(21),
+        WeightFormat::Int {
+            bf16_scales: true, ..
+        } => tiles!(22),
         other => unreachable!("{} has its own kernel", other.name()),
     }
 }
 
-/// Spread bit `c` of every byte of each lane's plane word to bit `to` of
-/// the code bytes of chunk `c` (see the plane layout in `weights`).
+/// The format a generic kernel instance is specialized for: the GGUF
+/// formats by their position in [`WeightFormat::ALL`], then the integer
+/// groups by bits and scale type (inlined so that constant ids fold).
 #[inline(always)]
-unsafe fn plane_bits(plane: __m512i, c: usize, to: u32) -> __m512i {
-    // SAFETY: callers enable AVX-512 F/BW.
-    unsafe {
-        let hb = _mm512_and_si512(
-            _mm512_srlv_epi32(plane, _mm512_set1_epi32(c as i32)),
-            _mm512_set1_epi32(0x0101_0101),
-        );
-        _mm512_sllv_epi32(hb, _mm512_set1_epi32(to as i32))
+fn format_of(id: u8) -> WeightFormat {
+    match id {
+        0..=14 => WeightFormat::ALL[id as usize],
+        _ => WeightFormat::Int {
+            bits: [2, 3, 4, 8][(id as usize - 15) / 2],
+            bf16_scales: (id - 15) % 2 == 1,
+        },
     }
 }
 
@@ -166,8 +196,9 @@ unsafe fn block_rows<const F: u8, const T: usize>(
     t0: usize,
     store: &Store,
 ) {
-    let fmt = WeightFormat::ALL[F as usize];
-    let Some(p) = fmt.packing() else { return };
+    let Some(p) = format_of(F).packing() else {
+        return;
+    };
     let group = grp.base;
     let l = grp.layout;
     let nb = l.nb;
@@ -233,8 +264,12 @@ unsafe fn block_rows<const F: u8, const T: usize>(
                 let plane = _mm512_loadu_si512(
                     group.add(l.plane_off + (b * p.planes + pl) * 64) as *const __m512i
                 );
+                // Bit c of every byte of the plane is the high bit of chunk c's
+                // code in that byte: test it, then add the bit's weight.
+                let high = _mm512_set1_epi8(1 << (p.code_bits as usize + pl));
                 for (c, v) in wv.iter_mut().enumerate() {
-                    *v = _mm512_or_si512(*v, plane_bits(plane, c, p.code_bits + pl as u32));
+                    let set = _mm512_test_epi8_mask(plane, _mm512_set1_epi8(1 << c));
+                    *v = _mm512_mask_add_epi8(*v, set, *v, high);
                 }
             }
             if p.lut {
@@ -243,10 +278,13 @@ unsafe fn block_rows<const F: u8, const T: usize>(
                 }
             }
             // Per sub-block scale and minimum of every lane (scalar `sub_factors`).
-            let unit = b / p.unit_blocks;
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(
-                group.add(l.d_off + unit * 32) as *const __m256i
-            ));
+            let unit = b / l.unit_blocks;
+            let d_bits = _mm256_loadu_si256(group.add(l.d_off + unit * 32) as *const __m256i);
+            let d = if p.d_bf16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(d_bits), 16))
+            } else {
+                _mm512_cvtph_ps(d_bits)
+            };
             let dmin = if p.has_unit_min() {
                 _mm512_cvtph_ps(_mm256_loadu_si256(
                     group.add(l.m_off + unit * 32) as *const __m256i
@@ -287,6 +325,12 @@ unsafe fn block_rows<const F: u8, const T: usize>(
                     MinKind::SubQ2K => {
                         let m = _mm512_srli_epi32(_mm512_cvtepu8_epi32(sc_bytes), 4);
                         neg!(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m)))
+                    }
+                    MinKind::Zero => {
+                        let z = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            group.add(l.zp_off + unit * 16) as *const __m128i,
+                        ));
+                        neg!(_mm512_mul_ps(d, _mm512_cvtepi32_ps(z)))
                     }
                 };
             }

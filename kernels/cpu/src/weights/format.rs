@@ -48,6 +48,16 @@ pub enum WeightFormat {
     /// GGUF IQ4_XS: super-blocks of 256 (136 bytes); IQ4_NL codes with a
     /// signed 6-bit scale per 32; `x = d·(ls − 32)·T[q]`.
     IQ4_XS,
+    /// Unsigned `bits`-bit codes (2, 3, 4 or 8) in groups along a row, each
+    /// group with a 16-bit scale (f16, or bf16 when `bf16_scales`) and an
+    /// integer zero point: `x = s·(q − z)`. GPTQ, AWQ and compressed-tensors
+    /// weights become this at load ([`crate::weights::WeightMatrix::from_int`]).
+    Int {
+        /// Bits per code.
+        bits: u8,
+        /// Scales are bf16 rather than f16.
+        bf16_scales: bool,
+    },
 }
 
 /// The IQ4_NL/IQ4_XS code table (llama.cpp's `kvalues_iq4nl`).
@@ -72,8 +82,11 @@ pub(crate) struct Packing {
     pub subs: usize,
     /// What the per-sub-block scale bytes mean.
     pub sub_scale: SubScale,
-    /// 32-blocks sharing one `d` (and `dmin`): 1, or 8 for super-blocks.
+    /// 32-blocks sharing one `d` (and `dmin`): 1, or 8 for super-blocks;
+    /// 0 when the matrix sets it (integer groups).
     pub unit_blocks: usize,
+    /// `d` is stored as bf16 rather than f16.
+    pub d_bf16: bool,
     /// What the second f16 per unit (if any) means.
     pub min: MinKind,
 }
@@ -103,6 +116,8 @@ pub(crate) enum MinKind {
     SubBytes,
     /// `−dmin·(b >> 4)` from the Q2_K scale byte.
     SubQ2K,
+    /// `−d·z` with an integer zero point byte per unit (integer groups).
+    Zero,
 }
 
 impl WeightFormat {
@@ -143,6 +158,10 @@ impl WeightFormat {
             WeightFormat::Q6_K => "Q6_K",
             WeightFormat::IQ4_NL => "IQ4_NL",
             WeightFormat::IQ4_XS => "IQ4_XS",
+            WeightFormat::Int { bits: 2, .. } => "INT2",
+            WeightFormat::Int { bits: 3, .. } => "INT3",
+            WeightFormat::Int { bits: 4, .. } => "INT4",
+            WeightFormat::Int { .. } => "INT8",
         }
     }
 
@@ -168,6 +187,11 @@ impl WeightFormat {
         }
     }
 
+    /// True for the integer-group format, which has no GGUF block bytes.
+    pub fn is_int_groups(self) -> bool {
+        matches!(self, WeightFormat::Int { .. })
+    }
+
     /// Source bytes per block (per element for float formats).
     pub fn block_bytes(self) -> usize {
         match self {
@@ -184,12 +208,16 @@ impl WeightFormat {
             WeightFormat::Q5_K => 176,
             WeightFormat::Q6_K => 210,
             WeightFormat::IQ4_XS => 136,
+            WeightFormat::Int { .. } => 0,
         }
     }
 
     /// Source bytes of one row of `cols` weights; `None` when `cols` is not a
     /// whole number of blocks.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        if self.is_int_groups() {
+            return None;
+        }
         cols.is_multiple_of(self.block_size())
             .then(|| cols / self.block_size() * self.block_bytes())
     }
@@ -198,7 +226,10 @@ impl WeightFormat {
     /// then `m`/`dmin` where the format has one).
     pub fn f16_fields(self) -> &'static [usize] {
         match self {
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => &[],
+            WeightFormat::F32
+            | WeightFormat::F16
+            | WeightFormat::BF16
+            | WeightFormat::Int { .. } => &[],
             WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => {
                 &[0, 2]
             }
@@ -226,6 +257,7 @@ impl WeightFormat {
             subs: 1,
             sub_scale: SubScale::None,
             unit_blocks: 1,
+            d_bf16: false,
             min,
         };
         let k = |code_bits, planes, offset, subs, sub_scale, min| Packing {
@@ -236,6 +268,7 @@ impl WeightFormat {
             subs,
             sub_scale,
             unit_blocks: 8,
+            d_bf16: false,
             min,
         };
         Some(match self {
@@ -258,6 +291,13 @@ impl WeightFormat {
                 lut: true,
                 ..k(4, 0, 128, 1, SubScale::I8, MinKind::None)
             },
+            WeightFormat::Int { bits, bf16_scales } => Packing {
+                code_bits: if bits == 3 { 2 } else { bits as u32 },
+                planes: usize::from(bits == 3),
+                unit_blocks: 0,
+                d_bf16: bf16_scales,
+                ..legacy(4, 0, 0, MinKind::Zero)
+            },
         })
     }
 }
@@ -275,6 +315,6 @@ impl Packing {
 
     /// True when the format has a second f16 per unit (`m` or `dmin`).
     pub(crate) fn has_unit_min(&self) -> bool {
-        self.min != MinKind::None
+        matches!(self.min, MinKind::Add | MinKind::SubBytes | MinKind::SubQ2K)
     }
 }

@@ -55,6 +55,10 @@ pub struct WeightMatrix {
     cols: usize,
     groups: usize,
     group_bytes: usize,
+    /// 32-blocks per scale unit (block formats).
+    unit_blocks: usize,
+    /// Packed column `i` holds input feature `perm[i]` (GPTQ act-order).
+    perm: Option<Box<[u32]>>,
     data: AlignedBytes,
 }
 
@@ -75,14 +79,18 @@ pub(crate) struct QuantLayout {
     pub d_off: usize,
     /// Offset of the `m`/`dmin` values (32 B per unit).
     pub m_off: usize,
+    /// Offset of the zero-point bytes (16 B per unit).
+    pub zp_off: usize,
+    /// 32-blocks per unit.
+    pub unit_blocks: usize,
     /// Bytes of one group's parts, before padding.
     pub end: usize,
 }
 
 impl QuantLayout {
-    fn new(p: &Packing, cols: usize) -> Option<QuantLayout> {
+    fn new(p: &Packing, cols: usize, unit_blocks: usize) -> Option<QuantLayout> {
         let nb = cols / BLOCK;
-        let units = nb / p.unit_blocks;
+        let units = nb.checked_div(unit_blocks)?;
         let cb = p.code_bytes();
         let plane_off = nb.checked_mul(cb)?;
         let sc_off = plane_off.checked_add(nb.checked_mul(64 * p.planes)?)?;
@@ -99,10 +107,15 @@ impl QuantLayout {
         };
         let d_off = mn_off.checked_add(mn_bytes)?;
         let m_off = d_off.checked_add(units.checked_mul(32)?)?;
-        let end = if p.has_unit_min() {
+        let zp_off = if p.has_unit_min() {
             m_off.checked_add(units.checked_mul(32)?)?
         } else {
             m_off
+        };
+        let end = if p.min == MinKind::Zero {
+            zp_off.checked_add(units.checked_mul(16)?)?
+        } else {
+            zp_off
         };
         Some(QuantLayout {
             nb,
@@ -112,6 +125,8 @@ impl QuantLayout {
             mn_off,
             d_off,
             m_off,
+            zp_off,
+            unit_blocks,
             end,
         })
     }
@@ -126,6 +141,11 @@ impl WeightMatrix {
         cols: usize,
         bytes: &[u8],
     ) -> Result<WeightMatrix, KernelError> {
+        if format.is_int_groups() {
+            return Err(KernelError::NoEncoder {
+                format: format.name(),
+            });
+        }
         let row_bytes = format.row_bytes(cols).ok_or(KernelError::PartialBlock {
             format: format.name(),
             block: format.block_size(),
@@ -143,9 +163,87 @@ impl WeightMatrix {
                 got: bytes.len(),
             });
         }
-        let mut w = WeightMatrix::zeroed(format, rows, cols)?;
+        let unit_blocks = format.packing().map_or(1, |p| p.unit_blocks);
+        let mut w = WeightMatrix::zeroed(format, rows, cols, unit_blocks)?;
         for r in 0..rows {
             w.pack_row(r, &bytes[r * row_bytes..(r + 1) * row_bytes]);
+        }
+        Ok(w)
+    }
+
+    /// Build an integer-group matrix ([`WeightFormat::Int`]) from unpacked
+    /// parts: `codes[rows, cols]` (one unsigned code per byte, below
+    /// `2^bits`), 16-bit scale bits `scales[rows, cols / group]` and zero
+    /// points `zeros[rows, cols / group]`, for groups of `group` consecutive
+    /// columns (a multiple of 32). With `perm`, column `i` of the parts is
+    /// input feature `perm[i]` (the activations are gathered to match).
+    pub fn from_int(parts: IntParts<'_>) -> Result<WeightMatrix, KernelError> {
+        let IntParts {
+            bits,
+            bf16_scales,
+            rows,
+            cols,
+            group,
+            codes,
+            scales,
+            zeros,
+            perm,
+        } = parts;
+        let format = WeightFormat::Int { bits, bf16_scales };
+        let bad = |what: String| KernelError::IntParts {
+            format: format.name(),
+            what,
+        };
+        if ![2, 3, 4, 8].contains(&bits) {
+            return Err(bad(format!(
+                "{bits}-bit codes are not supported (2, 3, 4 or 8)"
+            )));
+        }
+        if group == 0 || !group.is_multiple_of(BLOCK) || !cols.is_multiple_of(group) {
+            return Err(bad(format!(
+                "group size {group} must be a multiple of 32 that divides in_features {cols}"
+            )));
+        }
+        let n_groups = cols / group;
+        let want = |name: &str, len: usize, need: usize| {
+            (len == need).then_some(()).ok_or_else(|| {
+                bad(format!(
+                    "{name} has {len} values, [{rows}, {cols}] needs {need}"
+                ))
+            })
+        };
+        want("codes", codes.len(), rows * cols)?;
+        want("scales", scales.len(), rows * n_groups)?;
+        want("zeros", zeros.len(), rows * n_groups)?;
+        if let Some(p) = perm {
+            want("perm", p.len(), cols)?;
+            let mut seen = vec![false; cols];
+            for &i in p {
+                if (i as usize) >= cols || std::mem::replace(&mut seen[i as usize], true) {
+                    return Err(bad(format!("perm is not a permutation of 0..{cols}")));
+                }
+            }
+        }
+        if let Some(c) = codes.iter().find(|&&c| u32::from(c) >> bits != 0) {
+            return Err(bad(format!("code {c} does not fit in {bits} bits")));
+        }
+        let mut w = WeightMatrix::zeroed(format, rows, cols, group / BLOCK)?;
+        w.perm = perm.map(|p| p.into());
+        let p = w.packing();
+        let l = w.quant_layout();
+        let gb = w.group_bytes;
+        for r in 0..rows {
+            let lane = r % GROUP_ROWS;
+            let grp = &mut w.data.as_mut_slice()[r / GROUP_ROWS * gb..][..gb];
+            for u in 0..n_groups {
+                let at = l.d_off + u * 32 + lane * 2;
+                grp[at..at + 2].copy_from_slice(&scales[r * n_groups + u].to_le_bytes());
+                grp[l.zp_off + u * 16 + lane] = zeros[r * n_groups + u];
+            }
+            for b in 0..cols / BLOCK {
+                let row_codes = &codes[r * cols + b * BLOCK..][..BLOCK];
+                pack_block(&p, &l, grp, b, lane, row_codes);
+            }
         }
         Ok(w)
     }
@@ -184,11 +282,16 @@ impl WeightMatrix {
         WeightMatrix::from_raw(format, rows, cols, &raw)
     }
 
-    fn zeroed(format: WeightFormat, rows: usize, cols: usize) -> Result<WeightMatrix, KernelError> {
+    fn zeroed(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        unit_blocks: usize,
+    ) -> Result<WeightMatrix, KernelError> {
         let too_large = KernelError::TooLarge { rows, cols };
         let groups = rows.div_ceil(GROUP_ROWS);
         let group_bytes = match format.packing() {
-            Some(p) => QuantLayout::new(&p, cols).map(|l| l.end),
+            Some(p) => QuantLayout::new(&p, cols, unit_blocks).map(|l| l.end),
             None => cols.checked_mul(GROUP_ROWS * format.elem_bytes()),
         }
         .and_then(|b| b.checked_next_multiple_of(64))
@@ -200,6 +303,8 @@ impl WeightMatrix {
             cols,
             groups,
             group_bytes,
+            unit_blocks,
+            perm: None,
             data: AlignedBytes::zeroed(total),
         })
     }
@@ -228,18 +333,14 @@ impl WeightMatrix {
             }
             for bi in 0..per_unit {
                 let b = u * per_unit + bi;
-                let codes = &dec.codes[bi * BLOCK..(bi + 1) * BLOCK];
-                pack_codes(&p, codes, &mut group[b * l.cb..][..l.cb], lane);
-                for pl in 0..p.planes {
-                    let bit = p.code_bits as usize + pl;
-                    let mut word = 0u32;
-                    for (col, &code) in codes.iter().enumerate() {
-                        let (c, j) = (col / 4, col % 4);
-                        word |= (((code >> bit) & 1) as u32) << (8 * j + c);
-                    }
-                    let at = l.plane_off + (b * p.planes + pl) * 64 + lane * 4;
-                    group[at..at + 4].copy_from_slice(&word.to_le_bytes());
-                }
+                pack_block(
+                    &p,
+                    &l,
+                    group,
+                    b,
+                    lane,
+                    &dec.codes[bi * BLOCK..(bi + 1) * BLOCK],
+                );
                 if p.sub_scale != SubScale::None {
                     for s in 0..p.subs {
                         group[l.sc_off + (b * p.subs + s) * 16 + lane] = dec.sub[bi * p.subs + s];
@@ -296,7 +397,14 @@ impl WeightMatrix {
 
     /// Offsets inside a quantized group.
     pub(crate) fn quant_layout(&self) -> QuantLayout {
-        QuantLayout::new(&self.packing(), self.cols).expect("layout checked at construction")
+        QuantLayout::new(&self.packing(), self.cols, self.unit_blocks)
+            .expect("layout checked at construction")
+    }
+
+    /// The input permutation of an act-order matrix: packed column `i` is
+    /// input feature `perm[i]`.
+    pub fn perm(&self) -> Option<&[u32]> {
+        self.perm.as_deref()
     }
 
     /// Dequantize (or convert) row `r` into `out[..cols]` as f32, with the
@@ -310,6 +418,19 @@ impl WeightMatrix {
             "row {r} outside a matrix of {} rows",
             self.rows
         );
+        if let Some(perm) = &self.perm {
+            let mut packed = vec![0f32; self.cols];
+            self.dequantize_packed_row(r, &mut packed);
+            for (&i, v) in perm.iter().zip(packed) {
+                out[i as usize] = v;
+            }
+            return;
+        }
+        self.dequantize_packed_row(r, out);
+    }
+
+    /// Row `r` in packed column order.
+    fn dequantize_packed_row(&self, r: usize, out: &mut [f32]) {
         let out = &mut out[..self.cols];
         let (group, lane) = (self.group(r / GROUP_ROWS), r % GROUP_ROWS);
         let elem = |kk: usize, es: usize| &group[(kk * GROUP_ROWS + lane) * es..][..es];
@@ -373,6 +494,29 @@ fn f16_at(b: &[u8], off: usize) -> f32 {
     f16::from_le_bytes([b[off], b[off + 1]]).to_f32()
 }
 
+/// The parts of an integer-group weight ([`WeightMatrix::from_int`]).
+#[derive(Debug, Clone, Copy)]
+pub struct IntParts<'a> {
+    /// Bits per code: 2, 3, 4 or 8.
+    pub bits: u8,
+    /// `scales` hold bf16 bits rather than f16 bits.
+    pub bf16_scales: bool,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Columns per group (a multiple of 32 dividing `cols`).
+    pub group: usize,
+    /// `[rows, cols]` unsigned codes, one per byte.
+    pub codes: &'a [u8],
+    /// `[rows, cols / group]` 16-bit scale bits.
+    pub scales: &'a [u16],
+    /// `[rows, cols / group]` zero points.
+    pub zeros: &'a [u8],
+    /// Input feature of each packed column, when not the identity.
+    pub perm: Option<&'a [u32]>,
+}
+
 /// The scale and minimum of sub-block `s` of block `b`, lane `lane` (the
 /// definition every kernel follows).
 #[inline(always)]
@@ -384,9 +528,20 @@ pub(crate) fn sub_factors(
     s: usize,
     lane: usize,
 ) -> SubFactors {
-    let unit = b / p.unit_blocks;
-    let d = f16_at(group, l.d_off + unit * 32 + lane * 2);
-    let sc = group[l.sc_off + (b * p.subs + s) * 16 + lane];
+    let unit = b / l.unit_blocks;
+    let d_bits = [
+        group[l.d_off + unit * 32 + lane * 2],
+        group[l.d_off + unit * 32 + lane * 2 + 1],
+    ];
+    let d = if p.d_bf16 {
+        bf16::from_le_bytes(d_bits).to_f32()
+    } else {
+        f16::from_le_bytes(d_bits).to_f32()
+    };
+    let sc = match p.sub_scale {
+        SubScale::None => 0,
+        _ => group[l.sc_off + (b * p.subs + s) * 16 + lane],
+    };
     let scale = match p.sub_scale {
         SubScale::None => d,
         SubScale::U8 => d * sc as f32,
@@ -401,6 +556,7 @@ pub(crate) fn sub_factors(
                 * group[l.mn_off + b * 16 + lane] as f32)
         }
         MinKind::SubQ2K => -(f16_at(group, l.m_off + unit * 32 + lane * 2) * (sc >> 4) as f32),
+        MinKind::Zero => -(d * group[l.zp_off + unit * 16 + lane] as f32),
     };
     SubFactors { scale, min }
 }
@@ -430,6 +586,22 @@ pub(crate) fn block_codes(
         }
     }
     out
+}
+
+/// Write one lane's 32 codes of block `b` into the group's code bytes and
+/// high-bit planes.
+fn pack_block(p: &Packing, l: &QuantLayout, group: &mut [u8], b: usize, lane: usize, codes: &[u8]) {
+    pack_codes(p, codes, &mut group[b * l.cb..][..l.cb], lane);
+    for pl in 0..p.planes {
+        let bit = p.code_bits as usize + pl;
+        let mut word = 0u32;
+        for (col, &code) in codes.iter().enumerate() {
+            let (c, j) = (col / 4, col % 4);
+            word |= (((code >> bit) & 1) as u32) << (8 * j + c);
+        }
+        let at = l.plane_off + (b * p.planes + pl) * 64 + lane * 4;
+        group[at..at + 4].copy_from_slice(&word.to_le_bytes());
+    }
 }
 
 /// Write one lane's 32 codes of a block into its code bytes.

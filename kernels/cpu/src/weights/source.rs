@@ -58,7 +58,7 @@ fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
 
 /// Decode one source block of `fmt` (`blk.len() == fmt.block_bytes()`).
 ///
-/// Panics for float formats.
+/// Panics for float formats and integer groups (never called for them).
 pub(crate) fn decode(fmt: WeightFormat, blk: &[u8]) -> Decoded {
     let mut o = Decoded {
         codes: [0; 256],
@@ -171,8 +171,8 @@ pub(crate) fn decode(fmt: WeightFormat, blk: &[u8]) -> Decoded {
                 nibbles(&qs[16 * ib..16 * ib + 16], &mut c[32 * ib..32 * ib + 32]);
             }
         }
-        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
-            panic!("decode: {} is not a block format", fmt.name())
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::Int { .. } => {
+            panic!("decode: {} has no GGUF blocks", fmt.name())
         }
     }
     o

@@ -4,7 +4,7 @@
 
 use half::f16;
 use kiln_kernels_cpu::isa::{Isa, supported};
-use kiln_kernels_cpu::weights::{WeightFormat, WeightMatrix};
+use kiln_kernels_cpu::weights::{IntParts, WeightFormat, WeightMatrix};
 
 /// A small deterministic generator (64-bit LCG).
 pub struct Rng(pub u64);
@@ -68,4 +68,51 @@ pub fn isas() -> Vec<Isa> {
 /// Bit patterns, for exact comparisons that treat NaN and -0 precisely.
 pub fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A random integer-group weight ([`WeightFormat::Int`]): codes over their
+/// full range, scales in [0.002, 0.012], zero points anywhere in the code
+/// range, and with `shuffle` a random input permutation (act-order).
+pub fn random_int_weight(
+    bits: u8,
+    bf16_scales: bool,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    shuffle: bool,
+    rng: &mut Rng,
+) -> WeightMatrix {
+    let codes: Vec<u8> = (0..rows * cols).map(|_| rng.byte() >> (8 - bits)).collect();
+    let n_groups = rows * (cols / group);
+    let scales: Vec<u16> = (0..n_groups)
+        .map(|_| {
+            let v = 0.002 + rng.f32().abs() * 0.01;
+            if bf16_scales {
+                half::bf16::from_f32(v).to_bits()
+            } else {
+                f16::from_f32(v).to_bits()
+            }
+        })
+        .collect();
+    let zeros: Vec<u8> = (0..n_groups).map(|_| rng.byte() >> (8 - bits)).collect();
+    let perm: Option<Vec<u32>> = shuffle.then(|| {
+        let mut p: Vec<u32> = (0..cols as u32).collect();
+        for i in (1..cols).rev() {
+            let j = (rng.byte() as usize * 256 + rng.byte() as usize) % (i + 1);
+            p.swap(i, j);
+        }
+        p
+    });
+    WeightMatrix::from_int(IntParts {
+        bits,
+        bf16_scales,
+        rows,
+        cols,
+        group,
+        codes: &codes,
+        scales: &scales,
+        zeros: &zeros,
+        perm: perm.as_deref(),
+    })
+    .unwrap()
 }

@@ -1,0 +1,720 @@
+//! `ModelConfig` from a Hugging Face `config.json`.
+
+use serde_json::{Map, Value};
+
+use super::{
+    AttentionShape, ConfigError, HiddenAct, ModelConfig, Multipliers, RopeScaling, check_window,
+    default_head_dim, invalid, rotary_dim_of,
+};
+use crate::registry::{self, Family};
+
+/// Typed access to one JSON object, naming fields with a prefix in errors.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl<'a> Fields<'a> {
+    fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// A field that is present and not `null`.
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.obj.get(name).filter(|v| !v.is_null())
+    }
+
+    fn object(&self, name: &str) -> Result<Option<Fields<'a>>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(obj)) => Ok(Some(Fields {
+                obj,
+                prefix: format!("{}.", self.path(name)),
+            })),
+            Some(other) => Err(invalid(
+                self.path(name),
+                format!("expected an object, got {other}"),
+            )),
+        }
+    }
+
+    fn usize(&self, name: &str) -> Result<Option<usize>, ConfigError> {
+        self.get(name)
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            self.path(name),
+                            format!("expected a non-negative integer, got {x}"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    fn positive(&self, name: &str) -> Result<Option<usize>, ConfigError> {
+        match self.usize(name)? {
+            Some(0) => Err(invalid(self.path(name), "must be positive")),
+            other => Ok(other),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<usize, ConfigError> {
+        self.positive(name)?
+            .ok_or_else(|| ConfigError::Missing(self.path(name)))
+    }
+
+    fn number(&self, name: &str) -> Result<Option<f64>, ConfigError> {
+        self.get(name)
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| invalid(self.path(name), format!("expected a number, got {x}")))
+            })
+            .transpose()
+    }
+
+    /// A finite number > 0, as f32.
+    fn positive_f32(&self, name: &str) -> Result<Option<f32>, ConfigError> {
+        match self.number(name)? {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(invalid(
+                self.path(name),
+                format!("must be a positive number, got {x}"),
+            )),
+            other => Ok(other.map(|x| x as f32)),
+        }
+    }
+
+    fn required_f32(&self, name: &str) -> Result<f32, ConfigError> {
+        self.positive_f32(name)?
+            .ok_or_else(|| ConfigError::Missing(self.path(name)))
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>, ConfigError> {
+        self.get(name)
+            .map(|x| {
+                x.as_bool().ok_or_else(|| {
+                    invalid(self.path(name), format!("expected true or false, got {x}"))
+                })
+            })
+            .transpose()
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
+        self.get(name)
+            .map(|x| {
+                x.as_str()
+                    .ok_or_else(|| invalid(self.path(name), format!("expected a string, got {x}")))
+            })
+            .transpose()
+    }
+
+    /// One token id, or a list of them.
+    fn ids(&self, name: &str) -> Result<Vec<u32>, ConfigError> {
+        let one = |x: &Value| {
+            x.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| invalid(self.path(name), format!("expected token ids, got {x}")))
+        };
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items.iter().map(one).collect(),
+            Some(x) => one(x).map(|id| vec![id]),
+        }
+    }
+
+    /// The first of several spellings that is present (`hidden_size`, `n_embd`).
+    fn first(&self, names: &[&'a str]) -> &'a str {
+        names
+            .iter()
+            .copied()
+            .find(|n| self.get(n).is_some())
+            .unwrap_or(names[0])
+    }
+}
+
+/// `architectures[0]` and `model_type`; either may stand in for the other.
+fn identify(f: &Fields<'_>) -> Result<(String, String), ConfigError> {
+    let model_type = f.string("model_type")?;
+    let architecture = match f.get("architectures") {
+        Some(Value::Array(a)) if !a.is_empty() => a[0]
+            .as_str()
+            .ok_or_else(|| {
+                invalid(
+                    "architectures",
+                    format!("expected class names, got {}", a[0]),
+                )
+            })?
+            .to_string(),
+        Some(other) => {
+            return Err(invalid(
+                "architectures",
+                format!("expected a non-empty list of class names, got {other}"),
+            ));
+        }
+        None => model_type
+            .and_then(registry::family_of_name)
+            .map(|fam| fam.hf_architecture().to_string())
+            .ok_or_else(|| ConfigError::Missing("architectures".into()))?,
+    };
+    let model_type = model_type
+        .map(str::to_string)
+        .or_else(|| registry::family_of_hf(&architecture).map(|fam| fam.model_type().to_string()))
+        .unwrap_or_else(|| "llama".to_string());
+    Ok((architecture, model_type))
+}
+
+fn hf_attention_shape(f: &Fields<'_>) -> Result<AttentionShape, ConfigError> {
+    let hidden_size = f.required(f.first(&["hidden_size", "n_embd"]))?;
+    let heads_field = f.first(&["num_attention_heads", "n_head"]);
+    let heads = f.required(heads_field)?;
+    let kv_heads = f.positive("num_key_value_heads")?.unwrap_or(heads);
+    let head_dim = match f.positive("head_dim")? {
+        Some(d) => d,
+        None => default_head_dim(hidden_size, heads, heads_field.into())?,
+    };
+    AttentionShape {
+        hidden_size,
+        heads,
+        kv_heads,
+        head_dim,
+    }
+    .check(str::to_string)
+}
+
+/// A `rope_scaling` or `rope_parameters` object (`rope_type` or legacy `type`).
+fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>, ConfigError> {
+    let kind = match f.string("rope_type")? {
+        Some(k) => Some(k),
+        None => f.string("type")?,
+    };
+    match kind.unwrap_or("default") {
+        "default" | "none" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: f.required_f32("factor")?,
+        })),
+        "llama3" => {
+            let low_freq_factor = f.required_f32("low_freq_factor")?;
+            let high_freq_factor = f.required_f32("high_freq_factor")?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(invalid(
+                    f.path("high_freq_factor"),
+                    format!(
+                        "must exceed low_freq_factor ({high_freq_factor} <= {low_freq_factor})"
+                    ),
+                ));
+            }
+            Ok(Some(RopeScaling::Llama3 {
+                factor: f.required_f32("factor")?,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: f.required("original_max_position_embeddings")?,
+            }))
+        }
+        other => Err(invalid(
+            f.path("rope_type"),
+            format!("RoPE scaling `{other}` is not supported (supported: default, linear, llama3)"),
+        )),
+    }
+}
+
+/// RoPE settings: θ (of full-attention layers), θ of windowed layers when it
+/// differs, scaling, and the rotated fraction of each head when given.
+struct Rope {
+    theta: f32,
+    local_theta: Option<f32>,
+    scaling: Option<RopeScaling>,
+    fraction: Option<(f64, String)>,
+}
+
+/// From top-level `rope_theta`/`rope_scaling`/`rope_local_base_freq`/
+/// `partial_rotary_factor`, or transformers-5 `rope_parameters` (flat, or
+/// per layer type as Gemma 3 writes it).
+fn hf_rope(f: &Fields<'_>, default_theta: f32) -> Result<Rope, ConfigError> {
+    let params = f.object("rope_parameters")?;
+    let (full, sliding) = match &params {
+        Some(p) => match (p.object("full_attention")?, p.object("sliding_attention")?) {
+            (None, None) => (
+                Some(Fields {
+                    obj: p.obj,
+                    prefix: p.prefix.clone(),
+                }),
+                None,
+            ),
+            (full, sliding) => (full, sliding),
+        },
+        None => (None, None),
+    };
+    let theta_of = |p: &Option<&Fields<'_>>| -> Result<Option<f32>, ConfigError> {
+        match p {
+            Some(p) => p.positive_f32("rope_theta"),
+            None => Ok(None),
+        }
+    };
+    let theta = match theta_of(&full.as_ref())? {
+        Some(t) => t,
+        None => match f.positive_f32(f.first(&["rope_theta", "rotary_emb_base"]))? {
+            Some(t) => t,
+            None => default_theta,
+        },
+    };
+    let local_theta = match theta_of(&sliding.as_ref())? {
+        Some(t) => Some(t),
+        None => f.positive_f32("rope_local_base_freq")?,
+    };
+    let scaling = match (f.object("rope_scaling")?, &full) {
+        (Some(s), _) => parse_rope_scaling(&s)?,
+        (None, Some(p)) => parse_rope_scaling(p)?,
+        (None, None) => None,
+    };
+    let mut fraction = None;
+    for (fields, name) in [
+        (full.as_ref(), "partial_rotary_factor"),
+        (Some(f), "partial_rotary_factor"),
+        (Some(f), "rotary_pct"),
+    ] {
+        if let Some(fields) = fields
+            && fraction.is_none()
+            && let Some(x) = fields.number(name)?
+        {
+            fraction = Some((x, fields.path(name)));
+        }
+    }
+    Ok(Rope {
+        theta,
+        local_theta,
+        scaling,
+        fraction,
+    })
+}
+
+/// Which layers use the sliding window: `layer_types` when present, else
+/// the family's rule.
+fn hf_sliding_layers(
+    f: &Fields<'_>,
+    family: Option<Family>,
+    layers: usize,
+) -> Result<Vec<bool>, ConfigError> {
+    if let Some(types) = f.get("layer_types") {
+        let types = types
+            .as_array()
+            .filter(|t| t.len() == layers)
+            .ok_or_else(|| {
+                invalid(
+                    "layer_types",
+                    format!("expected a list of {layers} layer types, got {types}"),
+                )
+            })?;
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(invalid(
+                    "layer_types",
+                    format!(
+                        "`{t}` is not supported (supported: full_attention, sliding_attention)"
+                    ),
+                )),
+            })
+            .collect();
+    }
+    let all = |on: bool| vec![on; layers];
+    Ok(match family {
+        Some(Family::Qwen2 | Family::Qwen3) => {
+            if f.bool("use_sliding_window")? == Some(true) {
+                let first = f.usize("max_window_layers")?.unwrap_or(28);
+                (0..layers).map(|i| i >= first).collect()
+            } else {
+                all(false)
+            }
+        }
+        Some(Family::Gemma2) => (0..layers).map(|i| i % 2 == 0).collect(),
+        Some(Family::Gemma3) => {
+            let pattern = f.positive("sliding_window_pattern")?.unwrap_or(6);
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+        Some(Family::Mistral | Family::Phi3 | Family::Starcoder2) | None => all(true),
+        Some(_) => all(false),
+    })
+}
+
+fn hf_activation(f: &Fields<'_>, family: Option<Family>) -> Result<HiddenAct, ConfigError> {
+    let default = match family {
+        Some(Family::Gemma | Family::Gemma2 | Family::Gemma3 | Family::Starcoder2) => {
+            "gelu_pytorch_tanh"
+        }
+        Some(Family::Phi2 | Family::Gpt2) => "gelu_new",
+        Some(Family::GptNeoX) => "gelu",
+        Some(Family::Opt) => "relu",
+        _ => "silu",
+    };
+    // Gemma reads `hidden_activation` first; GPT-2 and OPT spell it `activation_function`.
+    let field = f.first(&["hidden_activation", "hidden_act", "activation_function"]);
+    let name = f.string(field)?.unwrap_or(default);
+    HiddenAct::from_name(name).ok_or_else(|| {
+        invalid(
+            field,
+            format!("activation `{name}` is not supported (supported: silu, gelu, gelu_pytorch_tanh, gelu_new, relu)"),
+        )
+    })
+}
+
+/// `(attention_bias, mlp_bias)` as each family defines them.
+fn hf_biases(f: &Fields<'_>, family: Option<Family>) -> Result<(bool, bool), ConfigError> {
+    Ok(match family {
+        Some(Family::Qwen2) => (true, false),
+        Some(Family::Mistral | Family::Gemma | Family::Gemma2 | Family::Phi3) => (false, false),
+        Some(Family::Phi2 | Family::Gpt2) => (true, true),
+        Some(Family::GptNeoX) => (f.bool("attention_bias")?.unwrap_or(true), true),
+        Some(Family::Opt) => {
+            let b = f.bool("enable_bias")?.unwrap_or(true);
+            (b, b)
+        }
+        Some(Family::Starcoder2) => {
+            let b = f.bool("use_bias")?.unwrap_or(true);
+            (b, b)
+        }
+        Some(Family::Gemma3 | Family::Qwen3 | Family::Olmo2) => {
+            (f.bool("attention_bias")?.unwrap_or(false), false)
+        }
+        Some(Family::Llama | Family::Granite) | None => (
+            f.bool("attention_bias")?.unwrap_or(false),
+            f.bool("mlp_bias")?.unwrap_or(false),
+        ),
+    })
+}
+
+/// Fields that only some families have and that Kiln cannot honour
+/// otherwise: refused by name rather than ignored.
+fn hf_refusals(f: &Fields<'_>, family: Option<Family>) -> Result<(), ConfigError> {
+    match family {
+        Some(Family::Opt) => {
+            if f.bool("do_layer_norm_before")? == Some(false) {
+                return Err(invalid(
+                    "do_layer_norm_before",
+                    "OPT with norms after each block (OPT-350m) is not supported",
+                ));
+            }
+            if let (Some(p), Some(h)) = (f.usize("word_embed_proj_dim")?, f.usize("hidden_size")?)
+                && p != h
+            {
+                return Err(invalid(
+                    "word_embed_proj_dim",
+                    format!("projected embeddings ({p} ≠ hidden size {h}) are not supported"),
+                ));
+            }
+        }
+        Some(Family::Phi2) if f.bool("qk_layernorm")? == Some(true) => {
+            return Err(invalid(
+                "qk_layernorm",
+                "Phi with q/k LayerNorm is not supported",
+            ));
+        }
+        Some(Family::Gpt2) if f.bool("scale_attn_by_inverse_layer_idx")? == Some(true) => {
+            return Err(invalid(
+                "scale_attn_by_inverse_layer_idx",
+                "per-layer attention scaling is not supported",
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn hf_multipliers(f: &Fields<'_>) -> Result<Multipliers, ConfigError> {
+    Ok(Multipliers {
+        embedding: f.positive_f32("embedding_multiplier")?,
+        residual: f.positive_f32("residual_multiplier")?,
+        attention: f.positive_f32("attention_multiplier")?,
+        logits_scaling: f.positive_f32("logits_scaling")?,
+    })
+}
+
+impl ModelConfig {
+    /// Parse a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<ModelConfig, ConfigError> {
+        let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ConfigError::Json("the top level is not a JSON object".into()))?;
+        let f = Fields {
+            obj,
+            prefix: String::new(),
+        };
+        let (architecture, model_type) = identify(&f)?;
+        let family = registry::family_of_hf(&architecture);
+        hf_refusals(&f, family)?;
+        let shape = hf_attention_shape(&f)?;
+        let gemma = matches!(
+            family,
+            Some(Family::Gemma | Family::Gemma2 | Family::Gemma3)
+        );
+        let default_theta = if family == Some(Family::Gemma3) {
+            1_000_000.0
+        } else {
+            10000.0
+        };
+        let rope = hf_rope(&f, default_theta)?;
+        let learned_positions = matches!(family, Some(Family::Gpt2 | Family::Opt));
+        let rotary_dim = match (&rope.fraction, learned_positions) {
+            (_, true) => 0,
+            (Some((x, field)), false) => rotary_dim_of(shape.head_dim, *x, field)?,
+            (None, false) => match family {
+                Some(Family::Phi2) => rotary_dim_of(shape.head_dim, 0.5, "partial_rotary_factor")?,
+                Some(Family::GptNeoX) => rotary_dim_of(shape.head_dim, 0.25, "rotary_pct")?,
+                _ => shape.head_dim,
+            },
+        };
+        let num_hidden_layers = f.required(f.first(&["num_hidden_layers", "n_layer"]))?;
+        let (attention_bias, mlp_bias) = hf_biases(&f, family)?;
+        let intermediate_size = match family {
+            Some(Family::Gpt2) => f.positive("n_inner")?.unwrap_or(4 * shape.hidden_size),
+            Some(Family::Opt) => f.required("ffn_dim")?,
+            _ => f.required("intermediate_size")?,
+        };
+        let max_position_embeddings = f
+            .positive(f.first(&["max_position_embeddings", "n_positions"]))?
+            .unwrap_or(2048);
+        let sliding_layers = hf_sliding_layers(&f, family, num_hidden_layers)?;
+        let sliding_window = match sliding_layers.iter().any(|&s| s) {
+            true => f.positive("sliding_window")?,
+            false => None,
+        };
+        check_window(sliding_window, max_position_embeddings, "sliding_window")?;
+        let eps_field = f.first(&[
+            "rms_norm_eps",
+            "layer_norm_eps",
+            "layer_norm_epsilon",
+            "norm_epsilon",
+        ]);
+        let default_eps = if learned_positions || family == Some(Family::GptNeoX) {
+            1e-5
+        } else {
+            1e-6
+        };
+        let torch_dtype = match f.string("torch_dtype")? {
+            Some(d) => Some(d),
+            None => f.string("dtype")?,
+        };
+        let softcap = |name: &str, default: Option<f32>| -> Result<Option<f32>, ConfigError> {
+            match f.obj.get(name) {
+                Some(Value::Null) => Ok(None),
+                Some(_) => f.positive_f32(name),
+                None => Ok(default),
+            }
+        };
+        Ok(ModelConfig {
+            sliding_layers: match sliding_window {
+                Some(_) => sliding_layers,
+                None => vec![false; num_hidden_layers],
+            },
+            sliding_window,
+            hidden_size: shape.hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads: shape.heads,
+            num_key_value_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            vocab_size: f.required("vocab_size")?,
+            max_position_embeddings,
+            rms_norm_eps: f.positive_f32(eps_field)?.unwrap_or(default_eps),
+            rope_theta: rope.theta,
+            rope_local_theta: rope.local_theta.filter(|_| family == Some(Family::Gemma3)),
+            rope_scaling: rope.scaling,
+            rotary_dim,
+            tie_word_embeddings: f
+                .bool("tie_word_embeddings")?
+                .unwrap_or(gemma || learned_positions),
+            attention_bias,
+            mlp_bias,
+            hidden_act: hf_activation(&f, family)?,
+            query_pre_attn_scalar: match family {
+                Some(Family::Gemma2 | Family::Gemma3) => f.positive_f32("query_pre_attn_scalar")?,
+                _ => None,
+            },
+            attn_logit_softcapping: match family {
+                Some(Family::Gemma2) => softcap("attn_logit_softcapping", Some(50.0))?,
+                Some(Family::Gemma3) => softcap("attn_logit_softcapping", None)?,
+                _ => None,
+            },
+            final_logit_softcapping: match family {
+                Some(Family::Gemma2) => softcap("final_logit_softcapping", Some(30.0))?,
+                Some(Family::Gemma3) => softcap("final_logit_softcapping", None)?,
+                _ => None,
+            },
+            llama_cpp_layout: false,
+            multipliers: match family {
+                Some(Family::Granite) => hf_multipliers(&f)?,
+                _ => Multipliers::default(),
+            },
+            use_parallel_residual: match family {
+                Some(Family::GptNeoX) => f.bool("use_parallel_residual")?.unwrap_or(true),
+                Some(Family::Phi2) => true,
+                _ => false,
+            },
+            bos_token_id: f.ids("bos_token_id")?.first().copied(),
+            eos_token_ids: f.ids("eos_token_id")?,
+            torch_dtype: torch_dtype.map(str::to_string),
+            quantization_config: f.get("quantization_config").cloned(),
+            architecture,
+            model_type,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RopeScaling;
+
+    const SMOLLM2_V5: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":576,
+      "intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,
+      "vocab_size":49152,"max_position_embeddings":8192,"rms_norm_eps":1e-05,"tie_word_embeddings":true,
+      "rope_parameters":{"rope_theta":100000.0,"rope_type":"default"},"bos_token_id":1,"eos_token_id":2}"#;
+
+    fn with(extra: &str) -> Result<ModelConfig, ConfigError> {
+        ModelConfig::from_hf_json(&format!(
+            r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+               "intermediate_size":8,"num_hidden_layers":1,"vocab_size":8{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn transformers5_rope_parameters() {
+        let c = ModelConfig::from_hf_json(SMOLLM2_V5).unwrap();
+        assert_eq!(c.rope_theta, 100000.0);
+        assert_eq!(c.rope_scaling, None);
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.eos_token_ids, vec![2]);
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.num_parameters(), 134_515_008);
+        assert_eq!(c.kv_bytes_per_token(2), 2 * 30 * 3 * 64 * 2);
+    }
+
+    #[test]
+    fn rope_scaling_spellings() {
+        let c = with(r#","rope_scaling":{"type":"linear","factor":2.0}"#).unwrap();
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        let c = with(
+            r#","rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,"low_freq_factor":1.0,
+               "high_freq_factor":4.0,"original_max_position_embeddings":8192}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(
+            c.rope_scaling,
+            Some(RopeScaling::Llama3 { factor: 8.0, .. })
+        ));
+        assert_eq!(
+            with(r#","rope_scaling":null,"rope_theta":5.0"#)
+                .unwrap()
+                .rope_theta,
+            5.0
+        );
+        assert_eq!(with("").unwrap().rope_theta, 10000.0);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (
+                r#","rope_scaling":{"type":"yarn","factor":4}"#,
+                "rope_scaling.rope_type",
+                "yarn",
+            ),
+            (
+                r#","rope_scaling":{"rope_type":"linear"}"#,
+                "rope_scaling.factor",
+                "missing",
+            ),
+            (
+                r#","rope_scaling":{"rope_type":"llama3","factor":8,"low_freq_factor":4,"high_freq_factor":1,"original_max_position_embeddings":8192}"#,
+                "rope_scaling.high_freq_factor",
+                "exceed",
+            ),
+            (r#","rope_scaling":"linear""#, "rope_scaling", "object"),
+            (r#","rope_theta":-1"#, "rope_theta", "positive"),
+            (
+                r#","num_key_value_heads":3"#,
+                "num_key_value_heads",
+                "evenly",
+            ),
+            (r#","head_dim":15"#, "head_dim", "even"),
+            (
+                r#","tie_word_embeddings":"yes""#,
+                "tie_word_embeddings",
+                "true or false",
+            ),
+            (r#","eos_token_id":[2,-1]"#, "eos_token_id", "token ids"),
+            (r#","rms_norm_eps":0"#, "rms_norm_eps", "positive"),
+        ];
+        for (extra, field, words) in cases {
+            let e = with(extra).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("`{field}`")) && msg.contains(words),
+                "{extra}: {msg}"
+            );
+        }
+        assert!(matches!(
+            ModelConfig::from_hf_json("{"),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            ModelConfig::from_hf_json("[1]"),
+            Err(ConfigError::Json(_))
+        ));
+        assert_eq!(
+            ModelConfig::from_hf_json(r#"{"hidden_size":8}"#),
+            Err(ConfigError::Missing("architectures".into()))
+        );
+        assert_eq!(
+            ModelConfig::from_hf_json(r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8}"#),
+            Err(ConfigError::Missing("num_attention_heads".into()))
+        );
+    }
+
+    #[test]
+    fn model_type_stands_in_for_architectures() {
+        let c = ModelConfig::from_hf_json(
+            r#"{"model_type":"mistral","hidden_size":64,"num_attention_heads":4,"intermediate_size":8,
+               "num_hidden_layers":1,"vocab_size":8,"sliding_window":32}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, "MistralForCausalLM");
+        assert_eq!(c.sliding_window, Some(32));
+    }
+
+    #[test]
+    fn qwen2_windows_follow_layer_types() {
+        let qwen = |extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"architectures":["Qwen2ForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+                   "intermediate_size":8,"num_hidden_layers":2,"vocab_size":8,"sliding_window":16{extra}}}"#
+            ))
+        };
+        assert_eq!(qwen("").unwrap().sliding_window, None);
+        assert_eq!(
+            qwen(r#","use_sliding_window":true,"max_window_layers":0"#)
+                .unwrap()
+                .sliding_window,
+            Some(16)
+        );
+        assert_eq!(
+            qwen(r#","use_sliding_window":true,"max_window_layers":2"#)
+                .unwrap()
+                .sliding_window,
+            None
+        );
+        let partial = qwen(r#","use_sliding_window":true,"max_window_layers":1"#).unwrap();
+        assert_eq!(
+            (partial.sliding_window, partial.sliding_layers.clone()),
+            (Some(16), vec![false, true])
+        );
+        assert!(!partial.is_sliding(0) && partial.is_sliding(1));
+        let all = r#","layer_types":["sliding_attention","sliding_attention"]"#;
+        assert_eq!(qwen(all).unwrap().sliding_window, Some(16));
+        assert!(qwen(r#","attention_bias":false"#).unwrap().attention_bias);
+    }
+}

@@ -1,0 +1,283 @@
+//! The one config of every decoder Kiln runs, read from a Hugging Face
+//! `config.json` ([`json`]: transformers 4 `rope_theta`/`rope_scaling` and
+//! transformers 5 `rope_parameters` alike, GPT-2's `n_embd` spellings) or
+//! from GGUF metadata ([`gguf`]: `{arch}.*` keys). Which parts a family's
+//! decoder is built from is decided from this config by [`crate::parts`].
+
+mod gguf;
+mod json;
+
+use serde_json::Value;
+
+/// Errors reading a config. Each names the field or key at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not JSON (or not a JSON object).
+    #[error("config.json is not valid JSON: {0}")]
+    Json(String),
+    /// A required field or key is absent.
+    #[error("`{0}` is missing; Kiln needs it to build the decoder")]
+    Missing(String),
+    /// A field has the wrong type, an impossible value, or asks for
+    /// something Kiln does not support.
+    #[error("`{field}` is invalid: {reason}")]
+    Invalid {
+        /// The field (`rope_scaling.factor`) or GGUF key.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// RoPE frequency scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor` (positions stretched).
+    Linear {
+        /// Scale factor (> 0).
+        factor: f32,
+    },
+    /// Llama 3.1 frequency-dependent scaling: long wavelengths divided by
+    /// `factor`, short ones kept, a smooth blend between.
+    Llama3 {
+        /// Scale factor for long wavelengths.
+        factor: f32,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f32,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f32,
+        /// Context length the model was pre-trained with, in tokens.
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// The MLP's activation function (`hidden_act`, `hidden_activation`,
+/// `activation_function`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenAct {
+    /// `silu` / `swish`.
+    Silu,
+    /// `gelu_pytorch_tanh`, `gelu_new`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: exact (erf).
+    Gelu,
+    /// `relu`.
+    Relu,
+}
+
+impl HiddenAct {
+    /// The activation named `name` in transformers' `ACT2FN`.
+    pub fn from_name(name: &str) -> Option<HiddenAct> {
+        Some(match name {
+            "silu" | "swish" => HiddenAct::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" | "gelu_python_tanh" => {
+                HiddenAct::GeluTanh
+            }
+            "gelu" => HiddenAct::Gelu,
+            "relu" => HiddenAct::Relu,
+            _ => return None,
+        })
+    }
+}
+
+/// Granite's scalar multipliers (absent: 1).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Multipliers {
+    /// Embeddings are multiplied by this (`embedding_multiplier`).
+    pub embedding: Option<f32>,
+    /// Attention and MLP outputs are multiplied by this before the residual add
+    /// (`residual_multiplier`).
+    pub residual: Option<f32>,
+    /// Softmax scale instead of `1/√head_dim` (`attention_multiplier`).
+    pub attention: Option<f32>,
+    /// Logits are divided by this (`logits_scaling`).
+    pub logits_scaling: Option<f32>,
+}
+
+/// Decoder hyper-parameters of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// `architectures[0]` (`LlamaForCausalLM`); for GGUF, the Hugging Face
+    /// name of `general.architecture`, or that value itself when unknown.
+    pub architecture: String,
+    /// `model_type` (`llama`, `qwen2`, `gemma3_text`); for GGUF, `general.architecture`.
+    pub model_type: String,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (divides `num_attention_heads`).
+    pub num_key_value_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Context length the model supports, in tokens.
+    pub max_position_embeddings: usize,
+    /// Epsilon of every norm (RMSNorm or LayerNorm).
+    pub rms_norm_eps: f32,
+    /// RoPE base θ (of full-attention layers when windowed layers differ).
+    pub rope_theta: f32,
+    /// RoPE base θ of sliding-window layers (Gemma 3's local base), if it differs.
+    pub rope_local_theta: Option<f32>,
+    /// RoPE scaling, if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Dimensions of each head that RoPE rotates (even, ≤ `head_dim`); 0
+    /// for models with learned absolute positions (GPT-2, OPT).
+    pub rotary_dim: usize,
+    /// The output projection reuses the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Attention projections carry biases.
+    pub attention_bias: bool,
+    /// MLP projections carry biases.
+    pub mlp_bias: bool,
+    /// Sliding attention window in tokens, when some layer uses one.
+    pub sliding_window: Option<usize>,
+    /// `[num_hidden_layers]`: which layers use the sliding window (all
+    /// false when `sliding_window` is `None`).
+    pub sliding_layers: Vec<bool>,
+    /// The MLP's activation.
+    pub hidden_act: HiddenAct,
+    /// Attention scale is `query_pre_attn_scalar^-½` instead of `head_dim^-½` (Gemma 2/3).
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Attention logits are soft-capped at this value (Gemma 2).
+    pub attn_logit_softcapping: Option<f32>,
+    /// Output logits are soft-capped at this value (Gemma 2).
+    pub final_logit_softcapping: Option<f32>,
+    /// The tensors are laid out as llama.cpp's converter writes them (GGUF):
+    /// Gemma norm weights hold `1 + w`, GPT-2's Conv1D weights are stored
+    /// `[out, in]`, GPT-NeoX's fused q/k/v rows are grouped q, k, v rather
+    /// than per head.
+    pub llama_cpp_layout: bool,
+    /// Granite's multipliers.
+    pub multipliers: Multipliers,
+    /// Attention and MLP read the same residual and add to it together
+    /// (GPT-NeoX `use_parallel_residual`; always for Phi-2).
+    pub use_parallel_residual: bool,
+    /// BOS token id.
+    pub bos_token_id: Option<u32>,
+    /// EOS token ids (`eos_token_id` may be one id or a list).
+    pub eos_token_ids: Vec<u32>,
+    /// Checkpoint dtype (`torch_dtype` or transformers-5 `dtype`: `bfloat16`, ...).
+    pub torch_dtype: Option<String>,
+    /// Raw `quantization_config`, when present.
+    pub quantization_config: Option<Value>,
+}
+
+/// Heads and head size, checked for consistency.
+pub(crate) struct AttentionShape {
+    pub hidden_size: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Checks shared by both sources; `key` names a field in messages.
+    pub(crate) fn check(self, key: impl Fn(&str) -> String) -> Result<AttentionShape, ConfigError> {
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(invalid(
+                key("num_key_value_heads"),
+                format!(
+                    "{} query heads cannot be shared evenly by {} KV heads",
+                    self.heads, self.kv_heads
+                ),
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                key("head_dim"),
+                format!("heads need an even, positive size, got {}", self.head_dim),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// `hidden / heads`, which must divide exactly.
+pub(crate) fn default_head_dim(
+    hidden: usize,
+    heads: usize,
+    field: String,
+) -> Result<usize, ConfigError> {
+    if hidden.is_multiple_of(heads) {
+        Ok(hidden / heads)
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "hidden size {hidden} is not a multiple of {heads} heads, and no head size is given"
+            ),
+        ))
+    }
+}
+
+/// Rotated dimensions of a head for a rotary fraction (Phi's
+/// `partial_rotary_factor`, NeoX's `rotary_pct`), as transformers rounds it.
+pub(crate) fn rotary_dim_of(
+    head_dim: usize,
+    fraction: f64,
+    field: &str,
+) -> Result<usize, ConfigError> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(invalid(field, format!("must be in (0, 1], got {fraction}")));
+    }
+    let dim = (head_dim as f64 * fraction) as usize;
+    if dim == 0 || !dim.is_multiple_of(2) {
+        return Err(invalid(
+            field,
+            format!(
+                "rotates {dim} of {head_dim} head dimensions; RoPE needs an even, positive count"
+            ),
+        ));
+    }
+    Ok(dim)
+}
+
+/// Checks every family shares: a window no larger than the context.
+pub(crate) fn check_window(
+    window: Option<usize>,
+    context: usize,
+    field: &str,
+) -> Result<(), ConfigError> {
+    match window {
+        Some(w) if w > context => Err(invalid(
+            field,
+            format!("a sliding window of {w} tokens is larger than the {context}-token context"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl ModelConfig {
+    /// Parameter count, embeddings counted once when tied, biases and norms
+    /// as the family places them (falls back to the Llama layout for an
+    /// architecture Kiln does not run).
+    pub fn num_parameters(&self) -> u64 {
+        crate::parts::count_parameters(self)
+    }
+
+    /// KV-cache bytes per token: 2 × layers × kv_heads × head_dim × `dtype_bytes`.
+    pub fn kv_bytes_per_token(&self, dtype_bytes: u64) -> u64 {
+        2 * self.num_hidden_layers as u64
+            * self.num_key_value_heads as u64
+            * self.head_dim as u64
+            * dtype_bytes
+    }
+
+    /// Whether layer `i` attends through the sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(layer).copied().unwrap_or(false)
+    }
+}

@@ -1,0 +1,271 @@
+//! One forward pass as a list of backend operations, built from the parts
+//! of [`DecoderVariant`]: embeddings, each block in its layout (pre-norm,
+//! parallel, sandwich, post-norm), attention with its options, the MLP, and
+//! the head.
+
+use kiln_plugin_abi::ops::{self, Accumulate};
+use kiln_plugin_abi::{KilnOp, KilnTensor, KilnWeight};
+
+use super::Decoder;
+use super::kv_cache::KvCache;
+use super::layer::{LayerWeights, Linear, NormWeights};
+use super::step::BatchViews;
+use crate::config::HiddenAct;
+use crate::parts::{BlockLayout, Mlp, Norm, QkNorm};
+
+fn raw(w: &Option<kiln_plugin_abi::safe::Weight>) -> KilnWeight {
+    w.as_ref().map_or(KilnWeight::NULL, |w| w.raw())
+}
+
+/// The ABI activation kind of a config activation.
+pub(crate) fn act_kind(act: HiddenAct) -> i64 {
+    match act {
+        HiddenAct::Silu => ops::ACT_SILU,
+        HiddenAct::GeluTanh => ops::ACT_GELU_TANH,
+        HiddenAct::Gelu => ops::ACT_GELU,
+        HiddenAct::Relu => ops::ACT_RELU,
+    }
+}
+
+/// Ops queued for one batch.
+pub(crate) struct Graph<'d> {
+    pub d: &'d Decoder,
+    pub t: BatchViews,
+    pub ops: Vec<KilnOp>,
+}
+
+impl Graph<'_> {
+    fn linear(&mut self, x: KilnTensor, w: &Linear, out: KilnTensor, accumulate: Accumulate) {
+        self.ops.push(ops::linear(ops::Linear {
+            x,
+            weight: w.weight.raw(),
+            bias: raw(&w.bias),
+            out,
+            accumulate,
+            decode_rows: self.t.decode_rows,
+        }));
+    }
+
+    fn norm(&mut self, x: KilnTensor, w: &NormWeights, out: KilnTensor) {
+        let eps = self.d.config.rms_norm_eps;
+        self.ops.push(match self.d.variant.norm {
+            Norm::Rms => ops::rms_norm(x, w.gamma.raw(), eps, out),
+            Norm::Layer { .. } => ops::layer_norm(ops::LayerNorm {
+                x,
+                gamma: w.gamma.raw(),
+                beta: raw(&w.beta),
+                eps,
+                out,
+            }),
+        });
+    }
+
+    /// Add a branch's projection into the residual: fused into the linear
+    /// layer, or through `branch` when the family scales it first.
+    fn project_into_residual(&mut self, x: KilnTensor, w: &Linear) {
+        let (residual, branch) = (self.t.residual, self.t.branch);
+        match self.d.variant.residual_scale {
+            None => self.linear(x, w, residual, Accumulate::Add),
+            Some(f) => {
+                self.linear(x, w, branch, Accumulate::Overwrite);
+                self.ops
+                    .push(ops::scale(branch, f, residual, Accumulate::Add));
+            }
+        }
+    }
+
+    /// Project into `branch`, norm it (into `normed`), add it to the residual.
+    fn project_norm_add(&mut self, x: KilnTensor, w: &Linear, post: &NormWeights) {
+        let t = self.t;
+        let (branch, normed, residual) = (t.branch, t.normed, t.residual);
+        self.linear(x, w, branch, Accumulate::Overwrite);
+        self.norm(branch, post, normed);
+        self.ops.push(ops::add(residual, normed, residual));
+    }
+
+    pub fn embeddings(&mut self) {
+        let d = self.d;
+        let t = self.t;
+        let (residual, branch) = (t.residual, t.branch);
+        self.ops
+            .push(ops::embedding(t.ids, d.embed.raw(), residual));
+        if let Some(pos) = &d.positions {
+            self.ops
+                .push(ops::embedding(t.positions, pos.raw(), branch));
+            self.ops.push(ops::add(residual, branch, residual));
+        }
+        if let Some(f) = d.variant.embed_scale {
+            self.ops
+                .push(ops::scale(residual, f, residual, Accumulate::Overwrite));
+        }
+    }
+
+    pub fn layer(&mut self, layer: &LayerWeights, kv: &KvCache, i: usize) {
+        let t = self.t;
+        let (residual, normed, normed2) = (t.residual, t.normed, t.normed2);
+        fn norm(l: &Option<NormWeights>) -> &NormWeights {
+            l.as_ref().expect("the layout loads this norm")
+        }
+        match self.d.variant.layout {
+            BlockLayout::PreNorm => {
+                self.norm(residual, norm(&layer.attn_norm), normed);
+                self.attention(normed, layer, kv, i);
+                self.project_into_residual(t.attn, &layer.o);
+                self.norm(residual, norm(&layer.ffn_norm), normed);
+                self.mlp(normed, layer);
+                self.project_into_residual(t.gate, &layer.down);
+            }
+            BlockLayout::Parallel { shared_norm } => {
+                self.norm(residual, norm(&layer.attn_norm), normed);
+                let mlp_in = if shared_norm {
+                    normed
+                } else {
+                    self.norm(residual, norm(&layer.ffn_norm), normed2);
+                    normed2
+                };
+                self.attention(normed, layer, kv, i);
+                self.mlp(mlp_in, layer);
+                self.project_into_residual(t.attn, &layer.o);
+                self.project_into_residual(t.gate, &layer.down);
+            }
+            BlockLayout::Sandwich => {
+                self.norm(residual, norm(&layer.attn_norm), normed);
+                self.attention(normed, layer, kv, i);
+                self.project_norm_add(t.attn, &layer.o, norm(&layer.post_attn_norm));
+                self.norm(residual, norm(&layer.ffn_norm), normed);
+                self.mlp(normed, layer);
+                self.project_norm_add(t.gate, &layer.down, norm(&layer.post_ffn_norm));
+            }
+            BlockLayout::PostNorm => {
+                self.attention(residual, layer, kv, i);
+                self.project_norm_add(t.attn, &layer.o, norm(&layer.post_attn_norm));
+                self.mlp(residual, layer);
+                self.project_norm_add(t.gate, &layer.down, norm(&layer.post_ffn_norm));
+            }
+        }
+    }
+
+    /// q/k/v from `x`, their norms and RoPE, the cache write and attention
+    /// into `t.attn` (the output projection is the caller's).
+    fn attention(&mut self, x: KilnTensor, layer: &LayerWeights, kv: &KvCache, i: usize) {
+        let d = self.d;
+        let c = &d.config;
+        let v = &d.variant;
+        let t = self.t;
+        let (q, k, vv, n) = (t.q, t.k, t.v, t.n);
+        self.linear(x, &layer.q, q, Accumulate::Overwrite);
+        self.linear(x, &layer.k, k, Accumulate::Overwrite);
+        self.linear(x, &layer.v, vv, Accumulate::Overwrite);
+        let eps = c.rms_norm_eps;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            let hd = c.head_dim as u64;
+            let (qv, kv_) = match v.qk_norm {
+                // One row per head: the norm runs over each head's values.
+                QkNorm::PerHead => (
+                    reshape(q, n * c.num_attention_heads as u64, hd),
+                    reshape(k, n * c.num_key_value_heads as u64, hd),
+                ),
+                _ => (q, k),
+            };
+            self.ops.push(ops::rms_norm(qv, qn.raw(), eps, qv));
+            self.ops.push(ops::rms_norm(kv_, kn.raw(), eps, kv_));
+        }
+        if let Some(rope) = d.rope_for_layer(i) {
+            self.ops.push(ops::rope(ops::Rope {
+                q,
+                k,
+                positions: t.positions,
+                cos: rope.0,
+                sin: rope.1,
+                head_dim: c.head_dim as i64,
+                rotary_dim: c.rotary_dim as i64,
+                style: ops::ROPE_NEOX,
+            }));
+        }
+        let (k_cache, v_cache) = kv.layer_views(i);
+        self.ops.push(ops::kv_write(ops::KvWrite {
+            k,
+            v: vv,
+            k_cache,
+            v_cache,
+            slot_mapping: t.slots,
+        }));
+        self.ops.push(ops::attention(ops::Attention {
+            q,
+            k_cache,
+            v_cache,
+            block_tables: t.block_tables,
+            seq_lens: t.seq_lens,
+            query_start_loc: t.query_start_loc,
+            out: t.attn,
+            scale: v.attention_scale,
+            softcap: v.attn_softcap.unwrap_or(0.0),
+            num_heads: c.num_attention_heads as i64,
+            num_kv_heads: c.num_key_value_heads as i64,
+            head_dim: c.head_dim as i64,
+            block_size: kv.block_size as i64,
+            sliding_window: v.layer_windows[i].unwrap_or(0) as i64,
+            max_query_len: t.max_query_len,
+            max_seq_len: t.max_seq_len,
+        }));
+    }
+
+    /// The MLP up to its activation, leaving `[n, inter]` in `t.gate` for
+    /// the down projection.
+    fn mlp(&mut self, x: KilnTensor, layer: &LayerWeights) {
+        let v = &self.d.variant;
+        let (gate, up) = (self.t.gate, self.t.up);
+        let kind = act_kind(v.act);
+        match (v.mlp, &layer.gate) {
+            (Mlp::Gated { .. }, Some(g)) => {
+                self.linear(x, g, gate, Accumulate::Overwrite);
+                self.linear(x, &layer.up, up, Accumulate::Overwrite);
+                self.ops.push(match v.act {
+                    HiddenAct::Silu => ops::silu_mul(gate, up, gate),
+                    _ => ops::activation(kind, gate, up, gate),
+                });
+            }
+            _ => {
+                self.linear(x, &layer.up, gate, Accumulate::Overwrite);
+                self.ops
+                    .push(ops::activation(kind, gate, KilnTensor::NONE, gate));
+            }
+        }
+    }
+
+    pub fn head(&mut self) {
+        let d = self.d;
+        let t = self.t;
+        let (last_hidden, last_normed, logits) = (t.last_hidden, t.last_normed, t.logits);
+        self.ops
+            .push(ops::gather_rows(t.residual, t.logits_indices, last_hidden));
+        self.norm(last_hidden, &d.final_norm, last_normed);
+        let head = d.lm_head.as_ref().unwrap_or(&d.embed);
+        self.ops.push(ops::linear(ops::Linear {
+            x: last_normed,
+            weight: head.raw(),
+            bias: raw(&d.lm_head_bias),
+            out: logits,
+            accumulate: Accumulate::Overwrite,
+            decode_rows: t.decode_logits_rows,
+        }));
+        if let Some(f) = d.variant.logit_scale {
+            self.ops
+                .push(ops::scale(logits, f, logits, Accumulate::Overwrite));
+        }
+        if let Some(cap) = d.variant.final_softcap {
+            self.ops.push(ops::softcap(logits, cap, logits));
+        }
+        if d.act != super::dtype::ActDType::F32 {
+            self.ops.push(ops::cast(logits, t.logits_f32));
+        }
+    }
+}
+
+/// The same bytes viewed as `[rows, cols]`.
+fn reshape(t: KilnTensor, rows: u64, cols: u64) -> KilnTensor {
+    let mut r = t;
+    r.dims = [rows, cols, 1, 1];
+    r.rank = 2;
+    r
+}
