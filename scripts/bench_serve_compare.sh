@@ -6,19 +6,22 @@
 #   bash scripts/bench_serve_compare.sh
 #   CONCURRENCY=1,8 NUM_PROMPTS=32 THREADS=2 bash scripts/bench_serve_compare.sh
 #
-# llama.cpp side: `python -m llama_cpp.server` from $LLAMA_VENV (pip package
-# llama-cpp-python[server]), which serves one request at a time (it has no
-# parallel-slot setting; --interrupt_requests false keeps it from cutting a
-# stream short when the next request arrives); set LLAMA_SERVER_BIN to a llama.cpp `llama-server`
-# binary to compare against its continuous batching instead (-np = the
-# largest concurrency level).
+# llama.cpp side: its own `llama-server` with continuous batching and one
+# slot per request of the largest concurrency level (-np N), built from the
+# sources vendored in the llama-cpp-python sdist by scripts/build_llamacpp.sh
+# (cached; about 8 minutes the first time), or LLAMA_SERVER_BIN.
+#
+# Every concurrency level (and every warm-up request) gets prompts of its own
+# from `kiln bench serve`, so neither server answers a timed request from a
+# prompt cache filled by an earlier level.
 #
 # Settings (environment): THREADS (2), CONCURRENCY (1,8,32), NUM_PROMPTS (64),
 # INPUT_LEN (128), OUTPUT_LEN (128), SEED (0), GGUF (default: the default
 # model, pulled into the Kiln cache), KILN_BIN (target/release/kiln, built when
-# missing), LLAMA_VENV (/work/venv-llama), LLAMA_SERVER_BIN, BENCH_KILN_PORT
-# (18080), BENCH_LLAMA_PORT (18081), STARTUP_TIMEOUT seconds (300), OUT_DIR
-# (target/bench-compare). Results: $OUT_DIR/{kiln,llamacpp}.{json,txt} and logs.
+# missing), LLAMA_SERVER_BIN (default: the one scripts/build_llamacpp.sh builds),
+# BENCH_KILN_PORT (18080), BENCH_LLAMA_PORT (18081), STARTUP_TIMEOUT seconds
+# (300), OUT_DIR (target/bench-compare). Results:
+# $OUT_DIR/{kiln,llamacpp}.{json,txt} and logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +32,6 @@ INPUT_LEN="${INPUT_LEN:-128}"
 OUTPUT_LEN="${OUTPUT_LEN:-128}"
 SEED="${SEED:-0}"
 KILN_BIN="${KILN_BIN:-target/release/kiln}"
-LLAMA_VENV="${LLAMA_VENV:-/work/venv-llama}"
 LLAMA_SERVER_BIN="${LLAMA_SERVER_BIN:-}"
 KILN_PORT_BENCH="${BENCH_KILN_PORT:-18080}"
 LLAMA_PORT_BENCH="${BENCH_LLAMA_PORT:-18081}"
@@ -107,23 +109,18 @@ wait_ready "http://127.0.0.1:$KILN_PORT_BENCH" "$OUT_DIR/kiln-serve.log"
 bench kiln "http://127.0.0.1:$KILN_PORT_BENCH"
 stop_server
 
-if [[ -n "$LLAMA_SERVER_BIN" ]]; then
-    echo "== starting llama.cpp llama-server on port $LLAMA_PORT_BENCH (-np $MAX_CONC, continuous batching)"
-    "$LLAMA_SERVER_BIN" -m "$GGUF" --host 127.0.0.1 --port "$LLAMA_PORT_BENCH" \
-        -t "$THREADS" -tb "$THREADS" -np "$MAX_CONC" -c $((MAX_CONC * CTX)) -cb \
-        --alias "$SERVED_NAME" >"$OUT_DIR/llamacpp-serve.log" 2>&1 &
-else
-    [[ -x "$LLAMA_VENV/bin/python" ]] || {
-        echo "no llama-cpp-python at $LLAMA_VENV (pip install 'llama-cpp-python[server]'), or set LLAMA_SERVER_BIN" >&2
+if [[ -z "$LLAMA_SERVER_BIN" ]]; then
+    bash scripts/build_llamacpp.sh >"$OUT_DIR/llamacpp-build.log" 2>&1 || {
+        echo "building llama.cpp failed; see $OUT_DIR/llamacpp-build.log" >&2
         exit 1
     }
-    echo "== starting python -m llama_cpp.server on port $LLAMA_PORT_BENCH (one request at a time)"
-    "$LLAMA_VENV/bin/python" -m llama_cpp.server --model "$GGUF" --model_alias "$SERVED_NAME" \
-        --host 127.0.0.1 --port "$LLAMA_PORT_BENCH" \
-        --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx "$CTX" --n_batch 512 \
-        --interrupt_requests false \
-        >"$OUT_DIR/llamacpp-serve.log" 2>&1 &
+    LLAMA_SERVER_BIN="$(sed -n 's/^bin dir: *//p' "$OUT_DIR/llamacpp-build.log")/llama-server"
 fi
+[[ -x "$LLAMA_SERVER_BIN" ]] || { echo "no llama-server at $LLAMA_SERVER_BIN" >&2; exit 1; }
+echo "== starting llama.cpp llama-server on port $LLAMA_PORT_BENCH (-np $MAX_CONC, continuous batching)"
+"$LLAMA_SERVER_BIN" -m "$GGUF" --host 127.0.0.1 --port "$LLAMA_PORT_BENCH" \
+    -t "$THREADS" -tb "$THREADS" -np "$MAX_CONC" -c $((MAX_CONC * CTX)) -cb \
+    --alias "$SERVED_NAME" >"$OUT_DIR/llamacpp-serve.log" 2>&1 &
 SERVER_PID=$!
 wait_ready "http://127.0.0.1:$LLAMA_PORT_BENCH" "$OUT_DIR/llamacpp-serve.log"
 bench llamacpp "http://127.0.0.1:$LLAMA_PORT_BENCH"

@@ -3,6 +3,7 @@
 //! Any backend plugin can be checked with [`check_device`].
 
 use half::{bf16, f16};
+use kiln_kernels_cpu::weights::WeightFormat;
 use kiln_plugin_abi::ops::{self, Accumulate};
 use kiln_plugin_abi::safe::{Buffer, Device, WeightSpec};
 use kiln_plugin_abi::*;
@@ -177,7 +178,44 @@ fn quantize_q4(v: &[f32], with_min: bool) -> Vec<u8> {
     out
 }
 
+/// The GGUF formats that have no quantizer here, as the CPU kernels name
+/// them: their cases use random blocks with modest f16 scales instead.
+fn random_block_format(format: KilnWeightFormat) -> Option<WeightFormat> {
+    Some(match format {
+        KILN_WEIGHT_GGUF_Q5_0 => WeightFormat::Q5_0,
+        KILN_WEIGHT_GGUF_Q5_1 => WeightFormat::Q5_1,
+        KILN_WEIGHT_GGUF_Q2_K => WeightFormat::Q2_K,
+        KILN_WEIGHT_GGUF_Q3_K => WeightFormat::Q3_K,
+        KILN_WEIGHT_GGUF_Q4_K => WeightFormat::Q4_K,
+        KILN_WEIGHT_GGUF_Q5_K => WeightFormat::Q5_K,
+        KILN_WEIGHT_GGUF_Q6_K => WeightFormat::Q6_K,
+        KILN_WEIGHT_GGUF_IQ4_NL => WeightFormat::IQ4_NL,
+        KILN_WEIGHT_GGUF_IQ4_XS => WeightFormat::IQ4_XS,
+        _ => return None,
+    })
+}
+
+/// Random source blocks of `fmt` for `v.len()` weights (the values only
+/// seed the bytes); `d`/`dmin` in [1e-3, 5e-3] so outputs stay O(1).
+fn random_blocks(fmt: WeightFormat, v: &[f32]) -> Vec<u8> {
+    let mut rng = Rng(v.len() as u64 ^ 0x5EED);
+    let blocks = v.len() / fmt.block_size();
+    let mut raw: Vec<u8> = (0..blocks * fmt.block_bytes())
+        .map(|_| ((rng.next_f32() + 1.0) * 127.5) as u8)
+        .collect();
+    for blk in raw.chunks_exact_mut(fmt.block_bytes()) {
+        for &at in fmt.f16_fields() {
+            let d = 1e-3 + (rng.next_f32() + 1.0) * 2e-3;
+            blk[at..at + 2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        }
+    }
+    raw
+}
+
 fn weight_bytes(format: KilnWeightFormat, v: &[f32]) -> Vec<u8> {
+    if let Some(fmt) = random_block_format(format) {
+        return random_blocks(fmt, v);
+    }
     match format {
         KILN_WEIGHT_F16 => to_bytes(KILN_F16, v),
         KILN_WEIGHT_BF16 => to_bytes(KILN_BF16, v),
@@ -203,6 +241,7 @@ pub fn check_device(dut: &Device, reference: &Device, act: KilnDType) -> Report 
     let mut rng = Rng(7);
     linear_cases(&d, &r, &mut rng, tol, &mut report);
     norm_and_elementwise_cases(&d, &r, &mut rng, tol, &mut report);
+    family_op_cases(&d, &r, &mut rng, tol, &mut report);
     rope_cases(&d, &r, &mut rng, tol, &mut report);
     attention_cases(&d, &r, &mut rng, tol, &mut report);
     embedding_cases(&d, &r, &mut rng, tol, &mut report);
@@ -218,9 +257,23 @@ fn linear_cases(d: &Side<'_>, r: &Side<'_>, rng: &mut Rng, tol: f64, report: &mu
         (KILN_WEIGHT_GGUF_Q8_0, "q8_0"),
         (KILN_WEIGHT_GGUF_Q4_0, "q4_0"),
         (KILN_WEIGHT_GGUF_Q4_1, "q4_1"),
+        (KILN_WEIGHT_GGUF_Q5_0, "q5_0"),
+        (KILN_WEIGHT_GGUF_Q5_1, "q5_1"),
+        (KILN_WEIGHT_GGUF_IQ4_NL, "iq4_nl"),
+        (KILN_WEIGHT_GGUF_Q2_K, "q2_k"),
+        (KILN_WEIGHT_GGUF_Q3_K, "q3_k"),
+        (KILN_WEIGHT_GGUF_Q4_K, "q4_k"),
+        (KILN_WEIGHT_GGUF_Q5_K, "q5_k"),
+        (KILN_WEIGHT_GGUF_Q6_K, "q6_k"),
+        (KILN_WEIGHT_GGUF_IQ4_XS, "iq4_xs"),
     ];
-    let (m, k) = (96usize, 128usize);
     for (format, fname) in formats {
+        // Super-block formats need whole 256-weight rows.
+        let k = match random_block_format(format) {
+            Some(f) if f.block_size() == 256 => 256usize,
+            _ => 128usize,
+        };
+        let m = 96usize;
         if !supported(
             d,
             (ops::OP_LINEAR, Some(format)),
@@ -400,6 +453,91 @@ fn norm_and_elementwise_cases(
                 tol,
             );
         }
+    }
+}
+
+/// The operations families beyond Llama need: LayerNorm (with and without
+/// a bias), every activation kind plain and gated, scaling (overwrite and
+/// accumulate), soft-capping; each also checked row by row against the
+/// whole batch, bit for bit.
+fn family_op_cases(d: &Side<'_>, r: &Side<'_>, rng: &mut Rng, tol: f64, report: &mut Report) {
+    let (n, h) = (9usize, 96usize);
+    let x = rng.vec(n * h, 2.0);
+    let y = rng.vec(n * h, 1.0);
+    let gamma: Vec<f32> = rng.vec(h, 0.5).iter().map(|g| 1.0 + g).collect();
+    let beta = rng.vec(h, 0.3);
+    let vector = |s: &Side<'_>, v: &[f32]| {
+        s.dev
+            .prepare_weight(&WeightSpec::single(
+                "v",
+                KILN_WEIGHT_F32,
+                1,
+                v.len() as u64,
+                &to_bytes(KILN_F32, v),
+            ))
+            .unwrap()
+    };
+    let run = |s: &Side<'_>, which: &str, rows: usize| -> Vec<f32> {
+        let (xs, ys) = (&x[..rows * h], &y[..rows * h]);
+        let (g, b) = (vector(s, &gamma), vector(s, &beta));
+        let (xb, yb, ob) = (s.acts(xs), s.acts(ys), s.acts(ys));
+        let dims = [rows as u64, h as u64];
+        let (xv, yv, ov) = (
+            xb.view(0, s.act, &dims),
+            yb.view(0, s.act, &dims),
+            ob.view(0, s.act, &dims),
+        );
+        let layer_norm = |beta| {
+            ops::layer_norm(ops::LayerNorm {
+                x: xv,
+                gamma: g.raw(),
+                beta,
+                eps: 1e-5,
+                out: ov,
+            })
+        };
+        let act = |kind: &str| match kind {
+            "silu" => ops::ACT_SILU,
+            "gelu_tanh" => ops::ACT_GELU_TANH,
+            "gelu" => ops::ACT_GELU,
+            _ => ops::ACT_RELU,
+        };
+        let op = match which.split(' ').collect::<Vec<_>>()[..] {
+            ["layer_norm"] => layer_norm(KilnWeight::NULL),
+            ["layer_norm", "bias"] => layer_norm(b.raw()),
+            ["activation", kind] => ops::activation(act(kind), xv, KilnTensor::NONE, ov),
+            ["activation", kind, "gated"] => ops::activation(act(kind), xv, yv, ov),
+            ["scale"] => ops::scale(xv, 0.37, ov, Accumulate::Overwrite),
+            ["scale", "accumulate"] => ops::scale(xv, 1.7, ov, Accumulate::Add),
+            _ => ops::softcap(xv, 1.5, ov),
+        };
+        s.dev.execute(&[op]).unwrap();
+        s.read(&ob, s.act, rows * h)
+    };
+    let mut cases = vec![
+        ("layer_norm".to_string(), ops::OP_LAYER_NORM),
+        ("layer_norm bias".to_string(), ops::OP_LAYER_NORM),
+        ("scale".to_string(), ops::OP_SCALE),
+        ("scale accumulate".to_string(), ops::OP_SCALE),
+        ("softcap".to_string(), ops::OP_SOFTCAP),
+    ];
+    for kind in ["silu", "gelu_tanh", "gelu", "relu"] {
+        cases.push((format!("activation {kind}"), ops::OP_ACTIVATION));
+        cases.push((format!("activation {kind} gated"), ops::OP_ACTIVATION));
+    }
+    for (which, opcode) in cases {
+        if !supported(d, (opcode, None), &which, report) {
+            continue;
+        }
+        let all = run(d, &which, n);
+        record(report, which.clone(), &all, &run(r, &which, n), tol);
+        record(
+            report,
+            format!("{which} rows independent of the batch"),
+            &all[..2 * h],
+            &run(d, &which, 2),
+            0.0,
+        );
     }
 }
 
@@ -610,7 +748,7 @@ fn sample_cases(d: &Side<'_>, r: &Side<'_>, rng: &mut Rng, report: &mut Report) 
             repetition_penalty: 1.4,
             adjust_start: 0,
             adjust_count: if i < 4 { adjust.len() as u32 } else { 0 },
-            reserved: 0,
+            flags: 0,
         })
         .collect();
     let run = |s: &Side<'_>| {
@@ -634,6 +772,7 @@ fn sample_cases(d: &Side<'_>, r: &Side<'_>, rng: &mut Rng, report: &mut Report) 
                 out_top_logprobs: tlb.view(0, KILN_F32, &[m as u64, top as u64]),
                 adjustments: ab.view(0, KILN_U8, &[abytes.len() as u64]),
                 num_top: top as i64,
+                allowed: KilnTensor::NONE,
             })])
             .unwrap();
         let words = |b: &Buffer, n: usize| {

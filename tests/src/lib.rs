@@ -8,6 +8,7 @@ use kiln_engine::{BackendChoice, Engine, EngineConfig, LLM};
 use kiln_protocol::{GenerateRequest, PromptInput, SamplingParams, StoppingCriteria};
 
 pub mod conformance;
+pub mod schema;
 pub mod tiny;
 
 /// A small deterministic generator of test values (LCG), uniform in [-1, 1).

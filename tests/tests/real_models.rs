@@ -58,12 +58,20 @@ fn check(alias: &str) {
     let mut config = cpu_config(&model);
     config.max_model_len = Some(512);
     let llm = start(config);
-    let outs = llm.generate(f.cases.iter().map(|c| greedy(c.prompt.clone(), 32)).collect());
+    let outs = llm.generate(
+        f.cases
+            .iter()
+            .map(|c| greedy(c.prompt.clone(), 32))
+            .collect(),
+    );
     let mut full = 0;
     for (c, out) in f.cases.iter().zip(outs) {
         let got = out.expect("generation").outputs[0].token_ids.clone();
         let n = matching_prefix(&got, &c.greedy);
-        eprintln!("{alias} {:>16}: {n:2} of 32 tokens match transformers", c.name);
+        eprintln!(
+            "{alias} {:>16}: {n:2} of 32 tokens match transformers",
+            c.name
+        );
         assert!(
             n >= 8,
             "{alias} {}: the first 8 tokens differ from transformers at token {n}",

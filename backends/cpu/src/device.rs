@@ -3,10 +3,12 @@
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kiln_kernels_cpu::activation::{self, Activation};
 use kiln_kernels_cpu::attention::{self, AttentionBatch, AttentionShape, KvCache, KvCacheMut};
 use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul};
 use kiln_kernels_cpu::ops::{self, RopeShape, RopeStyle};
 use kiln_kernels_cpu::pool::ThreadPool;
+use kiln_kernels_cpu::weights::IntParts;
 use kiln_plugin_abi::ops::*;
 use kiln_plugin_abi::plugin::{DevicePlugin, PluginError, PluginResult, WeightDescRef};
 use kiln_plugin_abi::*;
@@ -131,6 +133,66 @@ fn kernel_format(format: KilnWeightFormat) -> PluginResult<WeightFormat> {
             )));
         }
     })
+}
+
+fn activation_kind(kind: i64) -> PluginResult<Activation> {
+    Ok(match kind {
+        ACT_SILU => Activation::Silu,
+        ACT_GELU_TANH => Activation::GeluTanh,
+        ACT_GELU => Activation::Gelu,
+        ACT_RELU => Activation::Relu,
+        other => {
+            return Err(PluginError::unsupported(format!(
+                "activation kind {other} is not supported by the CPU backend"
+            )));
+        }
+    })
+}
+
+/// A `KILN_WEIGHT_INT_GROUPS` weight from its parts.
+fn int_groups(desc: &WeightDescRef<'_>) -> PluginResult<WeightMatrix> {
+    let d = desc.desc;
+    let name = desc.name();
+    let part = |role, what: &str| {
+        desc.part(role)
+            .ok_or_else(|| PluginError::invalid(format!("weight {name} has no {what} part")))
+    };
+    let (_, codes) = part(KILN_PART_DATA, "code")?;
+    let (scale_part, scale_bytes) = part(KILN_PART_SCALES, "scale")?;
+    let (_, zeros) = part(KILN_PART_ZEROS, "zero-point")?;
+    let bf16_scales = match scale_part.dtype {
+        KILN_F16 => false,
+        KILN_BF16 => true,
+        other => {
+            return Err(PluginError::invalid(format!(
+                "weight {name}: scales of dtype {other} (f16 or bf16 expected)"
+            )));
+        }
+    };
+    let scales: Vec<u16> = scale_bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let perm: Option<Vec<u32>> = desc.part(KILN_PART_GROUP_INDEX).map(|(_, b)| {
+        b.chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
+    });
+    let u8_of = |v: u32, what: &str| {
+        u8::try_from(v).map_err(|_| PluginError::invalid(format!("weight {name}: {what} {v}")))
+    };
+    WeightMatrix::from_int(IntParts {
+        bits: u8_of(d.bits, "bits")?,
+        bf16_scales,
+        rows: d.rows as usize,
+        cols: d.cols as usize,
+        group: d.group_size as usize,
+        codes,
+        scales: &scales,
+        zeros,
+        perm: perm.as_deref(),
+    })
+    .map_err(|e| PluginError::invalid(format!("weight {name}: {e}")))
 }
 
 /// Base pointer of a tensor, checked against its buffer.
@@ -325,6 +387,43 @@ impl CpuDevice {
             }
             OP_COPY_BLOCKS => self.copy_blocks(op)?,
             OP_SAMPLE => self.sample(op)?,
+            OP_LAYER_NORM => self.layer_norm(op)?,
+            OP_ACTIVATION => {
+                let kind = activation_kind(op.iparams[0])?;
+                let (x, up, out) = (&t[0], &t[1], &t[2]);
+                if !same_memory(out, x) {
+                    f32s_mut(out)?.copy_from_slice(f32s(x)?);
+                }
+                if up.is_none() {
+                    activation::activate(kind, f32s_mut(out)?);
+                } else {
+                    activation::activate_mul(kind, f32s_mut(out)?, f32s(up)?);
+                }
+            }
+            OP_SCALE => {
+                let (x, out, factor) = (&t[0], &t[1], op.fparams[0]);
+                if op.iparams[0] != 0 {
+                    activation::scale_add(f32s_mut(out)?, f32s(x)?, factor);
+                } else {
+                    if !same_memory(out, x) {
+                        f32s_mut(out)?.copy_from_slice(f32s(x)?);
+                    }
+                    activation::scale(f32s_mut(out)?, factor);
+                }
+            }
+            OP_SOFTCAP => {
+                let (x, out, cap) = (&t[0], &t[1], op.fparams[0]);
+                // NaN is refused too.
+                if cap.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    return Err(PluginError::invalid(format!(
+                        "softcap: cap {cap} must be positive"
+                    )));
+                }
+                if !same_memory(out, x) {
+                    f32s_mut(out)?.copy_from_slice(f32s(x)?);
+                }
+                activation::softcap(f32s_mut(out)?, cap);
+            }
             OP_CAST => {
                 if t[0].dtype != KILN_F32 || t[1].dtype != KILN_F32 {
                     return Err(PluginError::unsupported("the CPU backend casts only f32"));
@@ -360,6 +459,34 @@ impl CpuDevice {
                 h,
             );
         }
+        Ok(())
+    }
+
+    fn layer_norm(&self, op: &KilnOp) -> PluginResult<()> {
+        let (x, out) = (&op.tensors[0], &op.tensors[1]);
+        let h = x.dims[1] as usize;
+        let gamma = vector(op.weights[0])?;
+        let beta = if op.weights[1].is_null() {
+            None
+        } else {
+            Some(vector(op.weights[1])?)
+        };
+        let copy;
+        let xs = if overlaps(x, out) {
+            copy = f32s(x)?.to_vec();
+            &copy[..]
+        } else {
+            f32s(x)?
+        };
+        kiln_kernels_cpu::layer_norm::layer_norm(
+            &self.pool,
+            xs,
+            gamma,
+            beta,
+            op.fparams[0],
+            f32s_mut(out)?,
+            h,
+        );
         Ok(())
     }
 
@@ -516,6 +643,11 @@ impl CpuDevice {
         } else {
             (&mut [][..], &mut [][..])
         };
+        let (allowed, words) = if t[7].is_none() {
+            (&[][..], 0)
+        } else {
+            (i32s(&t[7])?, t[7].dims[1] as usize)
+        };
         for (r, p) in params.iter().take(m).enumerate() {
             let (start, count) = (p.adjust_start as usize, p.adjust_count as usize);
             let row_adjust = adjust.get(start..start + count).ok_or_else(|| {
@@ -529,10 +661,26 @@ impl CpuDevice {
             let (row_top_lps, rest_lps) = std::mem::take(&mut top_lps).split_at_mut(nl);
             top_ids = rest_ids;
             top_lps = rest_lps;
+            if p.flags & KILN_SAMPLE_SKIP != 0 {
+                continue;
+            }
+            let row_allowed = if p.flags & KILN_SAMPLE_MASKED != 0 {
+                Some(allowed.get(r * words..(r + 1) * words).ok_or_else(|| {
+                    PluginError::invalid(format!(
+                        "sample: row {r} is masked but the bitset has {} words",
+                        allowed.len()
+                    ))
+                })?)
+            } else {
+                None
+            };
             crate::sample::sample_row(
                 &mut logits[r * vocab..(r + 1) * vocab],
                 p,
-                row_adjust,
+                crate::sample::RowEdits {
+                    adjust: row_adjust,
+                    allowed: row_allowed,
+                },
                 crate::sample::RowOut {
                     id: &mut ids[r],
                     logprob: &mut lps[r],
@@ -640,6 +788,12 @@ impl DevicePlugin for CpuDevice {
     }
 
     fn prepare_weight(&mut self, desc: WeightDescRef<'_>) -> PluginResult<KilnWeight> {
+        if desc.desc.format == KILN_WEIGHT_INT_GROUPS {
+            let matrix = int_groups(&desc)?;
+            HELD_WEIGHT_BYTES.fetch_add(matrix.bytes() as u64, Ordering::Relaxed);
+            let weight = CpuWeight::Matrix(matrix);
+            return Ok(KilnWeight(Box::into_raw(Box::new(weight)) as *mut _));
+        }
         let d = desc.desc;
         let (_, bytes) = desc
             .part(KILN_PART_DATA)
@@ -668,8 +822,9 @@ impl DevicePlugin for CpuDevice {
     }
 
     fn supports(&self, query: &KilnSupportQuery) -> bool {
-        let weight_ok =
-            query.weight_format == u32::MAX || kernel_format(query.weight_format).is_ok();
+        let weight_ok = query.weight_format == u32::MAX
+            || query.weight_format == KILN_WEIGHT_INT_GROUPS
+            || kernel_format(query.weight_format).is_ok();
         query.act_dtype == KILN_F32 && weight_ok && opcode_name(query.opcode) != "unknown"
     }
 

@@ -29,7 +29,9 @@ use kiln_kernels_cpu::isa;
 use kiln_plugin_abi::plugin::{
     BackendPlugin, DevicePlugin, HostLogger, PluginDeviceInfo, PluginError, PluginResult,
 };
-use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_CAP_HOST_MEMORY, KILN_DEVICE_CPU};
+use kiln_plugin_abi::{
+    KILN_CAP_DEVICE_SAMPLING, KILN_CAP_HOST_MEMORY, KILN_CAP_SAMPLE_MASK, KILN_DEVICE_CPU,
+};
 
 pub use device::{CpuDevice, held_weight_bytes};
 
@@ -123,7 +125,7 @@ impl BackendPlugin for CpuBackend {
             kind: KILN_DEVICE_CPU,
             memory_total: total,
             memory_free: free,
-            capabilities: KILN_CAP_HOST_MEMORY | KILN_CAP_DEVICE_SAMPLING,
+            capabilities: KILN_CAP_HOST_MEMORY | KILN_CAP_DEVICE_SAMPLING | KILN_CAP_SAMPLE_MASK,
             compute_capability: 0,
             parallelism: threads as u32,
         })

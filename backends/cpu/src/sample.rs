@@ -37,17 +37,20 @@ pub fn uniform(seed: u64, counter: u64, index: usize) -> f32 {
     ((h >> 40) as f32 + 0.5) * (1.0 / 16_777_216.0)
 }
 
-/// Draw one row in place (`x` is modified by the adjustments).
-pub fn sample_row(
-    x: &mut [f32],
-    p: &KilnSampleParams,
-    adjust: &[KilnLogitAdjust],
-    out: RowOut<'_>,
-) {
+/// What changes a row's logits before its draw.
+pub struct RowEdits<'a> {
+    /// Sparse adjustments.
+    pub adjust: &'a [KilnLogitAdjust],
+    /// The row's allowed-token bitset (`None`: every token).
+    pub allowed: Option<&'a [i32]>,
+}
+
+/// Draw one row in place (`x` is modified by the edits).
+pub fn sample_row(x: &mut [f32], p: &KilnSampleParams, edits: RowEdits<'_>, out: RowOut<'_>) {
     let lse = log_sum_exp(x);
     top_into(x, lse, out.top_ids, out.top_logprobs);
-    let mut originals = Vec::with_capacity(adjust.len());
-    for a in adjust {
+    let mut originals = Vec::with_capacity(edits.adjust.len());
+    for a in edits.adjust {
         let Some(v) = x.get_mut(a.token.max(0) as usize) else {
             continue;
         };
@@ -62,6 +65,9 @@ pub fn sample_row(
         }
         *v = y + a.add_after;
     }
+    if let Some(words) = edits.allowed {
+        mask_disallowed(x, words);
+    }
     let chosen = if p.temperature <= GREEDY_TEMPERATURE || p.top_k == 1 {
         argmax(x)
     } else {
@@ -73,6 +79,21 @@ pub fn sample_row(
         .find(|o| o.0 == chosen)
         .map_or(x[chosen], |o| o.1);
     *out.logprob = raw - lse;
+}
+
+/// Sets every token whose bit is clear in `words` to `-inf`.
+fn mask_disallowed(x: &mut [f32], words: &[i32]) {
+    for (w, chunk) in x.chunks_mut(32).enumerate() {
+        let word = words.get(w).map_or(0, |&v| v as u32);
+        if word == u32::MAX {
+            continue;
+        }
+        for (b, v) in chunk.iter_mut().enumerate() {
+            if word >> b & 1 == 0 {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 /// `ln Σ e^x` (NaN entries ignored).
@@ -202,13 +223,23 @@ mod tests {
         adjust: &[KilnLogitAdjust],
         n: usize,
     ) -> (i32, f32, Vec<i32>) {
+        run_masked(x, p, adjust, None, n)
+    }
+
+    fn run_masked(
+        x: &[f32],
+        p: &KilnSampleParams,
+        adjust: &[KilnLogitAdjust],
+        allowed: Option<&[i32]>,
+        n: usize,
+    ) -> (i32, f32, Vec<i32>) {
         let (mut id, mut lp) = (0, 0.0);
         let (mut ids, mut lps) = (vec![0; n], vec![0.0; n]);
         let mut row = x.to_vec();
         sample_row(
             &mut row,
             p,
-            adjust,
+            RowEdits { adjust, allowed },
             RowOut {
                 id: &mut id,
                 logprob: &mut lp,
@@ -247,6 +278,23 @@ mod tests {
             add_after: 0.0,
         };
         assert_eq!(run(&x, &p, &[repeat], 0).0, 2);
+    }
+
+    #[test]
+    fn masked_rows_draw_only_allowed_tokens() {
+        let x: Vec<f32> = (0..40).map(|i| i as f32 / 10.0).collect();
+        // Tokens 3 and 33 only; 39 (the most likely) is masked.
+        let words = [1i32 << 3, 1 << 1];
+        let greedy = run_masked(&x, &params(0.0), &[], Some(&words), 0);
+        assert_eq!(greedy.0, 33);
+        // The log-probability is the raw one.
+        assert!((greedy.1 - (3.3 - log_sum_exp(&x))).abs() < 1e-5);
+        let mut p = params(1.0);
+        for counter in 0..200 {
+            p.counter = counter;
+            let id = run_masked(&x, &p, &[], Some(&words), 0).0;
+            assert!(id == 3 || id == 33, "{id}");
+        }
     }
 
     #[test]

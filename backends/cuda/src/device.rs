@@ -136,16 +136,42 @@ fn weight_dtype(format: KilnWeightFormat) -> Option<KilnDType> {
     }
 }
 
-/// Bytes of a `[rows, cols]` weight in `format`, or None when unsupported.
+/// Weights and bytes per block of a GGUF format the kernels decode
+/// (`weight_at` in common.cuh); `None` for other formats.
+fn gguf_block(format: KilnWeightFormat) -> Option<(u64, u64)> {
+    Some(match format {
+        KILN_WEIGHT_GGUF_Q4_0 | KILN_WEIGHT_GGUF_IQ4_NL => (32, 18),
+        KILN_WEIGHT_GGUF_Q4_1 => (32, 20),
+        KILN_WEIGHT_GGUF_Q5_0 => (32, 22),
+        KILN_WEIGHT_GGUF_Q5_1 => (32, 24),
+        KILN_WEIGHT_GGUF_Q8_0 => (32, 34),
+        KILN_WEIGHT_GGUF_Q2_K => (256, 84),
+        KILN_WEIGHT_GGUF_Q3_K => (256, 110),
+        KILN_WEIGHT_GGUF_Q4_K => (256, 144),
+        KILN_WEIGHT_GGUF_Q5_K => (256, 176),
+        KILN_WEIGHT_GGUF_Q6_K => (256, 210),
+        KILN_WEIGHT_GGUF_IQ4_XS => (256, 136),
+        _ => return None,
+    })
+}
+
+/// True for the weight formats this backend holds.
+fn format_supported(format: KilnWeightFormat) -> bool {
+    matches!(format, KILN_WEIGHT_F32 | KILN_WEIGHT_F16 | KILN_WEIGHT_BF16)
+        || gguf_block(format).is_some()
+}
+
+/// Bytes of a `[rows, cols]` weight in `format`, or None when unsupported
+/// (or when `cols` is not a whole number of the format's blocks).
 pub fn weight_bytes(format: KilnWeightFormat, rows: u64, cols: u64) -> Option<u64> {
-    let blocks = |per: u64| cols.is_multiple_of(32).then(|| rows * (cols / 32) * per);
     match format {
         KILN_WEIGHT_F32 => Some(rows * cols * 4),
         KILN_WEIGHT_F16 | KILN_WEIGHT_BF16 => Some(rows * cols * 2),
-        KILN_WEIGHT_GGUF_Q4_0 => blocks(18),
-        KILN_WEIGHT_GGUF_Q4_1 => blocks(20),
-        KILN_WEIGHT_GGUF_Q8_0 => blocks(34),
-        _ => None,
+        _ => {
+            let (per, bytes) = gguf_block(format)?;
+            cols.is_multiple_of(per)
+                .then(|| rows * (cols / per) * bytes)
+        }
     }
 }
 
@@ -290,6 +316,10 @@ impl CudaDevice {
             OP_COPY_BLOCKS => self.copy_blocks(op),
             OP_SAMPLE => self.sample(op),
             OP_CAST => self.cast(op),
+            OP_LAYER_NORM => self.layer_norm(op),
+            OP_ACTIVATION => self.activation(op),
+            OP_SCALE => self.scale(op),
+            OP_SOFTCAP => self.softcap(op),
             other => Err(PluginError::unsupported(format!(
                 "opcode {other} ({})",
                 opcode_name(other)
@@ -386,6 +416,77 @@ impl CudaDevice {
             format!("{name}_{s}"),
             grid_1d(n as u64, 256),
             [ap, bp, op_, n]
+        )
+    }
+
+    fn layer_norm(&mut self, op: &KilnOp) -> PluginResult<()> {
+        let (x, out) = (op.tensors[0], op.tensors[1]);
+        // SAFETY: handles come from the host per the ABI.
+        let g = unsafe { weight(op.weights[0]) }?;
+        let b: CUdeviceptr = if op.weights[1].is_null() {
+            0
+        } else {
+            // SAFETY: as above.
+            unsafe { weight(op.weights[1]) }?.data.ptr
+        };
+        let s = suffix(x.dtype)?;
+        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, op.fparams[0]);
+        let (xp, gp, op_) = unsafe { (ptr(&x), g.data.ptr, ptr(&out)) };
+        launch!(
+            self,
+            format!("layer_norm_{s}"),
+            rows_cfg(rows, 256),
+            [xp, gp, b, op_, h, eps]
+        )
+    }
+
+    fn activation(&mut self, op: &KilnOp) -> PluginResult<()> {
+        let [x, up, out, ..] = op.tensors;
+        let kind = op.iparams[0];
+        if !(ACT_SILU..=ACT_RELU).contains(&kind) {
+            return Err(PluginError::unsupported(format!(
+                "activation kind {kind} is not supported by the CUDA backend"
+            )));
+        }
+        let s = suffix(x.dtype)?;
+        let n = x.numel() as i64;
+        let kind = kind as i32;
+        // SAFETY: handles come from the host per the ABI.
+        let (xp, up_, op_) =
+            unsafe { (ptr(&x), if up.is_none() { 0 } else { ptr(&up) }, ptr(&out)) };
+        launch!(
+            self,
+            format!("activation_{s}"),
+            grid_1d(n as u64, 256),
+            [xp, up_, op_, kind, n]
+        )
+    }
+
+    fn scale(&mut self, op: &KilnOp) -> PluginResult<()> {
+        let (x, out) = (op.tensors[0], op.tensors[1]);
+        let s = suffix(x.dtype)?;
+        let (n, f, acc) = (x.numel() as i64, op.fparams[0], op.iparams[0] as i32);
+        // SAFETY: handles come from the host per the ABI.
+        let (xp, op_) = unsafe { (ptr(&x), ptr(&out)) };
+        launch!(
+            self,
+            format!("scale_{s}"),
+            grid_1d(n as u64, 256),
+            [xp, op_, f, acc, n]
+        )
+    }
+
+    fn softcap(&mut self, op: &KilnOp) -> PluginResult<()> {
+        let (x, out) = (op.tensors[0], op.tensors[1]);
+        let s = suffix(x.dtype)?;
+        let (n, cap) = (x.numel() as i64, op.fparams[0]);
+        // SAFETY: handles come from the host per the ABI.
+        let (xp, op_) = unsafe { (ptr(&x), ptr(&out)) };
+        launch!(
+            self,
+            format!("softcap_{s}"),
+            grid_1d(n as u64, 256),
+            [xp, op_, cap, n]
         )
     }
 
@@ -978,8 +1079,7 @@ impl DevicePlugin for CudaDevice {
 
     fn supports(&self, query: &KilnSupportQuery) -> bool {
         let act_ok = matches!(query.act_dtype, KILN_F32 | KILN_F16 | KILN_BF16);
-        let weight_ok =
-            query.weight_format == u32::MAX || weight_bytes(query.weight_format, 1, 32).is_some();
+        let weight_ok = query.weight_format == u32::MAX || format_supported(query.weight_format);
         act_ok
             && weight_ok
             && matches!(
@@ -997,6 +1097,10 @@ impl DevicePlugin for CudaDevice {
                     | OP_COPY_BLOCKS
                     | OP_SAMPLE
                     | OP_CAST
+                    | OP_LAYER_NORM
+                    | OP_ACTIVATION
+                    | OP_SCALE
+                    | OP_SOFTCAP
             )
     }
 

@@ -23,7 +23,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use kiln_protocol::{EngineError, EngineEvent, GenerateRequest, RequestId, TokenEvent, TokenId};
+use kiln_protocol::{
+    EngineError, EngineEvent, GenerateRequest, RequestId, StructuredOutput, TokenEvent, TokenId,
+};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
@@ -131,6 +133,10 @@ pub trait EngineService: Send + Sync + 'static {
         messages: &[serde_json::Value],
         options: &ChatOptions,
     ) -> Result<String, EngineError>;
+    /// Check a structured-output constraint against the engine's limits and
+    /// compile it (so that its sequences start without compiling); the
+    /// error is an `InvalidRequest` naming the problem.
+    fn check_structured(&self, spec: &StructuredOutput) -> Result<(), EngineError>;
     /// Queue a request whose prompt is already tokenized and checked; events go to `events`.
     fn enqueue(
         &self,
@@ -263,12 +269,20 @@ impl EngineHandle {
         })
     }
 
+    /// Check a structured-output constraint (see [`EngineService::check_structured`]).
+    pub fn check_structured(&self, spec: &StructuredOutput) -> Result<(), EngineError> {
+        self.inner.check_structured(spec)
+    }
+
     /// Validate and tokenize without queueing (also used by `submit`).
     pub fn admit(&self, request: GenerateRequest) -> Result<AdmittedRequest, EngineError> {
         request.sampling.validate()?;
         request.stopping.validate()?;
         if !self.inner.is_healthy() {
             return Err(EngineError::EngineDead("the engine has stopped".into()));
+        }
+        if let Some(spec) = &request.sampling.structured {
+            self.inner.check_structured(spec)?;
         }
         let info = self.inner.info();
         let prompt_token_ids = match &request.prompt {

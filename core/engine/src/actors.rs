@@ -8,7 +8,7 @@
 //! | [`SamplerActor`] | `kiln_sampler::SamplerCore` | the engine arbiter |
 //! | [`RunnerActor`] | [`ModelRunner`] | its own thread (`SyncArbiter`): device work blocks |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -16,7 +16,8 @@ use std::time::Instant;
 use actix::prelude::*;
 use kiln_engine_api::AdmittedRequest;
 use kiln_protocol::step::{
-    AllocateForStep, RowSampling, StepAllocation, StepLogits, StepOutput, StepPlan,
+    AllocateForStep, DeviceSample, RowSampling, StepAllocation, StepLogits, StepOutput, StepPlan,
+    TokenMask,
 };
 use kiln_protocol::{EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent, TokenId};
 use kiln_sampler::{SamplerCore, SequenceGroup};
@@ -121,14 +122,29 @@ pub struct Execute {
     pub plan: StepPlan,
     /// Device-side draws of the plan's single-sample rows that have one.
     pub sampling: Vec<(SeqId, RowSampling)>,
+    /// Rows left on the device for a [`DrawDeferred`] (their masks are
+    /// computed while this step runs).
+    pub deferred: Vec<SeqId>,
 }
 
 impl Handler<Execute> for RunnerActor {
     type Result = Result<StepLogits, String>;
     fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
         self.runner
-            .execute(&msg.plan, &msg.sampling)
+            .execute_deferring(&msg.plan, &msg.sampling, &msg.deferred)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Draw the rows the last [`Execute`] deferred.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<DeviceSample>, String>")]
+pub struct DrawDeferred(pub Vec<(SeqId, RowSampling)>);
+
+impl Handler<DrawDeferred> for RunnerActor {
+    type Result = Result<Vec<DeviceSample>, String>;
+    fn handle(&mut self, msg: DrawDeferred, _: &mut Self::Context) -> Self::Result {
+        self.runner.draw_deferred(&msg.0).map_err(|e| e.to_string())
     }
 }
 
@@ -224,6 +240,19 @@ impl Handler<Sample> for SamplerActor {
     }
 }
 
+/// Compute the grammar masks of these sequences' next draws (sent while
+/// the forward pass runs); the reply holds them for device-side draws.
+#[derive(Message)]
+#[rtype(result = "Vec<(SeqId, TokenMask)>")]
+pub struct ComputeMasks(pub Vec<SeqId>);
+
+impl Handler<ComputeMasks> for SamplerActor {
+    type Result = MessageResult<ComputeMasks>;
+    fn handle(&mut self, msg: ComputeMasks, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.compute_masks(&msg.0))
+    }
+}
+
 /// End a request with `Finished{abort}` events.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -283,6 +312,9 @@ pub struct SchedulerActor {
     arrivals: u64,
     last_alloc: StepAllocation,
     sampling: DeviceSampling,
+    /// Sequences (forks not started yet included) of live requests with
+    /// structured outputs, and their request.
+    constrained: HashMap<SeqId, RequestId>,
 }
 
 /// What the scheduler actor keeps for device-side sampling: the next draw of
@@ -291,6 +323,9 @@ pub struct SchedulerActor {
 pub struct DeviceSampling {
     /// False when the backend cannot sample (every row goes to the host sampler).
     pub enabled: bool,
+    /// Whether device draws honour grammar masks; without, constrained
+    /// rows are drawn on the host.
+    pub masks: bool,
     /// The model's EOS ids.
     pub eos_token_ids: Vec<TokenId>,
     /// `--seed`.
@@ -335,10 +370,12 @@ impl SchedulerActor {
                 ..Default::default()
             },
             sampling: p.sampling,
+            constrained: HashMap::new(),
         }
     }
 
-    /// The plan's single-sample rows with a device-side draw.
+    /// The plan's single-sample rows with a device-side draw (constrained
+    /// rows only when the device applies masks).
     fn device_rows(&self, plan: &StepPlan) -> Vec<(SeqId, RowSampling)> {
         if !self.sampling.enabled {
             return Vec::new();
@@ -346,6 +383,7 @@ impl SchedulerActor {
         plan.seqs
             .iter()
             .filter(|s| s.num_samples == 1)
+            .filter(|s| self.sampling.masks || !self.constrained.contains_key(&s.seq_id))
             .filter_map(|s| Some((s.seq_id, self.sampling.rows.get(&s.seq_id)?.clone())))
             .collect()
     }
@@ -391,11 +429,35 @@ impl SchedulerActor {
         }
         let scheduled: Vec<SeqId> = plan.seqs.iter().map(|s| s.seq_id).collect();
         let batched = plan.num_batched_tokens() as u32;
-        let sampling = self.device_rows(&plan);
+        let mut sampling = self.device_rows(&plan);
+        let constrained: Vec<SeqId> = plan
+            .seqs
+            .iter()
+            .filter(|s| s.num_samples > 0 && self.constrained.contains_key(&s.seq_id))
+            .map(|s| s.seq_id)
+            .collect();
+        if !constrained.is_empty() {
+            let (deferred, now): (Vec<_>, Vec<_>) = sampling
+                .into_iter()
+                .partition(|(seq, _)| self.constrained.contains_key(seq));
+            sampling = now;
+            let actors = (self.peers.runner.clone(), self.peers.sampler.clone());
+            let step = run_with_masks(actors, plan, sampling, deferred, constrained);
+            ctx.spawn(step.into_actor(self).map(move |res, act, ctx| match res {
+                Ok(logits) => act.sample(logits, scheduled, batched, started, ctx),
+                Err(StepError::Device(message)) => act.step_failed(message, ctx),
+                Err(StepError::Stopped(message)) => act.fatal(message),
+            }));
+            return;
+        }
         ctx.spawn(
             self.peers
                 .runner
-                .send(Execute { plan, sampling })
+                .send(Execute {
+                    plan,
+                    sampling,
+                    deferred: Vec::new(),
+                })
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
                     Ok(Ok(logits)) => act.sample(logits, scheduled, batched, started, ctx),
@@ -461,6 +523,11 @@ impl SchedulerActor {
         self.sampling
             .rows
             .retain(|seq, _| core.tokens(*seq).is_some());
+        if !self.constrained.is_empty() {
+            let active: HashSet<RequestId> = core.active_requests().into_iter().collect();
+            self.constrained
+                .retain(|_, request| active.contains(request));
+        }
     }
 
     fn fail_rejected(&mut self) {
@@ -538,6 +605,60 @@ impl Actor for SchedulerActor {
     type Context = Context<Self>;
 }
 
+/// Why a step with constrained rows did not produce logits.
+enum StepError {
+    /// The device failed (the engine carries on).
+    Device(String),
+    /// An actor stopped (the engine cannot go on).
+    Stopped(String),
+}
+
+/// One step with constrained rows: the forward pass (drawing the rows that
+/// need no mask) and the masks of the constrained rows run at the same
+/// time, on the runner's thread and the sampler's; then the `deferred`
+/// rows are drawn on the device with their masks. Constrained rows drawn
+/// on the host find their masks in the sampler.
+async fn run_with_masks(
+    (runner, sampler): (Addr<RunnerActor>, Addr<SamplerActor>),
+    plan: StepPlan,
+    sampling: Vec<(SeqId, RowSampling)>,
+    deferred: Vec<(SeqId, RowSampling)>,
+    constrained: Vec<SeqId>,
+) -> Result<StepLogits, StepError> {
+    let stopped =
+        |who: &str, e: MailboxError| StepError::Stopped(format!("the {who} stopped: {e}"));
+    let execute = runner.send(Execute {
+        plan,
+        sampling,
+        deferred: deferred.iter().map(|(seq, _)| *seq).collect(),
+    });
+    let (logits, masks) = futures::join!(execute, sampler.send(ComputeMasks(constrained)));
+    let mut logits = logits
+        .map_err(|e| stopped("model runner", e))?
+        .map_err(StepError::Device)?;
+    let masks: HashMap<SeqId, TokenMask> = masks
+        .map_err(|e| stopped("sampler", e))?
+        .into_iter()
+        .collect();
+    if deferred.is_empty() {
+        return Ok(logits);
+    }
+    let rows = deferred
+        .into_iter()
+        .map(|(seq, mut draw)| {
+            draw.allowed = masks.get(&seq).cloned();
+            (seq, draw)
+        })
+        .collect();
+    let drawn = runner
+        .send(DrawDeferred(rows))
+        .await
+        .map_err(|e| stopped("model runner", e))?
+        .map_err(StepError::Device)?;
+    logits.sampled.extend(drawn);
+    Ok(logits)
+}
+
 /// Queue an admitted request.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -557,6 +678,10 @@ impl Handler<Submit> for SchedulerActor {
         self.next_seq += n;
         self.arrivals += 1;
         let prompt_tokens = r.prompt_token_ids.len() as u32;
+        if r.request.sampling.structured.is_some() {
+            self.constrained
+                .extend(seq_ids.iter().map(|&seq| (seq, r.id)));
+        }
         let mut group = SequenceGroup {
             request_id: r.id,
             seq_ids: seq_ids.clone(),

@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub threads: Option<usize>,
     /// Activation dtype (`--dtype`).
     pub dtype: DTypeChoice,
+    /// The weight quantization the checkpoint must have (`--quantization`:
+    /// `gguf`, `gptq`, `awq`, `compressed-tensors`); `None`: whatever it has.
+    pub quantization: Option<String>,
     /// Served context length (`--max-model-len`); `None`: the model's.
     pub max_model_len: Option<usize>,
     /// Tokens per KV block (`--block-size`, default 16).
@@ -114,6 +117,7 @@ impl EngineConfig {
             device_index: 0,
             threads: None,
             dtype: DTypeChoice::Auto,
+            quantization: None,
             max_model_len: None,
             block_size: 16,
             kv_cache_memory_bytes: None,

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use kiln_plugin_abi::safe::{AbiResult, Buffer, Device};
 use kiln_plugin_abi::{
-    KILN_F32, KILN_I32, KILN_U8, KilnLogitAdjust, KilnSampleParams, KilnTensor, ops,
+    KILN_F32, KILN_I32, KILN_SAMPLE_MASKED, KILN_SAMPLE_SKIP, KILN_U8, KilnLogitAdjust,
+    KilnSampleParams, KilnTensor, ops,
 };
 use kiln_protocol::step::{DeviceSample, LogitsRow, RowSampling};
 use kiln_protocol::{SeqId, TokenId};
@@ -38,11 +39,41 @@ pub fn split_rows<'a>(rows: &[LogitsRow], draws: &'a HashMap<SeqId, RowSampling>
     split
 }
 
-/// The `OP_SAMPLE` parameter and adjustment bytes for `m` logits rows: rows
-/// drawn on the host get greedy parameters and no adjustments (their logits
-/// stay untouched), their results are ignored.
-pub fn encode_params(m: usize, device: &[(usize, SeqId, &RowSampling)]) -> (Vec<u8>, Vec<u8>) {
-    let mut params = vec![KilnSampleParams::default(); m];
+/// The `OP_SAMPLE` operands of one call, as bytes.
+#[derive(Debug, Default, PartialEq)]
+pub struct EncodedRows {
+    /// `[m]` [`KilnSampleParams`].
+    pub params: Vec<u8>,
+    /// [`KilnLogitAdjust`] runs.
+    pub adjust: Vec<u8>,
+    /// `[m, words]` allowed-token bitsets (empty when no row is masked).
+    pub allowed: Vec<u8>,
+    /// 32-bit words per bitset row.
+    pub words: usize,
+}
+
+/// The `OP_SAMPLE` operands for `m` logits rows: rows not drawn here are
+/// flagged [`KILN_SAMPLE_SKIP`] with greedy parameters and no adjustments
+/// (their logits stay untouched), their results are ignored.
+pub fn encode_params(m: usize, device: &[(usize, SeqId, &RowSampling)]) -> EncodedRows {
+    let mut params = vec![
+        KilnSampleParams {
+            flags: KILN_SAMPLE_SKIP,
+            ..KilnSampleParams::default()
+        };
+        m
+    ];
+    let words = device
+        .iter()
+        .filter_map(|d| d.2.allowed.as_ref())
+        .map(|a| a.words.len())
+        .max()
+        .unwrap_or(0);
+    let mut allowed = if words > 0 {
+        vec![0u8; m * words * 4]
+    } else {
+        Vec::new()
+    };
     let mut adjust = Vec::new();
     for &(row, _, draw) in device {
         let start = adjust.len() / KilnLogitAdjust::SIZE;
@@ -65,11 +96,25 @@ pub fn encode_params(m: usize, device: &[(usize, SeqId, &RowSampling)]) -> (Vec<
             repetition_penalty: draw.repetition_penalty,
             adjust_start: start as u32,
             adjust_count: draw.adjustments.len() as u32,
-            reserved: 0,
+            flags: if draw.allowed.is_some() {
+                KILN_SAMPLE_MASKED
+            } else {
+                0
+            },
         };
+        if let Some(mask) = &draw.allowed {
+            let row_bytes = &mut allowed[row * words * 4..(row + 1) * words * 4];
+            for (chunk, word) in row_bytes.chunks_exact_mut(4).zip(&mask.words) {
+                chunk.copy_from_slice(&word.to_le_bytes());
+            }
+        }
     }
-    let bytes = params.iter().flat_map(KilnSampleParams::to_bytes).collect();
-    (bytes, adjust)
+    EncodedRows {
+        params: params.iter().flat_map(KilnSampleParams::to_bytes).collect(),
+        adjust,
+        allowed,
+        words,
+    }
 }
 
 /// Device buffers of the sampling op, sized for `max_rows` rows.
@@ -81,6 +126,7 @@ pub struct SampleBuffers {
     top_ids: Buffer,
     top_logprobs: Buffer,
     adjust: Option<Buffer>,
+    allowed: Option<Buffer>,
 }
 
 impl SampleBuffers {
@@ -95,6 +141,7 @@ impl SampleBuffers {
             top_ids: device.alloc(rows * MAX_TOP as u64 * 4)?,
             top_logprobs: device.alloc(rows * MAX_TOP as u64 * 4)?,
             adjust: None,
+            allowed: None,
         })
     }
 
@@ -109,9 +156,17 @@ impl SampleBuffers {
         if rows.is_empty() || m == 0 || m > self.max_rows {
             return Ok(Vec::new());
         }
-        let (params, adjust) = encode_params(m, rows);
-        device.write(&self.params, 0, &params)?;
-        let adjustments = self.upload_adjustments(device, &adjust)?;
+        let encoded = encode_params(m, rows);
+        let params = &encoded.params;
+        device.write(&self.params, 0, params)?;
+        let adjustments = upload(device, &mut self.adjust, &encoded.adjust)?;
+        let allowed = upload(device, &mut self.allowed, &encoded.allowed)?;
+        let allowed = if allowed.is_none() {
+            allowed
+        } else {
+            let bitsets = self.allowed.as_ref().expect("uploaded above");
+            bitsets.view(0, KILN_I32, &[m as u64, encoded.words as u64])
+        };
         let num_top = rows
             .iter()
             .map(|r| r.2.logprobs.unwrap_or(0) as usize)
@@ -133,26 +188,10 @@ impl SampleBuffers {
             out_top_ids: top(&self.top_ids, KILN_I32),
             out_top_logprobs: top(&self.top_logprobs, KILN_F32),
             adjustments,
+            allowed,
             num_top: num_top as i64,
         })])?;
         self.read_results(device, m, num_top, rows)
-    }
-
-    fn upload_adjustments(&mut self, device: &Device, bytes: &[u8]) -> AbiResult<KilnTensor> {
-        if bytes.is_empty() {
-            return Ok(KilnTensor::NONE);
-        }
-        if self
-            .adjust
-            .as_ref()
-            .is_none_or(|b| b.len() < bytes.len() as u64)
-        {
-            self.adjust = None;
-            self.adjust = Some(device.alloc((bytes.len() as u64).next_power_of_two())?);
-        }
-        let buf = self.adjust.as_ref().expect("allocated above");
-        device.write(buf, 0, bytes)?;
-        Ok(buf.view(0, KILN_U8, &[bytes.len() as u64]))
     }
 
     fn read_results(
@@ -194,6 +233,21 @@ impl SampleBuffers {
     }
 }
 
+/// Writes `bytes` to `slot` (grown to a power of two when too small) and
+/// views them as bytes; `NONE` when there are none.
+fn upload(device: &Device, slot: &mut Option<Buffer>, bytes: &[u8]) -> AbiResult<KilnTensor> {
+    if bytes.is_empty() {
+        return Ok(KilnTensor::NONE);
+    }
+    if slot.as_ref().is_none_or(|b| b.len() < bytes.len() as u64) {
+        *slot = None;
+        *slot = Some(device.alloc((bytes.len() as u64).next_power_of_two())?);
+    }
+    let buf = slot.as_ref().expect("allocated above");
+    device.write(buf, 0, bytes)?;
+    Ok(buf.view(0, KILN_U8, &[bytes.len() as u64]))
+}
+
 /// `n` 32-bit words from the start of `buf`.
 fn read_words(device: &Device, buf: &Buffer, n: usize) -> AbiResult<Vec<u32>> {
     let mut bytes = vec![0u8; n * 4];
@@ -207,7 +261,7 @@ fn read_words(device: &Device, buf: &Buffer, n: usize) -> AbiResult<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_protocol::step::LogitAdjustment;
+    use kiln_protocol::step::{LogitAdjustment, TokenMask};
 
     fn draw(temperature: f32, adjust: &[u32]) -> RowSampling {
         RowSampling {
@@ -258,8 +312,16 @@ mod tests {
 
     #[test]
     fn parameters_point_at_each_rows_adjustments() {
-        let (a, b) = (draw(0.5, &[3, 9]), draw(0.0, &[4]));
-        let (params, adjust) = encode_params(3, &[(0, 1, &a), (2, 2, &b)]);
+        let (a, mut b) = (draw(0.5, &[3, 9]), draw(0.0, &[4]));
+        let mut mask = TokenMask::empty(40);
+        mask.insert(33);
+        b.allowed = Some(mask);
+        let EncodedRows {
+            params,
+            adjust,
+            allowed,
+            words,
+        } = encode_params(3, &[(0, 1, &a), (2, 2, &b)]);
         let p: Vec<KilnSampleParams> = params
             .chunks(KilnSampleParams::SIZE)
             .map(|c| KilnSampleParams::from_bytes(c).unwrap())
@@ -269,6 +331,17 @@ mod tests {
             (0, 2, 0.5)
         );
         assert_eq!((p[1].adjust_count, p[1].temperature), (0, 0.0));
+        assert_eq!(
+            (p[0].flags, p[1].flags, p[2].flags),
+            (0, KILN_SAMPLE_SKIP, KILN_SAMPLE_MASKED)
+        );
+        // Row 2's bitset: word 1, bit 1 (token 33); the other rows are empty.
+        assert_eq!(words, 2);
+        let w: Vec<u32> = allowed
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(w, vec![0, 0, 0, 0, 0, 1 << 1]);
         assert_eq!(
             (p[2].adjust_start, p[2].adjust_count, p[2].counter),
             (2, 1, 4)

@@ -8,14 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use kiln_engine_api::{EngineHandle, EngineInfo};
-use kiln_models::llama::{
-    ActDType, DecoderOptions, KvCache, LlamaDecoder, LoadProgress, StepBuffers, StepCapacity,
+use kiln_models::decoder::{
+    ActDType, Decoder, DecoderOptions, KvCache, LoadProgress, StepBuffers, StepCapacity,
 };
 use kiln_plugin_abi::safe::{Device, DeviceInfo};
 use kiln_plugin_abi::{KILN_CAP_BF16, KILN_CAP_F16, KILN_DEVICE_CPU};
 use kiln_plugin_host::{BackendRegistry, LoadedBackend};
 use kiln_sampler::SamplerCore;
 use kiln_scheduler::{BlockManager, BlockManagerConfig, Scheduler, SchedulerConfig};
+use kiln_structured::{Grammars, Limits, Vocabulary};
 use tokio::sync::broadcast;
 
 use crate::actors::{
@@ -24,7 +25,7 @@ use crate::actors::{
 };
 use crate::config::{BackendChoice, DTypeChoice, EngineConfig};
 use crate::memory::{KvBudget, KvPlan, cpu_kv_budget, gpu_kv_budget, human_bytes, plan_kv_cache};
-use crate::model::{ModelFiles, TokenizerDecoder, open_model};
+use crate::model::{ModelFiles, TokenizerDecoder, check_quantization, open_model};
 use crate::runner::ModelRunner;
 use crate::service::ActorEngine;
 
@@ -42,7 +43,7 @@ pub enum StartError {
     Device(#[from] kiln_plugin_abi::safe::AbiError),
     /// Weights could not be prepared.
     #[error(transparent)]
-    Decoder(#[from] kiln_models::llama::DecoderError),
+    Decoder(#[from] kiln_models::decoder::DecoderError),
     /// Settings that cannot work together.
     #[error("{0}")]
     Config(String),
@@ -148,12 +149,13 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
     validate(config)?;
     let files =
         open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
+    check_quantization(config.quantization.as_deref(), &files).map_err(StartError::Config)?;
     let backend = load_backend(config)?;
     let params = serde_json::json!({ "threads": config.threads }).to_string();
     let device = backend.backend.open(config.device_index, &params)?;
     let sizes = Sizes::decide(config, &files, device.info())?;
     let act = choose_dtype(config.dtype, device.info())?;
-    let decoder = LlamaDecoder::load(
+    let decoder = Decoder::load(
         &device,
         files.weights.as_ref(),
         &files.config,
@@ -162,6 +164,8 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
             act_dtype: act,
             max_positions: sizes.max_model_len,
             progress: hooks.weight_progress,
+            quantization: files.quant_scheme.clone(),
+            quantize_int8: config.quantization.as_deref() == Some("int8"),
         },
     )?;
     let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
@@ -390,7 +394,7 @@ fn size_kv(
     config: &EngineConfig,
     files: &ModelFiles,
     device: &Device,
-    decoder: &LlamaDecoder,
+    decoder: &Decoder,
     bufs: &StepBuffers,
     act: ActDType,
     sizes: &Sizes,
@@ -434,7 +438,7 @@ fn size_kv(
 /// its workspaces before free memory is measured.
 fn profile_activations(
     device: &Device,
-    decoder: &LlamaDecoder,
+    decoder: &Decoder,
     bufs: &StepBuffers,
     sizes: &Sizes,
 ) -> Result<(), StartError> {
@@ -453,7 +457,7 @@ fn profile_activations(
     let table: Vec<i32> = (0..blocks as i32).collect();
     let m = sizes.max_num_seqs.min(n);
     let logits_indices: Vec<i32> = (0..m as i32).map(|i| (n as i32 - 1 - i).max(0)).collect();
-    let inputs = kiln_models::llama::BatchInputs {
+    let inputs = kiln_models::decoder::BatchInputs {
         token_ids: &ids,
         positions: &positions,
         slot_mapping: &slots,
@@ -477,7 +481,7 @@ fn engine_info(
     files: &ModelFiles,
     backend: &LoadedBackend,
     device: &Device,
-    decoder: &LlamaDecoder,
+    decoder: &Decoder,
     sizes: &Sizes,
     kv: &KvPlan,
 ) -> EngineInfo {
@@ -525,6 +529,22 @@ fn engine_info(
 
 type Spawned = (EngineHandle, System, std::thread::JoinHandle<()>);
 
+/// The structured-output compiler over the model's vocabulary.
+fn structured_outputs(files: &ModelFiles) -> Result<Arc<Grammars>, StartError> {
+    let eos = files
+        .eos_token_ids
+        .first()
+        .copied()
+        .ok_or_else(|| StartError::Model("the model names no EOS token".into()))?;
+    let vocab = Vocabulary {
+        tokens: files.tokenizer.token_bytes(),
+        eos,
+    };
+    let grammars = Grammars::new(vocab, Limits::default())
+        .map_err(|e| StartError::Model(format!("structured outputs: {e}")))?;
+    Ok(Arc::new(grammars))
+}
+
 fn spawn_actors(
     config: &EngineConfig,
     files: ModelFiles,
@@ -557,8 +577,11 @@ fn spawn_actors(
     if let Some(seed) = config.seed {
         sampler_core.set_default_seed(seed);
     }
+    let grammars = structured_outputs(&files)?;
+    sampler_core.set_constraint_factory(grammars.clone());
     let device_sampling = DeviceSampling {
         enabled: config.device_sampling && runner.samples_on_device(),
+        masks: runner.masks_on_device(),
         eos_token_ids: files.eos_token_ids.clone(),
         default_seed: config.seed,
         rows: HashMap::new(),
@@ -603,6 +626,7 @@ fn spawn_actors(
         info,
         tokenizer: files.tokenizer,
         chat_template: files.chat_template,
+        grammars,
         scheduler,
         events,
         shared,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use kiln_protocol::step::{LogitsRow, ScheduledSeq, StepPlan};
 use kiln_protocol::{BlockId, SeqId};
 
-/// The host-side arrays of one step (see `kiln_models::llama::BatchInputs`).
+/// The host-side arrays of one step (see `kiln_models::decoder::BatchInputs`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostBatch {
     /// `[n]` token ids.

@@ -6,9 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_models::config::ModelConfig;
-use kiln_models::registry::{DecoderVariant, resolve, resolve_architecture};
+use kiln_models::gguf_weights::GgufWeights;
+use kiln_models::parts::DecoderVariant;
+use kiln_models::registry::{resolve, resolve_architecture};
 use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
+use kiln_models::weights::quantized::{QUANTIZATION_NAMES, QuantScheme};
 use kiln_models::weights::safetensors::SafetensorsSource;
 use kiln_sampler::TokenDecoder;
 use kiln_tokenizer::{ChatTemplate, Tokenizer};
@@ -33,12 +36,48 @@ pub struct ModelFiles {
     pub eos_token_ids: Vec<u32>,
     /// `gguf` or `safetensors`.
     pub format: &'static str,
-    /// Quantization label (e.g. `Q4_1`), `None` for float weights.
+    /// Quantization label (e.g. `Q4_1`, `GPTQ-4bit-g128`), `None` for float weights.
     pub quantization: Option<String>,
+    /// The quantized-safetensors scheme of the Linear weights (`config.json`'s
+    /// `quantization_config`).
+    pub quant_scheme: Option<QuantScheme>,
     /// Parameter count.
     pub num_parameters: u64,
     /// Metadata in GGUF key style for Ollama's `/api/show`.
     pub model_info: BTreeMap<String, serde_json::Value>,
+}
+
+/// Check `--quantization` against what the checkpoint holds. Errors are
+/// one sentence naming both.
+pub fn check_quantization(requested: Option<&str>, files: &ModelFiles) -> Result<(), String> {
+    let Some(requested) = requested else {
+        return Ok(());
+    };
+    let has = match (&files.quant_scheme, files.format) {
+        (Some(s), _) => Some(s.name()),
+        (None, "gguf") => Some("gguf"),
+        (None, _) => None,
+    };
+    let known = QUANTIZATION_NAMES.contains(&requested) || requested == "gguf";
+    match has {
+        Some(h) if h == requested => Ok(()),
+        // In-flight quantization of float Linear weights (GGUF files keep
+        // their quantized tensors and convert the float ones).
+        Some("gguf") | None if requested == "int8" => Ok(()),
+        Some(h) if requested == "int8" => Err(format!(
+            "--quantization int8 quantizes 16/32-bit weights at load; this checkpoint is already {h}"
+        )),
+        _ if !known => Err(format!(
+            "--quantization {requested} is not supported; Kiln runs checkpoints quantized as gguf, {}, and quantizes 16/32-bit ones at load with int8",
+            QUANTIZATION_NAMES.join(", ")
+        )),
+        Some(h) => Err(format!(
+            "--quantization {requested} does not match the checkpoint, which is {h}; drop the flag or pass --quantization {h}"
+        )),
+        None => Err(format!(
+            "--quantization {requested}: the checkpoint is not quantized (config.json has no quantization_config); drop the flag"
+        )),
+    }
 }
 
 /// Open a model directory or `.gguf` file. Errors are sentences for the user.
@@ -95,12 +134,15 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
     })?;
     let config =
         ModelConfig::from_hf_json(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let variant = resolve_architecture(&config.architecture, &config).map_err(|e| e.to_string())?;
+    let quant_scheme = QuantScheme::from_config_json(&text)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let variant = resolve_architecture(&config.architecture, &config)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let weights = SafetensorsSource::open(dir).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::from_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let chat_template = tokenizer.chat_template().cloned();
     let eos_token_ids = merge_eos(config.eos_token_ids.clone(), &tokenizer.eos_token_ids());
-    let model_info = model_info(&config, "llama");
+    let model_info = model_info(&config, variant.family);
     Ok(ModelFiles {
         name: display_name(dir),
         family: variant.family.to_string(),
@@ -112,7 +154,8 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
         chat_template,
         eos_token_ids,
         format: "safetensors",
-        quantization: None,
+        quantization: quant_scheme.as_ref().map(QuantScheme::label),
+        quant_scheme,
         model_info,
     })
 }
@@ -130,18 +173,20 @@ fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
     let family = gguf.architecture().unwrap_or("llama").to_string();
     let quantization = gguf.quantization_label();
     let model_info = model_info(&config, &family);
+    let weights = GgufWeights::new(gguf, variant.kind, config.num_hidden_layers);
     Ok(ModelFiles {
         name: display_name(path),
         family,
         num_parameters: config.num_parameters(),
         config,
         variant,
-        weights: Box::new(gguf),
+        weights: Box::new(weights),
         tokenizer,
         chat_template,
         eos_token_ids,
         format: "gguf",
         quantization,
+        quant_scheme: None,
         model_info,
     })
 }

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use kiln_models::llama::{BatchInputs, KvCache, LlamaDecoder, StepBuffers};
+use kiln_models::decoder::{BatchInputs, Decoder, KvCache, StepBuffers};
 use kiln_plugin_abi::safe::{Buffer, Device, Graph};
-use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_I32, ops};
+use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_CAP_SAMPLE_MASK, KILN_I32, ops};
 use kiln_protocol::SeqId;
 use kiln_protocol::step::{BlockCopy, DeviceSample, RowSampling, StepLogits, StepPlan};
 
@@ -20,7 +20,7 @@ pub enum RunnerError {
     Plan(#[from] crate::inputs::PlanError),
     /// The decoder or backend failed.
     #[error(transparent)]
-    Decoder(#[from] kiln_models::llama::DecoderError),
+    Decoder(#[from] kiln_models::decoder::DecoderError),
     /// A backend call failed.
     #[error(transparent)]
     Backend(#[from] kiln_plugin_abi::safe::AbiError),
@@ -29,13 +29,22 @@ pub enum RunnerError {
 /// The device side of the engine.
 pub struct ModelRunner {
     device: Device,
-    decoder: LlamaDecoder,
+    decoder: Decoder,
     kv: KvCache,
     bufs: StepBuffers,
     tables: BlockTables,
     graphs: Vec<DecodeGraph>,
     graph_seq_len: usize,
     sampler: Option<SampleBuffers>,
+    /// Rows of the last step kept on the device for [`ModelRunner::draw_deferred`].
+    deferred: Deferred,
+}
+
+/// Logits rows left undrawn by the last step: `(row, seq)` of `rows` rows.
+#[derive(Debug, Default)]
+struct Deferred {
+    rows: usize,
+    seqs: Vec<(usize, SeqId)>,
 }
 
 /// A captured decode step for a fixed batch size.
@@ -49,7 +58,7 @@ pub const GRAPH_BATCHES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 impl ModelRunner {
     /// Assemble a runner from its parts (see `crate::engine` for start-up).
-    pub fn new(device: Device, decoder: LlamaDecoder, kv: KvCache, bufs: StepBuffers) -> Self {
+    pub fn new(device: Device, decoder: Decoder, kv: KvCache, bufs: StepBuffers) -> Self {
         ModelRunner {
             device,
             decoder,
@@ -59,6 +68,7 @@ impl ModelRunner {
             graphs: Vec::new(),
             graph_seq_len: 0,
             sampler: None,
+            deferred: Deferred::default(),
         }
     }
 
@@ -76,6 +86,11 @@ impl ModelRunner {
     /// Whether rows are drawn on the device (see [`enable_device_sampling`](Self::enable_device_sampling)).
     pub fn samples_on_device(&self) -> bool {
         self.sampler.is_some()
+    }
+
+    /// Whether device draws honour allowed-token masks (structured outputs).
+    pub fn masks_on_device(&self) -> bool {
+        self.sampler.is_some() && self.device.info().has(KILN_CAP_SAMPLE_MASK)
     }
 
     /// Capture decode steps as device graphs for every batch size in
@@ -119,7 +134,7 @@ impl ModelRunner {
     }
 
     /// The decoder.
-    pub fn decoder(&self) -> &LlamaDecoder {
+    pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
 
@@ -136,6 +151,19 @@ impl ModelRunner {
         plan: &StepPlan,
         sampling: &[(SeqId, RowSampling)],
     ) -> Result<StepLogits, RunnerError> {
+        self.execute_deferring(plan, sampling, &[])
+    }
+
+    /// [`execute`](Self::execute), except that the rows of `deferred` stay
+    /// on the device, undrawn, for [`draw_deferred`](Self::draw_deferred)
+    /// (their draws need masks computed while this step ran).
+    pub fn execute_deferring(
+        &mut self,
+        plan: &StepPlan,
+        sampling: &[(SeqId, RowSampling)],
+        deferred: &[SeqId],
+    ) -> Result<StepLogits, RunnerError> {
+        self.deferred = Deferred::default();
         self.tables.apply(plan)?;
         self.copy_blocks(&plan.block_copies)?;
         let vocab_size = self.decoder.config().vocab_size;
@@ -154,7 +182,18 @@ impl ModelRunner {
             Some(_) => sampling.iter().cloned().collect(),
             None => HashMap::new(),
         };
-        let split = split_rows(&batch.logits_rows, &draws);
+        let mut split = split_rows(&batch.logits_rows, &draws);
+        if self.sampler.is_some() && !deferred.is_empty() {
+            let (kept, host): (Vec<_>, Vec<_>) = split
+                .host
+                .into_iter()
+                .partition(|(_, row)| deferred.contains(&row.seq_id) && row.num_samples == 1);
+            split.host = host;
+            self.deferred = Deferred {
+                rows: batch.logits_rows.len(),
+                seqs: kept.iter().map(|(i, row)| (*i, row.seq_id)).collect(),
+            };
+        }
         let sampled = self.draw_on_device(batch.logits_rows.len(), &split.device)?;
         let mut logits = vec![0f32; split.host.len() * vocab_size];
         for (k, (row, _)) in split.host.iter().enumerate() {
@@ -168,6 +207,24 @@ impl ModelRunner {
             logits,
             sampled,
         })
+    }
+
+    /// Draws the rows the last step deferred, with `sampling` (masks
+    /// included); rows without an entry are dropped.
+    pub fn draw_deferred(
+        &mut self,
+        sampling: &[(SeqId, RowSampling)],
+    ) -> Result<Vec<DeviceSample>, RunnerError> {
+        let deferred = std::mem::take(&mut self.deferred);
+        let rows: Vec<(usize, SeqId, &RowSampling)> = deferred
+            .seqs
+            .iter()
+            .filter_map(|&(row, seq)| {
+                let draw = sampling.iter().find(|(s, _)| *s == seq)?;
+                Some((row, seq, &draw.1))
+            })
+            .collect();
+        self.draw_on_device(deferred.rows, &rows)
     }
 
     fn draw_on_device(

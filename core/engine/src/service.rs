@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::Addr;
 use kiln_engine_api::{AdmittedRequest, ChatOptions, EngineInfo, EngineLoad, EngineService};
-use kiln_protocol::{EngineError, EngineEvent, RequestId, TokenEvent, TokenId};
+use kiln_protocol::{EngineError, EngineEvent, RequestId, StructuredOutput, TokenEvent, TokenId};
+use kiln_structured::Grammars;
 use kiln_tokenizer::{ChatContext, ChatTemplate, Tokenizer};
 use tokio::sync::{broadcast, mpsc};
 
@@ -16,6 +17,7 @@ pub struct ActorEngine {
     pub(crate) info: EngineInfo,
     pub(crate) tokenizer: Tokenizer,
     pub(crate) chat_template: Option<ChatTemplate>,
+    pub(crate) grammars: Arc<Grammars>,
     pub(crate) scheduler: Addr<SchedulerActor>,
     pub(crate) events: broadcast::Sender<EngineEvent>,
     pub(crate) shared: Arc<Shared>,
@@ -96,6 +98,12 @@ impl EngineService for ActorEngine {
         template
             .render(&ctx)
             .map_err(|e| EngineError::invalid("messages", e.to_string()))
+    }
+
+    fn check_structured(&self, spec: &StructuredOutput) -> Result<(), EngineError> {
+        self.grammars
+            .check(spec)
+            .map_err(|e| EngineError::invalid(e.param, e.to_string()))
     }
 
     fn enqueue(

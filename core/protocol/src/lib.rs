@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod request;
 pub mod step;
+mod structured;
 mod vocab;
 
 pub use error::EngineError;
@@ -37,6 +38,7 @@ pub use request::{
     ChatMessage, GenerateRequest, MAX_N, MAX_TOP_LOGPROBS, PromptInput, SamplingParams,
     StoppingCriteria,
 };
+pub use structured::StructuredOutput;
 pub use vocab::GgufTokenizerSpec;
 
 /// Engine-assigned identifier of one client request (which may own `n` sequences).

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineError, TokenId};
+use crate::{EngineError, StructuredOutput, TokenId};
 
 /// The prompt of a request, before tokenization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,10 @@ pub struct SamplingParams {
     /// Report the sampled token's log-probability plus this many top alternatives
     /// (`Some(0)`: only the sampled token's); `None`: no log-probabilities.
     pub logprobs: Option<u32>,
+    /// What the output must conform to; each draw is masked to the tokens
+    /// that keep it valid.
+    #[serde(default)]
+    pub structured: Option<StructuredOutput>,
 }
 
 impl Default for SamplingParams {
@@ -73,6 +77,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            structured: None,
         }
     }
 }

@@ -208,6 +208,57 @@ pub struct RowSampling {
     /// Top alternatives to report with log-probabilities (`None`: none, and
     /// no log-probability of the drawn token either).
     pub logprobs: Option<u32>,
+    /// The tokens the row may draw (structured outputs); `None`: every token.
+    /// Applied after the adjustments: a token outside the mask is `-inf`.
+    #[serde(default)]
+    pub allowed: Option<TokenMask>,
+}
+
+/// A set of token ids as a bitset: token `t` is in the set when bit `t % 32`
+/// of `words[t / 32]` is 1. Ids past the last word are not in the set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenMask {
+    /// `[ceil(vocab / 32)]` words.
+    pub words: Vec<u32>,
+}
+
+impl TokenMask {
+    /// The empty set over `vocab_size` ids.
+    pub fn empty(vocab_size: usize) -> Self {
+        TokenMask {
+            words: vec![0; vocab_size.div_ceil(32)],
+        }
+    }
+
+    /// Whether `token` is in the set.
+    pub fn contains(&self, token: TokenId) -> bool {
+        self.words
+            .get(token as usize / 32)
+            .is_some_and(|w| w >> (token % 32) & 1 == 1)
+    }
+
+    /// Adds `token` (growing the bitset when needed).
+    pub fn insert(&mut self, token: TokenId) {
+        let word = token as usize / 32;
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        self.words[word] |= 1 << (token % 32);
+    }
+
+    /// Number of tokens in the set.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The ids in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = TokenId> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            (0..32u32)
+                .filter(move |b| w >> b & 1 == 1)
+                .map(move |b| i as u32 * 32 + b)
+        })
+    }
 }
 
 /// One token's logit adjustment (see [`RowSampling`]).

@@ -31,6 +31,7 @@ pub(crate) fn row_sampling(group: &Group, seq: &Seq) -> RowSampling {
         repetition_penalty: p.repetition_penalty,
         adjustments: adjustments(group, seq),
         logprobs: p.logprobs,
+        allowed: seq.mask.clone(),
     }
 }
 
@@ -65,7 +66,8 @@ fn adjustments(group: &Group, seq: &Seq) -> Vec<LogitAdjustment> {
     by_token.into_values().collect()
 }
 
-/// Applies `adjustments` to `row` as a device does (the reference for backends).
+/// Applies `adjustments`, then the `allowed` mask, to `row` as a device does
+/// (the reference for backends).
 pub fn apply_adjustments(row: &mut [f32], sampling: &RowSampling) {
     let penalty = sampling.repetition_penalty;
     for a in &sampling.adjustments {
@@ -77,5 +79,8 @@ pub fn apply_adjustments(row: &mut [f32], sampling: &RowSampling) {
             x = if x > 0.0 { x / penalty } else { x * penalty };
         }
         *v = x + a.add_after;
+    }
+    if let Some(allowed) = &sampling.allowed {
+        crate::constraint::apply_mask(row, allowed);
     }
 }

@@ -70,6 +70,7 @@
 //! assert!(!sampler.has_request(1)); // max_tokens reached: state dropped
 //! ```
 
+pub mod constraint;
 pub mod detok;
 pub mod device;
 pub mod draw;
@@ -83,13 +84,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_protocol::step::{
-    DeviceSample, LogitsRow, RowSampling, SampledToken, StepLogits, StepOutput,
+    DeviceSample, LogitsRow, RowSampling, SampledToken, StepLogits, StepOutput, TokenMask,
 };
 use kiln_protocol::{
     EngineError, FinishReason, Finished, GeneratedToken, RequestId, RequestMetrics, SamplingParams,
     SeqId, StoppingCriteria, TokenEvent, TokenId, TopLogprob, Usage,
 };
 
+pub use constraint::{ConstraintFactory, TokenConstraint};
 pub use detok::{IncrementalDecoder, SpecialTokens, TokenDecoder};
 use draw::{DrawScratch, entropy_seed, mix64};
 use kernels::{log_sum_exp, top_n_into};
@@ -164,6 +166,9 @@ pub struct SamplerCore {
     scratch: Scratch,
     /// Metrics of sequences ended outside `sample`.
     pending_metrics: Vec<RequestMetrics>,
+    /// Builds the grammars of structured outputs (`None`: requests with
+    /// one fail).
+    constraints: Option<Arc<dyn ConstraintFactory>>,
 }
 
 impl SamplerCore {
@@ -178,7 +183,13 @@ impl SamplerCore {
             default_seed: None,
             scratch: Scratch::default(),
             pending_metrics: Vec::new(),
+            constraints: None,
         }
+    }
+
+    /// Enforces requests' structured outputs with grammars from `factory`.
+    pub fn set_constraint_factory(&mut self, factory: Arc<dyn ConstraintFactory>) {
+        self.constraints = Some(factory);
     }
 
     /// Seeds requests that bring no seed from `seed` and their request id
@@ -217,11 +228,64 @@ impl SamplerCore {
             arrival: group.arrival_seconds,
             seq_ids: group.seq_ids,
         });
+        let mut constraint = self.start_constraint(&state.sampling);
         for (i, &seq_id) in state.seq_ids.iter().enumerate() {
-            let seq = Seq::new(&state, i as u32, &group.prompt_token_ids, seed);
+            let mut seq = Seq::new(&state, i as u32, &group.prompt_token_ids, seed);
+            match &mut constraint {
+                Some(Ok(first)) if i + 1 < state.seq_ids.len() => {
+                    seq.constraint = Some(first.fork())
+                }
+                Some(Err(e)) => seq.constraint_error = Some(e.clone()),
+                _ => {}
+            }
+            if i + 1 == state.seq_ids.len()
+                && let Some(Ok(last)) = constraint.take()
+            {
+                seq.constraint = Some(last);
+            }
             self.seqs.insert(seq_id, seq);
         }
         self.groups.insert(group.request_id, state);
+    }
+
+    /// The grammar of a request's structured output, when it has one.
+    fn start_constraint(
+        &self,
+        sampling: &SamplingParams,
+    ) -> Option<Result<Box<dyn TokenConstraint>, String>> {
+        let spec = sampling.structured.as_ref()?;
+        Some(match &self.constraints {
+            Some(factory) => factory.start(spec),
+            None => Err("structured outputs are not available in this engine".to_string()),
+        })
+    }
+
+    /// Computes, for each of `seq_ids` that follows a grammar, the tokens it
+    /// may draw next, and returns them. Runs while the step's forward pass
+    /// does; a mask not computed here is computed when the row is drawn.
+    pub fn compute_masks(&mut self, seq_ids: &[SeqId]) -> Vec<(SeqId, TokenMask)> {
+        let mut out = Vec::new();
+        for &seq_id in seq_ids {
+            let Some(seq) = self.seqs.get_mut(&seq_id) else {
+                continue;
+            };
+            let Some(group) = self.groups.get(&seq.request) else {
+                continue;
+            };
+            let eos = self.constraints.as_ref().map_or(0, |f| f.eos_token());
+            seq.prepare_mask(&group.min_tokens_mask, eos);
+            if let Some(mask) = &seq.mask {
+                out.push((seq_id, mask.clone()));
+            }
+        }
+        out
+    }
+
+    /// Whether the request of `seq_id` follows a grammar.
+    pub fn is_constrained(&self, seq_id: SeqId) -> bool {
+        self.seqs
+            .get(&seq_id)
+            .is_some_and(|s| s.constraint.is_some() || s.constraint_error.is_some())
     }
 
     /// The seed a request draws from (see [`resolve_seed`]).
@@ -399,6 +463,16 @@ impl SamplerCore {
             return;
         };
         let targets = fork_targets(group, &self.seqs, row);
+        if group.sampling.structured.is_some() {
+            self.compute_masks(&targets[..1]);
+            if let Some(error) = self.constraint_error(row.seq_id) {
+                self.fail_row(row.seq_id, error, now, out);
+                return;
+            }
+        }
+        let Some(group) = self.groups.get(&request) else {
+            return;
+        };
         let logprobs = group.sampling.logprobs.map(|n| {
             row_logprobs(
                 raw,
@@ -436,6 +510,11 @@ impl SamplerCore {
         let decoder = self.decoder.as_ref();
         let accepted = seq.accept(token, group, decoder, now);
         let request = seq.request;
+        if seq.constraint_error.is_some() {
+            let error = self.constraint_error(seq_id).expect("checked above");
+            self.fail_row(seq_id, error, now, out);
+            return;
+        }
         out.events.push((
             request,
             TokenEvent::Token(GeneratedToken {
@@ -517,6 +596,14 @@ impl SamplerCore {
         }
         self.groups.remove(&request_id);
         ended
+    }
+
+    /// The error of a sequence whose grammar cannot go on.
+    fn constraint_error(&self, seq_id: SeqId) -> Option<EngineError> {
+        let message = self.seqs.get(&seq_id)?.constraint_error.as_ref()?;
+        Some(EngineError::Internal(format!(
+            "structured output: {message}"
+        )))
     }
 
     /// Fails the request owning `seq_id` during a step (see [`sample`](Self::sample)).

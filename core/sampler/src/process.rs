@@ -1,6 +1,7 @@
 //! Logits processors that depend on a sequence's history, applied in place
 //! to a copy of the raw row in this order: `logit_bias` → `min_tokens`
-//! masking → repetition penalty → presence/frequency penalties.
+//! masking → repetition penalty → presence/frequency penalties → the
+//! grammar's mask (structured outputs).
 //! Temperature, top-k, top-p and min-p follow in [`crate::draw`].
 //!
 //! Each processor touches only the token ids it concerns (bias entries,
@@ -9,7 +10,10 @@
 
 use std::collections::HashMap;
 
+use kiln_protocol::step::TokenMask;
 use kiln_protocol::{SamplingParams, TokenId};
+
+use crate::constraint::apply_mask;
 
 /// How often each token occurs in a sequence's output.
 pub type OutputCounts = HashMap<TokenId, u32>;
@@ -27,6 +31,8 @@ pub struct RowContext<'a> {
     /// Tokens forced to `-inf` (EOS and stop tokens while fewer than
     /// `min_tokens` were generated); empty otherwise.
     pub masked: &'a [TokenId],
+    /// The only tokens a grammar allows (applied last); `None`: all.
+    pub allowed: Option<&'a TokenMask>,
 }
 
 /// The distinct values of `tokens`, sorted ascending.
@@ -44,6 +50,7 @@ pub fn needs_processing(ctx: &RowContext<'_>) -> bool {
     let has_output = !ctx.output_counts.is_empty();
     !p.logit_bias.is_empty()
         || !ctx.masked.is_empty()
+        || ctx.allowed.is_some()
         || (p.repetition_penalty != 1.0 && (has_output || !ctx.prompt_distinct.is_empty()))
         || ((p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) && has_output)
 }
@@ -54,6 +61,9 @@ pub fn apply_processors(row: &mut [f32], ctx: &RowContext<'_>) {
     mask_tokens(row, ctx.masked);
     apply_repetition_penalty(row, ctx);
     apply_presence_frequency(row, ctx);
+    if let Some(allowed) = ctx.allowed {
+        apply_mask(row, allowed);
+    }
 }
 
 /// Adds each `(id, bias)` to the logit of `id` (repeated ids add up).
@@ -129,6 +139,7 @@ mod tests {
             prompt_distinct: prompt,
             output_counts: counts,
             masked,
+            allowed: None,
         }
     }
 

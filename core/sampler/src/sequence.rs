@@ -6,6 +6,9 @@ use kiln_protocol::{
     FinishReason, RequestId, SamplingParams, SeqId, StopReason, StoppingCriteria, TokenId,
 };
 
+use kiln_protocol::step::TokenMask;
+
+use crate::constraint::TokenConstraint;
 use crate::detok::{IncrementalDecoder, SpecialTokens, TokenDecoder};
 use crate::draw::{SeqRng, sequence_rng};
 use crate::metrics::TokenTimes;
@@ -25,7 +28,8 @@ pub(crate) struct Group {
     pub sampling: SamplingParams,
     pub stopping: StoppingCriteria,
     pub stops: StopStrings,
-    /// EOS (unless `ignore_eos`) and stop tokens: masked before `min_tokens`.
+    /// EOS (unless `ignore_eos`) and stop tokens: masked before
+    /// `min_tokens`, allowed wherever a grammar may end.
     pub min_tokens_mask: Vec<TokenId>,
     pub eos: Vec<TokenId>,
     pub max_tokens: usize,
@@ -111,6 +115,12 @@ pub(crate) struct Seq {
     /// Bytes of `text` already released to the client.
     released: usize,
     pub times: TokenTimes,
+    /// The sequence's grammar position (structured outputs).
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// The tokens the grammar allows next, once computed for this position.
+    pub mask: Option<TokenMask>,
+    /// Why the grammar cannot go on; the request fails at its next token.
+    pub constraint_error: Option<String>,
 }
 
 /// How a sequence ended.
@@ -141,12 +151,48 @@ impl Seq {
             text: String::new(),
             released: 0,
             times: TokenTimes::default(),
+            constraint: None,
+            mask: None,
+            constraint_error: None,
         }
+    }
+
+    /// Computes the grammar's mask for the next token unless it is known
+    /// (no-op without a grammar). Errors are kept in `constraint_error`.
+    pub fn prepare_mask(&mut self, end_tokens: &[TokenId], eos: TokenId) {
+        if self.mask.is_some() || self.constraint_error.is_some() {
+            return;
+        }
+        let Some(c) = self.constraint.as_mut() else {
+            return;
+        };
+        match c.allowed_tokens() {
+            Ok(m) => self.mask = Some(crate::constraint::with_end_tokens(m, eos, end_tokens)),
+            Err(e) => self.constraint_error = Some(e),
+        }
+    }
+
+    /// Moves the grammar past `token` (when the sequence goes on after it):
+    /// `Some` when that ends the sequence.
+    fn advance_constraint(&mut self, token: TokenId, ends_anyway: bool) -> Option<Finish> {
+        self.mask = None;
+        let c = self.constraint.as_mut()?;
+        if ends_anyway {
+            return None;
+        }
+        if let Err(e) = c.consume(token) {
+            self.constraint_error = Some(e);
+            return Some((FinishReason::Error, None));
+        }
+        c.is_complete().then_some((FinishReason::Stop, None))
     }
 
     /// The processors' view of this sequence for its next token.
     pub fn row_context<'a>(&'a self, group: &'a Group) -> RowContext<'a> {
-        let masked: &[TokenId] = if self.num_generated < group.stopping.min_tokens as usize {
+        // A grammar decides where the text may end, so `min_tokens` gives way to it.
+        let masked: &[TokenId] = if self.num_generated < group.stopping.min_tokens as usize
+            && self.constraint.is_none()
+        {
             &group.min_tokens_mask
         } else {
             &[]
@@ -156,6 +202,7 @@ impl Seq {
             prompt_distinct: &group.prompt_distinct,
             output_counts: &self.counts,
             masked,
+            allowed: self.mask.as_ref(),
         }
     }
 
@@ -177,17 +224,19 @@ impl Seq {
         self.times.on_token(now);
         let min_reached = self.num_generated >= group.stopping.min_tokens as usize;
         let token_stop = min_reached.then(|| group.token_stop(token)).flatten();
+        let grammar_end = self.advance_constraint(token, token_stop.is_some());
         let old_len = self.text.len();
         // A stop token's own text is left out unless stop strings are part
         // of the output; everything the decoder holds is flushed at the end.
         if token_stop.is_none() || group.stops.output() == StopStringOutput::Include {
             self.detok.push(decoder, token, &mut self.text);
         }
-        if token_stop.is_some() || self.num_generated >= group.max_tokens {
+        if token_stop.is_some() || grammar_end.is_some() || self.num_generated >= group.max_tokens {
             self.detok.flush(decoder, &mut self.text);
         }
         let mut finish = match token_stop {
             Some(reason) => Some((FinishReason::Stop, Some(reason))),
+            None if grammar_end.is_some() => grammar_end,
             None if self.num_generated >= group.max_tokens => Some((FinishReason::Length, None)),
             None => None,
         };

@@ -66,10 +66,14 @@
 // distribution), `t4` out top ids `[m, N]` i32 and `t5` out top logprobs
 // `[m, N]` f32 (optional; the raw distribution's N most likely tokens, most
 // likely first, ties to the lower id), `t6` adjustments `[e]` of
-// [`crate::KilnLogitAdjust`] as bytes (optional), `i0` N.
+// [`crate::KilnLogitAdjust`] as bytes (optional), `t7` allowed-token
+// bitsets `[m, W]` i32 (optional; token `t` of row `r` is allowed when bit
+// `t % 32` of word `r·W + t / 32` is set; tokens past `32·W` are not), `i0` N.
 //
-// Per row: log-probabilities from the raw logits; the row's adjustments;
-// then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
+// Per row (rows flagged [`crate::KILN_SAMPLE_SKIP`] may be left alone):
+// log-probabilities from the raw logits; the row's adjustments; for rows
+// flagged [`crate::KILN_SAMPLE_MASKED`], every token outside the row's
+// bitset set to `-inf`; then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
 // on ties) or temperature → top-k → top-p → min-p → a Gumbel-max draw whose
 // noise for token `i` is a function of `(seed, counter, i)` only, so a row's
 // draw never depends on the other rows.
@@ -77,6 +81,37 @@
 
 // Convert dtype: `t0` in, `t1` out (same number of elements).
 #define OP_CAST 13
+
+// Layer norm: `t0` x `[n, h]`, `w0` gamma `[1, h]`, `w1` beta `[1, h]`
+// (optional), `t1` out `[n, h]`, `f0` eps: `out = (x − mean) / sqrt(var +
+// eps) · gamma (+ beta)`, mean and (biased) variance over the row.
+#define OP_LAYER_NORM 14
+
+// Activation, optionally gated: `t0` x `[n, i]`, `t1` up `[n, i]`
+// (optional), `t2` out `[n, i]` (may alias `t0`), `i0` one of the `ACT_*`
+// kinds: `out = act(x)`, or `act(x) · up` with `t1`.
+#define OP_ACTIVATION 15
+
+// Scale: `t0` x, `t1` out (same shape; may alias), `f0` factor, `i0` 1 to
+// accumulate (`out += x · f0`), else 0 (`out = x · f0`).
+#define OP_SCALE 16
+
+// Soft-capping: `t0` x, `t1` out (same shape; may alias), `f0` cap `c > 0`:
+// `out = c · tanh(x / c)`.
+#define OP_SOFTCAP 17
+
+// [`OP_ACTIVATION`] kind: `x · sigmoid(x)`.
+#define ACT_SILU 0
+
+// [`OP_ACTIVATION`] kind: GELU with the tanh approximation
+// (`0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, PyTorch's `approximate="tanh"`).
+#define ACT_GELU_TANH 1
+
+// [`OP_ACTIVATION`] kind: exact GELU (`0.5·x·(1 + erf(x/√2))`).
+#define ACT_GELU 2
+
+// [`OP_ACTIVATION`] kind: `max(x, 0)`.
+#define ACT_RELU 3
 
 // HF / NeoX rotary layout: dimension `i` pairs with `i + rot/2`.
 #define ROPE_NEOX 0
@@ -92,6 +127,18 @@
 
 // `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 #define KILN_ABI_VERSION ((KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR)
+
+// Capability bit: `OP_SAMPLE` honours [`KILN_SAMPLE_MASKED`] rows and their
+// allowed-token bitset (structured outputs drawn on the device).
+#define KILN_CAP_SAMPLE_MASK (1 << 5)
+
+// [`KilnSampleParams::flags`] bit: the row draws only tokens whose bit is set
+// in its row of `OP_SAMPLE`'s allowed-token bitset (needs [`KILN_CAP_SAMPLE_MASK`]).
+#define KILN_SAMPLE_MASKED (1 << 0)
+
+// [`KilnSampleParams::flags`] bit: the row is not drawn; its outputs are
+// left as they are (a backend may ignore this bit and draw it anyway).
+#define KILN_SAMPLE_SKIP (1 << 1)
 
 // Capability bit: the device implements `graph_begin/graph_end/graph_launch`.
 #define KILN_CAP_GRAPHS (1 << 0)
@@ -366,8 +413,8 @@ typedef struct KilnSampleParams {
   uint32_t adjust_start;
   // Entries of this row's run (0: none).
   uint32_t adjust_count;
-  // Reserved, 0.
-  uint32_t reserved;
+  // `KILN_SAMPLE_*` bits (0: a plain draw).
+  uint32_t flags;
 } KilnSampleParams;
 // Size in bytes (the struct has no padding).
 #define KilnSampleParams_SIZE 48
@@ -475,6 +522,17 @@ typedef const char *(*KilnLastErrorFn)(void);
 
 // Per-channel symmetric int8 weights (parts: weight i8 `[rows, cols]`, scales `[rows]`).
 #define KILN_WEIGHT_INT8 22
+
+// Integer codes in groups along a row, the form the host gives GPTQ, AWQ
+// and compressed-tensors weights to a backend that does not declare their
+// checkpoint formats: `W[r, c] = s[r, c / group_size]·(q[r, c] − z[r, c / group_size])`.
+// Parts: `KILN_PART_DATA` u8 codes `[rows, cols]` (one code below
+// `2^bits` per byte), `KILN_PART_SCALES` f16 or bf16 `[rows, cols / group_size]`,
+// `KILN_PART_ZEROS` u8 `[rows, cols / group_size]`, and optionally
+// `KILN_PART_GROUP_INDEX` i32 `[cols]`: the input feature each column holds
+// (act-order; the backend gathers activations to match). `group_size` is a
+// multiple of 32 dividing `cols`; `bits` is 2, 3, 4 or 8.
+#define KILN_WEIGHT_INT_GROUPS 23
 
 // The main data (raw blocks, packed ints or plain values).
 #define KILN_PART_DATA 0

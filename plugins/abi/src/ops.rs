@@ -58,16 +58,44 @@ pub const OP_COPY_BLOCKS: u32 = 11;
 /// distribution), `t4` out top ids `[m, N]` i32 and `t5` out top logprobs
 /// `[m, N]` f32 (optional; the raw distribution's N most likely tokens, most
 /// likely first, ties to the lower id), `t6` adjustments `[e]` of
-/// [`crate::KilnLogitAdjust`] as bytes (optional), `i0` N.
+/// [`crate::KilnLogitAdjust`] as bytes (optional), `t7` allowed-token
+/// bitsets `[m, W]` i32 (optional; token `t` of row `r` is allowed when bit
+/// `t % 32` of word `r·W + t / 32` is set; tokens past `32·W` are not), `i0` N.
 ///
-/// Per row: log-probabilities from the raw logits; the row's adjustments;
-/// then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
+/// Per row (rows flagged [`crate::KILN_SAMPLE_SKIP`] may be left alone):
+/// log-probabilities from the raw logits; the row's adjustments; for rows
+/// flagged [`crate::KILN_SAMPLE_MASKED`], every token outside the row's
+/// bitset set to `-inf`; then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
 /// on ties) or temperature → top-k → top-p → min-p → a Gumbel-max draw whose
 /// noise for token `i` is a function of `(seed, counter, i)` only, so a row's
 /// draw never depends on the other rows.
 pub const OP_SAMPLE: u32 = 12;
 /// Convert dtype: `t0` in, `t1` out (same number of elements).
 pub const OP_CAST: u32 = 13;
+/// Layer norm: `t0` x `[n, h]`, `w0` gamma `[1, h]`, `w1` beta `[1, h]`
+/// (optional), `t1` out `[n, h]`, `f0` eps: `out = (x − mean) / sqrt(var +
+/// eps) · gamma (+ beta)`, mean and (biased) variance over the row.
+pub const OP_LAYER_NORM: u32 = 14;
+/// Activation, optionally gated: `t0` x `[n, i]`, `t1` up `[n, i]`
+/// (optional), `t2` out `[n, i]` (may alias `t0`), `i0` one of the `ACT_*`
+/// kinds: `out = act(x)`, or `act(x) · up` with `t1`.
+pub const OP_ACTIVATION: u32 = 15;
+/// Scale: `t0` x, `t1` out (same shape; may alias), `f0` factor, `i0` 1 to
+/// accumulate (`out += x · f0`), else 0 (`out = x · f0`).
+pub const OP_SCALE: u32 = 16;
+/// Soft-capping: `t0` x, `t1` out (same shape; may alias), `f0` cap `c > 0`:
+/// `out = c · tanh(x / c)`.
+pub const OP_SOFTCAP: u32 = 17;
+
+/// [`OP_ACTIVATION`] kind: `x · sigmoid(x)`.
+pub const ACT_SILU: i64 = 0;
+/// [`OP_ACTIVATION`] kind: GELU with the tanh approximation
+/// (`0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, PyTorch's `approximate="tanh"`).
+pub const ACT_GELU_TANH: i64 = 1;
+/// [`OP_ACTIVATION`] kind: exact GELU (`0.5·x·(1 + erf(x/√2))`).
+pub const ACT_GELU: i64 = 2;
+/// [`OP_ACTIVATION`] kind: `max(x, 0)`.
+pub const ACT_RELU: i64 = 3;
 
 /// HF / NeoX rotary layout: dimension `i` pairs with `i + rot/2`.
 pub const ROPE_NEOX: i64 = 0;
@@ -90,6 +118,10 @@ pub fn opcode_name(opcode: u32) -> &'static str {
         OP_COPY_BLOCKS => "copy_blocks",
         OP_SAMPLE => "sample",
         OP_CAST => "cast",
+        OP_LAYER_NORM => "layer_norm",
+        OP_ACTIVATION => "activation",
+        OP_SCALE => "scale",
+        OP_SOFTCAP => "softcap",
         _ => "unknown",
     }
 }
@@ -350,6 +382,8 @@ pub struct Sample {
     pub out_top_logprobs: KilnTensor,
     /// `[e]` [`crate::KilnLogitAdjust`] as bytes (or NONE).
     pub adjustments: KilnTensor,
+    /// `[m, W]` i32 allowed-token bitsets (or NONE).
+    pub allowed: KilnTensor,
     /// N.
     pub num_top: i64,
 }
@@ -364,6 +398,7 @@ pub fn sample(s: Sample) -> KilnOp {
     op.tensors[4] = s.out_top_ids;
     op.tensors[5] = s.out_top_logprobs;
     op.tensors[6] = s.adjustments;
+    op.tensors[7] = s.allowed;
     op.iparams[0] = s.num_top;
     op
 }
@@ -373,5 +408,60 @@ pub fn cast(input: KilnTensor, out: KilnTensor) -> KilnOp {
     let mut op = KilnOp::new(OP_CAST);
     op.tensors[0] = input;
     op.tensors[1] = out;
+    op
+}
+
+/// Operands of [`OP_LAYER_NORM`].
+#[derive(Debug, Clone, Copy)]
+pub struct LayerNorm {
+    /// `[n, h]` input.
+    pub x: KilnTensor,
+    /// `[1, h]` scale.
+    pub gamma: KilnWeight,
+    /// `[1, h]` shift or [`KilnWeight::NULL`].
+    pub beta: KilnWeight,
+    /// Epsilon.
+    pub eps: f32,
+    /// `[n, h]` output.
+    pub out: KilnTensor,
+}
+
+/// [`OP_LAYER_NORM`].
+pub fn layer_norm(l: LayerNorm) -> KilnOp {
+    let mut op = KilnOp::new(OP_LAYER_NORM);
+    op.tensors[0] = l.x;
+    op.tensors[1] = l.out;
+    op.weights[0] = l.gamma;
+    op.weights[1] = l.beta;
+    op.fparams[0] = l.eps;
+    op
+}
+
+/// [`OP_ACTIVATION`]: `out = act(x)`, times `up` unless it is [`KilnTensor::NONE`].
+pub fn activation(kind: i64, x: KilnTensor, up: KilnTensor, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_ACTIVATION);
+    op.tensors[0] = x;
+    op.tensors[1] = up;
+    op.tensors[2] = out;
+    op.iparams[0] = kind;
+    op
+}
+
+/// [`OP_SCALE`].
+pub fn scale(x: KilnTensor, factor: f32, out: KilnTensor, accumulate: Accumulate) -> KilnOp {
+    let mut op = KilnOp::new(OP_SCALE);
+    op.tensors[0] = x;
+    op.tensors[1] = out;
+    op.fparams[0] = factor;
+    op.iparams[0] = i64::from(accumulate == Accumulate::Add);
+    op
+}
+
+/// [`OP_SOFTCAP`].
+pub fn softcap(x: KilnTensor, cap: f32, out: KilnTensor) -> KilnOp {
+    let mut op = KilnOp::new(OP_SOFTCAP);
+    op.tensors[0] = x;
+    op.tensors[1] = out;
+    op.fparams[0] = cap;
     op
 }

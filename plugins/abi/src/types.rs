@@ -116,6 +116,16 @@ pub const KILN_WEIGHT_GPTQ: KilnWeightFormat = 20;
 pub const KILN_WEIGHT_AWQ: KilnWeightFormat = 21;
 /// Per-channel symmetric int8 weights (parts: weight i8 `[rows, cols]`, scales `[rows]`).
 pub const KILN_WEIGHT_INT8: KilnWeightFormat = 22;
+/// Integer codes in groups along a row, the form the host gives GPTQ, AWQ
+/// and compressed-tensors weights to a backend that does not declare their
+/// checkpoint formats: `W[r, c] = s[r, c / group_size]·(q[r, c] − z[r, c / group_size])`.
+/// Parts: `KILN_PART_DATA` u8 codes `[rows, cols]` (one code below
+/// `2^bits` per byte), `KILN_PART_SCALES` f16 or bf16 `[rows, cols / group_size]`,
+/// `KILN_PART_ZEROS` u8 `[rows, cols / group_size]`, and optionally
+/// `KILN_PART_GROUP_INDEX` i32 `[cols]`: the input feature each column holds
+/// (act-order; the backend gathers activations to match). `group_size` is a
+/// multiple of 32 dividing `cols`; `bits` is 2, 3, 4 or 8.
+pub const KILN_WEIGHT_INT_GROUPS: KilnWeightFormat = 23;
 
 /// Role of one part of a weight.
 pub type KilnPartRole = u32;
@@ -136,6 +146,17 @@ pub const KILN_DEVICE_CPU: KilnDeviceKind = 0;
 pub const KILN_DEVICE_GPU: KilnDeviceKind = 1;
 /// Another accelerator.
 pub const KILN_DEVICE_ACCELERATOR: KilnDeviceKind = 2;
+
+/// Capability bit: `OP_SAMPLE` honours [`KILN_SAMPLE_MASKED`] rows and their
+/// allowed-token bitset (structured outputs drawn on the device).
+pub const KILN_CAP_SAMPLE_MASK: u64 = 1 << 5;
+
+/// [`KilnSampleParams::flags`] bit: the row draws only tokens whose bit is set
+/// in its row of `OP_SAMPLE`'s allowed-token bitset (needs [`KILN_CAP_SAMPLE_MASK`]).
+pub const KILN_SAMPLE_MASKED: u32 = 1 << 0;
+/// [`KilnSampleParams::flags`] bit: the row is not drawn; its outputs are
+/// left as they are (a backend may ignore this bit and draw it anyway).
+pub const KILN_SAMPLE_SKIP: u32 = 1 << 1;
 
 /// Capability bit: the device implements `graph_begin/graph_end/graph_launch`.
 pub const KILN_CAP_GRAPHS: u64 = 1 << 0;
@@ -494,8 +515,8 @@ pub struct KilnSampleParams {
     pub adjust_start: u32,
     /// Entries of this row's run (0: none).
     pub adjust_count: u32,
-    /// Reserved, 0.
-    pub reserved: u32,
+    /// `KILN_SAMPLE_*` bits (0: a plain draw).
+    pub flags: u32,
 }
 
 impl KilnSampleParams {
@@ -514,7 +535,7 @@ impl KilnSampleParams {
         b[32..36].copy_from_slice(&self.repetition_penalty.to_le_bytes());
         b[36..40].copy_from_slice(&self.adjust_start.to_le_bytes());
         b[40..44].copy_from_slice(&self.adjust_count.to_le_bytes());
-        b[44..48].copy_from_slice(&self.reserved.to_le_bytes());
+        b[44..48].copy_from_slice(&self.flags.to_le_bytes());
         b
     }
 
@@ -534,7 +555,7 @@ impl KilnSampleParams {
             repetition_penalty: f(32),
             adjust_start: u(36),
             adjust_count: u(40),
-            reserved: u(44),
+            flags: u(44),
         })
     }
 }

@@ -205,25 +205,23 @@ fn discover(args: &BenchServeArgs, client: &Client) -> Result<(String, Counting)
     Ok((model, counting))
 }
 
+/// `count` prompts: synthetic ones drawn from the seed, or the dataset's
+/// (cycled when it holds fewer).
 fn prepare_requests(
     args: &BenchServeArgs,
     target: Target<'_>,
     counting: Counting,
+    count: usize,
 ) -> Result<Vec<BenchRequest>, BenchError> {
     let Target { client, model } = target;
     match &args.dataset {
-        Some(path) => prompts::dataset(
-            path,
-            args.num_prompts,
-            args.output_len,
-            |t| match counting {
-                Counting::Server(route) => client.count_tokens(route, model, t).unwrap_or(0),
-                Counting::Approximate => t.split_whitespace().count(),
-            },
-        ),
+        Some(path) => prompts::dataset(path, count, args.output_len, |t| match counting {
+            Counting::Server(route) => client.count_tokens(route, model, t).unwrap_or(0),
+            Counting::Approximate => t.split_whitespace().count(),
+        }),
         None => {
             let spec = SyntheticSpec {
-                num_prompts: args.num_prompts,
+                num_prompts: count,
                 input_len: args.input_len,
                 output_len: args.output_len,
                 seed: args.seed,
@@ -233,23 +231,30 @@ fn prepare_requests(
     }
 }
 
-/// One run per mode, each after `warmup` untimed requests.
+/// One run per mode, each after `warmup` untimed requests. Every run and
+/// every warm-up request gets prompts of its own (`requests` holds
+/// `num_prompts` per mode, then the warm-ups), so no server answers a
+/// timed request from a prompt cache that an earlier run filled.
 fn run_all(
     args: &BenchServeArgs,
     target: Target<'_>,
     requests: &[BenchRequest],
     modes: &[LoadMode],
 ) -> Vec<report::RunSummary> {
+    let per_run = args.num_prompts;
+    let warmups = &requests[(per_run * modes.len()).min(requests.len())..];
     let mut runs = Vec::new();
-    for &mode in modes {
+    for (i, &mode) in modes.iter().enumerate() {
         for w in 0..args.warmup {
-            let r = target
-                .client
-                .completion(target.model, &requests[w % requests.len()]);
+            let r = target.client.completion(
+                target.model,
+                &warmups[(i * args.warmup + w) % warmups.len().max(1)],
+            );
             if let Some(e) = r.error {
                 tracing::warn!("warm-up request failed: {e}");
             }
         }
+        let requests = &requests[i * per_run..(i + 1) * per_run];
         eprintln!("running {} ({} requests)...", mode.label(), requests.len());
         let summary = report::summarize(&run_load(target, requests, mode, args.seed));
         eprintln!("{}", report::run_line(&summary));
@@ -276,7 +281,8 @@ pub fn execute(args: &BenchServeArgs) -> Result<(), CliError> {
         client: &client,
         model: &model,
     };
-    let requests = prepare_requests(args, target, counting)?;
+    let count = args.num_prompts * modes.len() + args.warmup * modes.len();
+    let requests = prepare_requests(args, target, counting, count)?;
     let runs = run_all(args, target, &requests, &modes);
     let bench = report::BenchReport {
         schema_version: report::SCHEMA_VERSION,
