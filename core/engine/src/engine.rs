@@ -25,7 +25,7 @@ use crate::actors::{
 };
 use crate::config::{BackendChoice, DTypeChoice, EngineConfig};
 use crate::memory::{KvBudget, KvPlan, cpu_kv_budget, gpu_kv_budget, human_bytes, plan_kv_cache};
-use crate::model::{ModelFiles, TokenizerDecoder, check_quantization, open_model};
+use crate::model::{ModelFiles, ReleasedWeights, TokenizerDecoder, check_quantization, open_model};
 use crate::runner::ModelRunner;
 use crate::service::ActorEngine;
 
@@ -147,7 +147,7 @@ struct Prepared {
 
 fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, StartError> {
     validate(config)?;
-    let files =
+    let mut files =
         open_model(&config.model, config.chat_template.as_deref()).map_err(StartError::Model)?;
     check_quantization(config.quantization.as_deref(), &files).map_err(StartError::Config)?;
     let backend = load_backend(config)?;
@@ -168,6 +168,9 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
             quantize_int8: config.quantization.as_deref() == Some("int8"),
         },
     )?;
+    // The backend holds its own copy of every weight: unmap the checkpoint
+    // so its pages leave the resident set.
+    files.weights = Box::new(ReleasedWeights);
     let bufs = StepBuffers::allocate(&device, &decoder, sizes.capacity())?;
     let kv_plan = size_kv(config, &files, &device, &decoder, &bufs, act, &sizes)?;
     let kv = KvCache::allocate(

@@ -47,6 +47,28 @@ pub struct ModelFiles {
     pub model_info: BTreeMap<String, serde_json::Value>,
 }
 
+/// What `ModelFiles::weights` becomes once the backend holds the weights:
+/// a source with no tensors, so the checkpoint's file map is gone.
+pub struct ReleasedWeights;
+
+impl WeightSource for ReleasedWeights {
+    fn tensor(
+        &self,
+        _name: &str,
+    ) -> Result<Option<kiln_models::weights::TensorView<'_>>, kiln_models::weights::WeightError>
+    {
+        Ok(None)
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn total_bytes(&self) -> u64 {
+        0
+    }
+}
+
 /// Check `--quantization` against what the checkpoint holds. Errors are
 /// one sentence naming both.
 pub fn check_quantization(requested: Option<&str>, files: &ModelFiles) -> Result<(), String> {
