@@ -65,6 +65,7 @@ class KilnServer:
             "--kv-cache-memory-bytes", "256MiB",
             "--threads", os.environ.get("KILN_TEST_THREADS", "2"),
             "--shutdown-timeout", f"{SHUTDOWN_TIMEOUT_S}s",
+            "--enable-auto-tool-choice",
         ]
         if os.environ.get("KILN_TEST_FRONTENDS"):
             self.args += ["--frontend", os.environ["KILN_TEST_FRONTENDS"]]

@@ -28,6 +28,7 @@
 //! assert!(t.is_special(3));
 //! ```
 
+mod bytes;
 pub mod chat;
 mod dir;
 mod gguf;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer as HfTokenizer;
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
 
+pub use bytes::SPECIAL_TOKEN_MARKER;
 pub use chat::{ChatContext, ChatTemplate, ChatTemplateError};
 pub use gguf::GgufTokenizerSpec;
 pub use pre::known_pre_tokenizers;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::tool_calls::ToolCallSettings;
+
 /// Default request body limit: 16 MiB (a long prompt as a JSON token-id list fits).
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 
@@ -94,6 +96,8 @@ pub struct HttpConfig {
     pub clock: Arc<dyn Clock>,
     /// Response and request ids.
     pub ids: Arc<dyn IdSource>,
+    /// How tool calls are found in chat output.
+    pub tool_calls: ToolCallSettings,
 }
 
 impl Default for HttpConfig {
@@ -106,6 +110,7 @@ impl Default for HttpConfig {
             enabled_frontends: Vec::new(),
             clock: Arc::new(SystemClock::default()),
             ids: Arc::new(RandomIds),
+            tool_calls: ToolCallSettings::default(),
         }
     }
 }
@@ -118,6 +123,7 @@ impl fmt::Debug for HttpConfig {
             .field("max_waiting_requests", &self.max_waiting_requests)
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("enabled_frontends", &self.enabled_frontends)
+            .field("tool_calls", &self.tool_calls)
             .finish_non_exhaustive()
     }
 }

@@ -11,6 +11,8 @@
 //! - API-key auth (constant-time compare; `/health` and `/metrics` stay open),
 //!   request ids in a tracing span, JSON 404/405 answers, a bound on waiting
 //!   requests (HTTP 429 with `Retry-After`), `/health`, graceful shutdown;
+//! - tool calling both chat dialects share ([`tool_calls`]): parsers for the
+//!   formats models write calls in and the schemas that force calls;
 //! - [`testing::ScriptedEngine`], a deterministic engine double for tests.
 //!
 //! Depends only on `kiln-engine-api` and `kiln-protocol` among Kiln's crates:
@@ -37,6 +39,7 @@ mod server;
 pub mod stream;
 pub mod testing;
 pub mod time;
+pub mod tool_calls;
 
 pub use admission::submit;
 pub use body::{ApiJson, OllamaDialect, OpenAiDialect, TgiDialect};

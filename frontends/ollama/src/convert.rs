@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::options::Options;
 use crate::request::{GenerateIn, MessageIn};
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(Dialect::Ollama, StatusCode::BAD_REQUEST, message)
 }
 
@@ -120,30 +120,16 @@ pub fn parse_keep_alive(v: Option<&Value>) -> Result<KeepAlive, ApiError> {
 /// Features Kiln does not have, rejected as Ollama does for models without them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unsupported<'a> {
-    /// `format`.
-    pub format: Option<&'a Value>,
     /// `think`.
     pub think: Option<&'a Value>,
     /// Whether any images were sent.
     pub images: bool,
-    /// Whether any tools were sent.
-    pub tools: bool,
     /// `top_logprobs`.
     pub top_logprobs: Option<u32>,
 }
 
 /// Rejects what this server cannot do, naming the model as Ollama does.
 pub fn check_unsupported(model: &str, u: Unsupported<'_>) -> Result<(), ApiError> {
-    let format_set = match u.format {
-        None | Some(Value::Null) => false,
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(_) => true,
-    };
-    if format_set {
-        return Err(bad(
-            "structured outputs (`format`) are not supported yet: remove `format`",
-        ));
-    }
     let thinking = match u.think {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(_) => true,
@@ -153,9 +139,6 @@ pub fn check_unsupported(model: &str, u: Unsupported<'_>) -> Result<(), ApiError
     }
     if u.images {
         return Err(bad(format!("\"{model}\" does not support images")));
-    }
-    if u.tools {
-        return Err(bad(format!("\"{model}\" does not support tools")));
     }
     if let Some(k) = u.top_logprobs
         && k > MAX_TOP_LOGPROBS
@@ -276,7 +259,7 @@ pub fn chat_messages(messages: &[MessageIn]) -> Result<(Vec<Value>, bool), ApiEr
         }
         let mut v = json!({"role": role, "content": m.content.clone().unwrap_or_default()});
         if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
-            v["tool_calls"] = calls.clone();
+            v["tool_calls"] = crate::tools::template_tool_calls(i, &role, calls)?;
         }
         if let Some(name) = &m.tool_name {
             v["tool_name"] = json!(name);
@@ -473,27 +456,5 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.message, "\"m\" does not support thinking");
-        let format = json!("json");
-        assert!(
-            check_unsupported(
-                "m",
-                Unsupported {
-                    format: Some(&format),
-                    ..Default::default()
-                }
-            )
-            .is_err()
-        );
-        let empty = json!("");
-        assert!(
-            check_unsupported(
-                "m",
-                Unsupported {
-                    format: Some(&empty),
-                    ..Default::default()
-                }
-            )
-            .is_ok()
-        );
     }
 }

@@ -13,8 +13,9 @@
 //! naming both numbers. Bodies must be JSON objects (any `Content-Type`), and
 //! message roles one of `system`, `user`, `assistant`, `tool`. Unknown models
 //! are a 404 `model 'x' not found`; served names answer with or without
-//! `:latest`. Embeddings, images, tools, thinking and structured outputs are
-//! rejected with a clear 400.
+//! `:latest`. `tools` reach the chat template and the calls the model
+//! writes come back as `message.tool_calls` ([`tools`]). Embeddings, images
+//! and thinking are rejected with a clear 400.
 //!
 //! Depends on `kiln-http`, `kiln-engine-api` and `kiln-protocol` only.
 //!
@@ -24,11 +25,13 @@
 //! ```
 
 pub mod convert;
+pub mod format;
 pub mod models;
 pub mod options;
 pub mod request;
 pub mod response;
 pub mod routes;
+pub mod tools;
 
 use std::sync::Arc;
 

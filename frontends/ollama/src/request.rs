@@ -87,7 +87,7 @@ pub struct ChatIn {
     pub format: Option<Value>,
     /// How long to keep the model loaded.
     pub keep_alive: Option<Value>,
-    /// Tool definitions (not supported when non-empty).
+    /// Function tools the model may call (passed to the chat template).
     pub tools: Option<Vec<Value>>,
     /// Model options.
     pub options: Option<Map<String, Value>>,

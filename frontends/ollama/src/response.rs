@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use kiln_http::stream::{EventEncoder, Flow, Frame};
 use kiln_http::time::rfc3339_nano;
+use kiln_http::tool_calls::ToolCallParser;
 use kiln_http::{ApiError, Clock, Dialect, Timings};
 use kiln_protocol::{FinishReason, Finished, GeneratedToken, TokenEvent, TokenId};
 use serde_json::{Value, json};
+
+use crate::tools::chat_message;
 
 /// Which endpoint answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,9 @@ pub struct ResponseContext {
     pub prompt_token_ids: Vec<TokenId>,
     /// Alternatives per token when logprobs are on.
     pub logprobs: Option<u32>,
+    /// Set when tools were sent: chat text is searched for calls, and
+    /// streamed text is held back until the end.
+    pub tool_parser: Option<ToolCallParser>,
 }
 
 impl ResponseContext {
@@ -88,6 +94,9 @@ impl ResponseContext {
         generated: &[TokenId],
     ) -> Value {
         let mut v = self.base(text);
+        if self.kind == Kind::Chat {
+            v["message"] = chat_message(self.tool_parser, text);
+        }
         v["done"] = json!(true);
         v["done_reason"] = json!(done_reason(f).unwrap_or("stop"));
         if self.kind == Kind::Generate {
@@ -137,6 +146,8 @@ pub struct OllamaStream {
     timings: Timings,
     generated: Vec<TokenId>,
     done: bool,
+    held_text: String,
+    sent: usize,
 }
 
 impl OllamaStream {
@@ -151,7 +162,27 @@ impl OllamaStream {
             timings,
             generated: Vec::new(),
             done: false,
+            held_text: String::new(),
+            sent: 0,
         }
+    }
+
+    /// The message for what was held back at the end: the calls (with any
+    /// prose before them not yet sent), or the unsent text.
+    fn release_held_text(&self) -> Option<Value> {
+        let parser = self.ctx.tool_parser?;
+        let mut message = chat_message(Some(parser), &self.held_text);
+        let unsent_end = if message.get("tool_calls").is_some() {
+            parser.streamable_prefix_len(&self.held_text).max(self.sent)
+        } else {
+            self.held_text.len()
+        };
+        let unsent = &self.held_text[self.sent..unsent_end];
+        if message.get("tool_calls").is_none() && unsent.is_empty() {
+            return None;
+        }
+        message["content"] = json!(unsent.trim());
+        Some(message)
     }
 
     fn fail(&mut self, e: ApiError, out: &mut Vec<Frame>) -> Flow {
@@ -171,7 +202,17 @@ impl EventEncoder for OllamaStream {
                 self.timings.first_token.get_or_insert(now);
                 self.timings.last_token = Some(now);
                 self.generated.push(t.id);
-                if !t.text.is_empty() || self.ctx.logprobs.is_some() {
+                if let Some(parser) = self.ctx.tool_parser {
+                    self.held_text.push_str(&t.text);
+                    let safe = parser.streamable_prefix_len(&self.held_text);
+                    if safe > self.sent {
+                        let piece = &self.held_text[self.sent..safe];
+                        let mut v = self.ctx.base(piece);
+                        v["done"] = json!(false);
+                        out.push(Frame::Json(v));
+                        self.sent = safe;
+                    }
+                } else if !t.text.is_empty() || self.ctx.logprobs.is_some() {
                     out.push(Frame::Json(self.ctx.chunk(&t)));
                 }
                 Flow::Continue
@@ -182,6 +223,12 @@ impl EventEncoder for OllamaStream {
                 }
                 self.timings.finished = self.ctx.clock.since_epoch();
                 self.done = true;
+                if let Some(message) = self.release_held_text() {
+                    let mut held = self.ctx.base("");
+                    held["message"] = message;
+                    held["done"] = json!(false);
+                    out.push(Frame::Json(held));
+                }
                 out.push(Frame::Json(self.ctx.final_object(
                     "",
                     &f,
@@ -223,6 +270,7 @@ mod tests {
             clock: Arc::new(FixedClock(Duration::new(1_700_000_000, 5))),
             prompt_token_ids: vec![1, 2],
             logprobs: None,
+            tool_parser: None,
         }
     }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use kiln_engine_api::{ChatOptions, EngineHandle};
 use kiln_http::stream::Framing;
 use kiln_http::time::rfc3339_nano;
+use kiln_http::tool_calls::ToolCallParser;
 use kiln_http::{
     ApiError, ApiJson, Dialect, HttpConfig, OllamaDialect, RequestId, collect, stream_response,
 };
@@ -17,10 +18,12 @@ use kiln_protocol::{EngineError, GenerateRequest, PromptInput, TokenId};
 use serde_json::{Value, json};
 
 use crate::convert::{self, KeepAlive, PromptPlan, Unsupported};
+use crate::format::format_spec;
 use crate::models;
 use crate::options::parse_options;
 use crate::request::{ChatIn, GenerateIn, ModelIn, from_body};
 use crate::response::{Kind, OllamaStream, ResponseContext, aborted, load_response};
+use crate::tools;
 
 /// What every handler holds.
 #[derive(Debug, Clone)]
@@ -52,6 +55,7 @@ struct Prepared {
     request: GenerateRequest,
     stream: bool,
     logprobs: Option<u32>,
+    tool_parser: Option<ToolCallParser>,
 }
 
 /// `POST /api/generate`.
@@ -104,10 +108,8 @@ async fn run_generate(
     convert::check_unsupported(
         &model,
         Unsupported {
-            format: req.format.as_ref(),
             think: req.think.as_ref(),
             images: req.images.as_ref().is_some_and(|i| !i.is_empty()),
-            tools: false,
             top_logprobs: req.top_logprobs,
         },
     )?;
@@ -124,10 +126,11 @@ async fn run_generate(
     let has_chat_template = st.handle.info().chat_template.is_some();
     let (text, add_special) = match convert::generate_prompt(&req, has_chat_template)? {
         PromptPlan::Raw(t) | PromptPlan::Templated(t) => (t, true),
-        PromptPlan::Chat(messages) => (render(st, &messages, false)?, false),
+        PromptPlan::Chat(messages) => (render(st, &messages, false, None)?, false),
     };
     let logprobs = logprobs_of(req.logprobs, req.top_logprobs);
     let mut request = convert::engine_request(&options, logprobs);
+    request.sampling.structured = format_spec(req.format.as_ref())?;
     request.tag = tag;
     request.add_special_tokens = add_special;
     request.prompt = match req.context.filter(|c| !c.is_empty()) {
@@ -140,6 +143,7 @@ async fn run_generate(
         request,
         stream: req.stream.unwrap_or(true),
         logprobs,
+        tool_parser: None,
     };
     answer(st, prepared).await
 }
@@ -159,9 +163,15 @@ fn with_context(
     Ok(context)
 }
 
-fn render(st: &AppState, messages: &[Value], continue_last: bool) -> Result<String, ApiError> {
+fn render(
+    st: &AppState,
+    messages: &[Value],
+    continue_last: bool,
+    tools: Option<Value>,
+) -> Result<String, ApiError> {
     let options = ChatOptions {
         add_generation_prompt: !continue_last,
+        tools,
         ..Default::default()
     };
     let rendered = st
@@ -186,12 +196,10 @@ async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Res
     convert::check_unsupported(
         &model,
         Unsupported {
-            format: req.format.as_ref(),
             think: req.think.as_ref(),
             images: messages
                 .iter()
                 .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty())),
-            tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
             top_logprobs: req.top_logprobs,
         },
     )?;
@@ -199,6 +207,7 @@ async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Res
         return Ok(load_or_unload(st, &model, Kind::Chat, keep_alive));
     }
     let (values, continue_last) = convert::chat_messages(&messages)?;
+    let template_tools = tools::template_tools(req.tools.as_deref())?;
     if st.handle.info().chat_template.is_none() {
         return Err(ApiError::new(
             Dialect::Ollama,
@@ -210,15 +219,25 @@ async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Res
     }
     let logprobs = logprobs_of(req.logprobs, req.top_logprobs);
     let mut request = convert::engine_request(&options, logprobs);
+    request.sampling.structured = format_spec(req.format.as_ref())?;
     request.tag = tag;
     request.add_special_tokens = false;
-    request.prompt = PromptInput::Text(render(st, &values, continue_last)?);
+    let tool_parser = template_tools.is_some().then(|| {
+        st.config
+            .tool_calls
+            .parser_for(st.handle.info().chat_template.as_deref())
+    });
+    if tool_parser.is_some_and(ToolCallParser::needs_special_tokens) {
+        request.stopping.skip_special_tokens = false;
+    }
+    request.prompt = PromptInput::Text(render(st, &values, continue_last, template_tools)?);
     let prepared = Prepared {
         model,
         kind: Kind::Chat,
         request,
         stream: req.stream.unwrap_or(true),
         logprobs,
+        tool_parser,
     };
     answer(st, prepared).await
 }
@@ -232,6 +251,7 @@ async fn answer(st: &AppState, p: Prepared) -> Result<Response, ApiError> {
         clock: st.config.clock.clone(),
         prompt_token_ids: stream.prompt_token_ids().to_vec(),
         logprobs: p.logprobs,
+        tool_parser: p.tool_parser,
     };
     if p.stream {
         return Ok(stream_response(

@@ -208,8 +208,59 @@ fn cases() -> Vec<Case> {
             "does not support images",
         ),
         generate("images is a string", r#""images":"aGk=""#, "`images`"),
-        generate("json format", r#""format":"json""#, "`format`"),
-        generate("schema format", r#""format":{"type":"object"}"#, "`format`"),
+        generate("format yaml", r#""format":"yaml""#, "invalid format"),
+        generate("format a number", r#""format":3"#, "invalid format"),
+        generate(
+            "format a list",
+            r#""format":[{"type":"object"}]"#,
+            "invalid format",
+        ),
+        generate("format true", r#""format":true"#, "invalid format"),
+        generate(
+            "schema of unknown type",
+            r#""format":{"type":"objekt"}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with a numeric type",
+            r#""format":{"type":5}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with a dangling ref",
+            r##""format":{"$ref":"#/$defs/gone"}"##,
+            "json_schema",
+        ),
+        generate(
+            "schema with a bad property",
+            r#""format":{"type":"object","properties":{"a":{"type":"nmber"}}}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with bad required",
+            r#""format":{"type":"object","required":7}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with a bad enum",
+            r#""format":{"enum":"a"}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with bad items",
+            r#""format":{"type":"array","items":3}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with a bad minimum",
+            r#""format":{"type":"integer","minimum":"zero"}"#,
+            "json_schema",
+        ),
+        generate(
+            "schema with a bad pattern",
+            r#""format":{"type":"string","pattern":"(a"}"#,
+            "json_schema",
+        ),
         generate("thinking", r#""think":true"#, "does not support thinking"),
         generate("suffix", r#""suffix":"end""#, "does not support insert"),
         generate(
@@ -387,13 +438,110 @@ fn cases() -> Vec<Case> {
             "does not support images",
         ),
         chat(
-            "tools given",
+            "tool of a non-function type",
             USER,
-            r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-            "does not support tools",
+            r#""tools":[{"type":"retrieval"}]"#,
+            "only \"function\"",
+        ),
+        chat(
+            "tool without a function",
+            USER,
+            r#""tools":[{"type":"function"}]"#,
+            "missing function",
+        ),
+        chat(
+            "tool function without a name",
+            USER,
+            r#""tools":[{"type":"function","function":{"description":"x"}}]"#,
+            "function needs a name",
+        ),
+        chat(
+            "tool with an invalid parameters schema",
+            USER,
+            r#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"nope"}}}]"#,
+            "invalid parameters schema",
+        ),
+        chat(
+            "tool parameters not an object",
+            USER,
+            r#""tools":[{"type":"function","function":{"name":"f","parameters":"object"}}]"#,
+            "invalid parameters schema",
+        ),
+        chat(
+            "two tools with one name",
+            USER,
+            r#""tools":[{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"f"}}]"#,
+            "duplicate function name",
+        ),
+        chat(
+            "tool calls on a user message",
+            r#"[{"role":"user","content":"hi","tool_calls":[]}]"#,
+            "",
+            "only assistant messages carry tool_calls",
+        ),
+        chat(
+            "tool calls not a list",
+            r#"[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":{"function":{"name":"f"}}}]"#,
+            "",
+            "tool_calls must be a list",
+        ),
+        chat(
+            "tool call without a function name",
+            r#"[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"function":{"arguments":{}}}]}]"#,
+            "",
+            "function needs a name",
+        ),
+        chat(
+            "tool call arguments not an object",
+            r#"[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":[1]}}]}]"#,
+            "",
+            "arguments must be an object",
+        ),
+        chat(
+            "tool call arguments a string that is not JSON",
+            r#"[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{"}}]}]"#,
+            "",
+            "arguments must be an object",
         ),
         chat("tools is an object", USER, r#""tools":{}"#, "`tools`"),
-        chat("format given", USER, r#""format":"json""#, "`format`"),
+        chat("format xml", USER, r#""format":"xml""#, "invalid format"),
+        chat("format a number", USER, r#""format":1.5"#, "invalid format"),
+        chat(
+            "schema of unknown type",
+            USER,
+            r#""format":{"type":"strng"}"#,
+            "json_schema",
+        ),
+        chat(
+            "schema with a dangling ref",
+            USER,
+            r##""format":{"properties":{"a":{"$ref":"#/nope"}}}"##,
+            "json_schema",
+        ),
+        chat(
+            "schema with a bad property",
+            USER,
+            r#""format":{"type":"object","properties":{"a":{"type":["string",3]}}}"#,
+            "json_schema",
+        ),
+        chat(
+            "schema with bad anyOf",
+            USER,
+            r#""format":{"anyOf":"a"}"#,
+            "json_schema",
+        ),
+        chat(
+            "schema with a bad maxLength",
+            USER,
+            r#""format":{"type":"string","maxLength":"ten"}"#,
+            "json_schema",
+        ),
+        chat(
+            "schema with a bad pattern",
+            USER,
+            r#""format":{"type":"string","pattern":"[z-a]"}"#,
+            "json_schema",
+        ),
         chat(
             "thinking effort",
             USER,
@@ -465,7 +613,7 @@ async fn malformed_requests_get_ollama_errors() {
         ..Default::default()
     });
     let cases = cases();
-    assert!(cases.len() >= 35, "{} cases", cases.len());
+    assert!(cases.len() >= 45, "{} cases", cases.len());
     let mut wrong = Vec::new();
     for case in cases {
         let r = app.request(case.method, case.path, JSON, case.body).await;

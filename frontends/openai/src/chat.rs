@@ -2,11 +2,14 @@
 //! TGI-compatible extras are always present: a string `system_fingerprint`,
 //! `logprobs` (null unless asked), `usage`, and the role in every delta.
 
+use std::collections::BTreeMap;
+
 use kiln_http::stream::{EventEncoder, Flow, Frame};
 use kiln_http::{ApiError, Collected, Dialect};
 use kiln_protocol::{GeneratedToken, TokenEvent};
 use serde_json::{Value, json};
 
+use crate::tools::ToolResponder;
 use crate::wire::{
     ResponseMeta, UsageCounts, chat_logprobs, finish_reason, stop_reason, usage_json,
 };
@@ -27,17 +30,36 @@ pub fn usage_of(c: &Collected) -> UsageCounts {
     }
 }
 
+/// `finish_reason` of a choice: `tool_calls` when the model called tools.
+fn choice_finish_reason(f: &kiln_protocol::Finished, called_tools: bool) -> &'static str {
+    if called_tools {
+        "tool_calls"
+    } else {
+        finish_reason(f)
+    }
+}
+
 /// The non-streaming body.
-pub fn chat_response(meta: &ResponseMeta, c: &Collected, top_logprobs: Option<u32>) -> Value {
+pub fn chat_response(
+    meta: &ResponseMeta,
+    c: &Collected,
+    top_logprobs: Option<u32>,
+    tools: &ToolResponder,
+) -> Value {
     let choices: Vec<Value> = c
         .sequences
         .iter()
         .map(|s| {
+            let m = tools.message(s.index, &s.text);
+            let mut message = json!({"role": "assistant", "content": m.content, "refusal": null});
+            if !m.tool_calls.is_empty() {
+                message["tool_calls"] = json!(m.tool_calls);
+            }
             json!({
                 "index": s.index,
-                "message": {"role": "assistant", "content": s.text, "refusal": null},
+                "message": message,
                 "logprobs": top_logprobs.map_or(Value::Null, |k| chat_logprobs(&s.tokens, k)),
-                "finish_reason": finish_reason(&s.finished),
+                "finish_reason": choice_finish_reason(&s.finished, !m.tool_calls.is_empty()),
                 "stop_reason": stop_reason(&s.finished),
             })
         })
@@ -68,6 +90,9 @@ pub struct ChatStreamConfig {
     pub continuous_usage: bool,
     /// Prompt tokens.
     pub prompt_tokens: u32,
+    /// Tool calls; when on, each choice's text is held back until it
+    /// finishes and then sent as content or as `delta.tool_calls`.
+    pub tools: ToolResponder,
 }
 
 /// SSE chunks of `/v1/chat/completions`.
@@ -76,6 +101,15 @@ pub struct ChatStream {
     config: ChatStreamConfig,
     completion_tokens: u32,
     failed: bool,
+    held: BTreeMap<u32, HeldText>,
+}
+
+/// A choice's output so far while tools are on, and how much of it went
+/// out as content.
+#[derive(Debug, Default)]
+struct HeldText {
+    text: String,
+    sent: usize,
 }
 
 impl ChatStream {
@@ -85,6 +119,7 @@ impl ChatStream {
             config,
             completion_tokens: 0,
             failed: false,
+            held: BTreeMap::new(),
         }
     }
 
@@ -130,6 +165,74 @@ impl ChatStream {
     }
 }
 
+impl ChatStream {
+    /// Takes a token while tools are on: sends the content that can no
+    /// longer turn into a call, holds the rest.
+    fn hold(&mut self, choice: u32, piece: &str, out: &mut Vec<Frame>) {
+        let held = self.held.entry(choice).or_default();
+        held.text.push_str(piece);
+        let safe = self
+            .config
+            .tools
+            .extraction
+            .streamable_prefix_len(&held.text);
+        if safe > held.sent {
+            let content = held.text[held.sent..safe].to_string();
+            held.sent = safe;
+            out.push(self.delta_chunk(choice, json!({"role": "assistant", "content": content})));
+        }
+    }
+
+    /// Sends the held rest of a finished choice: content when it holds no
+    /// calls, else per call, as OpenAI streams them, a chunk with its index,
+    /// id, type, name and empty arguments, then one with the arguments.
+    /// Returns whether there were calls.
+    fn release_held_text(&mut self, choice: u32, out: &mut Vec<Frame>) -> bool {
+        if !self.config.tools.extraction.is_on() {
+            return false;
+        }
+        let held = self.held.remove(&choice).unwrap_or_default();
+        let m = self.config.tools.message(choice, &held.text);
+        let unsent_end = if m.tool_calls.is_empty() {
+            held.text.len()
+        } else {
+            self.config
+                .tools
+                .extraction
+                .streamable_prefix_len(&held.text)
+                .max(held.sent)
+        };
+        let unsent = &held.text[held.sent..unsent_end];
+        if !unsent.trim().is_empty() || (m.tool_calls.is_empty() && !unsent.is_empty()) {
+            out.push(self.delta_chunk(choice, json!({"role": "assistant", "content": unsent})));
+        }
+        for (k, call) in m.tool_calls.iter().enumerate() {
+            let opening = json!({"tool_calls": [{
+                "index": k,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }]});
+            out.push(self.delta_chunk(choice, opening));
+            let arguments = json!({"tool_calls": [{
+                "index": k,
+                "function": {"arguments": call["function"]["arguments"]},
+            }]});
+            out.push(self.delta_chunk(choice, arguments));
+        }
+        !m.tool_calls.is_empty()
+    }
+
+    fn delta_chunk(&self, choice: u32, delta: Value) -> Frame {
+        self.chunk(json!([{
+            "index": choice,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": null,
+        }]))
+    }
+}
+
 impl EventEncoder for ChatStream {
     type Event = TokenEvent;
 
@@ -148,16 +251,19 @@ impl EventEncoder for ChatStream {
         match event {
             TokenEvent::Token(t) => {
                 self.completion_tokens += 1;
-                if !t.text.is_empty() || self.config.top_logprobs.is_some() {
+                if self.config.tools.extraction.is_on() {
+                    self.hold(t.index, &t.text, out);
+                } else if !t.text.is_empty() || self.config.top_logprobs.is_some() {
                     out.push(self.token_chunk(&t));
                 }
             }
             TokenEvent::Finished(f) => {
+                let called_tools = self.release_held_text(f.index, out);
                 out.push(self.chunk(json!([{
                     "index": f.index,
                     "delta": {"role": "assistant", "content": ""},
                     "logprobs": null,
-                    "finish_reason": finish_reason(&f),
+                    "finish_reason": choice_finish_reason(&f, called_tools),
                     "stop_reason": stop_reason(&f),
                 }])));
             }

@@ -10,6 +10,9 @@ use kiln_protocol::{
 use serde_json::{Value, json};
 
 use crate::request::{ChatMessageIn, ChatRequest, CompletionRequest, StreamOptions, VllmExtras};
+use crate::structured::structured_output;
+use crate::tools::{ToolPlan, chat_tools, check_tool_message, template_tool_calls};
+use kiln_http::tool_calls::forced_calls_constraint;
 
 /// Default `max_tokens` of `/v1/completions`.
 pub const COMPLETION_DEFAULT_MAX_TOKENS: u32 = 16;
@@ -112,22 +115,6 @@ pub fn check_unsupported_extras(extra: &VllmExtras) -> Result<(), ApiError> {
             "`prompt_logprobs` is not supported: remove it",
         ));
     }
-    let structured = [
-        ("structured_outputs", &extra.structured_outputs),
-        ("guided_json", &extra.guided_json),
-        ("guided_regex", &extra.guided_regex),
-        ("guided_choice", &extra.guided_choice),
-        ("guided_grammar", &extra.guided_grammar),
-    ];
-    if let Some((name, _)) = structured
-        .iter()
-        .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
-    {
-        return Err(bad(
-            name,
-            format!("structured output (`{name}`) is not supported yet: remove it"),
-        ));
-    }
     Ok(())
 }
 
@@ -169,6 +156,8 @@ pub struct Knobs<'a> {
     pub max_tokens: Option<u32>,
     /// vLLM extras.
     pub extra: &'a VllmExtras,
+    /// Chat's `response_format` (`None` on completions).
+    pub response_format: Option<&'a Value>,
 }
 
 /// Sampling and stopping parameters (the prompt is filled in later).
@@ -193,6 +182,7 @@ pub fn generate_request(
         logit_bias: parse_logit_bias(k.logit_bias)?,
         seed: k.seed.map(|s| s as u64),
         logprobs: k.logprobs,
+        structured: structured_output(k.response_format, k.extra)?,
     };
     let stopping = StoppingCriteria {
         max_tokens: k.max_tokens,
@@ -324,6 +314,7 @@ pub fn completion_plan(
         logprobs,
         max_tokens: Some(req.max_tokens.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS)),
         extra: &req.extra,
+        response_format: None,
     };
     Ok(CompletionPlan {
         prompts: parse_prompts(req.prompt.as_ref())?,
@@ -392,48 +383,15 @@ pub fn template_messages(messages: &[ChatMessageIn]) -> Result<Vec<Value>, ApiEr
                 v["name"] = json!(name);
             }
             if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
-                v["tool_calls"] = calls.clone();
+                v["tool_calls"] = template_tool_calls(i, &m.role, calls)?;
             }
+            check_tool_message(i, &m.role, m.tool_call_id.as_deref())?;
             if let Some(id) = &m.tool_call_id {
                 v["tool_call_id"] = json!(id);
             }
             Ok(v)
         })
         .collect()
-}
-
-/// `response_format`: only text.
-pub fn check_response_format(format: Option<&Value>) -> Result<(), ApiError> {
-    let Some(format) = format.filter(|f| !f.is_null()) else {
-        return Ok(());
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(()),
-        Some(other) => Err(bad(
-            "response_format",
-            format!(
-                "`response_format` of type `{other}` is not supported yet (no structured output): remove it or use {{\"type\": \"text\"}}"
-            ),
-        )),
-        None => Err(bad("response_format", "`response_format` needs a `type`")),
-    }
-}
-
-/// `tools`/`tool_choice`: tools are accepted only with `tool_choice: "none"`.
-pub fn check_tools(tools: Option<&[Value]>, tool_choice: Option<&Value>) -> Result<(), ApiError> {
-    let has_tools = tools.is_some_and(|t| !t.is_empty());
-    let choice = tool_choice.filter(|c| !c.is_null());
-    let choice_is_none = choice.is_some_and(|c| c.as_str() == Some("none"));
-    match (has_tools, choice) {
-        (false, None) => Ok(()),
-        (false, Some(_)) if choice_is_none => Ok(()),
-        (false, Some(_)) => Err(bad("tool_choice", "`tool_choice` needs `tools`")),
-        (true, _) if choice_is_none => Ok(()),
-        (true, _) => Err(bad(
-            "tools",
-            "tool calling is not supported yet: remove `tools` or set `tool_choice` to \"none\"",
-        )),
-    }
 }
 
 /// What a chat request asks for.
@@ -451,12 +409,17 @@ pub struct ChatPlan {
     pub top_logprobs: Option<u32>,
     /// JSON or SSE.
     pub stream: StreamMode,
+    /// Tool calling.
+    pub tools: ToolPlan,
 }
 
 /// Validates a chat request.
 pub fn chat_plan(req: &ChatRequest) -> Result<ChatPlan, ApiError> {
-    check_response_format(req.response_format.as_ref())?;
-    check_tools(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let tools = chat_tools(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
     if req.echo == Some(true) {
         return Err(bad("echo", "`echo` is not supported for chat completions"));
     }
@@ -494,6 +457,7 @@ pub fn chat_plan(req: &ChatRequest) -> Result<ChatPlan, ApiError> {
         logprobs: top_logprobs,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         extra: &req.extra,
+        response_format: req.response_format.as_ref(),
     };
     if parse_truncation(req.extra.truncate_prompt_tokens, u32::MAX)?.is_some() {
         return Err(bad(
@@ -501,18 +465,29 @@ pub fn chat_plan(req: &ChatRequest) -> Result<ChatPlan, ApiError> {
             "`truncate_prompt_tokens` is supported on /v1/completions only",
         ));
     }
+    let mut request = generate_request(&knobs, false)?;
+    if let ToolPlan::Forced(forced) = &tools.plan {
+        if request.sampling.structured.is_some() {
+            return Err(bad(
+                "tool_choice",
+                "a required or named `tool_choice` cannot be combined with a structured output",
+            ));
+        }
+        request.sampling.structured = Some(forced_calls_constraint(forced));
+    }
     Ok(ChatPlan {
         messages,
         options: ChatOptions {
             add_generation_prompt,
-            tools: None,
+            tools: tools.template_tools,
             extra: req.chat_template_kwargs.clone().unwrap_or_default(),
             template: req.chat_template.clone(),
         },
         continue_final_message: continue_final,
-        request: generate_request(&knobs, false)?,
+        request,
         top_logprobs,
         stream: stream_mode(req.stream, req.stream_options.as_ref())?,
+        tools: tools.plan,
     })
 }
 
@@ -621,7 +596,7 @@ mod tests {
                 json!({"prompt": "a", "use_beam_search": true}),
                 "use_beam_search",
             ),
-            (json!({"prompt": "a", "guided_json": {}}), "guided_json"),
+            (json!({"prompt": "a", "guided_json": 3}), "guided_json"),
             (json!({"prompt": "a", "top_k": -2}), "top_k"),
             (
                 json!({"prompt": "a", "stream_options": {"include_usage": true}}),
@@ -671,14 +646,10 @@ mod tests {
         let m = json!([{"role": "user", "content": "hi"}]);
         for (extra, param) in [
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "json_schema"}}),
                 "response_format",
             ),
-            (json!({"tools": [{"type": "function"}]}), "tools"),
-            (
-                json!({"tools": [{"type": "function"}], "tool_choice": "auto"}),
-                "tools",
-            ),
+            (json!({"tools": [{"type": "function"}]}), "tools.0.function"),
             (json!({"tool_choice": "required"}), "tool_choice"),
             (json!({"top_logprobs": 2}), "top_logprobs"),
             (
@@ -708,9 +679,29 @@ mod tests {
     }
 
     #[test]
-    fn tools_with_choice_none_are_accepted() {
-        let body = json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}], "tool_choice": "none", "response_format": {"type": "text"}});
-        assert!(chat(body).is_ok());
+    fn tools_with_choice_none_are_left_out_of_the_template() {
+        let tool = json!({"type": "function", "function": {"name": "f"}});
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "none", "response_format": {"type": "text"}});
+        let p = chat(body).unwrap();
+        assert_eq!((p.tools, p.options.tools), (ToolPlan::Off, None));
+    }
+
+    #[test]
+    fn forced_tool_choice_constrains_the_output() {
+        let tool = json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}});
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "required"});
+        let p = chat(body.clone()).unwrap();
+        assert!(matches!(
+            p.request.sampling.structured,
+            Some(kiln_protocol::StructuredOutput::JsonSchema(_))
+        ));
+        assert_eq!(p.options.tools, Some(json!([tool])));
+        let mut with_format = body;
+        with_format["response_format"] = json!({"type": "json_object"});
+        assert_eq!(
+            chat(with_format).unwrap_err().param.as_deref(),
+            Some("tool_choice")
+        );
     }
 
     #[test]

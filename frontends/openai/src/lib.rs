@@ -9,9 +9,13 @@
 //! `GenerateRequest`, the engine runs it, and pure builders ([`completion`],
 //! [`chat`]) turn its events into JSON or SSE chunks. Chat responses always
 //! carry the extras TGI's clients need (`system_fingerprint`, `logprobs`,
-//! `usage`, the role in every delta). Unsupported features (`suffix`,
-//! structured output, tool calling, beam search) are rejected with a 400 that
-//! names the field, never ignored.
+//! `usage`, the role in every delta). Structured outputs
+//! (`response_format`, `structured_outputs`, `guided_*`) are read by
+//! [`structured`]. Tool calling ([`tools`]): `required` and named
+//! `tool_choice` constrain the output to calls whose arguments follow the
+//! tool's schema; `auto` parses calls out of free text with the server's
+//! tool-call parser. Unsupported features (`suffix`, beam search) are
+//! rejected with a 400 that names the field, never ignored.
 //!
 //! Depends on `kiln-http`, `kiln-engine-api` and `kiln-protocol` only.
 //!
@@ -26,7 +30,9 @@ pub mod convert;
 pub mod models;
 pub mod request;
 pub mod routes;
+pub mod structured;
 pub mod tokenize;
+pub mod tools;
 pub mod wire;
 
 use std::sync::Arc;

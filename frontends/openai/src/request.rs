@@ -45,15 +45,15 @@ pub struct VllmExtras {
     pub prompt_logprobs: Option<Value>,
     /// Whether to add the tokenizer's special tokens (BOS) to the prompt.
     pub add_special_tokens: Option<bool>,
-    /// Structured output requests (not supported: rejected when set).
+    /// Structured output: one of `json`, `regex`, `choice`, `grammar`, `json_object`.
     pub structured_outputs: Option<Value>,
-    /// Legacy structured output (rejected when set).
+    /// A JSON schema the output follows (older vLLM name).
     pub guided_json: Option<Value>,
-    /// Legacy structured output (rejected when set).
+    /// A regex the output matches (older vLLM name).
     pub guided_regex: Option<Value>,
-    /// Legacy structured output (rejected when set).
+    /// Strings the output is one of (older vLLM name).
     pub guided_choice: Option<Value>,
-    /// Legacy structured output (rejected when set).
+    /// A Lark or GBNF grammar the output follows (older vLLM name).
     pub guided_grammar: Option<Value>,
 }
 
@@ -152,13 +152,13 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f32>,
     /// Token id (as a string) → bias.
     pub logit_bias: Option<BTreeMap<String, f32>>,
-    /// Only `{"type":"text"}` is supported.
+    /// `text`, `json_object`, or `json_schema` with `{name, schema, strict}`.
     pub response_format: Option<Value>,
-    /// Tool definitions (only with `tool_choice: "none"`).
+    /// Function tools the model may call.
     pub tools: Option<Vec<Value>>,
-    /// `none` is supported.
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name": ...}}`.
     pub tool_choice: Option<Value>,
-    /// Accepted and ignored.
+    /// With `tool_choice: required`, allow more than one call (default true).
     pub parallel_tool_calls: Option<bool>,
     /// Accepted and ignored.
     pub user: Option<String>,

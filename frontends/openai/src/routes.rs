@@ -20,6 +20,7 @@ use crate::completion::{
 };
 use crate::convert::{self, StreamMode};
 use crate::request::{ChatRequest, CompletionRequest};
+use crate::tools::{ToolExtraction, ToolPlan, ToolResponder};
 use crate::wire::ResponseMeta;
 
 /// What every handler holds.
@@ -53,6 +54,23 @@ impl AppState {
             ),
             system_fingerprint: system_fingerprint(&info.version),
         }
+    }
+
+    /// How this chat request's output is searched for tool calls.
+    fn tool_responder(&self, plan: &ToolPlan, rid: &RequestId) -> Result<ToolResponder, ApiError> {
+        let settings = self.config.tool_calls;
+        if *plan == ToolPlan::Auto && !settings.auto_tool_choice {
+            return Err(ApiError::bad_request(
+                Dialect::OpenAi,
+                "tool_choice",
+                "\"auto\" tool choice requires the server to run with --enable-auto-tool-choice",
+            ));
+        }
+        let parser = settings.parser_for(self.handle.info().chat_template.as_deref());
+        Ok(ToolResponder {
+            extraction: ToolExtraction::new(plan, parser),
+            call_id_base: rid.0.clone(),
+        })
     }
 
     fn submit(&self, request: kiln_protocol::GenerateRequest) -> Result<RequestStream, ApiError> {
@@ -203,9 +221,15 @@ pub fn render_chat(handle: &EngineHandle, plan: &convert::ChatPlan) -> Result<St
 
 async fn run_chat(st: &AppState, req: ChatRequest, rid: RequestId) -> Result<Response, ApiError> {
     let plan = convert::chat_plan(&req)?;
+    let tools = st.tool_responder(&plan.tools, &rid)?;
     let prompt = render_chat(&st.handle, &plan).map_err(|e| st.engine_error(&e))?;
     let meta = st.meta("chatcmpl", req.model.as_deref(), &rid);
     let mut request = plan.request.clone();
+    if let ToolExtraction::Parse(parser) = &tools.extraction
+        && parser.needs_special_tokens()
+    {
+        request.stopping.skip_special_tokens = false;
+    }
     request.prompt = PromptInput::Text(prompt);
     request.tag = Some(rid.0.clone());
     let stream = st.submit(request)?;
@@ -221,6 +245,7 @@ async fn run_chat(st: &AppState, req: ChatRequest, rid: RequestId) -> Result<Res
                 include_usage,
                 continuous_usage,
                 prompt_tokens: stream.prompt_token_ids().len() as u32,
+                tools,
             };
             Ok(stream_response(
                 stream,
@@ -232,7 +257,7 @@ async fn run_chat(st: &AppState, req: ChatRequest, rid: RequestId) -> Result<Res
             let collected = collect(stream, st.config.clock.as_ref())
                 .await
                 .map_err(|e| st.engine_error(&e))?;
-            Ok(Json(chat_response(&meta, &collected, plan.top_logprobs)).into_response())
+            Ok(Json(chat_response(&meta, &collected, plan.top_logprobs, &tools)).into_response())
         }
     }
 }

@@ -178,16 +178,256 @@ fn cases() -> Vec<Case> {
             Some("messages.0.content"),
         ),
         chat(
-            "json response_format",
-            &format!(r#"{{{user},"response_format":{{"type":"json_object"}}}}"#),
+            "json_schema without json_schema",
+            &format!(r#"{{{user},"response_format":{{"type":"json_schema"}}}}"#),
             Some("response_format"),
         ),
         chat(
-            "tools with auto",
+            "json_schema without schema",
             &format!(
-                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f"}}}}],"tool_choice":"auto"}}"#
+                r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a"}}}}}}"#
             ),
-            Some("tools"),
+            Some("response_format"),
+        ),
+        chat(
+            "json_schema with a bad name",
+            &format!(
+                r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a b","schema":{{}}}}}}}}"#
+            ),
+            Some("response_format"),
+        ),
+        chat(
+            "json_schema strict not a bool",
+            &format!(
+                r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a","strict":"yes","schema":{{}}}}}}}}"#
+            ),
+            Some("response_format"),
+        ),
+        chat(
+            "schema is a list",
+            &format!(
+                r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":[1]}}}}}}"#
+            ),
+            Some("response_format"),
+        ),
+        chat(
+            "schema with an unknown type",
+            &format!(
+                r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":{{"type":"integr"}}}}}}}}"#
+            ),
+            Some("json_schema"),
+        ),
+        chat(
+            "schema with a dangling $ref",
+            &format!(
+                r##"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":{{"$ref":"#/$defs/nope"}}}}}}}}"##
+            ),
+            Some("json_schema"),
+        ),
+        chat(
+            "schema with a type that is a number",
+            &format!(
+                r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":{{"type":"object","properties":{{"a":{{"type":7}}}}}}}}}}}}"#
+            ),
+            Some("json_schema"),
+        ),
+        chat(
+            "unknown response_format type",
+            &format!(r#"{{{user},"response_format":{{"type":"yaml"}}}}"#),
+            Some("response_format"),
+        ),
+        chat(
+            "response_format is a string",
+            &format!(r#"{{{user},"response_format":"json"}}"#),
+            Some("response_format"),
+        ),
+        chat(
+            "response_format without a type",
+            &format!(r#"{{{user},"response_format":{{"json_schema":{{}}}}}}"#),
+            Some("response_format"),
+        ),
+        chat(
+            "structural_tag",
+            &format!(r#"{{{user},"response_format":{{"type":"structural_tag"}}}}"#),
+            Some("response_format"),
+        ),
+        chat(
+            "unbalanced guided_regex",
+            &format!(r#"{{{user},"guided_regex":"([0-9]+"}}"#),
+            Some("regex"),
+        ),
+        chat(
+            "guided_regex not a string",
+            &format!(r#"{{{user},"guided_regex":["a"]}}"#),
+            Some("guided_regex"),
+        ),
+        chat(
+            "empty guided_choice",
+            &format!(r#"{{{user},"guided_choice":[]}}"#),
+            Some("choice"),
+        ),
+        chat(
+            "guided_choice not a list",
+            &format!(r#"{{{user},"guided_choice":"yes"}}"#),
+            Some("guided_choice"),
+        ),
+        chat(
+            "guided_choice with a number",
+            &format!(r#"{{{user},"guided_choice":["a",1]}}"#),
+            Some("guided_choice"),
+        ),
+        chat(
+            "lark grammar with an undefined rule",
+            &format!(r#"{{{user},"guided_grammar":"start: item+"}}"#),
+            Some("grammar"),
+        ),
+        chat(
+            "gbnf grammar without root",
+            &format!(r#"{{{user},"guided_grammar":"item ::= \"a\""}}"#),
+            Some("grammar"),
+        ),
+        chat(
+            "gbnf grammar with a reversed range",
+            &format!(r#"{{{user},"guided_grammar":"root ::= [z-a]"}}"#),
+            Some("grammar"),
+        ),
+        chat(
+            "guided_json that is not JSON",
+            &format!(r#"{{{user},"guided_json":"{{nope"}}"#),
+            Some("guided_json"),
+        ),
+        chat(
+            "two structured outputs",
+            &format!(r#"{{{user},"response_format":{{"type":"json_object"}},"guided_regex":"a"}}"#),
+            Some("guided_regex"),
+        ),
+        chat(
+            "structured_outputs with two constraints",
+            &format!(r#"{{{user},"structured_outputs":{{"regex":"a","choice":["a"]}}}}"#),
+            Some("structured_outputs"),
+        ),
+        chat(
+            "structured_outputs with an unknown key",
+            &format!(r#"{{{user},"structured_outputs":{{"xml":"<a/>"}}}}"#),
+            Some("structured_outputs"),
+        ),
+        chat(
+            "structured_outputs not an object",
+            &format!(r#"{{{user},"structured_outputs":"json"}}"#),
+            Some("structured_outputs"),
+        ),
+        completion(
+            "completion with a bad guided_regex",
+            r#"{"prompt":"a","guided_regex":"[z-a]"}"#,
+            Some("regex"),
+        ),
+        completion(
+            "completion with an oversized choice list",
+            &format!(
+                r#"{{"prompt":"a","guided_choice":[{}]}}"#,
+                vec!["\"x\""; 1100].join(",")
+            ),
+            Some("choice"),
+        ),
+        chat(
+            "auto tool choice without --enable-auto-tool-choice",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":"auto"}}"#
+            ),
+            Some("tool_choice"),
+        ),
+        chat(
+            "tool with an invalid parameters schema",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"nope"}}}}}}],"tool_choice":"required"}}"#
+            ),
+            Some("tools.0.function.parameters"),
+        ),
+        chat(
+            "tool parameters not an object",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":"object"}}}}],"tool_choice":"required"}}"#
+            ),
+            Some("tools.0.function.parameters"),
+        ),
+        chat(
+            "tool_choice names an unknown tool",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":{{"type":"function","function":{{"name":"g"}}}}}}"#
+            ),
+            Some("tool_choice"),
+        ),
+        chat(
+            "tool_choice required without tools",
+            &format!(r#"{{{user},"tool_choice":"required"}}"#),
+            Some("tool_choice"),
+        ),
+        chat(
+            "tool_choice of an unknown kind",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":"always"}}"#
+            ),
+            Some("tool_choice"),
+        ),
+        chat(
+            "tool_choice object without a function name",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":{{"type":"function"}}}}"#
+            ),
+            Some("tool_choice"),
+        ),
+        chat(
+            "tool message without tool_call_id",
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"tool","content":"42"}]}"#,
+            Some("messages.1.tool_call_id"),
+        ),
+        chat(
+            "non-function tool type",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"code_interpreter"}}],"tool_choice":"required"}}"#
+            ),
+            Some("tools.0.type"),
+        ),
+        chat(
+            "function tool without a function",
+            &format!(r#"{{{user},"tools":[{{"type":"function"}}],"tool_choice":"required"}}"#),
+            Some("tools.0.function"),
+        ),
+        chat(
+            "function name with spaces",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"get weather"}}}}],"tool_choice":"required"}}"#
+            ),
+            Some("tools.0.function.name"),
+        ),
+        chat(
+            "two tools with one name",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}},{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":"required"}}"#
+            ),
+            Some("tools.1.function.name"),
+        ),
+        chat(
+            "tool calls in history with arguments that are not JSON",
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{"}}]}]}"#,
+            Some("messages.1.tool_calls.0.function.arguments"),
+        ),
+        chat(
+            "tool calls on a user message",
+            r#"{"messages":[{"role":"user","content":"hi","tool_calls":[]}]}"#,
+            Some("messages.0.tool_calls"),
+        ),
+        chat(
+            "forced tool choice with a response_format",
+            &format!(
+                r#"{{{user},"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":"required","response_format":{{"type":"json_object"}}}}"#
+            ),
+            Some("tool_choice"),
+        ),
+        chat(
+            "tools not a list",
+            &format!(r#"{{{user},"tools":{{"type":"function"}}}}"#),
+            None,
         ),
         chat(
             "top_logprobs without logprobs",
@@ -273,7 +513,7 @@ async fn malformed_requests_get_openai_errors() {
     };
     let app = TestApp::new(ScriptedConfig::default(), http, &[Box::new(OpenAiFrontend)]);
     let cases = cases();
-    assert!(cases.len() >= 30);
+    assert!(cases.len() >= 85, "{} cases", cases.len());
     for case in cases {
         let r = app
             .request(case.method, case.path, case.headers, case.body)

@@ -284,3 +284,48 @@ async fn health_is_empty_200_then_503() {
     let r = a.post_json("/v1/completions", r#"{"prompt":"x"}"#).await;
     assert_eq!(r.status, 503);
 }
+
+#[tokio::test]
+async fn structured_outputs_reach_the_engine_and_shape_the_text() {
+    let app = app();
+    let schema = r#"{"type":"object","properties":{"city":{"type":"string"},"n":{"type":"integer"}},"required":["city","n"]}"#;
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"hi"}}],"response_format":{{"type":"json_schema","json_schema":{{"name":"place","schema":{schema},"strict":true}}}}}}"#
+    );
+    let r = app.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let content = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parsed: serde_json::Value = serde_json::from_str(&content).unwrap();
+    assert!(
+        parsed["city"].is_string() && parsed["n"].is_i64(),
+        "{content}"
+    );
+    let admitted = app.engine.last_admitted().unwrap();
+    assert_eq!(
+        admitted.request.sampling.structured,
+        Some(kiln_protocol::StructuredOutput::JsonSchema(
+            serde_json::from_str::<serde_json::Value>(schema)
+                .unwrap()
+                .to_string()
+        ))
+    );
+    let r = app
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Pick","guided_choice":["red","blue"],"max_tokens":8}"#,
+        )
+        .await;
+    assert_eq!(r.json()["choices"][0]["text"], "blue");
+    let r = app
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Digits","structured_outputs":{"regex":"[0-9]{3}"},"max_tokens":2}"#,
+        )
+        .await;
+    let choice = &r.json()["choices"][0];
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(choice["text"], "11");
+}

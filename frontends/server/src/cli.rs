@@ -133,6 +133,13 @@ pub struct EngineArgs {
     /// Activation and KV-cache dtype
     #[arg(long, env = "KILN_DTYPE", value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,
+    /// Weight quantization. gguf, gptq, awq, compressed-tensors: the checkpoint's
+    /// own (detected from GGUF block types or config.json's quantization_config;
+    /// naming one makes a checkpoint of another kind an error). int8: quantize
+    /// the 16/32-bit Linear weights of an unquantized checkpoint to 8-bit
+    /// blocks at load, halving their memory [default: the checkpoint's]
+    #[arg(long, short = 'q', env = "KILN_QUANTIZATION", value_name = "METHOD")]
+    pub quantization: Option<String>,
     /// Context length served, prompt plus output [default: the model's]
     #[arg(long, env = "KILN_MAX_MODEL_LEN", value_name = "TOKENS")]
     pub max_model_len: Option<usize>,
@@ -230,6 +237,12 @@ pub struct ServeArgs {
     /// How long to let running requests finish after SIGTERM/Ctrl-C (30, 30s, 500ms, 2m)
     #[arg(long, env = "KILN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration_arg, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
+    /// Format of the tool calls models write: hermes, llama3_json or mistral [default: from the chat template, else hermes]
+    #[arg(long, env = "KILN_TOOL_CALL_PARSER", value_name = "NAME")]
+    pub tool_call_parser: Option<kiln_http::tool_calls::ToolCallParser>,
+    /// Allow `tool_choice: "auto"` (the model decides whether to call tools; calls are parsed from its text)
+    #[arg(long, env = "KILN_ENABLE_AUTO_TOOL_CHOICE")]
+    pub enable_auto_tool_choice: bool,
     /// API families to expose (comma-separated)
     #[arg(
         long,

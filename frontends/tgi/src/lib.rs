@@ -21,6 +21,7 @@
 //! assert_eq!(plan(&body, ctx).unwrap_err().status, 422);
 //! ```
 
+pub mod grammar;
 pub mod request;
 pub mod response;
 pub mod routes;

@@ -40,7 +40,7 @@ pub struct Parameters {
     pub seed: Option<u64>,
     /// Alternatives per token in `top_tokens`.
     pub top_n_tokens: Option<u32>,
-    /// Grammar-constrained generation (not supported).
+    /// Grammar-constrained generation: `{type: json|json_schema|regex, value}`.
     pub grammar: Option<Value>,
     /// LoRA adapter (not supported).
     pub adapter_id: Option<String>,

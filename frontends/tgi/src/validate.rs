@@ -6,6 +6,7 @@ use kiln_protocol::{
     GenerateRequest, MAX_TOP_LOGPROBS, PromptInput, SamplingParams, StoppingCriteria,
 };
 
+use crate::grammar::grammar_spec;
 use crate::request::{GenerateIn, Parameters};
 
 /// Most stop sequences per request (TGI's default `--max-stop-sequences`).
@@ -157,11 +158,6 @@ fn check_unsupported(p: &Parameters, stream: bool, max_input_tokens: u32) -> Res
             "`watermark` is not supported by Kiln: remove it",
         ));
     }
-    if p.grammar.as_ref().is_some_and(|g| !g.is_null()) {
-        return Err(validation(
-            "Grammar and tools are not supported by this model",
-        ));
-    }
     if p.adapter_id.as_deref().is_some_and(|a| !a.is_empty()) {
         return Err(validation(
             "LoRA adapters (`adapter_id`) are not supported by Kiln",
@@ -222,6 +218,7 @@ pub fn plan(body: &GenerateIn, ctx: PlanContext) -> Result<TgiPlan, ApiError> {
         frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
         seed,
         logprobs: wants_logprobs.then_some(top_n_tokens),
+        structured: grammar_spec(p.grammar.as_ref())?,
         ..SamplingParams::default()
     };
     let stopping = StoppingCriteria {
@@ -315,7 +312,7 @@ mod tests {
             json!({"truncate": 0}),
             json!({"truncate": 1000}),
             json!({"watermark": true}),
-            json!({"grammar": {"type": "json", "value": {}}}),
+            json!({"grammar": {"type": "xml", "value": {}}}),
             json!({"top_n_tokens": 50}),
             json!({"adapter_id": "x"}),
         ] {

@@ -74,7 +74,84 @@ fn cases() -> Vec<Case> {
         params("truncate zero", r#"{"truncate":0}"#),
         params("truncate too big", r#"{"truncate":100000}"#),
         params("watermark", r#"{"watermark":true}"#),
-        params("grammar", r#"{"grammar":{"type":"json","value":{}}}"#),
+        params("grammar is a string", r#"{"grammar":"json"}"#),
+        params("grammar without a type", r#"{"grammar":{"value":"a"}}"#),
+        params(
+            "grammar of unknown type",
+            r#"{"grammar":{"type":"xml","value":"<a/>"}}"#,
+        ),
+        params(
+            "regex grammar without a value",
+            r#"{"grammar":{"type":"regex"}}"#,
+        ),
+        params(
+            "regex grammar with a number",
+            r#"{"grammar":{"type":"regex","value":7}}"#,
+        ),
+        params(
+            "unbalanced regex",
+            r#"{"grammar":{"type":"regex","value":"(ab"}}"#,
+        ),
+        params(
+            "reversed regex range",
+            r#"{"grammar":{"type":"regex","value":"[9-0]+"}}"#,
+        ),
+        params(
+            "bad regex escape",
+            r#"{"grammar":{"type":"regex","value":"\\p{Nope}"}}"#,
+        ),
+        params(
+            "dangling regex quantifier",
+            r#"{"grammar":{"type":"regex","value":"*a"}}"#,
+        ),
+        params(
+            "json grammar with a list value",
+            r#"{"grammar":{"type":"json","value":[1,2]}}"#,
+        ),
+        params(
+            "json grammar with a number value",
+            r#"{"grammar":{"type":"json","value":3}}"#,
+        ),
+        params(
+            "json grammar with unparsable text",
+            r#"{"grammar":{"type":"json","value":"{nope"}}"#,
+        ),
+        params(
+            "json grammar with an unknown type",
+            r#"{"grammar":{"type":"json","value":{"type":"strin"}}}"#,
+        ),
+        params(
+            "json grammar with a dangling ref",
+            r##"{"grammar":{"type":"json","value":{"$ref":"#/definitions/x"}}}"##,
+        ),
+        params(
+            "json grammar with a numeric type",
+            r#"{"grammar":{"type":"json","value":{"type":1}}}"#,
+        ),
+        params(
+            "json grammar with bad properties",
+            r#"{"grammar":{"type":"json","value":{"type":"object","properties":{"a":{"type":"integr"}}}}}"#,
+        ),
+        params(
+            "json grammar with bad required",
+            r#"{"grammar":{"type":"json","value":{"type":"object","required":"a"}}}"#,
+        ),
+        params(
+            "json_schema grammar without schema",
+            r#"{"grammar":{"type":"json_schema","value":{"name":"x"}}}"#,
+        ),
+        params(
+            "json_schema grammar without value",
+            r#"{"grammar":{"type":"json_schema"}}"#,
+        ),
+        params(
+            "json_object grammar with a bad schema",
+            r#"{"grammar":{"type":"json_object","value":{"type":"object","properties":{"a":{"minimum":"x"}}}}}"#,
+        ),
+        params(
+            "regex grammar with a null value",
+            r#"{"grammar":{"type":"regex","value":null}}"#,
+        ),
         params("top_n_tokens too many", r#"{"top_n_tokens":100}"#),
         params("details not a bool", r#"{"details":"yes"}"#),
         params("seed negative", r#"{"seed":-1}"#),

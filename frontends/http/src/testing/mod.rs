@@ -12,6 +12,9 @@
 //! - made-up but consistent logprobs ([`script::scripted_logprob`]): the
 //!   sampled token is always the most likely;
 //! - a prompt containing `[fail]` fails the request after two tokens;
+//! - a prompt containing `[reply]TEXT[/reply]` recites TEXT instead of the
+//!   story; a structured output recites the first text its grammar admits
+//!   (constraints are checked as the real engine checks them) ([`reply`]);
 //! - a simple ChatML chat template;
 //! - `max_num_seqs` requests run at once, the rest wait (bounded by
 //!   `max_waiting_requests`, like the real engine); `token_delay` between steps;
@@ -23,6 +26,7 @@
 //! - records of every admitted request and every abort, for assertions.
 
 pub mod app;
+pub mod reply;
 pub mod script;
 pub mod vocab;
 
@@ -35,9 +39,10 @@ use kiln_engine_api::{
     AdmittedRequest, ChatOptions, EngineHandle, EngineInfo, EngineLoad, EngineService,
 };
 use kiln_protocol::{
-    EngineError, EngineEvent, FinishReason, RequestId, RequestMetrics, StepStats, TokenEvent,
-    TokenId,
+    EngineError, EngineEvent, FinishReason, RequestId, RequestMetrics, StepStats, StructuredOutput,
+    TokenEvent, TokenId,
 };
+use kiln_structured::{Grammars, Limits, Vocabulary};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use script::ScriptedSequence;
@@ -120,6 +125,8 @@ pub struct ScriptedEngine {
     permits: Arc<Semaphore>,
     healthy: AtomicBool,
     next_id: AtomicU64,
+    /// Checks structured outputs as the real engine does, over bytes.
+    grammars: Grammars,
 }
 
 impl ScriptedEngine {
@@ -136,6 +143,8 @@ impl ScriptedEngine {
             }),
             healthy: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
+            grammars: Grammars::new(Vocabulary::bytes(), Limits::default())
+                .expect("the byte vocabulary is valid"),
         })
     }
 
@@ -356,6 +365,8 @@ struct RunContext {
     permits: Arc<Semaphore>,
     delay: Duration,
     request: AdmittedRequest,
+    /// What the sequences recite instead of the story.
+    reply: Option<Vec<TokenId>>,
     /// Dropped before `events`, so the load and the engine events are
     /// settled by the time the client's stream ends.
     release: Release,
@@ -393,7 +404,7 @@ async fn run_request(mut ctx: RunContext) {
     let seed = request_seed(&ctx.request);
     let shape = ctx.release.shape;
     let mut seqs: Vec<ScriptedSequence> = (0..n)
-        .map(|i| ScriptedSequence::new(&ctx.request, i, seed))
+        .map(|i| ScriptedSequence::new(&ctx.request, i, seed, ctx.reply.clone()))
         .collect();
     let mut live: Vec<bool> = vec![true; n as usize];
     let fail = should_fail(&ctx.request);
@@ -482,6 +493,12 @@ impl EngineService for ScriptedEngine {
         render_chatml(messages, options.add_generation_prompt)
     }
 
+    fn check_structured(&self, spec: &StructuredOutput) -> Result<(), EngineError> {
+        self.grammars
+            .check(spec)
+            .map_err(|e| EngineError::invalid(e.param, e.to_string()))
+    }
+
     fn enqueue(
         &self,
         request: AdmittedRequest,
@@ -505,11 +522,17 @@ impl EngineService for ScriptedEngine {
             prompt_tokens: request.prompt_token_ids.len() as u32,
         });
         let shape = RequestShape::of(&request);
+        let reply = reply::reply_tokens(
+            &request.request.prompt,
+            request.request.sampling.structured.as_ref(),
+            &self.grammars,
+        );
         let ctx = RunContext {
             shared: self.shared.clone(),
             permits: self.permits.clone(),
             delay: self.config.token_delay,
             request,
+            reply,
             events,
             release: Release {
                 shared: self.shared.clone(),

@@ -50,11 +50,18 @@ pub struct ScriptedSequence {
 
 impl ScriptedSequence {
     /// Sequence `index` of `request`: greedy requests start at the story's
-    /// beginning; sampled ones at an offset drawn from `(seed, index)`.
-    pub fn new(request: &AdmittedRequest, index: u32, seed: u64) -> Self {
-        let story = vocab::story_tokens();
+    /// beginning; sampled ones at an offset drawn from `(seed, index)`. A
+    /// `reply` replaces the story and is always recited from its start.
+    pub fn new(
+        request: &AdmittedRequest,
+        index: u32,
+        seed: u64,
+        reply: Option<Vec<TokenId>>,
+    ) -> Self {
+        let scripted = reply.is_some();
+        let story = reply.unwrap_or_else(vocab::story_tokens);
         let sampling = &request.request.sampling;
-        let pos = if sampling.is_greedy() {
+        let pos = if sampling.is_greedy() || scripted || story.is_empty() {
             0
         } else {
             (mix(seed ^ mix(u64::from(index))) % story.len() as u64) as usize
@@ -83,6 +90,9 @@ impl ScriptedSequence {
     }
 
     fn next_id(&mut self) -> TokenId {
+        if self.story.is_empty() {
+            return vocab::IM_END;
+        }
         if self.pos >= self.story.len() {
             self.pos = 0;
             if !self.stopping.ignore_eos && self.eos_allowed() {
@@ -238,6 +248,7 @@ mod tests {
             &request(1000, Default::default(), SamplingParams::greedy()),
             0,
             0,
+            None,
         );
         let (text, fin) = run(&mut s);
         assert_eq!(text, vocab::STORY);
@@ -255,6 +266,7 @@ mod tests {
             &request(3, Default::default(), SamplingParams::greedy()),
             0,
             0,
+            None,
         );
         let (text, fin) = run(&mut s);
         assert_eq!(text, "Once upon a");
@@ -271,6 +283,7 @@ mod tests {
             &request(100, stopping.clone(), SamplingParams::greedy()),
             0,
             0,
+            None,
         );
         let (text, fin) = run(&mut s);
         assert_eq!(text, "Once upon a time, a little kiln baked");
@@ -282,7 +295,8 @@ mod tests {
             include_stop_str_in_output: true,
             ..stopping
         };
-        let mut s = ScriptedSequence::new(&request(100, include, SamplingParams::greedy()), 0, 0);
+        let mut s =
+            ScriptedSequence::new(&request(100, include, SamplingParams::greedy()), 0, 0, None);
         assert_eq!(run(&mut s).0, "Once upon a time, a little kiln baked bread");
     }
 
@@ -293,9 +307,9 @@ mod tests {
             ..Default::default()
         };
         let req = request(5, Default::default(), sampling);
-        let a = run(&mut ScriptedSequence::new(&req, 0, 7)).0;
-        let b = run(&mut ScriptedSequence::new(&req, 0, 7)).0;
-        let c = run(&mut ScriptedSequence::new(&req, 1, 7)).0;
+        let a = run(&mut ScriptedSequence::new(&req, 0, 7, None)).0;
+        let b = run(&mut ScriptedSequence::new(&req, 0, 7, None)).0;
+        let c = run(&mut ScriptedSequence::new(&req, 1, 7, None)).0;
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -307,7 +321,8 @@ mod tests {
             ..Default::default()
         };
         let n = vocab::story_tokens().len() as u32 + 3;
-        let mut s = ScriptedSequence::new(&request(n, stopping, SamplingParams::greedy()), 0, 0);
+        let mut s =
+            ScriptedSequence::new(&request(n, stopping, SamplingParams::greedy()), 0, 0, None);
         let (text, fin) = run(&mut s);
         assert_eq!(fin.reason, FinishReason::Length);
         assert!(text.ends_with("The end.Once upon a"), "{text}");
@@ -319,7 +334,7 @@ mod tests {
             logprobs: Some(3),
             ..SamplingParams::greedy()
         };
-        let mut s = ScriptedSequence::new(&request(2, Default::default(), sampling), 0, 0);
+        let mut s = ScriptedSequence::new(&request(2, Default::default(), sampling), 0, 0, None);
         let t = s.step().token;
         assert_eq!(t.top_logprobs.len(), 3);
         assert_eq!(t.top_logprobs[0].id, t.id);

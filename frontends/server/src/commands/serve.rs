@@ -38,6 +38,8 @@ pub struct HttpSettings {
     pub frontends: Vec<FrontendKind>,
     /// Grace period for running requests at shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
+    /// `--tool-call-parser` and `--enable-auto-tool-choice`.
+    pub tool_calls: kiln_http::tool_calls::ToolCallSettings,
 }
 
 /// What `kiln serve` starts.
@@ -125,6 +127,7 @@ pub fn engine_config(model: &ResolvedModel, args: &EngineArgs) -> EngineConfig {
     c.backend_search_paths = args.backend_path.clone();
     c.threads = args.threads;
     c.dtype = dtype(args.dtype);
+    c.quantization = args.quantization.clone();
     c.max_model_len = args.max_model_len;
     c.block_size = args.block_size;
     c.kv_cache_memory_bytes = args.kv_cache_memory_bytes;
@@ -180,6 +183,10 @@ fn http_settings(args: &ServeArgs) -> HttpSettings {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         frontends,
         shutdown_timeout: args.shutdown_timeout,
+        tool_calls: kiln_http::tool_calls::ToolCallSettings {
+            parser: args.tool_call_parser,
+            auto_tool_choice: args.enable_auto_tool_choice,
+        },
     }
 }
 
@@ -301,6 +308,7 @@ async fn serve_http(engine: &kiln_engine::Engine, http: &HttpSettings) -> Result
         addr,
         http: kiln_http::HttpConfig {
             api_key: http.api_key.clone(),
+            tool_calls: http.tool_calls,
             ..kiln_http::HttpConfig::default()
         },
         shutdown_timeout: http.shutdown_timeout,
@@ -476,6 +484,24 @@ mod tests {
         assert_eq!(h.shutdown_timeout, Duration::from_secs(30));
         let spec = ModelSpec::parse(a.model.model()).unwrap();
         assert_eq!(served_names(&a, &spec), ["smollm2-135m-instruct"]);
+    }
+
+    #[test]
+    fn tool_call_flags_follow_vllm() {
+        let h = http_settings(&serve_args(&[]));
+        assert_eq!(h.tool_calls, Default::default());
+        let h = http_settings(&serve_args(&[
+            "--tool-call-parser",
+            "llama3_json",
+            "--enable-auto-tool-choice",
+        ]));
+        assert_eq!(
+            h.tool_calls.parser,
+            Some(kiln_http::tool_calls::ToolCallParser::Llama3Json)
+        );
+        assert!(h.tool_calls.auto_tool_choice);
+        let mut bad = vec!["kiln", "serve", "--tool-call-parser", "pythonic"];
+        assert!(Cli::try_parse_from(bad.drain(..)).is_err());
     }
 
     #[test]
