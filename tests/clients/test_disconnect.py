@@ -129,6 +129,12 @@ def test_dropped_tgi_and_ollama_streams_free_everything(base_url):
             "vllm:request_success_total", finished_reason=reason
         )
 
+    # Counters are folded from the engine's event stream, which can trail the
+    # gauges by a moment after the engine goes idle: give them 10 s to settle.
+    deadline = time.monotonic() + 10
+    while delta("abort") + delta("stop") + delta("length") < 8 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = Metrics(base_url)
     # Sampling is seeded, so this is deterministic; a stream that met EOS
     # before its client left would end as "stop" rather than "abort".
     assert delta("abort") + delta("stop") + delta("length") == 8
