@@ -122,6 +122,59 @@ pub fn catalog_model(alias: &str, file: &str) -> Option<PathBuf> {
     found
 }
 
+/// One prompt of a transformers reference fixture (the JSON files in
+/// `tests/fixtures/{kquant,quantized,families}`).
+pub struct ReferencePrompt {
+    /// Prompt token ids.
+    pub ids: Vec<u32>,
+    /// The reference's 32 greedy tokens.
+    pub greedy: Vec<u32>,
+    /// Top-1 minus top-2 logit at each greedy step (empty when not recorded).
+    pub margins: Vec<f64>,
+    /// Full last-position logits of the prompt.
+    pub logits: Vec<f32>,
+}
+
+/// The prompts of a fixture's `key` array (`prompts`, or a variant).
+pub fn reference_prompts(prompts: &serde_json::Value) -> Vec<ReferencePrompt> {
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_f64().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    prompts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ReferencePrompt {
+            ids: json_ids(&p["ids"]),
+            greedy: json_ids(&p["greedy"]),
+            margins: floats(&p["margins"]),
+            logits: floats(&p["logits"]).into_iter().map(|x| x as f32).collect(),
+        })
+        .collect()
+}
+
+/// Every `*.json` file of `tests/fixtures/<subdir>`, sorted by name, parsed.
+pub fn fixture_jsons(subdir: &str) -> Vec<(PathBuf, serde_json::Value)> {
+    let dir = fixtures().join(subdir);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, v)
+        })
+        .collect()
+}
+
 /// Last-position logits of `prompt` run as one fresh sequence `seq` (the
 /// previous sequence, `seq − 1`, is dropped first).
 pub fn last_logits(

@@ -9,33 +9,22 @@
 use std::path::{Path, PathBuf};
 
 use kiln_engine::load_model;
-use kiln_tests::{cpu_config, fixtures, greedy, json_ids, last_logits, start};
-
-struct Prompt {
-    ids: Vec<u32>,
-    greedy: Vec<u32>,
-    logits: Vec<f32>,
-}
+use kiln_tests::{
+    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, reference_prompts,
+    start,
+};
 
 struct Fixture {
     family: String,
     forms: Vec<PathBuf>,
-    prompts: Vec<Prompt>,
+    prompts: Vec<ReferencePrompt>,
 }
 
 fn fixture_files() -> Vec<Fixture> {
     let dir = fixtures().join("families");
-    let mut jsons: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    jsons.sort();
-    jsons
-        .iter()
-        .map(|path| {
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    fixture_jsons("families")
+        .into_iter()
+        .map(|(_, v)| {
             let family = v["family"].as_str().unwrap().to_string();
             let mut forms = vec![dir.join(&family)];
             if let Some(g) = v["gguf"].as_str() {
@@ -44,21 +33,7 @@ fn fixture_files() -> Vec<Fixture> {
             Fixture {
                 family,
                 forms,
-                prompts: v["prompts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| Prompt {
-                        ids: json_ids(&p["ids"]),
-                        greedy: json_ids(&p["greedy"]),
-                        logits: p["logits"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|x| x.as_f64().unwrap() as f32)
-                            .collect(),
-                    })
-                    .collect(),
+                prompts: reference_prompts(&v["prompts"]),
             }
         })
         .collect()

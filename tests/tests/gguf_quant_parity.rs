@@ -15,7 +15,10 @@ use std::sync::Mutex;
 use kiln_engine::load_model;
 use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
-use kiln_tests::{cpu_config, fixtures, greedy, json_ids, last_logits, start};
+use kiln_tests::{
+    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, reference_prompts,
+    start,
+};
 
 /// The tests load models one at a time: the memory test reads a
 /// process-wide counter that another test's model would disturb.
@@ -25,55 +28,25 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Prompt {
-    ids: Vec<u32>,
-    greedy: Vec<u32>,
-    logits: Vec<f32>,
-}
-
 struct Fixture {
     gguf: PathBuf,
     types: BTreeSet<String>,
-    prompts: Vec<Prompt>,
+    prompts: Vec<ReferencePrompt>,
 }
 
 fn fixture_files() -> Vec<Fixture> {
     let dir = fixtures().join("kquant");
-    let mut jsons: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    jsons.sort();
-    jsons
-        .iter()
-        .map(|path| {
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            Fixture {
-                gguf: dir.join(v["gguf"].as_str().unwrap()),
-                types: v["tensor_types"]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .map(|t| t.as_str().unwrap().to_string())
-                    .collect(),
-                prompts: v["prompts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| Prompt {
-                        ids: json_ids(&p["ids"]),
-                        greedy: json_ids(&p["greedy"]),
-                        logits: p["logits"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|x| x.as_f64().unwrap() as f32)
-                            .collect(),
-                    })
-                    .collect(),
-            }
+    fixture_jsons("kquant")
+        .into_iter()
+        .map(|(_, v)| Fixture {
+            gguf: dir.join(v["gguf"].as_str().unwrap()),
+            types: v["tensor_types"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect(),
+            prompts: reference_prompts(&v["prompts"]),
         })
         .collect()
 }

@@ -19,63 +19,26 @@
 use std::path::{Path, PathBuf};
 
 use kiln_engine::load_model;
-use kiln_tests::{cpu_config, fixtures, greedy, json_ids, last_logits, start};
+use kiln_tests::{
+    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, reference_prompts,
+    start,
+};
 
 /// Margins (logits) below which the reference's greedy choice is a tie.
 const TIE: f64 = 1e-3;
 
-struct Prompt {
-    ids: Vec<u32>,
-    greedy: Vec<u32>,
-    margins: Vec<f64>,
-    logits: Vec<f32>,
-}
-
 struct Checkpoint {
     dir: PathBuf,
-    prompts: Vec<Prompt>,
+    prompts: Vec<ReferencePrompt>,
 }
 
 fn checkpoints() -> Vec<Checkpoint> {
     let root = fixtures().join("quantized");
-    let mut jsons: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    jsons.sort();
-    jsons
-        .iter()
-        .map(|path| {
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            let prompts = v
-                .get("prompts_f32_activations")
-                .unwrap_or(&v["prompts"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| Prompt {
-                    ids: json_ids(&p["ids"]),
-                    greedy: json_ids(&p["greedy"]),
-                    margins: p["margins"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|m| m.as_f64().unwrap())
-                        .collect(),
-                    logits: p["logits"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap() as f32)
-                        .collect(),
-                })
-                .collect();
-            Checkpoint {
-                dir: root.join(v["dir"].as_str().unwrap()),
-                prompts,
-            }
+    fixture_jsons("quantized")
+        .into_iter()
+        .map(|(_, v)| Checkpoint {
+            dir: root.join(v["dir"].as_str().unwrap()),
+            prompts: reference_prompts(v.get("prompts_f32_activations").unwrap_or(&v["prompts"])),
         })
         .collect()
 }
