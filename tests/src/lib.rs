@@ -155,6 +155,14 @@ pub fn reference_prompts(prompts: &serde_json::Value) -> Vec<ReferencePrompt> {
         .collect()
 }
 
+/// The largest `|a[i] − b[i]|` (logit comparisons).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Every `*.json` file of `tests/fixtures/<subdir>`, sorted by name, parsed.
 pub fn fixture_jsons(subdir: &str) -> Vec<(PathBuf, serde_json::Value)> {
     let dir = fixtures().join(subdir);

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_engine::load_model;
 use kiln_tests::{
-    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, reference_prompts,
-    start,
+    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, max_abs_diff,
+    reference_prompts, start,
 };
 
 struct Fixture {
@@ -72,11 +72,7 @@ fn last_position_logits_match_transformers() {
             for (i, p) in f.prompts.iter().enumerate() {
                 let ours = last_logits(&mut loaded.runner, &p.ids, i as u64 + 1);
                 assert_eq!(ours.len(), p.logits.len(), "{}: vocabulary", name(form));
-                let max = ours
-                    .iter()
-                    .zip(&p.logits)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let max = max_abs_diff(&ours, &p.logits);
                 worst = worst.max(max);
             }
             eprintln!("{:>16}: max |Δlogit| = {worst:.2e}", name(form));

@@ -16,8 +16,8 @@ use kiln_engine::load_model;
 use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
 use kiln_tests::{
-    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, reference_prompts,
-    start,
+    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, max_abs_diff,
+    reference_prompts, start,
 };
 
 /// The tests load models one at a time: the memory test reads a
@@ -90,11 +90,7 @@ fn last_position_logits_match_transformers() {
                 "{}: vocabulary size",
                 name(&f.gguf)
             );
-            let max = ours
-                .iter()
-                .zip(&p.logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let max = max_abs_diff(&ours, &p.logits);
             worst = worst.max(max);
             assert!(
                 max <= 1e-3,

@@ -11,7 +11,9 @@
 use std::path::Path;
 
 use kiln_engine::load_model;
-use kiln_tests::{cpu_config, default_model, fixtures, greedy, json_ids, last_logits, start};
+use kiln_tests::{
+    cpu_config, default_model, fixtures, greedy, json_ids, last_logits, max_abs_diff, start,
+};
 use sha2::{Digest, Sha256};
 
 struct Case {
@@ -172,11 +174,7 @@ fn safetensors_f32_matches_transformers_logits_and_greedy() {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         assert_eq!(ours.len(), reference.len());
-        let max = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max = max_abs_diff(&ours, &reference);
         eprintln!("{:>12}: max |Δlogit| = {max:.2e}", c.name);
         assert!(max <= 1e-3, "{}: max |Δlogit| {max} > 1e-3", c.name);
     }

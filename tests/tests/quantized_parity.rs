@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_engine::load_model;
 use kiln_tests::{
-    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, reference_prompts,
-    start,
+    ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, max_abs_diff,
+    reference_prompts, start,
 };
 
 /// Margins (logits) below which the reference's greedy choice is a tie.
@@ -79,11 +79,7 @@ fn last_position_logits_match_transformers() {
         let mut worst = 0f32;
         for (i, p) in c.prompts.iter().enumerate() {
             let ours = last_logits(&mut loaded.runner, &p.ids, i as u64 + 1);
-            let max = ours
-                .iter()
-                .zip(&p.logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let max = max_abs_diff(&ours, &p.logits);
             worst = worst.max(max);
             assert!(
                 max <= 1e-3,
