@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{Cols, GROUP_ROWS, Store, WeightFormat, WeightMatrix};
 use crate::quant::QuantizedActs;
-use crate::weights::{IQ4_VALUES, MinKind, block_codes, sub_factors};
+use crate::weights::{IQ4_CODES, MinKind, block_codes, sub_factors};
 
 #[inline(always)]
 fn f16_at(b: &[u8], off: usize) -> f32 {
@@ -53,7 +53,7 @@ pub(crate) unsafe fn quant_group(
                     let mut dot = 0i32;
                     for k in s * sub_len..(s + 1) * sub_len {
                         let u = if p.lut {
-                            IQ4_VALUES[codes[k] as usize] as i32 + 128
+                            IQ4_CODES[codes[k] as usize] as i32
                         } else {
                             codes[k] as i32
                         };

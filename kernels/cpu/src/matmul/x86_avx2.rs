@@ -8,7 +8,7 @@ use std::ops::Range;
 use super::scalar::code_offset;
 use super::{Cols, Store, WeightFormat, WeightMatrix};
 use crate::quant::{CodeForm, QuantizedActs};
-use crate::weights::{IQ4_VALUES, MinKind, QuantLayout, SubScale};
+use crate::weights::{IQ4_CODES, MinKind, QuantLayout, SubScale};
 
 /// Write lanes of one half (8 columns from `col0`) for row `t`.
 #[inline]
@@ -163,10 +163,7 @@ unsafe fn generic_group(
     let cols = Cols::of_group(w, g);
     let sign = _mm256_set1_epi32(i32::MIN);
     let lut = {
-        let mut table = [0i8; 16];
-        for (t, v) in table.iter_mut().zip(IQ4_VALUES) {
-            *t = (v as i32 + 128) as u8 as i8;
-        }
+        let table = IQ4_CODES;
         // SAFETY: 16 readable bytes.
         unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr() as *const __m128i)) }
     };

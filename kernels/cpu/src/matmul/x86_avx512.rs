@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use super::{Cols, Store, WeightFormat, WeightMatrix};
 use crate::quant::{CodeForm, QuantizedActs};
-use crate::weights::{IQ4_VALUES, MinKind, QuantLayout, SubScale};
+use crate::weights::{IQ4_CODES, MinKind, QuantLayout, SubScale};
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -208,10 +208,7 @@ unsafe fn block_rows<const F: u8, const T: usize>(
     let codes_base = acts.codes.as_ptr();
     let sign = _mm512_set1_epi32(i32::MIN);
     let lut = if p.lut {
-        let mut table = [0i8; 16];
-        for (t, v) in table.iter_mut().zip(IQ4_VALUES) {
-            *t = (v as i32 + 128) as u8 as i8;
-        }
+        let table = IQ4_CODES;
         // SAFETY: 16 readable bytes.
         _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) })
     } else {

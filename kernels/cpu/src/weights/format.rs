@@ -65,6 +65,18 @@ pub const IQ4_VALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// [`IQ4_VALUES`] plus 128: the unsigned codes the kernels multiply (with
+/// an offset of 128 corrected through the activation sums).
+pub(crate) const IQ4_CODES: [u8; 16] = {
+    let mut codes = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        codes[i] = (IQ4_VALUES[i] as i32 + 128) as u8;
+        i += 1;
+    }
+    codes
+};
+
 /// How a block format's codes, scales and minimums are laid out for the
 /// kernels (per 16-row group; see `weights/mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

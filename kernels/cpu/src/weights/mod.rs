@@ -37,8 +37,8 @@ mod source;
 
 use half::{bf16, f16};
 
+pub(crate) use self::format::{IQ4_CODES, MinKind, Packing, SubScale};
 pub use self::format::{IQ4_VALUES, WeightFormat};
-pub(crate) use self::format::{MinKind, Packing, SubScale};
 use crate::aligned::AlignedBytes;
 use crate::error::KernelError;
 
