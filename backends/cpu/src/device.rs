@@ -9,7 +9,9 @@ use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul};
 use kiln_kernels_cpu::ops::{self, RopeShape, RopeStyle};
 use kiln_kernels_cpu::pool::ThreadPool;
 use kiln_kernels_cpu::weights::IntParts;
-use kiln_plugin_abi::ops::*;
+use kiln_plugin_abi::ops::{
+    self as abi, ACT_GELU, ACT_GELU_TANH, ACT_RELU, ACT_SILU, Op, opcode_name,
+};
 use kiln_plugin_abi::plugin::{DevicePlugin, PluginError, PluginResult, WeightDescRef};
 use kiln_plugin_abi::*;
 
@@ -321,61 +323,58 @@ impl CpuDevice {
     }
 
     fn op(&self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
-        match op.opcode {
-            OP_EMBEDDING => {
-                ops::embedding(matrix(op.weights[0])?, i32s(&t[0])?, f32s_mut(&t[1])?);
+        match Op::decode(op)? {
+            Op::Embedding(e) => {
+                ops::embedding(matrix(e.table)?, i32s(&e.ids)?, f32s_mut(&e.out)?);
             }
-            OP_RMS_NORM => self.rms_norm(op)?,
-            OP_ADD_RMS_NORM => {
-                let h = t[0].dims[1] as usize;
+            Op::RmsNorm(n) => self.rms_norm(&n)?,
+            Op::AddRmsNorm(n) => {
+                let h = n.x.dims[1] as usize;
                 ops::add_rms_norm(
                     &self.pool,
-                    f32s(&t[0])?,
-                    f32s_mut(&t[1])?,
-                    vector(op.weights[0])?,
-                    op.fparams[0],
-                    f32s_mut(&t[2])?,
+                    f32s(&n.x)?,
+                    f32s_mut(&n.residual)?,
+                    vector(n.gamma)?,
+                    n.eps,
+                    f32s_mut(&n.out)?,
                     h,
                 );
             }
-            OP_LINEAR => self.linear(op)?,
-            OP_ROPE => self.rope(op)?,
-            OP_SILU_MUL => {
-                let (gate, up, out) = (&t[0], &t[1], &t[2]);
-                if !same_memory(out, gate) {
-                    f32s_mut(out)?.copy_from_slice(f32s(gate)?);
+            Op::Linear(l) => self.linear(&l)?,
+            Op::Rope(r) => self.rope(&r)?,
+            Op::SiluMul(s) => {
+                if !same_memory(&s.out, &s.gate) {
+                    f32s_mut(&s.out)?.copy_from_slice(f32s(&s.gate)?);
                 }
-                ops::silu_mul(f32s_mut(out)?, f32s(up)?);
+                ops::silu_mul(f32s_mut(&s.out)?, f32s(&s.up)?);
             }
-            OP_ADD => {
-                let (a, b, out) = (&t[0], &t[1], &t[2]);
-                if same_memory(out, b) {
-                    ops::add_assign(f32s_mut(out)?, f32s(a)?);
+            Op::Add(a) => {
+                if same_memory(&a.out, &a.b) {
+                    ops::add_assign(f32s_mut(&a.out)?, f32s(&a.a)?);
                 } else {
-                    if !same_memory(out, a) {
-                        f32s_mut(out)?.copy_from_slice(f32s(a)?);
+                    if !same_memory(&a.out, &a.a) {
+                        f32s_mut(&a.out)?.copy_from_slice(f32s(&a.a)?);
                     }
-                    ops::add_assign(f32s_mut(out)?, f32s(b)?);
+                    ops::add_assign(f32s_mut(&a.out)?, f32s(&a.b)?);
                 }
             }
-            OP_KV_WRITE => {
-                let kv_dim = t[0].dims[1] as usize;
+            Op::KvWrite(w) => {
+                let kv_dim = w.k.dims[1] as usize;
                 attention::kv_write(
-                    f32s(&t[0])?,
-                    f32s(&t[1])?,
-                    kv_mut(&t[2])?,
-                    kv_mut(&t[3])?,
-                    i32s(&t[4])?,
+                    f32s(&w.k)?,
+                    f32s(&w.v)?,
+                    kv_mut(&w.k_cache)?,
+                    kv_mut(&w.v_cache)?,
+                    i32s(&w.slot_mapping)?,
                     kv_dim,
                 );
             }
-            OP_ATTENTION => self.attention(op)?,
-            OP_GATHER_ROWS => {
-                let cols = t[0].dims[1] as usize;
-                let (x, out) = (f32s(&t[0])?, f32s_mut(&t[2])?);
-                let rows = t[0].dims[0] as usize;
-                for (r, &i) in i32s(&t[1])?.iter().enumerate() {
+            Op::Attention(a) => self.attention(&a)?,
+            Op::GatherRows(g) => {
+                let cols = g.x.dims[1] as usize;
+                let (x, out) = (f32s(&g.x)?, f32s_mut(&g.out)?);
+                let rows = g.x.dims[0] as usize;
+                for (r, &i) in i32s(&g.indices)?.iter().enumerate() {
                     let i = i as usize;
                     if i >= rows {
                         return Err(PluginError::invalid(format!(
@@ -385,91 +384,69 @@ impl CpuDevice {
                     out[r * cols..(r + 1) * cols].copy_from_slice(&x[i * cols..(i + 1) * cols]);
                 }
             }
-            OP_COPY_BLOCKS => self.copy_blocks(op)?,
-            OP_SAMPLE => self.sample(op)?,
-            OP_LAYER_NORM => self.layer_norm(op)?,
-            OP_ACTIVATION => {
-                let kind = activation_kind(op.iparams[0])?;
-                let (x, up, out) = (&t[0], &t[1], &t[2]);
-                if !same_memory(out, x) {
-                    f32s_mut(out)?.copy_from_slice(f32s(x)?);
+            Op::CopyBlocks(c) => self.copy_blocks(&c)?,
+            Op::Sample(s) => self.sample(&s)?,
+            Op::LayerNorm(n) => self.layer_norm(&n)?,
+            Op::Activation(a) => {
+                let kind = activation_kind(a.kind)?;
+                if !same_memory(&a.out, &a.x) {
+                    f32s_mut(&a.out)?.copy_from_slice(f32s(&a.x)?);
                 }
-                if up.is_none() {
-                    activation::activate(kind, f32s_mut(out)?);
+                if a.up.is_none() {
+                    activation::activate(kind, f32s_mut(&a.out)?);
                 } else {
-                    activation::activate_mul(kind, f32s_mut(out)?, f32s(up)?);
+                    activation::activate_mul(kind, f32s_mut(&a.out)?, f32s(&a.up)?);
                 }
             }
-            OP_SCALE => {
-                let (x, out, factor) = (&t[0], &t[1], op.fparams[0]);
-                if op.iparams[0] != 0 {
-                    activation::scale_add(f32s_mut(out)?, f32s(x)?, factor);
+            Op::Scale(s) => {
+                if s.accumulate == abi::Accumulate::Add {
+                    activation::scale_add(f32s_mut(&s.out)?, f32s(&s.x)?, s.factor);
                 } else {
-                    if !same_memory(out, x) {
-                        f32s_mut(out)?.copy_from_slice(f32s(x)?);
+                    if !same_memory(&s.out, &s.x) {
+                        f32s_mut(&s.out)?.copy_from_slice(f32s(&s.x)?);
                     }
-                    activation::scale(f32s_mut(out)?, factor);
+                    activation::scale(f32s_mut(&s.out)?, s.factor);
                 }
             }
-            OP_SOFTCAP => {
-                let (x, out, cap) = (&t[0], &t[1], op.fparams[0]);
-                // NaN is refused too.
-                if cap.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                    return Err(PluginError::invalid(format!(
-                        "softcap: cap {cap} must be positive"
-                    )));
+            Op::Softcap(s) => {
+                if !same_memory(&s.out, &s.x) {
+                    f32s_mut(&s.out)?.copy_from_slice(f32s(&s.x)?);
                 }
-                if !same_memory(out, x) {
-                    f32s_mut(out)?.copy_from_slice(f32s(x)?);
-                }
-                activation::softcap(f32s_mut(out)?, cap);
+                activation::softcap(f32s_mut(&s.out)?, s.cap);
             }
-            OP_CAST => {
-                if t[0].dtype != KILN_F32 || t[1].dtype != KILN_F32 {
+            Op::Cast(c) => {
+                if c.input.dtype != KILN_F32 || c.out.dtype != KILN_F32 {
                     return Err(PluginError::unsupported("the CPU backend casts only f32"));
                 }
-                if !same_memory(&t[0], &t[1]) {
-                    f32s_mut(&t[1])?.copy_from_slice(f32s(&t[0])?);
+                if !same_memory(&c.input, &c.out) {
+                    f32s_mut(&c.out)?.copy_from_slice(f32s(&c.input)?);
                 }
             }
-            other => {
-                return Err(PluginError::unsupported(format!(
-                    "operation {} is not supported by the CPU backend",
-                    opcode_name(other)
-                )));
-            }
         }
         Ok(())
     }
 
-    fn rms_norm(&self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (&op.tensors[0], &op.tensors[1]);
+    fn rms_norm(&self, n: &abi::RmsNorm) -> PluginResult<()> {
+        let (x, out) = (&n.x, &n.out);
         let h = x.dims[1] as usize;
-        let gamma = vector(op.weights[0])?;
+        let gamma = vector(n.gamma)?;
         if overlaps(x, out) {
             let copy = f32s(x)?.to_vec();
-            ops::rms_norm(&self.pool, &copy, gamma, op.fparams[0], f32s_mut(out)?, h);
+            ops::rms_norm(&self.pool, &copy, gamma, n.eps, f32s_mut(out)?, h);
         } else {
-            ops::rms_norm(
-                &self.pool,
-                f32s(x)?,
-                gamma,
-                op.fparams[0],
-                f32s_mut(out)?,
-                h,
-            );
+            ops::rms_norm(&self.pool, f32s(x)?, gamma, n.eps, f32s_mut(out)?, h);
         }
         Ok(())
     }
 
-    fn layer_norm(&self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (&op.tensors[0], &op.tensors[1]);
+    fn layer_norm(&self, n: &abi::LayerNorm) -> PluginResult<()> {
+        let (x, out) = (&n.x, &n.out);
         let h = x.dims[1] as usize;
-        let gamma = vector(op.weights[0])?;
-        let beta = if op.weights[1].is_null() {
+        let gamma = vector(n.gamma)?;
+        let beta = if n.beta.is_null() {
             None
         } else {
-            Some(vector(op.weights[1])?)
+            Some(vector(n.beta)?)
         };
         let copy;
         let xs = if overlaps(x, out) {
@@ -483,20 +460,20 @@ impl CpuDevice {
             xs,
             gamma,
             beta,
-            op.fparams[0],
+            n.eps,
             f32s_mut(out)?,
             h,
         );
         Ok(())
     }
 
-    fn linear(&self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (&op.tensors[0], &op.tensors[1]);
-        let w = matrix(op.weights[0])?;
-        let bias = if op.weights[1].is_null() {
+    fn linear(&self, l: &abi::Linear) -> PluginResult<()> {
+        let (x, out) = (&l.x, &l.out);
+        let w = matrix(l.weight)?;
+        let bias = if l.bias.is_null() {
             None
         } else {
-            Some(vector(op.weights[1])?)
+            Some(vector(l.bias)?)
         };
         let n = x.dims[0] as usize;
         if x.dims[1] as usize != w.cols()
@@ -528,25 +505,24 @@ impl CpuDevice {
                 w,
                 bias,
                 out: f32s_mut(out)?,
-                accumulate: op.iparams[0] != 0,
+                accumulate: l.accumulate == abi::Accumulate::Add,
             },
         );
         Ok(())
     }
 
-    fn rope(&self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
+    fn rope(&self, r: &abi::Rope) -> PluginResult<()> {
         let shape = RopeShape {
-            head_dim: op.iparams[0] as usize,
-            rotary_dim: op.iparams[1] as usize,
-            style: if op.iparams[2] == ROPE_INTERLEAVED {
+            head_dim: r.head_dim as usize,
+            rotary_dim: r.rotary_dim as usize,
+            style: if r.style == abi::ROPE_INTERLEAVED {
                 RopeStyle::Interleaved
             } else {
                 RopeStyle::Neox
             },
         };
-        let (positions, cos, sin) = (i32s(&t[2])?, f32s(&t[3])?, f32s(&t[4])?);
-        let max_pos = t[3].dims[0] as i64;
+        let (positions, cos, sin) = (i32s(&r.positions)?, f32s(&r.cos)?, f32s(&r.sin)?);
+        let max_pos = r.cos.dims[0] as i64;
         if let Some(p) = positions
             .iter()
             .find(|&&p| p < 0 || i64::from(p) >= max_pos)
@@ -555,40 +531,31 @@ impl CpuDevice {
                 "position {p} outside the RoPE table of {max_pos}"
             )));
         }
-        ops::rope(f32s_mut(&t[0])?, positions, cos, sin, shape);
-        if !t[1].is_none() {
-            ops::rope(f32s_mut(&t[1])?, positions, cos, sin, shape);
+        ops::rope(f32s_mut(&r.q)?, positions, cos, sin, shape);
+        if !r.k.is_none() {
+            ops::rope(f32s_mut(&r.k)?, positions, cos, sin, shape);
         }
         Ok(())
     }
 
-    fn attention(&self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
+    fn attention(&self, a: &abi::Attention) -> PluginResult<()> {
         let shape = AttentionShape {
-            heads: op.iparams[0] as usize,
-            kv_heads: op.iparams[1] as usize,
-            head_dim: op.iparams[2] as usize,
-            block_size: op.iparams[3] as usize,
-            window: op.iparams[4].max(0) as usize,
-            scale: op.fparams[0],
-            softcap: op.fparams[1],
+            heads: a.num_heads as usize,
+            kv_heads: a.num_kv_heads as usize,
+            head_dim: a.head_dim as usize,
+            block_size: a.block_size as usize,
+            window: a.sliding_window as usize,
+            scale: a.scale,
+            softcap: a.softcap,
         };
-        if shape.kv_heads == 0
-            || !shape.heads.is_multiple_of(shape.kv_heads)
-            || shape.block_size == 0
-        {
-            return Err(PluginError::invalid(
-                "attention: bad head counts or block size",
-            ));
-        }
         let batch = AttentionBatch {
-            q: f32s(&t[0])?,
-            block_tables: i32s(&t[3])?,
-            max_blocks: t[3].dims[1] as usize,
-            seq_lens: i32s(&t[4])?,
-            query_start_loc: i32s(&t[5])?,
+            q: f32s(&a.q)?,
+            block_tables: i32s(&a.block_tables)?,
+            max_blocks: a.block_tables.dims[1] as usize,
+            seq_lens: i32s(&a.seq_lens)?,
+            query_start_loc: i32s(&a.query_start_loc)?,
         };
-        let blocks = t[1].dims[0] as i64;
+        let blocks = a.k_cache.dims[0] as i64;
         if batch
             .block_tables
             .iter()
@@ -602,25 +569,24 @@ impl CpuDevice {
             &self.pool,
             &shape,
             &batch,
-            kv(&t[1])?,
-            kv(&t[2])?,
-            f32s_mut(&t[6])?,
+            kv(&a.k_cache)?,
+            kv(&a.v_cache)?,
+            f32s_mut(&a.out)?,
         );
         Ok(())
     }
 
-    fn sample(&self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
-        let (m, vocab) = (t[0].dims[0] as usize, t[0].dims[1] as usize);
-        let logits = f32s_mut(&t[0])?;
-        let params: Vec<KilnSampleParams> = raw_bytes(&t[1])?
+    fn sample(&self, s: &abi::Sample) -> PluginResult<()> {
+        let (m, vocab) = (s.logits.dims[0] as usize, s.logits.dims[1] as usize);
+        let logits = f32s_mut(&s.logits)?;
+        let params: Vec<KilnSampleParams> = raw_bytes(&s.params)?
             .chunks_exact(KilnSampleParams::SIZE)
             .filter_map(KilnSampleParams::from_bytes)
             .collect();
-        let adjust: Vec<KilnLogitAdjust> = if t[6].is_none() {
+        let adjust: Vec<KilnLogitAdjust> = if s.adjustments.is_none() {
             Vec::new()
         } else {
-            raw_bytes(&t[6])?
+            raw_bytes(&s.adjustments)?
                 .chunks_exact(KilnLogitAdjust::SIZE)
                 .filter_map(KilnLogitAdjust::from_bytes)
                 .collect()
@@ -631,22 +597,18 @@ impl CpuDevice {
                 params.len()
             )));
         }
-        let ids = i32s_mut(&t[2])?;
-        let lps = f32s_mut(&t[3])?;
-        let n = if t[4].is_none() {
-            0
-        } else {
-            op.iparams[0].max(0) as usize
-        };
+        let ids = i32s_mut(&s.out_ids)?;
+        let lps = f32s_mut(&s.out_logprobs)?;
+        let n = s.num_top as usize;
         let (mut top_ids, mut top_lps) = if n > 0 {
-            (i32s_mut(&t[4])?, f32s_mut(&t[5])?)
+            (i32s_mut(&s.out_top_ids)?, f32s_mut(&s.out_top_logprobs)?)
         } else {
             (&mut [][..], &mut [][..])
         };
-        let (allowed, words) = if t[7].is_none() {
+        let (allowed, words) = if s.allowed.is_none() {
             (&[][..], 0)
         } else {
-            (i32s(&t[7])?, t[7].dims[1] as usize)
+            (i32s(&s.allowed)?, s.allowed.dims[1] as usize)
         };
         for (r, p) in params.iter().take(m).enumerate() {
             let (start, count) = (p.adjust_start as usize, p.adjust_count as usize);
@@ -692,10 +654,9 @@ impl CpuDevice {
         Ok(())
     }
 
-    fn copy_blocks(&self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
-        let pairs = i32s(&t[2])?;
-        for cache in [&t[0], &t[1]] {
+    fn copy_blocks(&self, c: &abi::CopyBlocks) -> PluginResult<()> {
+        let pairs = i32s(&c.pairs)?;
+        for cache in [&c.k_cache, &c.v_cache] {
             let block_bytes =
                 (cache.dims[1] * cache.dims[2] * cache.dims[3] * dtype_size(cache.dtype)) as usize;
             let blocks = cache.dims[0] as usize;
@@ -822,7 +783,7 @@ impl DevicePlugin for CpuDevice {
     }
 
     fn supports(&self, query: &KilnSupportQuery) -> bool {
-        let weight_ok = query.weight_format == u32::MAX
+        let weight_ok = query.weight_format == KILN_WEIGHT_NONE
             || query.weight_format == KILN_WEIGHT_INT_GROUPS
             || kernel_format(query.weight_format).is_ok();
         query.act_dtype == KILN_F32 && weight_ok && opcode_name(query.opcode) != "unknown"

@@ -302,35 +302,31 @@ impl CudaDevice {
     }
 
     fn op(&mut self, op: &KilnOp) -> PluginResult<()> {
-        match op.opcode {
-            OP_EMBEDDING => self.embedding(op),
-            OP_RMS_NORM => self.rms_norm(op),
-            OP_ADD_RMS_NORM => self.add_rms_norm(op),
-            OP_LINEAR => self.linear(op),
-            OP_ROPE => self.rope(op),
-            OP_SILU_MUL => self.elementwise3(op, "silu_mul"),
-            OP_ADD => self.elementwise3(op, "add"),
-            OP_KV_WRITE => self.kv_write(op),
-            OP_ATTENTION => self.attention(op),
-            OP_GATHER_ROWS => self.gather_rows(op),
-            OP_COPY_BLOCKS => self.copy_blocks(op),
-            OP_SAMPLE => self.sample(op),
-            OP_CAST => self.cast(op),
-            OP_LAYER_NORM => self.layer_norm(op),
-            OP_ACTIVATION => self.activation(op),
-            OP_SCALE => self.scale(op),
-            OP_SOFTCAP => self.softcap(op),
-            other => Err(PluginError::unsupported(format!(
-                "opcode {other} ({})",
-                opcode_name(other)
-            ))),
+        match Op::decode(op)? {
+            Op::Embedding(e) => self.embedding(&e),
+            Op::RmsNorm(n) => self.rms_norm(&n),
+            Op::AddRmsNorm(n) => self.add_rms_norm(&n),
+            Op::Linear(l) => self.linear(&l),
+            Op::Rope(r) => self.rope(&r),
+            Op::SiluMul(m) => self.elementwise3([m.gate, m.up, m.out], "silu_mul"),
+            Op::Add(a) => self.elementwise3([a.a, a.b, a.out], "add"),
+            Op::KvWrite(w) => self.kv_write(&w),
+            Op::Attention(a) => self.attention(&a),
+            Op::GatherRows(g) => self.gather_rows(&g),
+            Op::CopyBlocks(c) => self.copy_blocks(&c),
+            Op::Sample(m) => self.sample(&m),
+            Op::Cast(c) => self.cast(&c),
+            Op::LayerNorm(n) => self.layer_norm(&n),
+            Op::Activation(a) => self.activation(&a),
+            Op::Scale(m) => self.scale(&m),
+            Op::Softcap(c) => self.softcap(&c),
         }
     }
 
-    fn embedding(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (ids, out) = (op.tensors[0], op.tensors[1]);
+    fn embedding(&mut self, e: &Embedding) -> PluginResult<()> {
+        let (ids, out) = (e.ids, e.out);
         // SAFETY: handles come from the host per the ABI.
-        let w = unsafe { weight(op.weights[0]) }?;
+        let w = unsafe { weight(e.table) }?;
         let s = suffix(out.dtype)?;
         let (n, fmt, vocab, hidden) = (ids.dims[0], w.format as i32, w.rows as i64, w.cols as i64);
         let (ip, tp, op_) = unsafe { (ptr(&ids), w.data.ptr, ptr(&out)) };
@@ -342,12 +338,12 @@ impl CudaDevice {
         )
     }
 
-    fn rms_norm(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (op.tensors[0], op.tensors[1]);
+    fn rms_norm(&mut self, n: &RmsNorm) -> PluginResult<()> {
+        let (x, out) = (n.x, n.out);
         // SAFETY: handles come from the host per the ABI.
-        let g = unsafe { weight(op.weights[0]) }?;
+        let g = unsafe { weight(n.gamma) }?;
         let s = suffix(x.dtype)?;
-        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, op.fparams[0]);
+        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, n.eps);
         let (xp, gp, op_) = unsafe { (ptr(&x), g.data.ptr, ptr(&out)) };
         launch!(
             self,
@@ -357,12 +353,12 @@ impl CudaDevice {
         )
     }
 
-    fn add_rms_norm(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x, res, out) = (op.tensors[0], op.tensors[1], op.tensors[2]);
+    fn add_rms_norm(&mut self, n: &AddRmsNorm) -> PluginResult<()> {
+        let (x, res, out) = (n.x, n.residual, n.out);
         // SAFETY: handles come from the host per the ABI.
-        let g = unsafe { weight(op.weights[0]) }?;
+        let g = unsafe { weight(n.gamma) }?;
         let s = suffix(x.dtype)?;
-        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, op.fparams[0]);
+        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, n.eps);
         let (xp, rp, gp, op_) = unsafe { (ptr(&x), ptr(&res), g.data.ptr, ptr(&out)) };
         launch!(
             self,
@@ -372,14 +368,10 @@ impl CudaDevice {
         )
     }
 
-    fn rope(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [q, k, pos, cos, sin, ..] = op.tensors;
+    fn rope(&mut self, r: &Rope) -> PluginResult<()> {
+        let (q, k, pos, cos, sin) = (r.q, r.k, r.positions, r.cos, r.sin);
         let s = suffix(q.dtype)?;
-        let (hd, rot, style) = (
-            op.iparams[0] as i32,
-            op.iparams[1] as i32,
-            op.iparams[2] as i32,
-        );
+        let (hd, rot, style) = (r.head_dim as i32, r.rotary_dim as i32, r.style as i32);
         let n = q.dims[0];
         let qh = (q.dims[1] / hd as u64) as i32;
         let kh = if k.is_none() {
@@ -405,8 +397,7 @@ impl CudaDevice {
         )
     }
 
-    fn elementwise3(&mut self, op: &KilnOp, name: &str) -> PluginResult<()> {
-        let [a, b_, out, ..] = op.tensors;
+    fn elementwise3(&mut self, [a, b_, out]: [KilnTensor; 3], name: &str) -> PluginResult<()> {
         let s = suffix(a.dtype)?;
         let n = a.numel() as i64;
         // SAFETY: handles come from the host per the ABI.
@@ -419,18 +410,18 @@ impl CudaDevice {
         )
     }
 
-    fn layer_norm(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (op.tensors[0], op.tensors[1]);
+    fn layer_norm(&mut self, n: &LayerNorm) -> PluginResult<()> {
+        let (x, out) = (n.x, n.out);
         // SAFETY: handles come from the host per the ABI.
-        let g = unsafe { weight(op.weights[0]) }?;
-        let b: CUdeviceptr = if op.weights[1].is_null() {
+        let g = unsafe { weight(n.gamma) }?;
+        let b: CUdeviceptr = if n.beta.is_null() {
             0
         } else {
             // SAFETY: as above.
-            unsafe { weight(op.weights[1]) }?.data.ptr
+            unsafe { weight(n.beta) }?.data.ptr
         };
         let s = suffix(x.dtype)?;
-        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, op.fparams[0]);
+        let (rows, h, eps) = (x.dims[0], x.dims[1] as i64, n.eps);
         let (xp, gp, op_) = unsafe { (ptr(&x), g.data.ptr, ptr(&out)) };
         launch!(
             self,
@@ -440,14 +431,8 @@ impl CudaDevice {
         )
     }
 
-    fn activation(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [x, up, out, ..] = op.tensors;
-        let kind = op.iparams[0];
-        if !(ACT_SILU..=ACT_RELU).contains(&kind) {
-            return Err(PluginError::unsupported(format!(
-                "activation kind {kind} is not supported by the CUDA backend"
-            )));
-        }
+    fn activation(&mut self, a: &Activation) -> PluginResult<()> {
+        let (x, up, out, kind) = (a.x, a.up, a.out, a.kind);
         let s = suffix(x.dtype)?;
         let n = x.numel() as i64;
         let kind = kind as i32;
@@ -462,10 +447,11 @@ impl CudaDevice {
         )
     }
 
-    fn scale(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (op.tensors[0], op.tensors[1]);
+    fn scale(&mut self, m: &Scale) -> PluginResult<()> {
+        let (x, out) = (m.x, m.out);
         let s = suffix(x.dtype)?;
-        let (n, f, acc) = (x.numel() as i64, op.fparams[0], op.iparams[0] as i32);
+        let acc = i32::from(m.accumulate == Accumulate::Add);
+        let (n, f) = (x.numel() as i64, m.factor);
         // SAFETY: handles come from the host per the ABI.
         let (xp, op_) = unsafe { (ptr(&x), ptr(&out)) };
         launch!(
@@ -476,10 +462,10 @@ impl CudaDevice {
         )
     }
 
-    fn softcap(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (op.tensors[0], op.tensors[1]);
+    fn softcap(&mut self, c: &Softcap) -> PluginResult<()> {
+        let (x, out) = (c.x, c.out);
         let s = suffix(x.dtype)?;
-        let (n, cap) = (x.numel() as i64, op.fparams[0]);
+        let (n, cap) = (x.numel() as i64, c.cap);
         // SAFETY: handles come from the host per the ABI.
         let (xp, op_) = unsafe { (ptr(&x), ptr(&out)) };
         launch!(
@@ -490,8 +476,8 @@ impl CudaDevice {
         )
     }
 
-    fn cast(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (input, out) = (op.tensors[0], op.tensors[1]);
+    fn cast(&mut self, c: &Cast) -> PluginResult<()> {
+        let (input, out) = (c.input, c.out);
         if out.dtype != KILN_F32 {
             return Err(PluginError::unsupported(
                 "cast supports only conversion to f32",
@@ -509,8 +495,8 @@ impl CudaDevice {
         )
     }
 
-    fn gather_rows(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [x, idx, out, ..] = op.tensors;
+    fn gather_rows(&mut self, g: &GatherRows) -> PluginResult<()> {
+        let (x, idx, out) = (g.x, g.indices, g.out);
         let s = suffix(x.dtype)?;
         let (m, cols) = (idx.dims[0], x.dims[1] as i64);
         if m == 0 {
@@ -526,8 +512,8 @@ impl CudaDevice {
         )
     }
 
-    fn kv_write(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [k, v, kc, vc, slots, ..] = op.tensors;
+    fn kv_write(&mut self, w: &KvWrite) -> PluginResult<()> {
+        let (k, v, kc, vc, slots) = (w.k, w.v, w.k_cache, w.v_cache, w.slot_mapping);
         let s = suffix(k.dtype)?;
         let (n, kv_dim) = (k.dims[0], k.dims[1] as i64);
         // SAFETY: handles come from the host per the ABI.
@@ -540,8 +526,8 @@ impl CudaDevice {
         )
     }
 
-    fn copy_blocks(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [kc, vc, pairs, ..] = op.tensors;
+    fn copy_blocks(&mut self, c: &CopyBlocks) -> PluginResult<()> {
+        let (kc, vc, pairs) = (c.k_cache, c.v_cache, c.pairs);
         let count = pairs.dims[0] as usize;
         let mut host = vec![0u8; count * 8];
         // SAFETY: the pairs buffer holds `count` (src, dst) i32 pairs.
@@ -571,16 +557,16 @@ impl CudaDevice {
         Ok(())
     }
 
-    fn linear(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x, out) = (op.tensors[0], op.tensors[1]);
+    fn linear(&mut self, l: &Linear) -> PluginResult<()> {
+        let (x, out) = (l.x, l.out);
         // SAFETY: handles come from the host per the ABI.
-        let w = unsafe { weight(op.weights[0]) }?;
-        let bias = if op.weights[1].is_null() {
+        let w = unsafe { weight(l.weight) }?;
+        let bias = if l.bias.is_null() {
             None
         } else {
-            Some(unsafe { weight(op.weights[1]) }?)
+            Some(unsafe { weight(l.bias) }?)
         };
-        let accumulate = op.iparams[0] != 0;
+        let accumulate = l.accumulate == Accumulate::Add;
         let (n, k, m) = (x.dims[0], x.dims[1], out.dims[1]);
         if w.cols != k || w.rows != m {
             return Err(PluginError::invalid(format!(
@@ -601,7 +587,7 @@ impl CudaDevice {
             m,
             k,
         };
-        let decode = (op.iparams[1].max(0) as u64).min(n);
+        let decode = l.decode_rows.min(n);
         let gemv = gemv_kernel(w.format, k).filter(|_| decode <= GEMV_MAX_TOKENS);
         let gemv_rows = if gemv.is_some() { decode } else { 0 };
         if let Some(g) = gemv
@@ -791,19 +777,26 @@ impl CudaDevice {
         })
     }
 
-    fn attention(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [q, kc, vc, tables, seq_lens, qsl, out, _] = op.tensors;
+    fn attention(&mut self, a: &Attention) -> PluginResult<()> {
+        let (q, kc, vc, tables, seq_lens, qsl, out) = (
+            a.q,
+            a.k_cache,
+            a.v_cache,
+            a.block_tables,
+            a.seq_lens,
+            a.query_start_loc,
+            a.out,
+        );
         let s = suffix(q.dtype)?;
         let num_seqs = seq_lens.dims[0];
         let n = q.dims[0];
-        let (heads, kv_heads, hd, bs) =
-            (op.iparams[0], op.iparams[1], op.iparams[2], op.iparams[3]);
-        if hd > 256 || heads % kv_heads.max(1) != 0 {
+        let (heads, kv_heads, hd, bs) = (a.num_heads, a.num_kv_heads, a.head_dim, a.block_size);
+        if hd > 256 {
             return Err(PluginError::unsupported(format!(
-                "attention with head_dim {hd}, {heads}/{kv_heads} heads"
+                "attention with head_dim {hd}"
             )));
         }
-        let max_seq_len = op.iparams[6].max(1) as u64;
+        let max_seq_len = a.max_seq_len.max(1) as u64;
         let max_parts = max_seq_len.div_ceil(ATT_PART);
         let params = AttnParams {
             q_stride: heads * hd,
@@ -811,12 +804,12 @@ impl CudaDevice {
             kv_heads: kv_heads as i32,
             hd: hd as i32,
             bs: bs as i32,
-            window: op.iparams[4] as i32,
+            window: a.sliding_window as i32,
             max_blocks: tables.dims[1] as i32,
             num_seqs: num_seqs as i32,
             max_parts: max_parts as i32,
-            scale: op.fparams[0],
-            softcap: op.fparams[1],
+            scale: a.scale,
+            softcap: a.softcap,
         };
         // SAFETY: handles come from the host per the ABI.
         let (qp, kp, vp, tp, sp, lp, op_) = unsafe {
@@ -830,7 +823,7 @@ impl CudaDevice {
                 ptr(&out),
             )
         };
-        if op.iparams[5] > 1 {
+        if a.max_query_len > 1 {
             let cfg = LaunchConfig {
                 grid_dim: (n as u32, heads as u32, 1),
                 block_dim: (128, 1, 1),
@@ -875,13 +868,14 @@ impl CudaDevice {
         )
     }
 
-    fn sample(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [logits, params, ids, lps, top_ids, top_lps, adjust, _] = op.tensors;
+    fn sample(&mut self, m: &Sample) -> PluginResult<()> {
+        let (logits, params, ids, lps) = (m.logits, m.params, m.out_ids, m.out_logprobs);
+        let (top_ids, top_lps, adjust) = (m.out_top_ids, m.out_top_logprobs, m.adjustments);
         if logits.dtype != KILN_F32 {
             return Err(PluginError::unsupported("sampling needs f32 logits"));
         }
         let (rows, vocab) = (logits.dims[0], logits.dims[1] as i32);
-        let num_top = op.iparams[0] as i32;
+        let num_top = m.num_top as i32;
         // SAFETY: handles come from the host per the ABI.
         let (xp, pp, ip) = unsafe { (ptr(&logits), ptr(&params), ptr(&ids)) };
         let lp = if lps.is_none() {
@@ -1079,7 +1073,8 @@ impl DevicePlugin for CudaDevice {
 
     fn supports(&self, query: &KilnSupportQuery) -> bool {
         let act_ok = matches!(query.act_dtype, KILN_F32 | KILN_F16 | KILN_BF16);
-        let weight_ok = query.weight_format == u32::MAX || format_supported(query.weight_format);
+        let weight_ok =
+            query.weight_format == KILN_WEIGHT_NONE || format_supported(query.weight_format);
         act_ok
             && weight_ok
             && matches!(

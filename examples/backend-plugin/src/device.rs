@@ -340,68 +340,70 @@ impl ExampleDevice {
         Ok(&m.values)
     }
 
-    // ---- Operations (operand slots as documented in `kiln_plugin_abi::ops`) --
+    // ---- Operations (operands decoded by the views in `kiln_plugin_abi::ops`) --
 
     fn run(&mut self, op: &KilnOp) -> PluginResult<()> {
-        match op.opcode {
-            OP_EMBEDDING => self.embedding(op),
-            OP_RMS_NORM => self.rms_norm(op),
-            OP_ADD_RMS_NORM => self.add_rms_norm(op),
-            OP_LINEAR => self.linear(op),
-            OP_ROPE => self.rope(op),
-            OP_SILU_MUL => self.elementwise(op, kernels::silu_mul),
-            OP_ADD => self.elementwise(op, kernels::add),
-            OP_KV_WRITE => self.kv_write(op),
-            OP_ATTENTION => self.attention(op),
-            OP_GATHER_ROWS => self.gather_rows(op),
-            OP_COPY_BLOCKS => self.copy_blocks(op),
-            OP_CAST => self.cast(op),
-            other => Err(PluginError::unsupported(format!(
-                "operation {} ({other}) is not supported by the example backend",
-                opcode_name(other)
+        if !SUPPORTED_OPS.contains(&op.opcode) {
+            return Err(PluginError::unsupported(format!(
+                "operation {} ({}) is not supported by the example backend",
+                opcode_name(op.opcode),
+                op.opcode
+            )));
+        }
+        match Op::decode(op)? {
+            Op::Embedding(e) => self.embedding(&e),
+            Op::RmsNorm(n) => self.rms_norm(&n),
+            Op::AddRmsNorm(n) => self.add_rms_norm(&n),
+            Op::Linear(l) => self.linear(&l),
+            Op::Rope(r) => self.rope(&r),
+            Op::SiluMul(s) => self.elementwise([s.gate, s.up, s.out], kernels::silu_mul),
+            Op::Add(a) => self.elementwise([a.a, a.b, a.out], kernels::add),
+            Op::KvWrite(w) => self.kv_write(&w),
+            Op::Attention(a) => self.attention(&a),
+            Op::GatherRows(g) => self.gather_rows(&g),
+            Op::CopyBlocks(c) => self.copy_blocks(&c),
+            Op::Cast(c) => self.cast(&c),
+            _ => Err(PluginError::internal(format!(
+                "{} is in SUPPORTED_OPS but has no implementation",
+                opcode_name(op.opcode)
             ))),
         }
     }
 
-    /// `t0` ids `[n]`, `w0` table `[vocab, h]`, `t1` out `[n, h]`.
-    fn embedding(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let ids = self.read_i32(&op.tensors[0])?;
-        let table = self.matrix(op.weights[0])?;
+    fn embedding(&mut self, e: &Embedding) -> PluginResult<()> {
+        let ids = self.read_i32(&e.ids)?;
+        let table = self.matrix(e.table)?;
         let mut out = Vec::with_capacity(ids.len() * table.cols);
         for &id in &ids {
             out.extend_from_slice(table.row(index("token id", id, table.rows)?));
         }
-        self.write_f32(&op.tensors[1], &out)
+        self.write_f32(&e.out, &out)
     }
 
-    /// `t0` x `[n, h]`, `w0` gamma, `t1` out `[n, h]`, `f0` eps.
-    fn rms_norm(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let x = self.read_f32(&op.tensors[0])?;
-        let gamma = self.vector(op.weights[0], dim(&op.tensors[0], 1))?;
+    fn rms_norm(&mut self, n: &RmsNorm) -> PluginResult<()> {
+        let x = self.read_f32(&n.x)?;
+        let gamma = self.vector(n.gamma, dim(&n.x, 1))?;
         let mut out = vec![0.0; x.len()];
-        kernels::rms_norm(&x, gamma, op.fparams[0], &mut out);
-        self.write_f32(&op.tensors[1], &out)
+        kernels::rms_norm(&x, gamma, n.eps, &mut out);
+        self.write_f32(&n.out, &out)
     }
 
-    /// `t0` x, `t1` residual (updated in place), `w0` gamma, `t2` out, `f0` eps.
-    fn add_rms_norm(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let [x, residual, out] = [0, 1, 2].map(|i| op.tensors[i]);
-        let xs = self.read_f32(&x)?;
-        let mut res = self.read_f32(&residual)?;
+    fn add_rms_norm(&mut self, n: &AddRmsNorm) -> PluginResult<()> {
+        let xs = self.read_f32(&n.x)?;
+        let mut res = self.read_f32(&n.residual)?;
         check_len("the residual", res.len(), xs.len())?;
-        let gamma = self.vector(op.weights[0], dim(&x, 1))?;
+        let gamma = self.vector(n.gamma, dim(&n.x, 1))?;
         let mut normed = vec![0.0; xs.len()];
-        kernels::add_rms_norm(&xs, &mut res, gamma, op.fparams[0], &mut normed);
-        self.write_f32(&residual, &res)?;
-        self.write_f32(&out, &normed)
+        kernels::add_rms_norm(&xs, &mut res, gamma, n.eps, &mut normed);
+        self.write_f32(&n.residual, &res)?;
+        self.write_f32(&n.out, &normed)
     }
 
-    /// `t0` x `[n, k]`, `w0` W `[m, k]`, `w1` bias (optional), `t1` out `[n, m]`,
-    /// `i0` accumulate. `i1` (decode rows) is a hint this device does not need.
-    fn linear(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (x_t, out_t) = (&op.tensors[0], &op.tensors[1]);
+    /// `decode_rows` is a hint this device does not need.
+    fn linear(&mut self, l: &Linear) -> PluginResult<()> {
+        let (x_t, out_t) = (&l.x, &l.out);
         let x = self.read_f32(x_t)?;
-        let w = self.matrix(op.weights[0])?;
+        let w = self.matrix(l.weight)?;
         let n = dim(x_t, 0);
         if dim(x_t, 1) != w.cols || dim(out_t, 1) != w.rows || dim(out_t, 0) != n {
             return Err(PluginError::invalid(format!(
@@ -413,49 +415,41 @@ impl ExampleDevice {
                 dim(out_t, 1)
             )));
         }
-        let bias = if op.weights[1].is_null() {
+        let bias = if l.bias.is_null() {
             None
         } else {
-            Some(self.vector(op.weights[1], w.rows)?)
+            Some(self.vector(l.bias, w.rows)?)
         };
-        let mode = match op.iparams[0] {
-            0 => Accumulate::Overwrite,
-            _ => Accumulate::Add,
-        };
-        let mut out = match mode {
+        let mut out = match l.accumulate {
             Accumulate::Add => self.read_f32(out_t)?,
             Accumulate::Overwrite => vec![0.0; n * w.rows],
         };
-        kernels::linear(&x, w, bias, &mut out, mode);
+        kernels::linear(&x, w, bias, &mut out, l.accumulate);
         self.write_f32(out_t, &out)
     }
 
-    /// `t0` q, `t1` k (optional), `t2` positions, `t3`/`t4` cos/sin
-    /// `[max_pos, rot/2]`, `i0` head_dim, `i1` rotary dims, `i2` style.
-    fn rope(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
+    fn rope(&mut self, r: &Rope) -> PluginResult<()> {
         let shape = RopeShape {
-            head_dim: usize::try_from(op.iparams[0]).unwrap_or(0),
-            rotary_dim: usize::try_from(op.iparams[1]).unwrap_or(0),
-            style: match op.iparams[2] {
-                ROPE_NEOX => RopeStyle::Neox,
-                ROPE_INTERLEAVED => RopeStyle::Interleaved,
-                other => return Err(PluginError::invalid(format!("unknown RoPE style {other}"))),
+            head_dim: r.head_dim as usize,
+            rotary_dim: r.rotary_dim as usize,
+            style: if r.style == ROPE_INTERLEAVED {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::Neox
             },
         };
         let half = shape.rotary_dim / 2;
-        if shape.head_dim == 0 || shape.rotary_dim > shape.head_dim || dim(&t[3], 1) != half {
+        if dim(&r.cos, 1) != half {
             return Err(PluginError::invalid(format!(
-                "head_dim {}, rotary dims {} and tables of width {} do not fit",
-                shape.head_dim,
+                "rotary dims {} and tables of width {} do not fit",
                 shape.rotary_dim,
-                dim(&t[3], 1)
+                dim(&r.cos, 1)
             )));
         }
-        let (cos, sin) = (self.read_f32(&t[3])?, self.read_f32(&t[4])?);
+        let (cos, sin) = (self.read_f32(&r.cos)?, self.read_f32(&r.sin)?);
         check_len("the sine table", sin.len(), cos.len())?;
-        let max_pos = dim(&t[3], 0);
-        let positions = self.read_i32(&t[2])?;
+        let max_pos = dim(&r.cos, 0);
+        let positions = self.read_i32(&r.positions)?;
         let positions = positions
             .iter()
             .map(|&p| index("position", p, max_pos))
@@ -464,8 +458,12 @@ impl ExampleDevice {
             cos: &cos,
             sin: &sin,
         };
-        let targets = if t[1].is_none() { &t[..1] } else { &t[..2] };
-        for target in targets {
+        let targets = if r.k.is_none() {
+            vec![r.q]
+        } else {
+            vec![r.q, r.k]
+        };
+        for target in &targets {
             if !dim(target, 1).is_multiple_of(shape.head_dim) || dim(target, 0) != positions.len() {
                 return Err(PluginError::invalid(
                     "rows are not whole heads, one per position",
@@ -478,24 +476,22 @@ impl ExampleDevice {
         Ok(())
     }
 
-    /// `t2 = f(t0, t1)` element-wise (silu_mul, add); `t2` may alias an input.
-    fn elementwise(&mut self, op: &KilnOp, f: fn(&[f32], &[f32], &mut [f32])) -> PluginResult<()> {
-        let (a, b) = (
-            self.read_f32(&op.tensors[0])?,
-            self.read_f32(&op.tensors[1])?,
-        );
+    /// `out = f(a, b)` element-wise (silu_mul, add); `out` may alias an input.
+    fn elementwise(
+        &mut self,
+        [a, b, out]: [KilnTensor; 3],
+        f: fn(&[f32], &[f32], &mut [f32]),
+    ) -> PluginResult<()> {
+        let (a, b) = (self.read_f32(&a)?, self.read_f32(&b)?);
         check_len("the second operand", b.len(), a.len())?;
-        let mut out = vec![0.0; a.len()];
-        f(&a, &b, &mut out);
-        self.write_f32(&op.tensors[2], &out)
+        let mut result = vec![0.0; a.len()];
+        f(&a, &b, &mut result);
+        self.write_f32(&out, &result)
     }
 
-    /// `t0` k, `t1` v `[n, kv_dim]`, `t2`/`t3` caches `[blocks, block_size,
-    /// kv_heads, hd]`, `t4` slots `[n]` (negative: skip).
-    fn kv_write(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
-        let slots = self.read_i32(&t[4])?;
-        for (rows, cache) in [(&t[0], &t[2]), (&t[1], &t[3])] {
+    fn kv_write(&mut self, w: &KvWrite) -> PluginResult<()> {
+        let slots = self.read_i32(&w.slot_mapping)?;
+        for (rows, cache) in [(&w.k, &w.k_cache), (&w.v, &w.v_cache)] {
             let values = self.read_f32(rows)?;
             require_f32(cache)?;
             let width = dim(cache, 2) * dim(cache, 3);
@@ -538,39 +534,35 @@ impl ExampleDevice {
         Ok(out)
     }
 
-    /// `t0` q, `t1`/`t2` caches, `t3` block tables `[seqs, max_blocks]`, `t4`
-    /// seq lens, `t5` query starts `[seqs + 1]`, `t6` out; `f0` scale, `f1`
-    /// softcap; `i0` heads, `i1` kv heads, `i2` head_dim, `i3` block size, `i4` window.
-    fn attention(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let t = &op.tensors;
-        let p = |i: usize| usize::try_from(op.iparams[i]).unwrap_or(0);
+    fn attention(&mut self, a: &Attention) -> PluginResult<()> {
         let shape = AttentionShape {
-            heads: p(0),
-            kv_heads: p(1),
-            head_dim: p(2),
-            scale: op.fparams[0],
-            softcap: op.fparams[1],
-            window: p(4),
+            heads: a.num_heads as usize,
+            kv_heads: a.num_kv_heads as usize,
+            head_dim: a.head_dim as usize,
+            scale: a.scale,
+            softcap: a.softcap,
+            window: a.sliding_window as usize,
         };
+        let block_size = a.block_size as usize;
         let width = shape.heads * shape.head_dim;
-        let (k_cache, v_cache) = (&t[1], &t[2]);
-        let fits = shape.kv_heads > 0
-            && shape.heads.is_multiple_of(shape.kv_heads)
-            && p(3) > 0
-            && k_cache.rank == 4
-            && k_cache.dims[1..] == [p(3), shape.kv_heads, shape.head_dim].map(|d| d as u64)
+        let (k_cache, v_cache) = (&a.k_cache, &a.v_cache);
+        let fits = k_cache.rank == 4
+            && k_cache.dims[1..] == [block_size, shape.kv_heads, shape.head_dim].map(|d| d as u64)
             && (k_cache.rank, k_cache.dims) == (v_cache.rank, v_cache.dims)
-            && dim(&t[0], 1) == width
-            && t[6].dims == t[0].dims;
+            && dim(&a.q, 1) == width
+            && a.out.dims == a.q.dims;
         if !fits {
             return Err(PluginError::invalid(
                 "the heads, head_dim and block size do not fit the queries, cache or output",
             ));
         }
-        let q = self.read_f32(&t[0])?;
-        let tables = self.read_i32(&t[3])?;
-        let (seq_lens, starts) = (self.read_i32(&t[4])?, self.read_i32(&t[5])?);
-        let max_blocks = dim(&t[3], 1);
+        let q = self.read_f32(&a.q)?;
+        let tables = self.read_i32(&a.block_tables)?;
+        let (seq_lens, starts) = (
+            self.read_i32(&a.seq_lens)?,
+            self.read_i32(&a.query_start_loc)?,
+        );
+        let max_blocks = dim(&a.block_tables, 1);
         check_len("the query start offsets", starts.len(), seq_lens.len() + 1)?;
         check_len(
             "the block tables",
@@ -588,8 +580,8 @@ impl ExampleDevice {
                 )));
             }
             let table = &tables[s * max_blocks..(s + 1) * max_blocks];
-            let keys = self.gather_context(&t[1], table, context)?;
-            let values = self.gather_context(&t[2], table, context)?;
+            let keys = self.gather_context(k_cache, table, context)?;
+            let values = self.gather_context(v_cache, table, context)?;
             let seq = Sequence {
                 queries: &q[rows.start * width..rows.end * width],
                 first_pos: context - rows.len(),
@@ -598,25 +590,23 @@ impl ExampleDevice {
             };
             kernels::attention(&seq, &shape, &mut out[rows.start * width..rows.end * width]);
         }
-        self.write_f32(&t[6], &out)
+        self.write_f32(&a.out, &out)
     }
 
-    /// `t0` x `[n, h]`, `t1` indices `[m]`, `t2` out `[m, h]`.
-    fn gather_rows(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let x = self.read_f32(&op.tensors[0])?;
-        let (rows, h) = (dim(&op.tensors[0], 0), dim(&op.tensors[0], 1));
+    fn gather_rows(&mut self, g: &GatherRows) -> PluginResult<()> {
+        let x = self.read_f32(&g.x)?;
+        let (rows, h) = (dim(&g.x, 0), dim(&g.x, 1));
         let mut out = Vec::new();
-        for &i in &self.read_i32(&op.tensors[1])? {
+        for &i in &self.read_i32(&g.indices)? {
             let r = index("row", i, rows)?;
             out.extend_from_slice(&x[r * h..(r + 1) * h]);
         }
-        self.write_f32(&op.tensors[2], &out)
+        self.write_f32(&g.out, &out)
     }
 
-    /// `t0`/`t1` caches, `t2` pairs `[p, 2]` (source block, destination block).
-    fn copy_blocks(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let pairs = self.read_i32(&op.tensors[2])?;
-        for cache in [&op.tensors[0], &op.tensors[1]] {
+    fn copy_blocks(&mut self, c: &CopyBlocks) -> PluginResult<()> {
+        let pairs = self.read_i32(&c.pairs)?;
+        for cache in [&c.k_cache, &c.v_cache] {
             let blocks = dim(cache, 0);
             let block_bytes = numel(cache)? / blocks.max(1) * dtype_size(cache.dtype) as usize;
             let bytes = self.bytes_mut(cache)?;
@@ -629,13 +619,12 @@ impl ExampleDevice {
         Ok(())
     }
 
-    /// `t0` in, `t1` out: any of f32, f16 and bf16 to any other.
-    fn cast(&mut self, op: &KilnOp) -> PluginResult<()> {
-        let (input, out) = (&op.tensors[0], &op.tensors[1]);
-        check_len("the cast output", numel(out)?, numel(input)?)?;
-        let values = floats_from(input.dtype, self.bytes(input)?)?;
-        let bytes = floats_to(out.dtype, &values)?;
-        self.bytes_mut(out)?.copy_from_slice(&bytes);
+    /// Any of f32, f16 and bf16 to any other.
+    fn cast(&mut self, c: &Cast) -> PluginResult<()> {
+        check_len("the cast output", numel(&c.out)?, numel(&c.input)?)?;
+        let values = floats_from(c.input.dtype, self.bytes(&c.input)?)?;
+        let bytes = floats_to(c.out.dtype, &values)?;
+        self.bytes_mut(&c.out)?.copy_from_slice(&bytes);
         Ok(())
     }
 }
@@ -709,7 +698,7 @@ impl DevicePlugin for ExampleDevice {
 
     fn supports(&self, query: &KilnSupportQuery) -> bool {
         let weight_ok =
-            query.weight_format == u32::MAX || float_format(query.weight_format).is_some();
+            query.weight_format == KILN_WEIGHT_NONE || float_format(query.weight_format).is_some();
         SUPPORTED_OPS.contains(&query.opcode) && weight_ok && query.act_dtype == KILN_F32
     }
 

@@ -38,9 +38,11 @@
 //!    dtype; say no to what `execute` would refuse.
 //! 6. **Execute operations.** `execute` receives a list of
 //!    [`KilnOp`](kiln_plugin_abi::KilnOp)s: an opcode and fixed slots
-//!    (`tensors`, `weights`, `fparams`, `iparams`) whose meaning
-//!    [`kiln_plugin_abi::ops`] documents for each opcode. Read the operands,
-//!    check their shapes, compute, write the outputs. Outputs may alias
+//!    (`tensors`, `weights`, `fparams`, `iparams`). Never index the slots:
+//!    [`Op::decode`](kiln_plugin_abi::ops::Op::decode) turns each operation
+//!    into a typed view with named operands (and refuses missing operands
+//!    and out-of-range parameters). Check the shapes, compute, write the
+//!    outputs. Outputs may alias
 //!    inputs (`silu_mul` writes over its gate, `add_rms_norm` updates the
 //!    residual in place), so this device reads every input into an owned
 //!    vector first. Compute each row the same way whatever the batch, so
@@ -53,9 +55,10 @@
 //! 8. **Export it**: `kiln_plugin_abi::export_backend!(ExampleBackend,
 //!    c"example");` exports the C symbols the host looks for, plus
 //!    `kiln_static_registration` for static linking.
-//! 9. **Test it**: `kiln_tests::conformance::check_device` compares every
-//!    operation with the CPU backend, and a tiny model run end to end must
-//!    give the CPU backend's tokens (see this crate's `tests/`). Load the
+//! 9. **Test it**: `kiln backend check path/to/the.so` (or
+//!    `kiln_backend_conformance::check_device` from a test) compares every
+//!    operation it declares with the CPU backend, and a tiny model run end
+//!    to end must give the CPU backend's tokens (see this crate's `tests/`). Load the
 //!    plugin from its library there: one binary can link only one plugin
 //!    built with `export_backend!`, as each defines the same C symbols.
 //! 10. **Build and run**: `cargo build --release -p kiln-example-backend`,

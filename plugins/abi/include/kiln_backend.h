@@ -1,20 +1,25 @@
 #ifndef KILN_BACKEND_H
 #define KILN_BACKEND_H
 
-/* Generated from kiln-plugin-abi by cbindgen; do not edit. Regenerate with KILN_BLESS=1 cargo test -p kiln-plugin-abi --test header. */
+/* Generated from kiln-plugin-abi by cbindgen (then tests/header.rs respells what is still Rust); do not edit. Regenerate with KILN_BLESS=1 cargo test -p kiln-plugin-abi --test header. */
 
 #include <stdint.h>
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 // Gather embedding rows: `t0` ids `[n]` i32, `w0` table `[vocab, hidden]`, `t1` out `[n, hidden]`.
-#define OP_EMBEDDING 1
+#define KILN_OP_EMBEDDING 1
 
 // RMS norm: `t0` x `[n, h]`, `w0` gamma `[1, h]`, `t1` out `[n, h]`, `f0` eps.
-#define OP_RMS_NORM 2
+#define KILN_OP_RMS_NORM 2
 
 // Residual add then RMS norm: `t0` x `[n, h]`, `t1` residual `[n, h]` (updated
 // in place: residual += x), `w0` gamma, `t2` out = norm(residual), `f0` eps.
-#define OP_ADD_RMS_NORM 3
+#define KILN_OP_ADD_RMS_NORM 3
 
 // Linear layer `out = x · Wᵀ (+ bias)`: `t0` x `[n, k]`, `w0` W `[m, k]`,
 // `w1` bias `[1, m]` (optional), `t1` out `[n, m]`, `i0` 1 to accumulate
@@ -23,25 +28,25 @@
 // with a different kernel, but each row's result must depend only on that
 // row and on whether it is a decode row, never on `n`, so that outputs are
 // the same alone and in a batch).
-#define OP_LINEAR 4
+#define KILN_OP_LINEAR 4
 
 // Rotary position embedding in place: `t0` q `[n, heads·hd]`, `t1` k
 // `[n, kv_heads·hd]` (optional), `t2` positions `[n]` i32, `t3` cos table
 // `[max_pos, rot/2]` f32, `t4` sin table `[max_pos, rot/2]` f32, `i0` head_dim,
-// `i1` rotary dims (≤ head_dim), `i2` style: [`ROPE_NEOX`] or [`ROPE_INTERLEAVED`].
-#define OP_ROPE 5
+// `i1` rotary dims (≤ head_dim), `i2` style: `KILN_ROPE_NEOX` or `KILN_ROPE_INTERLEAVED`.
+#define KILN_OP_ROPE 5
 
 // `out = silu(gate) * up`: `t0` gate `[n, i]`, `t1` up `[n, i]`, `t2` out `[n, i]`.
-#define OP_SILU_MUL 6
+#define KILN_OP_SILU_MUL 6
 
 // Element-wise add: `t0` a, `t1` b, `t2` out (same shapes).
-#define OP_ADD 7
+#define KILN_OP_ADD 7
 
 // Write keys and values into the paged cache: `t0` k `[n, kv_heads·hd]`, `t1`
 // v `[n, kv_heads·hd]`, `t2` k cache `[blocks, block_size, kv_heads, hd]`, `t3`
 // v cache (same), `t4` slot mapping `[n]` i32 (slot = block·block_size +
 // offset; negative: skip).
-#define OP_KV_WRITE 8
+#define KILN_OP_KV_WRITE 8
 
 // Causal attention over the paged cache for a batch of sequences, prefill
 // chunks and decodes alike. `t0` q `[n, heads·hd]`, `t1` k cache, `t2` v cache,
@@ -52,98 +57,115 @@
 // sliding window (0: none), `i5` max query length in the batch, `i6` max seq
 // len in the batch. Query row `j` of sequence `s` sits at position
 // `seq_len[s] - q_len[s] + j` and attends to positions ≤ its own.
-#define OP_ATTENTION 9
+#define KILN_OP_ATTENTION 9
 
 // Select rows: `t0` x `[n, h]`, `t1` indices `[m]` i32, `t2` out `[m, h]`.
-#define OP_GATHER_ROWS 10
+#define KILN_OP_GATHER_ROWS 10
 
 // Copy whole KV blocks (copy-on-write): `t0` k cache, `t1` v cache, `t2` pairs `[p, 2]` i32 (src, dst).
-#define OP_COPY_BLOCKS 11
+#define KILN_OP_COPY_BLOCKS 11
 
 // Device-side sampling: `t0` logits `[m, vocab]` f32 (may be modified),
-// `t1` params `[m]` of [`crate::KilnSampleParams`] (as bytes), `t2` out ids
+// `t1` params `[m]` of `KilnSampleParams` (as bytes), `t2` out ids
 // `[m]` i32, `t3` out logprob of the sampled token `[m]` f32 (raw
 // distribution), `t4` out top ids `[m, N]` i32 and `t5` out top logprobs
 // `[m, N]` f32 (optional; the raw distribution's N most likely tokens, most
 // likely first, ties to the lower id), `t6` adjustments `[e]` of
-// [`crate::KilnLogitAdjust`] as bytes (optional), `t7` allowed-token
+// `KilnLogitAdjust` as bytes (optional), `t7` allowed-token
 // bitsets `[m, W]` i32 (optional; token `t` of row `r` is allowed when bit
 // `t % 32` of word `r·W + t / 32` is set; tokens past `32·W` are not), `i0` N.
 //
-// Per row (rows flagged [`crate::KILN_SAMPLE_SKIP`] may be left alone):
+// Per row (rows flagged `KILN_SAMPLE_SKIP` may be left alone):
 // log-probabilities from the raw logits; the row's adjustments; for rows
-// flagged [`crate::KILN_SAMPLE_MASKED`], every token outside the row's
+// flagged `KILN_SAMPLE_MASKED`, every token outside the row's
 // bitset set to `-inf`; then greedy (temperature ≤ 1e-5 or top-k 1: the largest logit, lowest id
 // on ties) or temperature → top-k → top-p → min-p → a Gumbel-max draw whose
 // noise for token `i` is a function of `(seed, counter, i)` only, so a row's
 // draw never depends on the other rows.
-#define OP_SAMPLE 12
+#define KILN_OP_SAMPLE 12
 
 // Convert dtype: `t0` in, `t1` out (same number of elements).
-#define OP_CAST 13
+#define KILN_OP_CAST 13
 
 // Layer norm: `t0` x `[n, h]`, `w0` gamma `[1, h]`, `w1` beta `[1, h]`
 // (optional), `t1` out `[n, h]`, `f0` eps: `out = (x − mean) / sqrt(var +
 // eps) · gamma (+ beta)`, mean and (biased) variance over the row.
-#define OP_LAYER_NORM 14
+#define KILN_OP_LAYER_NORM 14
 
 // Activation, optionally gated: `t0` x `[n, i]`, `t1` up `[n, i]`
-// (optional), `t2` out `[n, i]` (may alias `t0`), `i0` one of the `ACT_*`
+// (optional), `t2` out `[n, i]` (may alias `t0`), `i0` one of the `KILN_ACT_*`
 // kinds: `out = act(x)`, or `act(x) · up` with `t1`.
-#define OP_ACTIVATION 15
+#define KILN_OP_ACTIVATION 15
 
 // Scale: `t0` x, `t1` out (same shape; may alias), `f0` factor, `i0` 1 to
 // accumulate (`out += x · f0`), else 0 (`out = x · f0`).
-#define OP_SCALE 16
+#define KILN_OP_SCALE 16
 
 // Soft-capping: `t0` x, `t1` out (same shape; may alias), `f0` cap `c > 0`:
 // `out = c · tanh(x / c)`.
-#define OP_SOFTCAP 17
+#define KILN_OP_SOFTCAP 17
 
-// [`OP_ACTIVATION`] kind: `x · sigmoid(x)`.
-#define ACT_SILU 0
+// `KILN_OP_ACTIVATION` kind: `x · sigmoid(x)`.
+#define KILN_ACT_SILU 0
 
-// [`OP_ACTIVATION`] kind: GELU with the tanh approximation
+// `KILN_OP_ACTIVATION` kind: GELU with the tanh approximation
 // (`0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, PyTorch's `approximate="tanh"`).
-#define ACT_GELU_TANH 1
+#define KILN_ACT_GELU_TANH 1
 
-// [`OP_ACTIVATION`] kind: exact GELU (`0.5·x·(1 + erf(x/√2))`).
-#define ACT_GELU 2
+// `KILN_OP_ACTIVATION` kind: exact GELU (`0.5·x·(1 + erf(x/√2))`).
+#define KILN_ACT_GELU 2
 
-// [`OP_ACTIVATION`] kind: `max(x, 0)`.
-#define ACT_RELU 3
+// `KILN_OP_ACTIVATION` kind: `max(x, 0)`.
+#define KILN_ACT_RELU 3
 
 // HF / NeoX rotary layout: dimension `i` pairs with `i + rot/2`.
-#define ROPE_NEOX 0
+#define KILN_ROPE_NEOX 0
 
 // GPT-J / GGUF layout: dimension `2i` pairs with `2i + 1`.
-#define ROPE_INTERLEAVED 1
+#define KILN_ROPE_INTERLEAVED 1
 
-// Major version: the host rejects a plugin with another major.
+// Major version: the host refuses a plugin with another major.
 #define KILN_ABI_MAJOR 1
 
-// Minor version: the host rejects a plugin with a lower minor than it requires.
-#define KILN_ABI_MINOR 0
+// Minor version. Each minor only appends (see `README.md`, "Versioning"):
+//
+// - 1.0: the tables; `KILN_OP_EMBEDDING` … `KILN_OP_CAST`; f32, f16 and bf16
+//   weights; GGUF Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K; GPTQ, AWQ and
+//   INT8; a 32-byte `KilnSampleParams` (temperature … counter).
+// - 1.1: `KILN_OP_LINEAR`'s decode-rows hint (`i1`); `KilnSampleParams` grows
+//   to 48 bytes (`repetition_penalty`, `adjust_start`, `adjust_count`,
+//   `flags` with `KILN_SAMPLE_MASKED` and `KILN_SAMPLE_SKIP`) and
+//   `KILN_OP_SAMPLE` takes `KilnLogitAdjust` entries (`t6`) and allowed-token
+//   bitsets (`t7`, with `KILN_CAP_SAMPLE_MASK`); GGUF Q2_K, Q3_K, Q5_K,
+//   IQ4_NL, IQ4_XS; `KILN_WEIGHT_INT_GROUPS`; `KILN_OP_LAYER_NORM`,
+//   `KILN_OP_ACTIVATION`, `KILN_OP_SCALE`, `KILN_OP_SOFTCAP`; `KILN_WEIGHT_NONE`. The host
+//   never asks a 1.0 plugin to sample on the device, since its parameter
+//   rows have another size.
+#define KILN_ABI_MINOR 1
 
 // `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 #define KILN_ABI_VERSION ((KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR)
 
-// Capability bit: `OP_SAMPLE` honours [`KILN_SAMPLE_MASKED`] rows and their
+// The oldest version of the current major this host still loads: a plugin
+// built against it is read only as far as its tables' `struct_size` go.
+#define KILN_ABI_OLDEST_SUPPORTED (KILN_ABI_MAJOR << 16)
+
+// Capability bit: `KILN_OP_SAMPLE` honours `KILN_SAMPLE_MASKED` rows and their
 // allowed-token bitset (structured outputs drawn on the device).
 #define KILN_CAP_SAMPLE_MASK (1 << 5)
 
-// [`KilnSampleParams::flags`] bit: the row draws only tokens whose bit is set
-// in its row of `OP_SAMPLE`'s allowed-token bitset (needs [`KILN_CAP_SAMPLE_MASK`]).
+// `KilnSampleParams::flags` bit: the row draws only tokens whose bit is set
+// in its row of `KILN_OP_SAMPLE`'s allowed-token bitset (needs `KILN_CAP_SAMPLE_MASK`).
 #define KILN_SAMPLE_MASKED (1 << 0)
 
-// [`KilnSampleParams::flags`] bit: the row is not drawn; its outputs are
+// `KilnSampleParams::flags` bit: the row is not drawn; its outputs are
 // left as they are (a backend may ignore this bit and draw it anyway).
 #define KILN_SAMPLE_SKIP (1 << 1)
 
 // Capability bit: the device implements `graph_begin/graph_end/graph_launch`.
 #define KILN_CAP_GRAPHS (1 << 0)
 
-// Capability bit: the device implements [`crate::ops::OP_SAMPLE`].
+// Capability bit: the device implements `KILN_OP_SAMPLE`.
 #define KILN_CAP_DEVICE_SAMPLING (1 << 1)
 
 // Capability bit: f16 activations.
@@ -186,7 +208,7 @@ typedef uint32_t KilnDeviceKind;
 typedef struct KilnDeviceInfo {
   // Size of this struct in bytes.
   uint32_t struct_size;
-  // [`KILN_DEVICE_CPU`], [`KILN_DEVICE_GPU`] or [`KILN_DEVICE_ACCELERATOR`].
+  // `KILN_DEVICE_CPU`, `KILN_DEVICE_GPU` or `KILN_DEVICE_ACCELERATOR`.
   KilnDeviceKind kind;
   // Total memory in bytes.
   uint64_t memory_total;
@@ -267,9 +289,9 @@ typedef void *KilnWeight;
 
 // A question to `supports`.
 typedef struct KilnSupportQuery {
-  // An `OP_*` opcode.
+  // An `KILN_OP_*` opcode.
   uint32_t opcode;
-  // The weight format involved, or `u32::MAX` when none.
+  // The weight format involved, or `KILN_WEIGHT_NONE`.
   KilnWeightFormat weight_format;
   // The activation dtype.
   KilnDType act_dtype;
@@ -290,9 +312,9 @@ typedef struct KilnTensor {
 } KilnTensor;
 
 // One operation: an opcode plus fixed slots whose meaning each opcode documents
-// (see [`crate::ops`]). Unused slots are [`KilnTensor::NONE`], [`KilnWeight::NULL`] or 0.
+// (see `ops`). Unused slots are `KilnTensor::NONE`, `KilnWeight::NULL` or 0.
 typedef struct KilnOp {
-  // An `OP_*` code.
+  // An `KILN_OP_*` code.
   uint32_t opcode;
   // Reserved, 0.
   uint32_t flags;
@@ -337,7 +359,7 @@ typedef struct KilnDeviceVtable {
   // 1 when the device can run the query (an opcode with a weight format and
   // activation dtype), else 0.
   int32_t (*supports)(void *dev, const struct KilnSupportQuery *query);
-  // Queue `n` operations in order (see [`crate::ops`]). Work may run
+  // Queue `n` operations in order (see `ops`). Work may run
   // asynchronously; `read_buffer` and `synchronize` wait for it.
   KilnStatus (*execute)(void *dev, const struct KilnOp *ops, uint64_t n);
   // Start capturing the operations queued next into a graph. Optional:
@@ -363,7 +385,7 @@ typedef struct KilnDevice {
 typedef struct KilnBackendRegistration {
   // Size of this struct in bytes.
   uint32_t struct_size;
-  // The plugin's [`KILN_ABI_VERSION`].
+  // The plugin's `KILN_ABI_VERSION`.
   uint32_t abi_version;
   // NUL-terminated backend name (`cpu`, `cuda`, ...).
   const char *name;
@@ -385,14 +407,14 @@ typedef struct KilnBackendRegistration {
 typedef struct KilnHostApi {
   // Size of this struct in bytes.
   uint32_t struct_size;
-  // The host's [`KILN_ABI_VERSION`].
+  // The host's `KILN_ABI_VERSION`.
   uint32_t abi_version;
   // Log a message through the host's logger. `level`: 1 error, 2 warn, 3 info, 4 debug, 5 trace.
   // `target` and `msg` are NUL-terminated UTF-8. May be null (then plugins stay silent).
   void (*log)(int32_t level, const char *target, const char *msg);
 } KilnHostApi;
 
-// Per-row sampling parameters for [`crate::ops::OP_SAMPLE`] (device-side sampling).
+// Per-row sampling parameters for `KILN_OP_SAMPLE` (device-side sampling).
 typedef struct KilnSampleParams {
   // Temperature; 0 means greedy.
   float temperature;
@@ -409,7 +431,7 @@ typedef struct KilnSampleParams {
   uint64_t counter;
   // HF-style repetition penalty for adjustments with `repeat` set (1: off).
   float repetition_penalty;
-  // First entry of this row's [`KilnLogitAdjust`] run in the adjustments tensor.
+  // First entry of this row's `KilnLogitAdjust` run in the adjustments tensor.
   uint32_t adjust_start;
   // Entries of this row's run (0: none).
   uint32_t adjust_count;
@@ -417,7 +439,23 @@ typedef struct KilnSampleParams {
   uint32_t flags;
 } KilnSampleParams;
 // Size in bytes (the struct has no padding).
-#define KilnSampleParams_SIZE 48
+#define KILN_SAMPLE_PARAMS_SIZE 48
+
+// One token's logit adjustment for `KILN_OP_SAMPLE`: `x += add_before`;
+// then, when `repeat` is 1, `x = x > 0 ? x / penalty : x * penalty`; then
+// `x += add_after`.
+typedef struct KilnLogitAdjust {
+  // Token id (each at most once per row).
+  int32_t token;
+  // Added first (logit bias; `-inf` masks the token).
+  float add_before;
+  // 1 when the repetition penalty applies to the token.
+  int32_t repeat;
+  // Added last (presence and frequency penalties).
+  float add_after;
+} KilnLogitAdjust;
+// Size in bytes.
+#define KILN_LOGIT_ADJUST_SIZE 16
 
 // Type of the exported `kiln_plugin_abi_version` symbol.
 typedef uint32_t (*KilnAbiVersionFn)(void);
@@ -534,6 +572,10 @@ typedef const char *(*KilnLastErrorFn)(void);
 // multiple of 32 dividing `cols`; `bits` is 2, 3, 4 or 8.
 #define KILN_WEIGHT_INT_GROUPS 23
 
+// No weight: the `weight_format` of a `KilnSupportQuery` for an
+// operation without a weight operand.
+#define KILN_WEIGHT_NONE UINT32_MAX
+
 // The main data (raw blocks, packed ints or plain values).
 #define KILN_PART_DATA 0
 
@@ -554,5 +596,15 @@ typedef const char *(*KilnLastErrorFn)(void);
 
 // Another accelerator.
 #define KILN_DEVICE_ACCELERATOR 2
+
+/* The symbols every plugin exports (kiln_backend_last_error is optional). */
+uint32_t kiln_plugin_abi_version(void);
+int32_t kiln_backend_score(void);
+const KilnBackendRegistration *kiln_backend_init(const KilnHostApi *host);
+const char *kiln_backend_last_error(void);
+
+#ifdef __cplusplus
+}  /* extern "C" */
+#endif
 
 #endif  /* KILN_BACKEND_H */

@@ -5,8 +5,11 @@
 //! symbols (`kiln_plugin_abi_version`, `kiln_backend_score`,
 //! `kiln_backend_init`); the host checks the version before calling anything
 //! else, skips plugins that score 0, and talks to devices through the
-//! `#[repr(C)]` tables in [`types`]. The operations a device executes, with
-//! their operand slots, are in [`ops`].
+//! `#[repr(C)]` tables in [`types`]. The operations a device executes are
+//! in [`ops`], one typed view per operation (`ops::Op::decode` on the
+//! plugin side, `encode` or the builder functions on the host side), so the
+//! meaning of each operand slot is written down once. `README.md` is the
+//! guide for plugin authors and the versioning policy.
 //!
 //! - Plugin authors implement [`plugin::BackendPlugin`] and
 //!   [`plugin::DevicePlugin`] and call [`export_backend!`]; a C author can
@@ -27,14 +30,16 @@
 pub mod ops;
 pub mod plugin;
 pub mod safe;
+pub mod tables;
 pub mod types;
 
 pub use types::*;
 
-/// Whether a plugin reporting `plugin_version` can be used by a host that
-/// requires `required` (same major, minor at least the required one).
-pub fn abi_compatible(plugin_version: u32, required: u32) -> bool {
-    plugin_version >> 16 == required >> 16 && (plugin_version & 0xffff) >= (required & 0xffff)
+/// Whether a plugin reporting `plugin_version` can be used by a host whose
+/// oldest supported version is `oldest` (same major, minor at least
+/// `oldest`'s; newer minors are fine, the host reads what it knows).
+pub fn abi_compatible(plugin_version: u32, oldest: u32) -> bool {
+    plugin_version >> 16 == oldest >> 16 && (plugin_version & 0xffff) >= (oldest & 0xffff)
 }
 
 /// Render a packed version as `major.minor`.

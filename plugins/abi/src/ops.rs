@@ -1,4 +1,6 @@
-//! Operation codes and their slot layouts, with typed builders.
+//! Operation codes and their slot layouts. [`views`] holds one typed view
+//! per operation (`encode` for the host, `decode` for backends); the
+//! builder functions below are shorthands for `View { .. }.encode()`.
 //!
 //! Activations are row-major `[rows, features]` tensors in the device's
 //! activation dtype (f32 on the CPU backend; bf16/f16 on GPUs). Index tensors
@@ -6,6 +8,12 @@
 //! floating-point operations whatever the number of rows in the call or the
 //! split of a prompt into chunks (batch invariance); backends document where
 //! they cannot promise this.
+
+mod error;
+mod views;
+
+pub use error::OpDecodeError;
+pub use views::*;
 
 use crate::types::{KilnOp, KilnTensor, KilnWeight};
 
@@ -126,342 +134,98 @@ pub fn opcode_name(opcode: u32) -> &'static str {
     }
 }
 
-/// Whether a linear layer overwrites or adds to its output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accumulate {
-    /// `out = x · Wᵀ`.
-    Overwrite,
-    /// `out += x · Wᵀ` (fuses the residual add).
-    Add,
-}
-
 /// [`OP_EMBEDDING`].
 pub fn embedding(ids: KilnTensor, table: KilnWeight, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_EMBEDDING);
-    op.tensors[0] = ids;
-    op.tensors[1] = out;
-    op.weights[0] = table;
-    op
+    Embedding { ids, table, out }.encode()
 }
 
 /// [`OP_RMS_NORM`].
 pub fn rms_norm(x: KilnTensor, gamma: KilnWeight, eps: f32, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_RMS_NORM);
-    op.tensors[0] = x;
-    op.tensors[1] = out;
-    op.weights[0] = gamma;
-    op.fparams[0] = eps;
-    op
-}
-
-/// Operands of [`OP_ADD_RMS_NORM`].
-#[derive(Debug, Clone, Copy)]
-pub struct AddRmsNorm {
-    /// `[n, h]` added into the residual.
-    pub x: KilnTensor,
-    /// `[n, h]` residual stream, updated in place.
-    pub residual: KilnTensor,
-    /// `[1, h]` scale.
-    pub gamma: KilnWeight,
-    /// Epsilon.
-    pub eps: f32,
-    /// `[n, h]` normalized output.
-    pub out: KilnTensor,
+    RmsNorm { x, gamma, eps, out }.encode()
 }
 
 /// [`OP_ADD_RMS_NORM`].
 pub fn add_rms_norm(a: AddRmsNorm) -> KilnOp {
-    let mut op = KilnOp::new(OP_ADD_RMS_NORM);
-    op.tensors[0] = a.x;
-    op.tensors[1] = a.residual;
-    op.tensors[2] = a.out;
-    op.weights[0] = a.gamma;
-    op.fparams[0] = a.eps;
-    op
-}
-
-/// Operands of [`OP_LINEAR`].
-#[derive(Debug, Clone, Copy)]
-pub struct Linear {
-    /// `[n, k]` input.
-    pub x: KilnTensor,
-    /// `[m, k]` weight.
-    pub weight: KilnWeight,
-    /// `[1, m]` bias or [`KilnWeight::NULL`].
-    pub bias: KilnWeight,
-    /// `[n, m]` output.
-    pub out: KilnTensor,
-    /// Overwrite or add into `out`.
-    pub accumulate: Accumulate,
-    /// Leading rows of `x` that belong to single-token decode steps (see [`OP_LINEAR`]).
-    pub decode_rows: u64,
+    a.encode()
 }
 
 /// [`OP_LINEAR`].
 pub fn linear(l: Linear) -> KilnOp {
-    let mut op = KilnOp::new(OP_LINEAR);
-    op.tensors[0] = l.x;
-    op.tensors[1] = l.out;
-    op.weights[0] = l.weight;
-    op.weights[1] = l.bias;
-    op.iparams[0] = i64::from(l.accumulate == Accumulate::Add);
-    op.iparams[1] = l.decode_rows as i64;
-    op
-}
-
-/// Operands of [`OP_ROPE`].
-#[derive(Debug, Clone, Copy)]
-pub struct Rope {
-    /// `[n, heads·hd]` queries, rotated in place.
-    pub q: KilnTensor,
-    /// `[n, kv_heads·hd]` keys, rotated in place (or NONE).
-    pub k: KilnTensor,
-    /// `[n]` i32 positions.
-    pub positions: KilnTensor,
-    /// `[max_pos, rot/2]` f32 cosines.
-    pub cos: KilnTensor,
-    /// `[max_pos, rot/2]` f32 sines.
-    pub sin: KilnTensor,
-    /// Head dimension.
-    pub head_dim: i64,
-    /// Rotated dimensions (≤ head_dim).
-    pub rotary_dim: i64,
-    /// [`ROPE_NEOX`] or [`ROPE_INTERLEAVED`].
-    pub style: i64,
+    l.encode()
 }
 
 /// [`OP_ROPE`].
 pub fn rope(r: Rope) -> KilnOp {
-    let mut op = KilnOp::new(OP_ROPE);
-    op.tensors[0] = r.q;
-    op.tensors[1] = r.k;
-    op.tensors[2] = r.positions;
-    op.tensors[3] = r.cos;
-    op.tensors[4] = r.sin;
-    op.iparams[0] = r.head_dim;
-    op.iparams[1] = r.rotary_dim;
-    op.iparams[2] = r.style;
-    op
+    r.encode()
 }
 
 /// [`OP_SILU_MUL`].
 pub fn silu_mul(gate: KilnTensor, up: KilnTensor, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_SILU_MUL);
-    op.tensors[0] = gate;
-    op.tensors[1] = up;
-    op.tensors[2] = out;
-    op
+    SiluMul { gate, up, out }.encode()
 }
 
 /// [`OP_ADD`].
 pub fn add(a: KilnTensor, b: KilnTensor, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_ADD);
-    op.tensors[0] = a;
-    op.tensors[1] = b;
-    op.tensors[2] = out;
-    op
-}
-
-/// Operands of [`OP_KV_WRITE`].
-#[derive(Debug, Clone, Copy)]
-pub struct KvWrite {
-    /// `[n, kv_heads·hd]` keys.
-    pub k: KilnTensor,
-    /// `[n, kv_heads·hd]` values.
-    pub v: KilnTensor,
-    /// `[blocks, block_size, kv_heads, hd]` key cache.
-    pub k_cache: KilnTensor,
-    /// `[blocks, block_size, kv_heads, hd]` value cache.
-    pub v_cache: KilnTensor,
-    /// `[n]` i32 slots.
-    pub slot_mapping: KilnTensor,
+    Add { a, b, out }.encode()
 }
 
 /// [`OP_KV_WRITE`].
 pub fn kv_write(w: KvWrite) -> KilnOp {
-    let mut op = KilnOp::new(OP_KV_WRITE);
-    op.tensors[0] = w.k;
-    op.tensors[1] = w.v;
-    op.tensors[2] = w.k_cache;
-    op.tensors[3] = w.v_cache;
-    op.tensors[4] = w.slot_mapping;
-    op
-}
-
-/// Operands of [`OP_ATTENTION`].
-#[derive(Debug, Clone, Copy)]
-pub struct Attention {
-    /// `[n, heads·hd]` queries.
-    pub q: KilnTensor,
-    /// Key cache.
-    pub k_cache: KilnTensor,
-    /// Value cache.
-    pub v_cache: KilnTensor,
-    /// `[seqs, max_blocks]` i32.
-    pub block_tables: KilnTensor,
-    /// `[seqs]` i32 context lengths.
-    pub seq_lens: KilnTensor,
-    /// `[seqs + 1]` i32 query row offsets.
-    pub query_start_loc: KilnTensor,
-    /// `[n, heads·hd]` output.
-    pub out: KilnTensor,
-    /// Softmax scale (usually 1/√hd).
-    pub scale: f32,
-    /// Logit soft-cap (0: none).
-    pub softcap: f32,
-    /// Query heads.
-    pub num_heads: i64,
-    /// Key/value heads.
-    pub num_kv_heads: i64,
-    /// Head dimension.
-    pub head_dim: i64,
-    /// Tokens per KV block.
-    pub block_size: i64,
-    /// Sliding window (0: none).
-    pub sliding_window: i64,
-    /// Longest query in the batch.
-    pub max_query_len: i64,
-    /// Longest context in the batch.
-    pub max_seq_len: i64,
+    w.encode()
 }
 
 /// [`OP_ATTENTION`].
 pub fn attention(a: Attention) -> KilnOp {
-    let mut op = KilnOp::new(OP_ATTENTION);
-    op.tensors[0] = a.q;
-    op.tensors[1] = a.k_cache;
-    op.tensors[2] = a.v_cache;
-    op.tensors[3] = a.block_tables;
-    op.tensors[4] = a.seq_lens;
-    op.tensors[5] = a.query_start_loc;
-    op.tensors[6] = a.out;
-    op.fparams[0] = a.scale;
-    op.fparams[1] = a.softcap;
-    op.iparams[0] = a.num_heads;
-    op.iparams[1] = a.num_kv_heads;
-    op.iparams[2] = a.head_dim;
-    op.iparams[3] = a.block_size;
-    op.iparams[4] = a.sliding_window;
-    op.iparams[5] = a.max_query_len;
-    op.iparams[6] = a.max_seq_len;
-    op
+    a.encode()
 }
 
 /// [`OP_GATHER_ROWS`].
 pub fn gather_rows(x: KilnTensor, indices: KilnTensor, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_GATHER_ROWS);
-    op.tensors[0] = x;
-    op.tensors[1] = indices;
-    op.tensors[2] = out;
-    op
+    GatherRows { x, indices, out }.encode()
 }
 
 /// [`OP_COPY_BLOCKS`].
 pub fn copy_blocks(k_cache: KilnTensor, v_cache: KilnTensor, pairs: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_COPY_BLOCKS);
-    op.tensors[0] = k_cache;
-    op.tensors[1] = v_cache;
-    op.tensors[2] = pairs;
-    op
-}
-
-/// Operands of [`OP_SAMPLE`].
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    /// `[m, vocab]` f32 logits.
-    pub logits: KilnTensor,
-    /// `[m]` [`crate::KilnSampleParams`] as bytes.
-    pub params: KilnTensor,
-    /// `[m]` i32 sampled ids.
-    pub out_ids: KilnTensor,
-    /// `[m]` f32 log-probability of each sampled id.
-    pub out_logprobs: KilnTensor,
-    /// `[m, N]` i32 top ids (or NONE).
-    pub out_top_ids: KilnTensor,
-    /// `[m, N]` f32 top log-probabilities (or NONE).
-    pub out_top_logprobs: KilnTensor,
-    /// `[e]` [`crate::KilnLogitAdjust`] as bytes (or NONE).
-    pub adjustments: KilnTensor,
-    /// `[m, W]` i32 allowed-token bitsets (or NONE).
-    pub allowed: KilnTensor,
-    /// N.
-    pub num_top: i64,
+    CopyBlocks {
+        k_cache,
+        v_cache,
+        pairs,
+    }
+    .encode()
 }
 
 /// [`OP_SAMPLE`].
 pub fn sample(s: Sample) -> KilnOp {
-    let mut op = KilnOp::new(OP_SAMPLE);
-    op.tensors[0] = s.logits;
-    op.tensors[1] = s.params;
-    op.tensors[2] = s.out_ids;
-    op.tensors[3] = s.out_logprobs;
-    op.tensors[4] = s.out_top_ids;
-    op.tensors[5] = s.out_top_logprobs;
-    op.tensors[6] = s.adjustments;
-    op.tensors[7] = s.allowed;
-    op.iparams[0] = s.num_top;
-    op
+    s.encode()
 }
 
 /// [`OP_CAST`].
 pub fn cast(input: KilnTensor, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_CAST);
-    op.tensors[0] = input;
-    op.tensors[1] = out;
-    op
-}
-
-/// Operands of [`OP_LAYER_NORM`].
-#[derive(Debug, Clone, Copy)]
-pub struct LayerNorm {
-    /// `[n, h]` input.
-    pub x: KilnTensor,
-    /// `[1, h]` scale.
-    pub gamma: KilnWeight,
-    /// `[1, h]` shift or [`KilnWeight::NULL`].
-    pub beta: KilnWeight,
-    /// Epsilon.
-    pub eps: f32,
-    /// `[n, h]` output.
-    pub out: KilnTensor,
+    Cast { input, out }.encode()
 }
 
 /// [`OP_LAYER_NORM`].
 pub fn layer_norm(l: LayerNorm) -> KilnOp {
-    let mut op = KilnOp::new(OP_LAYER_NORM);
-    op.tensors[0] = l.x;
-    op.tensors[1] = l.out;
-    op.weights[0] = l.gamma;
-    op.weights[1] = l.beta;
-    op.fparams[0] = l.eps;
-    op
+    l.encode()
 }
 
 /// [`OP_ACTIVATION`]: `out = act(x)`, times `up` unless it is [`KilnTensor::NONE`].
 pub fn activation(kind: i64, x: KilnTensor, up: KilnTensor, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_ACTIVATION);
-    op.tensors[0] = x;
-    op.tensors[1] = up;
-    op.tensors[2] = out;
-    op.iparams[0] = kind;
-    op
+    Activation { kind, x, up, out }.encode()
 }
 
 /// [`OP_SCALE`].
 pub fn scale(x: KilnTensor, factor: f32, out: KilnTensor, accumulate: Accumulate) -> KilnOp {
-    let mut op = KilnOp::new(OP_SCALE);
-    op.tensors[0] = x;
-    op.tensors[1] = out;
-    op.fparams[0] = factor;
-    op.iparams[0] = i64::from(accumulate == Accumulate::Add);
-    op
+    Scale {
+        x,
+        factor,
+        out,
+        accumulate,
+    }
+    .encode()
 }
 
 /// [`OP_SOFTCAP`].
 pub fn softcap(x: KilnTensor, cap: f32, out: KilnTensor) -> KilnOp {
-    let mut op = KilnOp::new(OP_SOFTCAP);
-    op.tensors[0] = x;
-    op.tensors[1] = out;
-    op.fparams[0] = cap;
-    op
+    Softcap { x, cap, out }.encode()
 }

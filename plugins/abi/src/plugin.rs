@@ -60,6 +60,15 @@ impl std::fmt::Display for PluginError {
 
 impl std::error::Error for PluginError {}
 
+impl From<crate::ops::OpDecodeError> for PluginError {
+    fn from(e: crate::ops::OpDecodeError) -> Self {
+        match e {
+            crate::ops::OpDecodeError::UnknownOpcode(_) => PluginError::unsupported(e.to_string()),
+            _ => PluginError::invalid(e.to_string()),
+        }
+    }
+}
+
 /// Result type of plugin methods.
 pub type PluginResult<T> = Result<T, PluginError>;
 
@@ -502,10 +511,10 @@ impl<T: BackendPlugin> PluginSlot<T> {
         let result = self.instance.get_or_init(|| {
             // SAFETY: the host passes null or a valid table.
             let logger = match unsafe { host.as_ref() } {
-                Some(h) if h.struct_size as usize >= std::mem::size_of::<KilnHostApi>() => {
-                    HostLogger { log: h.log }
-                }
-                _ => HostLogger::SILENT,
+                Some(h) => HostLogger {
+                    log: crate::tables::host_log(h),
+                },
+                None => HostLogger::SILENT,
             };
             match catch_unwind(AssertUnwindSafe(|| T::init(logger))) {
                 Ok(r) => r,

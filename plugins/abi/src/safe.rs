@@ -121,7 +121,9 @@ impl Backend {
     /// the rest of the process (its library is never unloaded).
     pub unsafe fn from_registration(reg: *const KilnBackendRegistration) -> Option<Backend> {
         // SAFETY: guaranteed by the caller.
-        unsafe { reg.as_ref() }.map(|reg| Backend { reg })
+        let reg = unsafe { reg.as_ref() }?;
+        (reg.struct_size as usize >= crate::tables::REGISTRATION_REQUIRED_SIZE)
+            .then_some(Backend { reg })
     }
 
     /// The raw registration.
@@ -179,6 +181,10 @@ impl Backend {
         let mut raw = empty_device_info();
         // SAFETY: `raw` is a valid, writable KilnDeviceInfo.
         self.check(unsafe { (self.reg.device_info)(index, &mut raw) })?;
+        // A 1.0 plugin reads 32-byte sampling rows; the host writes 1.1's 48.
+        if self.reg.abi_version & 0xffff == 0 {
+            raw.capabilities &= !(KILN_CAP_DEVICE_SAMPLING | KILN_CAP_SAMPLE_MASK);
+        }
         Ok(DeviceInfo {
             index,
             name: fixed_str(&raw.name),
@@ -213,10 +219,20 @@ impl Backend {
                 message: "open_device returned no function table".into(),
             });
         }
+        // SAFETY: a non-null table from open_device is valid for its struct_size.
+        let vtable =
+            unsafe { crate::tables::read_device_table(raw.vtable) }.map_err(|message| {
+                AbiError {
+                    backend: self.name(),
+                    status: KILN_INTERNAL,
+                    message,
+                }
+            })?;
         Ok(Device {
             inner: Arc::new(DeviceInner {
                 backend: *self,
                 raw,
+                vtable,
                 lock: Mutex::new(()),
             }),
             info,
@@ -225,7 +241,7 @@ impl Backend {
 
     /// Look up an extension function.
     pub fn proc_address(&self, name: &str) -> Option<*const std::ffi::c_void> {
-        let f = self.reg.get_proc_address?;
+        let f = crate::tables::registration_proc_address(self.reg)?;
         let name = CString::new(name).ok()?;
         // SAFETY: NUL-terminated name.
         let ptr = unsafe { f(name.as_ptr()) };
@@ -247,6 +263,8 @@ pub fn status_text(status: KilnStatus) -> &'static str {
 struct DeviceInner {
     backend: Backend,
     raw: KilnDevice,
+    /// The plugin's table as far as its `struct_size` goes; later entries are `None`.
+    vtable: KilnDeviceVtable,
     lock: Mutex<()>,
 }
 
@@ -257,8 +275,7 @@ unsafe impl Sync for DeviceInner {}
 
 impl DeviceInner {
     fn vt(&self) -> &KilnDeviceVtable {
-        // SAFETY: checked non-null at open; the table is static in the plugin.
-        unsafe { &*self.raw.vtable }
+        &self.vtable
     }
 
     fn guard(&self) -> MutexGuard<'_, ()> {

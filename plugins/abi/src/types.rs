@@ -10,12 +10,28 @@
 
 use std::ffi::{c_char, c_void};
 
-/// Major version: the host rejects a plugin with another major.
+/// Major version: the host refuses a plugin with another major.
 pub const KILN_ABI_MAJOR: u32 = 1;
-/// Minor version: the host rejects a plugin with a lower minor than it requires.
-pub const KILN_ABI_MINOR: u32 = 0;
+/// Minor version. Each minor only appends (see `README.md`, "Versioning"):
+///
+/// - 1.0: the tables; `OP_EMBEDDING` … `OP_CAST`; f32, f16 and bf16
+///   weights; GGUF Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K; GPTQ, AWQ and
+///   INT8; a 32-byte `KilnSampleParams` (temperature … counter).
+/// - 1.1: `OP_LINEAR`'s decode-rows hint (`i1`); `KilnSampleParams` grows
+///   to 48 bytes (`repetition_penalty`, `adjust_start`, `adjust_count`,
+///   `flags` with `KILN_SAMPLE_MASKED` and `KILN_SAMPLE_SKIP`) and
+///   `OP_SAMPLE` takes `KilnLogitAdjust` entries (`t6`) and allowed-token
+///   bitsets (`t7`, with `KILN_CAP_SAMPLE_MASK`); GGUF Q2_K, Q3_K, Q5_K,
+///   IQ4_NL, IQ4_XS; `KILN_WEIGHT_INT_GROUPS`; `OP_LAYER_NORM`,
+///   `OP_ACTIVATION`, `OP_SCALE`, `OP_SOFTCAP`; `KILN_WEIGHT_NONE`. The host
+///   never asks a 1.0 plugin to sample on the device, since its parameter
+///   rows have another size.
+pub const KILN_ABI_MINOR: u32 = 1;
 /// `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 pub const KILN_ABI_VERSION: u32 = (KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR;
+/// The oldest version of the current major this host still loads: a plugin
+/// built against it is read only as far as its tables' `struct_size` go.
+pub const KILN_ABI_OLDEST_SUPPORTED: u32 = KILN_ABI_MAJOR << 16;
 
 /// Name of the exported `extern "C" fn() -> u32` giving the plugin's ABI version.
 pub const SYMBOL_ABI_VERSION: &str = "kiln_plugin_abi_version";
@@ -126,6 +142,10 @@ pub const KILN_WEIGHT_INT8: KilnWeightFormat = 22;
 /// (act-order; the backend gathers activations to match). `group_size` is a
 /// multiple of 32 dividing `cols`; `bits` is 2, 3, 4 or 8.
 pub const KILN_WEIGHT_INT_GROUPS: KilnWeightFormat = 23;
+
+/// No weight: the `weight_format` of a [`KilnSupportQuery`] for an
+/// operation without a weight operand.
+pub const KILN_WEIGHT_NONE: KilnWeightFormat = u32::MAX;
 
 /// Role of one part of a weight.
 pub type KilnPartRole = u32;
@@ -408,7 +428,7 @@ pub const KILN_WEIGHT_FLAG_GPTQ_V1_ZEROS: u32 = 1 << 2;
 pub struct KilnSupportQuery {
     /// An `OP_*` opcode.
     pub opcode: u32,
-    /// The weight format involved, or `u32::MAX` when none.
+    /// The weight format involved, or [`KILN_WEIGHT_NONE`].
     pub weight_format: KilnWeightFormat,
     /// The activation dtype.
     pub act_dtype: KilnDType,

@@ -3,7 +3,7 @@
 //! Finds, checks and loads backend plugins. This is the only crate in Kiln
 //! that calls `libloading`. Loading a library goes: file exists → it is a
 //! loadable library → it exports `kiln_plugin_abi_version` → the version is
-//! compatible (same major, minor at least ours) → `kiln_backend_score` is not
+//! compatible (same major, minor at least the oldest this host reads) → `kiln_backend_score` is not
 //! 0 on this machine → `kiln_backend_init` succeeds. Each failure is a
 //! [`LoadError`] naming the file and what is wrong. Loaded libraries are never
 //! unloaded. Statically linked plugins register through the same tables.
@@ -22,10 +22,12 @@ use std::ffi::{CStr, c_char};
 use std::path::{Path, PathBuf};
 
 use kiln_plugin_abi::safe::Backend;
+use kiln_plugin_abi::tables::REGISTRATION_REQUIRED_SIZE;
 use kiln_plugin_abi::{
-    KILN_ABI_VERSION, KilnAbiVersionFn, KilnBackendRegistration, KilnHostApi, KilnInitFn,
-    KilnLastErrorFn, KilnScoreFn, SYMBOL_ABI_VERSION, SYMBOL_INIT, SYMBOL_LAST_ERROR, SYMBOL_SCORE,
-    abi_compatible, version_string,
+    KILN_ABI_MAJOR, KILN_ABI_OLDEST_SUPPORTED, KILN_ABI_VERSION, KilnAbiVersionFn,
+    KilnBackendRegistration, KilnHostApi, KilnInitFn, KilnLastErrorFn, KilnScoreFn,
+    SYMBOL_ABI_VERSION, SYMBOL_INIT, SYMBOL_LAST_ERROR, SYMBOL_SCORE, abi_compatible,
+    version_string,
 };
 
 /// Environment variable naming extra directories (or files) to search for backends.
@@ -58,7 +60,7 @@ pub enum LoadError {
     },
     /// Built against an incompatible ABI.
     #[error(
-        "{path} was built for backend ABI {plugin}, but this Kiln needs ABI {host} (same major version, minor at least {host}); rebuild the plugin against kiln-plugin-abi {host}"
+        "{path} was built for backend ABI {plugin}, but this Kiln implements ABI {host} and loads plugins of ABI {oldest} up to any {host_major}.x; rebuild the plugin against kiln-plugin-abi {host}"
     )]
     AbiMismatch {
         /// The path tried.
@@ -67,6 +69,10 @@ pub enum LoadError {
         plugin: String,
         /// The host's version.
         host: String,
+        /// The oldest version the host loads.
+        oldest: String,
+        /// The host's major version.
+        host_major: u32,
     },
     /// Score 0: the plugin says it cannot run on this machine.
     #[error("{path} cannot run on this machine (score 0): {detail}")]
@@ -348,11 +354,13 @@ fn check_version(lib: &'static libloading::Library, path: &Path) -> Result<u32, 
     let version_fn: KilnAbiVersionFn = symbol(lib, path, SYMBOL_ABI_VERSION)?;
     // SAFETY: ABI-defined signature.
     let version = unsafe { version_fn() };
-    if !abi_compatible(version, KILN_ABI_VERSION) {
+    if !abi_compatible(version, KILN_ABI_OLDEST_SUPPORTED) {
         return Err(LoadError::AbiMismatch {
             path: path.to_path_buf(),
             plugin: version_string(version),
             host: version_string(KILN_ABI_VERSION),
+            oldest: version_string(KILN_ABI_OLDEST_SUPPORTED),
+            host_major: KILN_ABI_MAJOR,
         });
     }
     Ok(version)
@@ -381,6 +389,18 @@ fn load_library(path: &Path) -> Result<LoadedBackend, LoadError> {
     }
     // SAFETY: ABI-defined signature; HOST_API is static.
     let reg = unsafe { init_fn(&HOST_API) };
+    // SAFETY: a non-null registration starts with its `struct_size`.
+    if let Some(size) =
+        (!reg.is_null()).then(|| unsafe { std::ptr::addr_of!((*reg).struct_size).read() })
+        && (size as usize) < REGISTRATION_REQUIRED_SIZE
+    {
+        return Err(LoadError::InitFailed {
+            path: path.to_path_buf(),
+            message: format!(
+                "its registration is {size} bytes, shorter than the {REGISTRATION_REQUIRED_SIZE} bytes of the entries every ABI {KILN_ABI_MAJOR}.x registration has"
+            ),
+        });
+    }
     // SAFETY: a non-null registration is static in the (never unloaded) library.
     let backend =
         unsafe { Backend::from_registration(reg) }.ok_or_else(|| LoadError::InitFailed {

@@ -12,25 +12,25 @@ use kiln_plugin_host::BackendRegistry;
 
 /// `libkiln_backend_example.so` (or the platform's equivalent) as cargo
 /// built it: beside this test binary in `target/<profile>/deps`, or in
-/// `target/<profile>`. `None`, with a message, when it is not built.
+/// `target/<profile>`. Cargo builds it with these tests; a missing library
+/// fails the test.
 pub fn library() -> Option<PathBuf> {
     let name = format!(
         "{}kiln_backend_example{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     );
-    let exe = std::env::current_exe().ok()?;
+    let exe = std::env::current_exe().expect("the test binary's path");
     let found = exe
         .ancestors()
         .skip(1)
         .take(2)
         .map(|dir| dir.join(&name))
         .find(|p| p.exists());
-    if found.is_none() {
-        eprintln!(
-            "skipping: {name} is not built (run `cargo build --release -p kiln-example-backend`)"
-        );
-    }
+    assert!(
+        found.is_some(),
+        "{name} is not built (run `cargo build --release -p kiln-example-backend`)"
+    );
     found
 }
 
