@@ -1,7 +1,8 @@
 """Starts a real `kiln serve` for the client suite.
 
 One server (session scope) serves every module; the API-key tests start a
-second one with `--api-key`, and the shutdown tests start their own. Each
+second one with `--api-key`, the embedding tests one serving the embedding
+model, and the shutdown tests start their own. Each
 server listens on a free local port and logs (stdout and stderr) to
 target/client-tests/<name>.log; the tail of every running server's log is
 attached to a failing test's report. At the end each server gets SIGTERM and
@@ -9,6 +10,8 @@ must exit 0 within its shutdown timeout: the graceful-shutdown check.
 
 Environment:
   KILN_TEST_GGUF       the model file (required; run.sh sets it)
+  KILN_TEST_EMBEDDING_MODEL  the embedding model directory (all-MiniLM-L6-v2;
+                       run.sh sets it)
   KILN_TEST_FRONTENDS  passed as --frontend when set (default: all frontends)
   KILN_TEST_THREADS    --threads (default 2)
   KILN_BIN             the binary (default target/release/kiln)
@@ -26,7 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import API_KEY, SERVED_NAME, SHUTDOWN_TIMEOUT_S
+from support import API_KEY, EMBEDDING_NAME, SERVED_NAME, SHUTDOWN_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 KILN = Path(os.environ.get("KILN_BIN", ROOT / "target" / "release" / "kiln"))
@@ -45,10 +48,11 @@ def _free_port() -> int:
 class KilnServer:
     """One `kiln serve` child process on 127.0.0.1."""
 
-    def __init__(self, name: str, *extra: str):
-        model = os.environ.get("KILN_TEST_GGUF")
+    def __init__(self, name: str, *extra: str, model_env: str = "KILN_TEST_GGUF",
+                 served_name: str = SERVED_NAME, max_model_len: int | None = 2048):
+        model = os.environ.get(model_env)
         if not model:
-            pytest.fail("KILN_TEST_GGUF is not set: run the suite with tests/clients/run.sh")
+            pytest.fail(f"{model_env} is not set: run the suite with tests/clients/run.sh")
         if not KILN.is_file():
             pytest.fail(f"{KILN} is missing: cargo build --release --workspace --bins --lib")
         self.name = name
@@ -60,13 +64,14 @@ class KilnServer:
             str(KILN), "serve", model,
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--served-model-name", SERVED_NAME,
-            "--max-model-len", "2048",
+            "--served-model-name", served_name,
             "--kv-cache-memory-bytes", "256MiB",
             "--threads", os.environ.get("KILN_TEST_THREADS", "2"),
             "--shutdown-timeout", f"{SHUTDOWN_TIMEOUT_S}s",
             "--enable-auto-tool-choice",
         ]
+        if max_model_len is not None:
+            self.args += ["--max-model-len", str(max_model_len)]
         if os.environ.get("KILN_TEST_FRONTENDS"):
             self.args += ["--frontend", os.environ["KILN_TEST_FRONTENDS"]]
         self.args += list(extra)
@@ -147,6 +152,14 @@ def base_url(server) -> str:
 @pytest.fixture(scope="module")
 def auth_server():
     s = KilnServer("kiln-serve-api-key", "--api-key", API_KEY)
+    yield s
+    s.stop_and_check()
+
+
+@pytest.fixture(scope="module")
+def embedding_server():
+    s = KilnServer("kiln-serve-embeddings", model_env="KILN_TEST_EMBEDDING_MODEL",
+                   served_name=EMBEDDING_NAME, max_model_len=None)
     yield s
     s.stop_and_check()
 

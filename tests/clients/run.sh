@@ -8,7 +8,8 @@
 # then runs pytest; conftest.py starts and stops the server. Needs
 # target/release/kiln (`cargo build --release --workspace --bins --lib`).
 # The model is $KILN_TEST_GGUF when set, else the default model from the Kiln
-# cache (`kiln pull` fetches it when missing).
+# cache (`kiln pull` fetches it when missing); the embedding model is
+# $KILN_TEST_EMBEDDING_MODEL, else all-MiniLM-L6-v2 from the cache.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -46,5 +47,9 @@ if [[ -z "${KILN_TEST_GGUF:-}" ]]; then
     KILN_TEST_GGUF="$(./target/release/kiln pull --print-path smollm2-135m-instruct)"
 fi
 export KILN_TEST_GGUF
+if [[ -z "${KILN_TEST_EMBEDDING_MODEL:-}" ]]; then
+    KILN_TEST_EMBEDDING_MODEL="$(./target/release/kiln pull --print-path all-minilm-l6-v2)"
+fi
+export KILN_TEST_EMBEDDING_MODEL
 
 exec "$VENV/bin/python" -m pytest tests/clients -q -p no:cacheprovider "$@"

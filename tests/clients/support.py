@@ -9,6 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 SERVED_NAME = "smollm2-135m-instruct"
+EMBEDDING_NAME = "all-minilm-l6-v2"
 API_KEY = "kiln-test-key"
 MAX_MODEL_LEN = 2048  # --max-model-len of the test servers
 SHUTDOWN_TIMEOUT_S = 10  # --shutdown-timeout of the test servers

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use kiln_engine::{BackendChoice, Engine, EngineConfig, LLM};
 use kiln_protocol::{GenerateRequest, PromptInput, SamplingParams, StoppingCriteria};
 
-pub mod conformance;
+pub mod faulty;
+pub mod llamacpp;
 pub mod schema;
 pub mod tiny;
 
@@ -203,6 +204,7 @@ pub fn last_logits(
             table_keep: 0,
             new_blocks: (0..blocks).collect(),
             num_samples: 1,
+            embed: false,
         }],
     };
     runner.execute(&plan, &[]).expect("forward").logits
@@ -249,4 +251,38 @@ pub fn greedy(ids: Vec<u32>, max_tokens: u32) -> GenerateRequest {
         add_special_tokens: false,
         tag: None,
     }
+}
+
+/// The pooled, unnormalized vectors of `inputs`, all queued before any is
+/// awaited so that the scheduler batches them.
+pub fn embed_all(llm: &LLM, inputs: Vec<PromptInput>) -> Vec<kiln_protocol::Embedding> {
+    let handle = llm.handle();
+    let pending: Vec<_> = inputs
+        .into_iter()
+        .map(|input| {
+            handle
+                .embed(kiln_protocol::EmbedRequest {
+                    input,
+                    truncate: false,
+                    tag: None,
+                })
+                .unwrap_or_else(|e| panic!("embedding refused: {e}"))
+        })
+        .collect();
+    pending
+        .into_iter()
+        .map(|f| futures::executor::block_on(f).unwrap_or_else(|e| panic!("embedding failed: {e}")))
+        .collect()
+}
+
+/// Cosine similarity of two vectors (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let n = norm(a) * norm(b);
+    if n == 0.0 { 0.0 } else { dot / n }
 }

@@ -27,7 +27,11 @@ use kiln_protocol::{
     EngineError, EngineEvent, GenerateRequest, RequestId, StructuredOutput, TokenEvent, TokenId,
 };
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+mod embed;
+
+pub use embed::{ASK_FOR_TRUNCATION, AdmittedEmbedding, EmbeddingFuture, EmbeddingReply};
 
 /// The engine's effective settings and model facts, for `/info`-style routes and logs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -84,6 +88,8 @@ pub struct EngineInfo {
     pub chat_template: Option<String>,
     /// Model metadata in GGUF key style (`llama.context_length`, ...), for Ollama's `/api/show`.
     pub model_info: BTreeMap<String, serde_json::Value>,
+    /// How the model embeds; `None` when it does not.
+    pub embedding: Option<kiln_protocol::EmbeddingSpec>,
     /// Kiln's version.
     pub version: String,
     /// Unix time the engine started.
@@ -143,6 +149,22 @@ pub trait EngineService: Send + Sync + 'static {
         request: AdmittedRequest,
         events: mpsc::UnboundedSender<TokenEvent>,
     ) -> Result<(), EngineError>;
+    /// Queue an embedding whose input is tokenized and checked; the vector
+    /// goes to `reply`.
+    fn enqueue_embedding(
+        &self,
+        request: AdmittedEmbedding,
+        reply: oneshot::Sender<EmbeddingReply>,
+    ) -> Result<(), EngineError> {
+        drop((request, reply));
+        Err(EngineError::invalid(
+            "model",
+            format!(
+                "the served model {} does not compute embeddings",
+                self.info().model_id
+            ),
+        ))
+    }
     /// Abort a request in any state (no-op if unknown or finished).
     fn abort(&self, id: RequestId);
     /// Engine events (metrics, logs).
@@ -276,6 +298,18 @@ impl EngineHandle {
 
     /// Validate and tokenize without queueing (also used by `submit`).
     pub fn admit(&self, request: GenerateRequest) -> Result<AdmittedRequest, EngineError> {
+        if let Some(spec) = &self.info().embedding
+            && !spec.generates
+        {
+            return Err(EngineError::invalid(
+                "model",
+                format!(
+                    "{} is an embedding model and cannot generate text; send its inputs to an \
+                     embeddings route (/v1/embeddings, /api/embed or /embed)",
+                    self.info().model_id
+                ),
+            ));
+        }
         request.sampling.validate()?;
         request.stopping.validate()?;
         if !self.inner.is_healthy() {

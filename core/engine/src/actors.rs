@@ -14,15 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix::prelude::*;
-use kiln_engine_api::AdmittedRequest;
+use kiln_engine_api::{AdmittedEmbedding, AdmittedRequest, EmbeddingReply};
 use kiln_protocol::step::{
     AllocateForStep, DeviceSample, RowSampling, StepAllocation, StepLogits, StepOutput, StepPlan,
     TokenMask,
 };
-use kiln_protocol::{EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent, TokenId};
+use kiln_protocol::{
+    Embedding, EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent, TokenId,
+};
 use kiln_sampler::{SamplerCore, SequenceGroup};
 use kiln_scheduler::{BlockManager, NewRequest, Scheduler};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::runner::ModelRunner;
 
@@ -315,6 +317,15 @@ pub struct SchedulerActor {
     /// Sequences (forks not started yet included) of live requests with
     /// structured outputs, and their request.
     constrained: HashMap<SeqId, RequestId>,
+    /// Embedding requests not answered yet, by request.
+    embeddings: HashMap<RequestId, PendingEmbedding>,
+}
+
+/// Where an embedding's vector goes.
+struct PendingEmbedding {
+    seq_id: SeqId,
+    prompt_tokens: u32,
+    reply: oneshot::Sender<EmbeddingReply>,
 }
 
 /// What the scheduler actor keeps for device-side sampling: the next draw of
@@ -371,6 +382,35 @@ impl SchedulerActor {
             },
             sampling: p.sampling,
             constrained: HashMap::new(),
+            embeddings: HashMap::new(),
+        }
+    }
+
+    /// Answer the embedding requests whose vectors `logits` carries.
+    fn deliver_embeddings(&mut self, logits: &mut StepLogits) {
+        for e in std::mem::take(&mut logits.embeddings) {
+            let Some(rid) = self
+                .embeddings
+                .iter()
+                .find(|(_, p)| p.seq_id == e.seq_id)
+                .map(|(rid, _)| *rid)
+            else {
+                continue;
+            };
+            if let Some(p) = self.embeddings.remove(&rid) {
+                // A closed receiver means the client left.
+                let _ = p.reply.send(Ok(Embedding {
+                    vector: e.vector,
+                    prompt_tokens: p.prompt_tokens,
+                }));
+            }
+        }
+    }
+
+    /// Answer every pending embedding with `error`.
+    fn fail_embeddings(&mut self, error: &EngineError) {
+        for (_, p) in self.embeddings.drain() {
+            let _ = p.reply.send(Err(error.clone()));
         }
     }
 
@@ -476,6 +516,7 @@ impl SchedulerActor {
         started: Instant,
         ctx: &mut Context<Self>,
     ) {
+        self.deliver_embeddings(&mut logits);
         let step_id = logits.step_id;
         if logits.is_empty() {
             self.finish(
@@ -536,6 +577,10 @@ impl SchedulerActor {
             return;
         }
         for (id, error) in rejected {
+            if let Some(p) = self.embeddings.remove(&id) {
+                let _ = p.reply.send(Err(error));
+                continue;
+            }
             self.peers.sampler.do_send(FailRequests {
                 ids: vec![id],
                 error,
@@ -552,10 +597,9 @@ impl SchedulerActor {
             self.core.abort(*id);
         }
         self.peers.block_manager.do_send(ResetPrefixCache);
-        self.peers.sampler.do_send(FailRequests {
-            ids,
-            error: EngineError::Backend(message),
-        });
+        let error = EngineError::Backend(message);
+        self.fail_embeddings(&error);
+        self.peers.sampler.do_send(FailRequests { ids, error });
         self.in_flight = false;
         self.begin(ctx);
     }
@@ -567,10 +611,9 @@ impl SchedulerActor {
         for id in &ids {
             self.core.abort(*id);
         }
-        self.peers.sampler.do_send(FailRequests {
-            ids,
-            error: EngineError::EngineDead(message),
-        });
+        let error = EngineError::EngineDead(message);
+        self.fail_embeddings(&error);
+        self.peers.sampler.do_send(FailRequests { ids, error });
         self.in_flight = false;
     }
 
@@ -709,12 +752,52 @@ impl Handler<Submit> for SchedulerActor {
             prompt_token_ids: r.prompt_token_ids,
             max_tokens: r.max_tokens,
             arrival: self.arrivals,
+            embed: false,
         });
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let _ = self.events.send(EngineEvent::RequestArrived {
             request_id: r.id,
             prompt_tokens,
         });
+        self.kick(ctx);
+    }
+}
+
+/// Queue an embedding.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubmitEmbedding {
+    /// The input.
+    pub request: AdmittedEmbedding,
+    /// Where its vector goes.
+    pub reply: oneshot::Sender<EmbeddingReply>,
+}
+
+impl Handler<SubmitEmbedding> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, msg: SubmitEmbedding, ctx: &mut Self::Context) {
+        let r = msg.request;
+        let seq_id = self.next_seq;
+        self.next_seq += 1;
+        self.arrivals += 1;
+        self.embeddings.insert(
+            r.id,
+            PendingEmbedding {
+                seq_id,
+                prompt_tokens: r.prompt_token_ids.len() as u32,
+                reply: msg.reply,
+            },
+        );
+        self.core.add_request(NewRequest {
+            request_id: r.id,
+            seq_ids: vec![seq_id],
+            prompt_token_ids: r.prompt_token_ids,
+            max_tokens: 0,
+            arrival: self.arrivals,
+            embed: true,
+        });
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        self.fail_rejected();
         self.kick(ctx);
     }
 }
@@ -728,6 +811,7 @@ impl Handler<Abort> for SchedulerActor {
     type Result = ();
     fn handle(&mut self, msg: Abort, ctx: &mut Self::Context) {
         self.core.abort(msg.0);
+        self.embeddings.remove(&msg.0);
         self.forget_ended_rows();
         self.peers.sampler.do_send(AbortRequest(msg.0));
         self.kick(ctx);

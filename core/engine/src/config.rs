@@ -104,6 +104,10 @@ pub struct EngineConfig {
     pub tensor_parallel_size: usize,
     /// Where the model came from, for `/info` (hub id or alias); `None`: the path.
     pub model_origin: Option<String>,
+    /// How embeddings pool hidden states (`--pooling`); `None`: the model's
+    /// sentence-transformers pooling, else mean for encoders and the last
+    /// token for decoders.
+    pub pooling: Option<kiln_protocol::Pooling>,
 }
 
 impl EngineConfig {
@@ -133,6 +137,7 @@ impl EngineConfig {
             builtin_backends: Vec::new(),
             tensor_parallel_size: 1,
             model_origin: None,
+            pooling: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Start-up: model files → backend and device → weights → step buffers → KV
 //! cache → actors. Every failure is an [`StartError`] that says what to change.
 
+use crate::embedding_config::embedding_spec;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,9 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
         device: device.info().clone(),
     };
     let mut runner = ModelRunner::new(device, decoder, kv, bufs);
+    if let Some(spec) = &summary.info.embedding {
+        runner.set_pooling(spec.pooling);
+    }
     if config.device_sampling
         && runner
             .enable_device_sampling()
@@ -199,7 +203,7 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
     {
         tracing::info!("sampling on the device");
     }
-    if !config.enforce_eager && sizes.gpu {
+    if !config.enforce_eager && sizes.gpu && runner.decoder().generates() {
         let started = std::time::Instant::now();
         let n = runner
             .capture_graphs(sizes.max_num_seqs, sizes.max_model_len)
@@ -356,6 +360,11 @@ impl Sizes {
     ) -> Result<Sizes, StartError> {
         let gpu = device.kind != KILN_DEVICE_CPU;
         let native = files.config.max_position_embeddings;
+        // Sentence-transformers models are trained (and cut) at their own length.
+        let default_len = match files.sentence_transformers.max_seq_length {
+            Some(n) if files.variant.encoder => n.min(native),
+            _ => native,
+        };
         let max_model_len = match config.max_model_len {
             Some(n) if n > native => {
                 return Err(StartError::Config(format!(
@@ -473,6 +482,7 @@ fn profile_activations(
         max_seq_len: n,
         decode_rows: 0,
         decode_logits_rows: 0,
+        hidden_states: true,
     };
     decoder.forward(device, &kv, bufs, &inputs)?;
     device.synchronize()?;
@@ -523,6 +533,12 @@ fn engine_info(
         eos_token_ids: files.eos_token_ids.clone(),
         chat_template: files.chat_template.as_ref().map(|t| t.source().to_string()),
         model_info: files.model_info.clone(),
+        embedding: Some(embedding_spec(
+            &files.sentence_transformers,
+            config.pooling,
+            files.config.hidden_size,
+            decoder.generates(),
+        )),
         version: env!("CARGO_PKG_VERSION").to_string(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -534,11 +550,12 @@ type Spawned = (EngineHandle, System, std::thread::JoinHandle<()>);
 
 /// The structured-output compiler over the model's vocabulary.
 fn structured_outputs(files: &ModelFiles) -> Result<Arc<Grammars>, StartError> {
-    let eos = files
-        .eos_token_ids
-        .first()
-        .copied()
-        .ok_or_else(|| StartError::Model("the model names no EOS token".into()))?;
+    let eos = match files.eos_token_ids.first() {
+        Some(&id) => id,
+        // An encoder never generates, so no grammar ever ends on it.
+        None if files.variant.encoder => 0,
+        None => return Err(StartError::Model("the model names no EOS token".into())),
+    };
     let vocab = Vocabulary {
         tokens: files.tokenizer.token_bytes(),
         eos,

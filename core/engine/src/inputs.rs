@@ -39,6 +39,8 @@ pub struct HostBatch {
     pub decode_rows: usize,
     /// Leading logits rows that belong to decode sequences.
     pub decode_logits_rows: usize,
+    /// The embedding sequences' rows: `(sequence, first row, rows)`.
+    pub embed_rows: Vec<(SeqId, usize, usize)>,
 }
 
 /// Why a plan cannot be turned into a batch (a scheduler bug, reported not hidden).
@@ -139,6 +141,10 @@ pub fn build_batch(
             .get(s.seq_id)
             .ok_or(PlanError::UnknownSequence(s.seq_id))?;
         let start = s.num_computed_tokens as usize;
+        if s.embed {
+            b.embed_rows
+                .push((s.seq_id, b.token_ids.len(), s.token_ids.len()));
+        }
         for (j, &tok) in s.token_ids.iter().enumerate() {
             let pos = start + j;
             let block = *table.get(pos / block_size).ok_or(PlanError::MissingBlock {
@@ -204,6 +210,7 @@ mod tests {
             table_keep: keep,
             new_blocks: new.to_vec(),
             num_samples: samples,
+            embed: false,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod inputs;
 pub mod llm;
 pub mod memory;
 pub mod model;
+pub mod pooling;
 pub mod runner;
 pub mod service;
 

@@ -1,6 +1,7 @@
 //! Opening a model: a Hugging Face directory or a GGUF file becomes a config,
 //! a weight source, a tokenizer and a chat template.
 
+use crate::embedding_config::SentenceTransformers;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ModelFiles {
     pub num_parameters: u64,
     /// Metadata in GGUF key style for Ollama's `/api/show`.
     pub model_info: BTreeMap<String, serde_json::Value>,
+    /// The sentence-transformers files beside the weights (embedding models).
+    pub sentence_transformers: SentenceTransformers,
 }
 
 /// What `ModelFiles::weights` becomes once the backend holds the weights:
@@ -165,8 +168,10 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
     let chat_template = tokenizer.chat_template().cloned();
     let eos_token_ids = merge_eos(config.eos_token_ids.clone(), &tokenizer.eos_token_ids());
     let model_info = model_info(&config, variant.family);
+    let sentence_transformers = SentenceTransformers::read(dir, config.hidden_size);
     Ok(ModelFiles {
         name: display_name(dir),
+        sentence_transformers,
         family: variant.family.to_string(),
         num_parameters: config.num_parameters(),
         config,
@@ -210,6 +215,7 @@ fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
         quantization,
         quant_scheme: None,
         model_info,
+        sentence_transformers: SentenceTransformers::default(),
     })
 }
 

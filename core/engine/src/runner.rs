@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use kiln_models::decoder::{BatchInputs, Decoder, KvCache, StepBuffers};
 use kiln_plugin_abi::safe::{Buffer, Device, Graph};
 use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_CAP_SAMPLE_MASK, KILN_I32, ops};
-use kiln_protocol::SeqId;
-use kiln_protocol::step::{BlockCopy, DeviceSample, RowSampling, StepLogits, StepPlan};
+use kiln_protocol::step::{
+    BlockCopy, DeviceSample, RowSampling, SeqEmbedding, StepLogits, StepPlan,
+};
+use kiln_protocol::{Pooling, SeqId};
 
 use crate::device_sampling::{SampleBuffers, split_rows};
 use crate::inputs::{BlockTables, HostBatch, build_batch};
@@ -38,6 +40,8 @@ pub struct ModelRunner {
     sampler: Option<SampleBuffers>,
     /// Rows of the last step kept on the device for [`ModelRunner::draw_deferred`].
     deferred: Deferred,
+    /// How embedding sequences' hidden states become one vector.
+    pooling: Pooling,
 }
 
 /// Logits rows left undrawn by the last step: `(row, seq)` of `rows` rows.
@@ -69,7 +73,13 @@ impl ModelRunner {
             graph_seq_len: 0,
             sampler: None,
             deferred: Deferred::default(),
+            pooling: Pooling::Mean,
         }
+    }
+
+    /// Pool embedding sequences this way (mean until set).
+    pub fn set_pooling(&mut self, pooling: Pooling) {
+        self.pooling = pooling;
     }
 
     /// Prepare device-side sampling when the backend offers it; returns
@@ -178,6 +188,7 @@ impl ModelRunner {
         if !self.replay_graph(plan, &batch)? {
             self.forward(&batch)?;
         }
+        let embeddings = self.pooled(&batch)?;
         let draws: HashMap<SeqId, RowSampling> = match self.sampler {
             Some(_) => sampling.iter().cloned().collect(),
             None => HashMap::new(),
@@ -206,7 +217,24 @@ impl ModelRunner {
             vocab_size,
             logits,
             sampled,
+            embeddings,
         })
+    }
+
+    /// The pooled hidden states of the batch's embedding sequences.
+    fn pooled(&self, batch: &HostBatch) -> Result<Vec<SeqEmbedding>, RunnerError> {
+        let hidden = self.decoder.config().hidden_size;
+        let mut out = Vec::with_capacity(batch.embed_rows.len());
+        for &(seq_id, first, rows) in &batch.embed_rows {
+            let states = self
+                .decoder
+                .read_hidden(&self.device, &self.bufs, first, rows)?;
+            out.push(SeqEmbedding {
+                seq_id,
+                vector: crate::pooling::pool(&states, hidden, self.pooling),
+            });
+        }
+        Ok(out)
     }
 
     /// Draws the rows the last step deferred, with `sampling` (masks
@@ -309,6 +337,7 @@ fn batch_inputs(batch: &HostBatch) -> BatchInputs<'_> {
         max_seq_len: batch.max_seq_len,
         decode_rows: batch.decode_rows,
         decode_logits_rows: batch.decode_logits_rows,
+        hidden_states: !batch.embed_rows.is_empty(),
     }
 }
 

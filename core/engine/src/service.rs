@@ -4,13 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::Addr;
-use kiln_engine_api::{AdmittedRequest, ChatOptions, EngineInfo, EngineLoad, EngineService};
+use kiln_engine_api::{
+    AdmittedEmbedding, AdmittedRequest, ChatOptions, EmbeddingReply, EngineInfo, EngineLoad,
+    EngineService,
+};
 use kiln_protocol::{EngineError, EngineEvent, RequestId, StructuredOutput, TokenEvent, TokenId};
 use kiln_structured::Grammars;
 use kiln_tokenizer::{ChatContext, ChatTemplate, Tokenizer};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::actors::{Abort, SchedulerActor, Shared, Submit};
+use crate::actors::{Abort, SchedulerActor, Shared, Submit, SubmitEmbedding};
 
 /// The running engine as seen through [`EngineService`].
 pub struct ActorEngine {
@@ -106,22 +109,22 @@ impl EngineService for ActorEngine {
             .map_err(|e| EngineError::invalid(e.param, e.to_string()))
     }
 
+    fn enqueue_embedding(
+        &self,
+        request: AdmittedEmbedding,
+        reply: oneshot::Sender<EmbeddingReply>,
+    ) -> Result<(), EngineError> {
+        self.check_admission()?;
+        self.scheduler.do_send(SubmitEmbedding { request, reply });
+        Ok(())
+    }
+
     fn enqueue(
         &self,
         request: AdmittedRequest,
         events: mpsc::UnboundedSender<TokenEvent>,
     ) -> Result<(), EngineError> {
-        if !self.is_healthy() {
-            return Err(EngineError::EngineDead("the engine has stopped".into()));
-        }
-        let waiting = self.shared.waiting.load(Ordering::Relaxed) as usize;
-        let limit = self.info.max_waiting_requests as usize;
-        if waiting >= limit {
-            return Err(EngineError::Overloaded { waiting, limit });
-        }
-        if !self.scheduler.connected() {
-            return Err(EngineError::EngineDead("the scheduler has stopped".into()));
-        }
+        self.check_admission()?;
         // `do_send` ignores the mailbox bound: admission is bounded by `max_waiting_requests`.
         self.scheduler.do_send(Submit { request, events });
         Ok(())
@@ -149,5 +152,23 @@ impl EngineService for ActorEngine {
 
     fn next_request_id(&self) -> RequestId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl ActorEngine {
+    /// Whether a new request may be queued now.
+    fn check_admission(&self) -> Result<(), EngineError> {
+        if !self.is_healthy() {
+            return Err(EngineError::EngineDead("the engine has stopped".into()));
+        }
+        let waiting = self.shared.waiting.load(Ordering::Relaxed) as usize;
+        let limit = self.info.max_waiting_requests as usize;
+        if waiting >= limit {
+            return Err(EngineError::Overloaded { waiting, limit });
+        }
+        if !self.scheduler.connected() {
+            return Err(EngineError::EngineDead("the scheduler has stopped".into()));
+        }
+        Ok(())
     }
 }

@@ -157,9 +157,11 @@ impl Cache {
             let name = file_name(&dir);
             let usage = dir_usage(&dir)?;
             let complete = match catalog::lookup(&name) {
-                Some(e) => {
-                    std::fs::metadata(dir.join(e.file_name)).is_ok_and(|m| m.len() == e.source.size)
-                }
+                Some(e) => std::iter::once((e.file_name, e.source.size))
+                    .chain(e.companions.iter().map(|c| (c.path, c.source.size)))
+                    .all(|(path, size)| {
+                        std::fs::metadata(dir.join(path)).is_ok_and(|m| m.len() == size)
+                    }),
                 None => usage.files > 0,
             };
             out.push(usage.into_model(name, dir, complete));

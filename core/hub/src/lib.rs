@@ -30,7 +30,7 @@ pub mod select;
 pub mod spec;
 
 pub use cache::{Cache, CachedModel, human_bytes};
-pub use catalog::{CatalogEntry, DEFAULT_MODEL, PipArtifact, PipSource};
+pub use catalog::{CatalogEntry, CatalogFile, DEFAULT_MODEL, PipArtifact, PipSource};
 pub use error::HubError;
 pub use hf::{HfClient, RetryPolicy};
 pub use progress::ProgressMode;

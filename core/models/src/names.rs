@@ -11,6 +11,10 @@ pub enum Role {
     Embed,
     /// Learned position embeddings `[positions, hidden]`.
     Positions,
+    /// Token-type (segment) embeddings `[types, hidden]` (BERT).
+    TokenTypes,
+    /// The norm applied to the summed embeddings (BERT).
+    EmbedNorm,
     /// The norm before the LM head.
     FinalNorm,
     /// The LM head `[vocab, hidden]`.
@@ -69,6 +73,8 @@ impl Part {
 struct HfNames {
     embed: &'static str,
     positions: &'static str,
+    token_types: &'static str,
+    embed_norm: &'static str,
     final_norm: &'static str,
     lm_head: &'static str,
     layers: &'static str,
@@ -168,10 +174,26 @@ fn opt_layer(role: Role) -> Option<&'static str> {
     })
 }
 
+fn bert_layer(role: Role) -> Option<&'static str> {
+    Some(match role {
+        Role::Q => "attention.self.query",
+        Role::K => "attention.self.key",
+        Role::V => "attention.self.value",
+        Role::O => "attention.output.dense",
+        Role::PostAttnNorm => "attention.output.LayerNorm",
+        Role::Up => "intermediate.dense",
+        Role::Down => "output.dense",
+        Role::PostFfnNorm => "output.LayerNorm",
+        _ => return None,
+    })
+}
+
 fn hf_names(family: Family) -> HfNames {
     let llama = HfNames {
         embed: "model.embed_tokens",
         positions: "",
+        token_types: "",
+        embed_norm: "",
         final_norm: "model.norm",
         lm_head: "lm_head",
         layers: "model.layers",
@@ -219,6 +241,16 @@ fn hf_names(family: Family) -> HfNames {
             layer: opt_layer,
             ..llama
         },
+        Family::Bert => HfNames {
+            embed: "embeddings.word_embeddings",
+            positions: "embeddings.position_embeddings",
+            token_types: "embeddings.token_type_embeddings",
+            embed_norm: "embeddings.LayerNorm",
+            final_norm: "",
+            lm_head: "",
+            layers: "encoder.layer",
+            layer: bert_layer,
+        },
         _ => llama,
     }
 }
@@ -229,13 +261,16 @@ pub fn hf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -> 
     let n = hf_names(family);
     let global = match role {
         Role::Embed => Some(n.embed),
-        Role::Positions => Some(n.positions).filter(|p| !p.is_empty()),
+        Role::Positions => Some(n.positions),
+        Role::TokenTypes => Some(n.token_types),
+        Role::EmbedNorm => Some(n.embed_norm),
         Role::FinalNorm => Some(n.final_norm),
         Role::LmHead => Some(n.lm_head),
         _ => None,
     };
     let suffix = part.suffix();
     match (global, layer) {
+        (Some(""), _) => None,
         (Some(g), _) => Some(format!("{g}.{suffix}")),
         (None, Some(i)) => (n.layer)(role).map(|s| format!("{}.{i}.{s}.{suffix}", n.layers)),
         (None, None) => None,
@@ -247,6 +282,8 @@ pub fn gguf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -
     let stem = match role {
         Role::Embed => "token_embd",
         Role::Positions => "position_embd",
+        Role::TokenTypes => "token_types",
+        Role::EmbedNorm => "token_embd_norm",
         Role::FinalNorm => "output_norm",
         Role::LmHead => "output",
         Role::AttnNorm => "attn_norm",
@@ -268,7 +305,15 @@ pub fn gguf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -
     hf_name(family, role, layer.or(Some(0)), part)?;
     let suffix = part.suffix();
     Some(match (role, layer) {
-        (Role::Embed | Role::Positions | Role::FinalNorm | Role::LmHead, _) => {
+        (
+            Role::Embed
+            | Role::Positions
+            | Role::TokenTypes
+            | Role::EmbedNorm
+            | Role::FinalNorm
+            | Role::LmHead,
+            _,
+        ) => {
             format!("{stem}.{suffix}")
         }
         (_, Some(i)) => format!("blk.{i}.{stem}.{suffix}"),

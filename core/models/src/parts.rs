@@ -70,6 +70,8 @@ pub enum BlockLayout {
     Sandwich,
     /// OLMo 2: `x += n1(attn(x)); x += n2(mlp(x))`.
     PostNorm,
+    /// BERT: `x = n1(x + attn(x)); x = n2(x + mlp(x))`.
+    PostResidual,
 }
 
 /// A family's decoder, as parts.
@@ -124,6 +126,10 @@ pub struct DecoderVariant {
     pub learned_positions: Option<usize>,
     /// The LM head carries a bias (Phi-2).
     pub lm_head_bias: bool,
+    /// An encoder (BERT): attention sees the whole sequence both ways, the
+    /// summed embeddings (tokens, positions, token type 0) are normed, and
+    /// there is no final norm or LM head: the model only embeds.
+    pub encoder: bool,
 }
 
 impl DecoderVariant {
@@ -144,7 +150,12 @@ pub fn describe(family: Family, c: &ModelConfig) -> Result<DecoderVariant, Confi
     let gemma = matches!(family, Family::Gemma | Family::Gemma2 | Family::Gemma3);
     let layer_norm = matches!(
         family,
-        Family::Phi2 | Family::GptNeoX | Family::Gpt2 | Family::Opt | Family::Starcoder2
+        Family::Phi2
+            | Family::GptNeoX
+            | Family::Gpt2
+            | Family::Opt
+            | Family::Starcoder2
+            | Family::Bert
     );
     let norm = if layer_norm {
         Norm::Layer { bias: true }
@@ -159,15 +170,19 @@ pub fn describe(family: Family, c: &ModelConfig) -> Result<DecoderVariant, Confi
         _ => QkvLayout::Separate,
     };
     let mlp = match family {
-        Family::Phi2 | Family::GptNeoX | Family::Gpt2 | Family::Opt | Family::Starcoder2 => {
-            Mlp::Plain
-        }
+        Family::Phi2
+        | Family::GptNeoX
+        | Family::Gpt2
+        | Family::Opt
+        | Family::Starcoder2
+        | Family::Bert => Mlp::Plain,
         Family::Phi3 => Mlp::Gated { fused: true },
         _ => Mlp::Gated { fused: false },
     };
     let layout = match family {
         Family::Gemma2 | Family::Gemma3 => BlockLayout::Sandwich,
         Family::Olmo2 => BlockLayout::PostNorm,
+        Family::Bert => BlockLayout::PostResidual,
         Family::Phi2 => BlockLayout::Parallel { shared_norm: true },
         Family::GptNeoX if c.use_parallel_residual => BlockLayout::Parallel { shared_norm: false },
         _ => BlockLayout::PreNorm,
@@ -224,11 +239,12 @@ pub fn describe(family: Family, c: &ModelConfig) -> Result<DecoderVariant, Confi
             .filter(|_| family == Family::Granite)
             .map(|s| 1.0 / s),
         learned_positions: match family {
-            Family::Gpt2 => Some(0),
+            Family::Gpt2 | Family::Bert => Some(0),
             Family::Opt => Some(2),
             _ => None,
         },
         lm_head_bias: family == Family::Phi2,
+        encoder: family.is_encoder(),
     })
 }
 
@@ -296,6 +312,10 @@ pub fn count_parameters(c: &ModelConfig) -> u64 {
     });
     let head =
         if c.tie_word_embeddings { 0 } else { embed } + if v.lm_head_bias { vocab } else { 0 };
+    if v.encoder {
+        // Two token types and the embedding norm; no final norm or head.
+        return embed + positions + 2 * h + c.num_hidden_layers as u64 * layer + norm;
+    }
     embed + positions + head + c.num_hidden_layers as u64 * layer + norm
 }
 

@@ -39,10 +39,14 @@ pub enum Family {
     Olmo2,
     /// Granite: Llama with embedding, residual, attention and logit multipliers.
     Granite,
+    /// BERT encoders (sentence-transformers models such as all-MiniLM):
+    /// bidirectional attention, learned positions, norms after each
+    /// residual add, GELU; embeddings only.
+    Bert,
 }
 
 /// Every family, in the order messages list them.
-pub const FAMILIES: [Family; 15] = [
+pub const FAMILIES: [Family; 16] = [
     Family::Llama,
     Family::Mistral,
     Family::Qwen2,
@@ -58,6 +62,7 @@ pub const FAMILIES: [Family; 15] = [
     Family::Starcoder2,
     Family::Olmo2,
     Family::Granite,
+    Family::Bert,
 ];
 
 impl Family {
@@ -79,7 +84,13 @@ impl Family {
             Family::Starcoder2 => "starcoder2",
             Family::Olmo2 => "olmo2",
             Family::Granite => "granite",
+            Family::Bert => "bert",
         }
+    }
+
+    /// Whether the family only embeds: it has no LM head and attends both ways.
+    pub fn is_encoder(self) -> bool {
+        self == Family::Bert
     }
 
     /// Short name for logs and Ollama's `details.family`: the GGUF
@@ -105,7 +116,8 @@ impl Family {
             Family::Phi2 => "phi2",
             Family::GptNeoX => "gptneox",
             Family::Gpt2 => "gpt2",
-            Family::Opt => return None,
+            // llama.cpp's BERT GGUFs name their tensors in a way Kiln does not read yet.
+            Family::Opt | Family::Bert => return None,
             Family::Starcoder2 => "starcoder2",
             Family::Olmo2 => "olmo2",
             Family::Granite => "granite",
@@ -130,6 +142,7 @@ impl Family {
             Family::Starcoder2 => "Starcoder2ForCausalLM",
             Family::Olmo2 => "Olmo2ForCausalLM",
             Family::Granite => "GraniteForCausalLM",
+            Family::Bert => "BertModel",
         }
     }
 }

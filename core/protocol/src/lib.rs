@@ -22,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod embed;
 mod error;
 mod events;
 mod request;
@@ -29,6 +30,7 @@ pub mod step;
 mod structured;
 mod vocab;
 
+pub use embed::{EmbedRequest, Embedding, EmbeddingSpec, Pooling, finish_embedding};
 pub use error::EngineError;
 pub use events::{
     EngineEvent, FinishReason, Finished, GeneratedToken, RequestMetrics, StepStats, StopReason,

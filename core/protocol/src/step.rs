@@ -173,6 +173,11 @@ pub struct ScheduledSeq {
     /// chunk that does not reach the end of the known tokens, 1 normally, `n`
     /// when an `n > 1` request forks.
     pub num_samples: u32,
+    /// The sequence is an embedding request: `token_ids` is its whole
+    /// input, and the runner returns its pooled hidden states instead of
+    /// logits (`num_samples` is 0). Its blocks are released after this step.
+    #[serde(default)]
+    pub embed: bool,
 }
 
 /// Everything a device needs to draw one sequence's next token (sent to the
@@ -302,6 +307,18 @@ pub struct StepLogits {
     /// Tokens already drawn on the device (rows not in `rows`).
     #[serde(default)]
     pub sampled: Vec<DeviceSample>,
+    /// The pooled vectors of the step's embedding sequences.
+    #[serde(default)]
+    pub embeddings: Vec<SeqEmbedding>,
+}
+
+/// The pooled hidden states of one embedding sequence (not normalized).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SeqEmbedding {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// `[hidden]` f32.
+    pub vector: Vec<f32>,
 }
 
 impl StepLogits {

@@ -63,6 +63,7 @@
 //!     vocab_size: 26,
 //!     logits,
 //!     sampled: Vec::new(),
+//!     embeddings: Vec::new(),
 //! };
 //! let result = sampler.sample(&step, 0.1);
 //! assert_eq!(result.output.tokens[0].token_id, 7);

@@ -152,6 +152,7 @@ fn run_host(s: &mut SamplerCore, seq_ids: &[u64], logits: &[f32]) -> Vec<(String
             logits: rows.iter().flat_map(|_| logits.iter().copied()).collect(),
             rows,
             sampled: Vec::new(),
+            embeddings: Vec::new(),
         };
         collect(s.sample(&step, 0.0), &mut text, &mut reasons);
     }
@@ -259,6 +260,7 @@ fn an_unsupported_constraint_fails_at_the_first_draw() {
         vocab_size: VOCAB,
         logits: vec![0.0; VOCAB],
         sampled: Vec::new(),
+        embeddings: Vec::new(),
     };
     let r = s.sample(&step, 0.0);
     assert!(matches!(&r.events[..], [(1, TokenEvent::Failed { .. })]));

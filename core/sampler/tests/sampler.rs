@@ -86,6 +86,7 @@ fn step(rows: Vec<(u64, u32)>, logits: Vec<f32>) -> StepLogits {
         vocab_size: VOCAB,
         logits,
         sampled: Vec::new(),
+        embeddings: Vec::new(),
     }
 }
 
@@ -1007,6 +1008,7 @@ fn time_big_batch(params: &SamplingParams) -> std::time::Duration {
         vocab_size: vocab,
         logits,
         sampled: Vec::new(),
+        embeddings: Vec::new(),
     };
     let mut s = SamplerCore::new(Arc::new(Bytes), vec![]);
     for i in 1..=rows {

@@ -42,6 +42,7 @@
 //!     prompt_token_ids: (0..10).collect(),
 //!     max_tokens: 2,
 //!     arrival: 0,
+//!     embed: false,
 //! });
 //! // Step 1: a chunk of 8 prompt tokens (the budget), nothing sampled.
 //! let msg = scheduler.begin_step().unwrap();

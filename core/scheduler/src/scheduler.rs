@@ -52,6 +52,16 @@
 //! the oldest running sequence is never preempted unless it alone cannot
 //! fit, which validation rules out.
 //!
+//! # Embeddings
+//! An embedding request ([`NewRequest::embed`]) is admitted only whole, in
+//! first-come order like any other (a later request never overtakes one
+//! waiting for room in the budget), without the prefix cache and with no
+//! sample. [`Scheduler::finish_step`] finishes it as soon as it is planned:
+//! its blocks go back with the next step's message, and the next plan drops
+//! it from the runner, so it holds KV blocks for exactly one step. It must
+//! fit `max_num_batched_tokens`, `max_model_len` and the pool, or it is
+//! rejected.
+//!
 //! # Aborts
 //! [`Scheduler::abort`] works in any state. A sequence whose demand is in
 //! flight is still computed once by the plan (with no sample), because the
@@ -119,6 +129,10 @@ pub struct NewRequest {
     pub max_tokens: u32,
     /// Arrival order key (smaller arrived earlier; ties go by sequence id).
     pub arrival: u64,
+    /// An embedding request: its whole prompt runs in one step, nothing is
+    /// sampled (`max_tokens` is ignored), and its blocks are released right
+    /// after that step.
+    pub embed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +166,8 @@ struct Seq {
     /// Aborted while a demand was in flight: computed once, then released.
     zombie: bool,
     arrival: u64,
+    /// Computed once, in full, then released (an embedding request).
+    embed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +307,7 @@ impl Scheduler {
                 in_flight: None,
                 zombie: false,
                 arrival: r.arrival,
+                embed: r.embed,
             },
         );
         self.insert_waiting(first);
@@ -330,6 +347,9 @@ impl Scheduler {
                 "the prompt is empty; send at least one token",
             ));
         }
+        if r.embed {
+            return self.check_embedding(r);
+        }
         if r.max_tokens == 0 {
             return Err(EngineError::invalid(
                 "max_tokens",
@@ -353,6 +373,46 @@ impl Scheduler {
                     "the request needs up to {kv_tokens} tokens of KV cache but the cache holds \
                      {} tokens; lower max_tokens, shorten the prompt, or give the server more \
                      KV cache memory",
+                    c.num_blocks * c.block_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An embedding request must run whole in one step.
+    fn check_embedding(&self, r: &NewRequest) -> Result<(), EngineError> {
+        let c = &self.config;
+        let tokens = r.prompt_token_ids.len();
+        if r.seq_ids.len() != 1 {
+            return Err(EngineError::invalid(
+                "n",
+                "an embedding request has one sequence",
+            ));
+        }
+        if tokens > c.max_model_len {
+            return Err(EngineError::ContextLengthExceeded {
+                prompt_tokens: tokens.min(u32::MAX as usize) as u32,
+                max_new_tokens: 0,
+                max_model_len: c.max_model_len.min(u32::MAX as usize) as u32,
+            });
+        }
+        if tokens > c.max_num_batched_tokens {
+            return Err(EngineError::invalid(
+                "input",
+                format!(
+                    "the input has {tokens} tokens but one step computes at most {}; shorten \
+                     the input, ask for truncation, or raise --max-num-batched-tokens",
+                    c.max_num_batched_tokens
+                ),
+            ));
+        }
+        if self.blocks_for(tokens) > c.num_blocks {
+            return Err(EngineError::invalid(
+                "input",
+                format!(
+                    "the input needs {tokens} tokens of KV cache but the cache holds {} tokens; \
+                     shorten the input or give the server more KV cache memory",
                     c.num_blocks * c.block_size
                 ),
             ));
@@ -633,8 +693,13 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             };
+            if s.embed && s.tokens.len() > budget.tokens {
+                // An embedding runs whole; it waits for a step with room.
+                break;
+            }
             let n = s.tokens.len().min(budget.tokens);
             let estimate = self.blocks_for(n);
+            let use_prefix_cache = self.config.enable_prefix_caching && !s.embed;
             if estimate > budget.free_blocks {
                 break;
             }
@@ -643,7 +708,7 @@ impl Scheduler {
                 kind: DemandKind::Admit {
                     token_ids: s.tokens.clone(),
                     max_new_tokens: n as u32,
-                    use_prefix_cache: self.config.enable_prefix_caching,
+                    use_prefix_cache,
                 },
             });
             self.waiting.pop_front();
@@ -708,7 +773,13 @@ impl Scheduler {
             if let Some(s) = scheduled {
                 seqs.push(s);
             }
-            if self.seqs.get(&id).is_some_and(|s| s.zombie) && self.drop_zombie(id) {
+            // Zombies and embeddings computed their one step: the next plan drops them.
+            let released = match self.seqs.get(&id) {
+                Some(s) if s.zombie => self.drop_zombie(id),
+                Some(s) if s.embed => self.finish_embedding(id),
+                _ => false,
+            };
+            if released {
                 zombies.push(id);
             }
         }
@@ -727,7 +798,7 @@ impl Scheduler {
         let Some(s) = self.seqs.get(&id) else {
             return 0;
         };
-        if s.zombie || s.computed < s.tokens.len() {
+        if s.zombie || s.embed || s.computed < s.tokens.len() {
             return 0;
         }
         match self.requests.get(&s.request) {
@@ -768,6 +839,7 @@ impl Scheduler {
             table_keep,
             new_blocks,
             num_samples,
+            embed: s.embed,
         })
     }
 
@@ -779,7 +851,9 @@ impl Scheduler {
         s.status = Status::Running;
         let start = g.num_cached_tokens as usize;
         let end = start + g.num_new_tokens as usize;
+        let whole = start == 0 && end == s.tokens.len();
         let valid = g.num_new_tokens > 0
+            && (whole || !s.embed)
             && start.is_multiple_of(bs)
             && end <= s.tokens.len()
             && end <= self.config.max_model_len
@@ -791,7 +865,7 @@ impl Scheduler {
             return None;
         }
         s.computed = end;
-        if !s.zombie {
+        if !s.zombie && !s.embed {
             self.insert_running(id);
         }
         self.scheduled(id, start, (0, Vec::new()))
@@ -854,6 +928,23 @@ impl Scheduler {
             }
             _ => false,
         }
+    }
+
+    /// Forget an embedding sequence after its one step; true when it held
+    /// blocks (the runner drops it with the next plan).
+    fn finish_embedding(&mut self, id: SeqId) -> bool {
+        let Some(s) = self.seqs.remove(&id) else {
+            return false;
+        };
+        let held = s.status == Status::Running;
+        if held {
+            self.release_table(id, &s.table);
+        }
+        if let Some(r) = self.requests.get_mut(&s.request) {
+            r.set(id, Member::Done);
+        }
+        self.finish_request_if_done(s.request);
+        held
     }
 
     // ---------------------------------------------------------------- phase 3
@@ -1116,6 +1207,7 @@ mod tests {
                 prompt_token_ids: prompt,
                 max_tokens,
                 arrival: rid,
+                embed: false,
             });
         }
 
@@ -1155,6 +1247,67 @@ mod tests {
             .iter()
             .map(|s| (s.seq_id, s.token_ids.len(), s.num_samples))
             .collect()
+    }
+
+    #[test]
+    fn embeddings_run_whole_in_one_step_and_free_their_blocks() {
+        let mut r = Rig::new(config(16, 8));
+        r.s.add_request(NewRequest {
+            request_id: 1,
+            seq_ids: vec![1],
+            prompt_token_ids: vec![1; 6],
+            max_tokens: 0,
+            arrival: 1,
+            embed: true,
+        });
+        r.add(2, &[2], vec![2; 4], 2);
+        r.s.add_request(NewRequest {
+            request_id: 3,
+            seq_ids: vec![3],
+            prompt_token_ids: vec![3; 5],
+            max_tokens: 0,
+            arrival: 3,
+            embed: true,
+        });
+        // A prompt may be chunked; an embedding never is: seq 3 waits.
+        let (_, _, p) = r.plan();
+        assert_eq!(scheduled(&p), vec![(1, 6, 0), (2, 2, 0)]);
+        assert!(p.seqs[0].embed && !p.seqs[1].embed);
+        r.output(&p, &[]);
+        assert!(!r.s.active_requests().contains(&1));
+        let (msg, alloc, p) = r.plan();
+        assert_eq!(
+            msg.releases,
+            vec![1],
+            "the embedding's blocks go back at once"
+        );
+        assert_eq!(p.dropped, vec![1]);
+        assert_eq!(scheduled(&p), vec![(2, 2, 1), (3, 5, 0)]);
+        assert_eq!(alloc.num_free_blocks, 16 - 1 - 2);
+        r.output(&p, &[]);
+        let (msg, _, _) = r.plan();
+        assert_eq!(msg.releases, vec![3]);
+    }
+
+    #[test]
+    fn embeddings_that_cannot_run_whole_are_rejected() {
+        let mut s = Scheduler::new(config(4, 8));
+        s.add_request(NewRequest {
+            request_id: 1,
+            seq_ids: vec![1],
+            prompt_token_ids: vec![1; 9],
+            max_tokens: 0,
+            arrival: 1,
+            embed: true,
+        });
+        let rejected = s.take_rejected();
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0]
+                .1
+                .to_string()
+                .contains("--max-num-batched-tokens")
+        );
     }
 
     #[test]
@@ -1389,6 +1542,7 @@ mod tests {
             prompt_token_ids: vec![1; 10],
             max_tokens: 4,
             arrival: 1,
+            embed: false,
         };
         let cases = [
             NewRequest {

@@ -16,6 +16,8 @@
 //!   prefix-cache hits and fork-shared blocks included) holds its own prefix;
 //! - samples are drawn exactly when a chunk reaches the end of the known
 //!   tokens, `n` at once for the first sample of an `n > 1` request;
+//! - an embedding request is computed whole in one step, never sampled,
+//!   and ends with that step (its output is an empty list);
 //! - at idle, every block is free and the runner holds no table.
 //!
 //! The sampler stand-in asks a closure for each token:
@@ -127,6 +129,7 @@ struct SimRequest {
     max_tokens: usize,
     /// The first sequence drew its `n` samples.
     forked: bool,
+    embed: bool,
 }
 
 /// The simulator.
@@ -185,6 +188,22 @@ impl Sim {
 
     /// Queue a request with `n` sequences (ids `request × 1000 + i`).
     pub fn add(&mut self, request: RequestId, prompt: Vec<TokenId>, max_tokens: usize, n: usize) {
+        self.add_request(request, prompt, max_tokens, n, false);
+    }
+
+    /// Queue an embedding request (one sequence, id `request × 1000`).
+    pub fn add_embedding(&mut self, request: RequestId, prompt: Vec<TokenId>) {
+        self.add_request(request, prompt, 0, 1, true);
+    }
+
+    fn add_request(
+        &mut self,
+        request: RequestId,
+        prompt: Vec<TokenId>,
+        max_tokens: usize,
+        n: usize,
+        embed: bool,
+    ) {
         let ids: Vec<SeqId> = (0..n as u64).map(|i| request * 1000 + i).collect();
         for &id in &ids {
             let mut s = SimSeq {
@@ -208,6 +227,7 @@ impl Sim {
                 seq_ids: ids.clone(),
                 max_tokens,
                 forked: false,
+                embed,
             },
         );
         self.arrivals += 1;
@@ -217,6 +237,7 @@ impl Sim {
             prompt_token_ids: prompt,
             max_tokens: max_tokens as u32,
             arrival: self.arrivals,
+            embed,
         });
         self.collect_rejected();
     }
@@ -460,7 +481,20 @@ impl Sim {
             "seq {id}: the runner's table differs from the block manager's"
         );
         self.check_kv(id, start, "before computing");
-        let expected = if sim.gone || end < sim.known.len() {
+        // An aborted request is forgotten here while its last step may still run.
+        let embed = s.embed;
+        if !sim.gone {
+            let requested = self.requests.get(&sim.request).is_some_and(|r| r.embed);
+            assert_eq!(embed, requested, "seq {id}: embedding flag");
+        }
+        if embed {
+            assert!(
+                start == 0 && end == sim.known.len(),
+                "seq {id}: an embedding computes {start}..{end} of {} tokens",
+                sim.known.len()
+            );
+        }
+        let expected = if sim.gone || embed || end < sim.known.len() {
             0
         } else if self.requests[&sim.request].seq_ids[0] == id
             && !self.requests[&sim.request].forked
@@ -485,8 +519,17 @@ impl Sim {
         }
     }
 
-    /// The sampler stand-in.
+    /// The sampler stand-in; embeddings end with their step.
     fn sample(&mut self, plan: &StepPlan, sample: &mut SampleFn<'_>) -> StepOutput {
+        for s in plan.seqs.iter().filter(|s| s.embed) {
+            let rid = self.seqs[&s.seq_id].request;
+            if self.requests.remove(&rid).is_some() {
+                self.finished.insert(rid, Vec::new());
+            }
+            if let Some(sim) = self.seqs.get_mut(&s.seq_id) {
+                sim.done = true;
+            }
+        }
         let mut tokens = Vec::new();
         for s in plan.seqs.iter().filter(|s| s.num_samples > 0) {
             let rid = self.seqs[&s.seq_id].request;

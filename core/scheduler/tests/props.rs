@@ -33,6 +33,8 @@ struct Req {
     abort_at: Option<u64>,
     /// Abort while the step's allocation is in flight.
     abort_in_flight: bool,
+    /// An embedding request (`max_tokens` and `n` unused).
+    embed: bool,
 }
 
 fn prefixes() -> Vec<Vec<TokenId>> {
@@ -47,15 +49,17 @@ fn req() -> impl Strategy<Value = Req> {
         prop::sample::select(vec![1usize, 1, 1, 2, 3]),
         prop::option::weighted(0.2, 0..40u64),
         prop::bool::ANY,
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(prefix, extra, max_tokens, n, abort_at, abort_in_flight)| Req {
+            |(prefix, extra, max_tokens, n, abort_at, abort_in_flight, embed)| Req {
                 prefix,
                 extra,
                 max_tokens,
                 n,
                 abort_at,
                 abort_in_flight,
+                embed,
             },
         )
 }
@@ -105,7 +109,14 @@ struct RunResult {
 fn run(cfg: SimConfig, reqs: &[Req], eos_every: u32) -> RunResult {
     let mut sim = Sim::new(cfg);
     for (i, r) in reqs.iter().enumerate() {
-        sim.add(i as u64 + 1, prompt(r), r.max_tokens, r.n);
+        if r.embed {
+            // An embedding runs whole in one step: it fits the budget.
+            let mut p = prompt(r);
+            p.truncate(cfg.max_num_batched_tokens);
+            sim.add_embedding(i as u64 + 1, p);
+        } else {
+            sim.add(i as u64 + 1, prompt(r), r.max_tokens, r.n);
+        }
     }
     assert!(
         sim.failed().is_empty(),
@@ -144,6 +155,7 @@ fn run(cfg: SimConfig, reqs: &[Req], eos_every: u32) -> RunResult {
     for (i, r) in reqs.iter().enumerate() {
         let id = i as u64 + 1;
         match outputs.get(&id) {
+            Some(outs) if r.embed => assert!(outs.is_empty()),
             Some(outs) => {
                 assert_eq!(outs.len(), r.n);
                 for o in outs {
@@ -245,6 +257,7 @@ fn crowd(n: usize) -> Vec<Req> {
             n,
             abort_at: None,
             abort_in_flight: false,
+            embed: false,
         })
         .collect()
 }

@@ -92,7 +92,14 @@ impl DirFiles {
                  (save the tokenizer with transformers to produce it)",
             ));
         }
-        let tokenizer = HfTokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
+        let mut tokenizer = HfTokenizer::from_file(&path).map_err(|e| file_error(&path, e))?;
+        // Files saved for batched training pad and cut every input (BERT's
+        // to 128 tokens); the engine sees each input whole and decides
+        // about length itself.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| file_error(&path, e))?;
         Ok(DirFiles {
             tokenizer,
             config: read_json(&dir.join("tokenizer_config.json"))?,

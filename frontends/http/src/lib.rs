@@ -31,6 +31,7 @@ pub mod chat;
 pub mod collect;
 mod config;
 mod dialect;
+pub mod embed;
 mod error;
 mod frontend;
 pub mod middleware;

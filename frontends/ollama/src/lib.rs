@@ -25,6 +25,7 @@
 //! ```
 
 pub mod convert;
+pub mod embed;
 pub mod format;
 pub mod models;
 pub mod options;
@@ -66,8 +67,8 @@ impl Frontend for OllamaFrontend {
             .route("/api/show", post(routes::show))
             .route("/api/ps", get(routes::ps))
             .route("/api/version", get(routes::version))
-            .route("/api/embed", post(routes::embed))
-            .route("/api/embeddings", post(routes::embed))
+            .route("/api/embed", post(embed::embed))
+            .route("/api/embeddings", post(embed::embeddings))
             .route("/api/pull", post(routes::management))
             .route("/api/push", post(routes::management))
             .route("/api/create", post(routes::management))

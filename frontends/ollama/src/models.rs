@@ -107,9 +107,18 @@ pub fn show(info: &EngineInfo, stops: &[String]) -> Value {
         "template": info.chat_template.clone().unwrap_or_default(),
         "details": details(info),
         "model_info": info.model_info,
-        "capabilities": ["completion"],
+        "capabilities": capabilities(info),
         "modified_at": rfc3339_seconds(Duration::from_secs(info.created)),
     })
+}
+
+/// What the model can do, in Ollama's words.
+fn capabilities(info: &EngineInfo) -> Vec<&'static str> {
+    match &info.embedding {
+        Some(spec) if !spec.generates => vec!["embedding"],
+        Some(_) => vec!["completion", "embedding"],
+        None => vec!["completion"],
+    }
 }
 
 /// `GET /api/ps`: the model stays loaded while the server runs.

@@ -99,7 +99,7 @@ pub struct ChatIn {
     pub top_logprobs: Option<u32>,
 }
 
-/// `POST /api/show`, `/api/embed`, `/api/embeddings`: only the model matters.
+/// `POST /api/show`: only the model matters.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ModelIn {
     /// Model name.

@@ -336,20 +336,6 @@ pub async fn show(
     }))
 }
 
-/// `POST /api/embed` and `/api/embeddings`: the served model generates text only.
-pub async fn embed(
-    State(st): State<Arc<AppState>>,
-    ApiJson(body, _): ApiJson<Value, OllamaDialect>,
-) -> Response {
-    respond(model_of(&st, body).and_then(|model| {
-        Err(ApiError::new(
-            Dialect::Ollama,
-            StatusCode::BAD_REQUEST,
-            format!("\"{model}\" does not support embeddings"),
-        ))
-    }))
-}
-
 /// Model management routes (`pull`, `push`, `create`, `copy`, `delete`).
 pub async fn management() -> Response {
     ApiError::new(

@@ -204,10 +204,18 @@ pub fn generate_request(
 
 /// `prompt`: a string, strings, token ids, or lists of token ids.
 pub fn parse_prompts(prompt: Option<&Value>) -> Result<Vec<PromptInput>, ApiError> {
+    parse_inputs("prompt", prompt)
+}
+
+/// A field shaped as `prompt` is (also the embeddings route's `input`).
+pub fn parse_inputs(field: &str, prompt: Option<&Value>) -> Result<Vec<PromptInput>, ApiError> {
     let invalid = || {
         bad(
-            "prompt",
-            "`prompt` must be a string, a list of strings, a list of token ids or a list of token-id lists",
+            field,
+            format!(
+                "`{field}` must be a string, a list of strings, a list of token ids or a list of \
+                 token-id lists"
+            ),
         )
     };
     let token_ids = |items: &[Value]| -> Option<Vec<TokenId>> {
@@ -217,10 +225,10 @@ pub fn parse_prompts(prompt: Option<&Value>) -> Result<Vec<PromptInput>, ApiErro
             .collect()
     };
     let prompts = match prompt {
-        None | Some(Value::Null) => return Err(bad("prompt", "`prompt` is required")),
+        None | Some(Value::Null) => return Err(bad(field, format!("`{field}` is required"))),
         Some(Value::String(s)) => vec![PromptInput::Text(s.clone())],
         Some(Value::Array(items)) if items.is_empty() => {
-            return Err(bad("prompt", "`prompt` must not be an empty list"));
+            return Err(bad(field, format!("`{field}` must not be an empty list")));
         }
         Some(Value::Array(items)) => match &items[0] {
             Value::String(_) => items
@@ -244,9 +252,9 @@ pub fn parse_prompts(prompt: Option<&Value>) -> Result<Vec<PromptInput>, ApiErro
     };
     if prompts.len() > MAX_BATCH_PROMPTS {
         return Err(bad(
-            "prompt",
+            field,
             format!(
-                "at most {MAX_BATCH_PROMPTS} prompts per request, got {}",
+                "at most {MAX_BATCH_PROMPTS} inputs per request, got {}",
                 prompts.len()
             ),
         ));

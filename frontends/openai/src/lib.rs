@@ -27,6 +27,7 @@
 pub mod chat;
 pub mod completion;
 pub mod convert;
+pub mod embeddings;
 pub mod models;
 pub mod request;
 pub mod routes;
@@ -63,6 +64,7 @@ impl Frontend for OpenAiFrontend {
         Router::new()
             .route("/v1/completions", post(routes::completions))
             .route("/v1/chat/completions", post(routes::chat_completions))
+            .route("/v1/embeddings", post(embeddings::embeddings))
             .route("/v1/models", get(models::list))
             .route("/version", get(models::version))
             .route("/v1/server_info", get(models::info))

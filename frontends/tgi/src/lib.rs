@@ -21,6 +21,7 @@
 //! assert_eq!(plan(&body, ctx).unwrap_err().status, 422);
 //! ```
 
+pub mod embed;
 pub mod grammar;
 pub mod request;
 pub mod response;
@@ -58,6 +59,7 @@ impl Frontend for TgiFrontend {
             .route("/generate_stream", post(routes::generate_stream))
             .route("/", post(routes::compat))
             .route("/info", get(routes::info))
+            .route("/embed", post(embed::embed))
             .with_state(state)
     }
 

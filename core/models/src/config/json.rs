@@ -345,7 +345,7 @@ fn hf_activation(f: &Fields<'_>, family: Option<Family>) -> Result<HiddenAct, Co
             "gelu_pytorch_tanh"
         }
         Some(Family::Phi2 | Family::Gpt2) => "gelu_new",
-        Some(Family::GptNeoX) => "gelu",
+        Some(Family::GptNeoX | Family::Bert) => "gelu",
         Some(Family::Opt) => "relu",
         _ => "silu",
     };
@@ -365,7 +365,7 @@ fn hf_biases(f: &Fields<'_>, family: Option<Family>) -> Result<(bool, bool), Con
     Ok(match family {
         Some(Family::Qwen2) => (true, false),
         Some(Family::Mistral | Family::Gemma | Family::Gemma2 | Family::Phi3) => (false, false),
-        Some(Family::Phi2 | Family::Gpt2) => (true, true),
+        Some(Family::Phi2 | Family::Gpt2 | Family::Bert) => (true, true),
         Some(Family::GptNeoX) => (f.bool("attention_bias")?.unwrap_or(true), true),
         Some(Family::Opt) => {
             let b = f.bool("enable_bias")?.unwrap_or(true);
@@ -473,9 +473,6 @@ impl ModelConfig {
             Some(Family::Opt) => f.required("ffn_dim")?,
             _ => f.required("intermediate_size")?,
         };
-        let max_position_embeddings = f
-            .positive(f.first(&["max_position_embeddings", "n_positions"]))?
-            .unwrap_or(2048);
         let sliding_layers = hf_sliding_layers(&f, family, num_hidden_layers)?;
         let sliding_window = match sliding_layers.iter().any(|&s| s) {
             true => f.positive("sliding_window")?,
@@ -488,7 +485,9 @@ impl ModelConfig {
             "layer_norm_epsilon",
             "norm_epsilon",
         ]);
-        let default_eps = if learned_positions || family == Some(Family::GptNeoX) {
+        let default_eps = if family == Some(Family::Bert) {
+            1e-12
+        } else if learned_positions || family == Some(Family::GptNeoX) {
             1e-5
         } else {
             1e-6

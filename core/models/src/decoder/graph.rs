@@ -86,7 +86,11 @@ impl Graph<'_> {
     pub fn embeddings(&mut self) {
         let d = self.d;
         let t = self.t;
-        let (residual, branch) = (t.residual, t.branch);
+        // An encoder norms the sum into the residual, so it sums in `normed`.
+        let (residual, branch) = match &d.embed_norm {
+            Some(_) => (t.normed, t.branch),
+            None => (t.residual, t.branch),
+        };
         self.ops
             .push(ops::embedding(t.ids, d.embed.raw(), residual));
         if let Some(pos) = &d.positions {
@@ -97,6 +101,9 @@ impl Graph<'_> {
         if let Some(f) = d.variant.embed_scale {
             self.ops
                 .push(ops::scale(residual, f, residual, Accumulate::Overwrite));
+        }
+        if let Some(norm) = &d.embed_norm {
+            self.norm(residual, norm, t.residual);
         }
     }
 
@@ -141,6 +148,16 @@ impl Graph<'_> {
                 self.project_norm_add(t.attn, &layer.o, norm(&layer.post_attn_norm));
                 self.mlp(residual, layer);
                 self.project_norm_add(t.gate, &layer.down, norm(&layer.post_ffn_norm));
+            }
+            BlockLayout::PostResidual => {
+                // The state moves to `normed` after attention and back after
+                // the MLP, so that no norm runs in place.
+                self.attention(residual, layer, kv, i);
+                self.linear(t.attn, &layer.o, residual, Accumulate::Add);
+                self.norm(residual, norm(&layer.post_attn_norm), normed);
+                self.mlp(normed, layer);
+                self.linear(t.gate, &layer.down, normed, Accumulate::Add);
+                self.norm(normed, norm(&layer.post_ffn_norm), residual);
             }
         }
     }
@@ -233,13 +250,25 @@ impl Graph<'_> {
         }
     }
 
+    /// Every row's final hidden state, for embeddings: the final norm into
+    /// `t.normed` (an encoder's residual already is its output).
+    pub fn hidden_states(&mut self) {
+        if let Some(final_norm) = &self.d.final_norm {
+            let t = self.t;
+            self.norm(t.residual, final_norm, t.normed);
+        }
+    }
+
     pub fn head(&mut self) {
         let d = self.d;
         let t = self.t;
+        let Some(final_norm) = &d.final_norm else {
+            return;
+        };
         let (last_hidden, last_normed, logits) = (t.last_hidden, t.last_normed, t.logits);
         self.ops
             .push(ops::gather_rows(t.residual, t.logits_indices, last_hidden));
-        self.norm(last_hidden, &d.final_norm, last_normed);
+        self.norm(last_hidden, final_norm, last_normed);
         let head = d.lm_head.as_ref().unwrap_or(&d.embed);
         self.ops.push(ops::linear(ops::Linear {
             x: last_normed,

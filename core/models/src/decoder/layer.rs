@@ -237,7 +237,7 @@ pub(crate) fn load_layer(
         }
         BlockLayout::Parallel { shared_norm: true } => (true, false, false, false),
         BlockLayout::Sandwich => (true, true, true, true),
-        BlockLayout::PostNorm => (false, true, false, true),
+        BlockLayout::PostNorm | BlockLayout::PostResidual => (false, true, false, true),
     };
     let attn_norm = pre_attn.then(|| ll.norm(Role::AttnNorm)).transpose()?;
     let (q, k, vv) = ll.qkv()?;

@@ -202,6 +202,37 @@ impl<'a> Loader<'a, '_> {
         self.prepare(view, &[len])
     }
 
+    /// `view` (`[rows, cols]`) with the first row of the tensor `first_of`
+    /// added to each of its rows, as f32 (an encoder's token-type-0 row
+    /// folded into its positions).
+    pub fn add_first_row(
+        &self,
+        view: TensorView<'a>,
+        first_of: TensorRef,
+        cols: usize,
+    ) -> Result<TensorView<'a>, DecoderError> {
+        let extra = self.view(first_of)?;
+        let bad = |v: &TensorView<'_>| DecoderError::BadShape {
+            name: v.name.clone(),
+            actual: v.shape.clone(),
+            expected: vec![v.shape.first().copied().unwrap_or(0), cols],
+        };
+        let row = match dequantize_view(&extra) {
+            Some(values) if extra.shape.len() == 2 && extra.shape[1] == cols => {
+                values[..cols].to_vec()
+            }
+            _ => return Err(bad(&extra)),
+        };
+        let mut values = match dequantize_view(&view) {
+            Some(values) if view.shape.len() == 2 && view.shape[1] == cols => values,
+            _ => return Err(bad(&view)),
+        };
+        for chunk in values.chunks_mut(cols) {
+            chunk.iter_mut().zip(&row).for_each(|(v, r)| *v += r);
+        }
+        Ok(f32_view(&view.name, view.shape.clone(), &values))
+    }
+
     /// A bias when the checkpoint has it (`required`: it must).
     pub fn bias(
         &mut self,

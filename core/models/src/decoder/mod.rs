@@ -9,6 +9,7 @@
 //! from the config. The decoder never names a backend; it queues operations
 //! on a [`Device`] through the safe ABI wrapper.
 
+mod bidirectional;
 pub mod dtype;
 mod graph;
 mod kv_cache;
@@ -136,10 +137,14 @@ pub struct Decoder {
     variant: DecoderVariant,
     act: ActDType,
     embed: Weight,
-    /// Learned position embeddings, starting at the row of position 0.
+    /// Learned position embeddings, starting at the row of position 0 (an
+    /// encoder's with its token-type-0 row added).
     positions: Option<Weight>,
+    /// The norm of the summed embeddings (encoders).
+    embed_norm: Option<NormWeights>,
     layers: Vec<LayerWeights>,
-    final_norm: NormWeights,
+    /// `None` for encoders, which have no head.
+    final_norm: Option<NormWeights>,
     lm_head: Option<Weight>,
     lm_head_bias: Option<Weight>,
     /// The model's tables, then the local-θ tables when windowed layers use another base.
@@ -225,21 +230,40 @@ impl Decoder {
                 let rows = view.shape.first().copied().unwrap_or(0);
                 let kept: Vec<usize> = (offset.min(rows)..rows).collect();
                 let view = loader::select_rows(&view, &kept)?;
+                let view = match variant.encoder {
+                    true => loader.add_first_row(view, TensorRef::global(Role::TokenTypes), h)?,
+                    false => view,
+                };
                 Some(loader.prepare(view, &[kept.len(), h])?)
             }
+        };
+        let embed_norm = match variant.encoder {
+            true => Some(load_norm(
+                &mut loader,
+                &variant,
+                TensorRef::global(Role::EmbedNorm),
+                h,
+            )?),
+            false => None,
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             layers.push(load_layer(&mut loader, &variant, c, i)?);
         }
-        let final_norm = load_norm(&mut loader, &variant, TensorRef::global(Role::FinalNorm), h)?;
         let head_ref = TensorRef::global(Role::LmHead);
-        let lm_head = if c.tie_word_embeddings && loader.find(head_ref)?.is_none() {
-            None
+        let (final_norm, lm_head, lm_head_bias) = if variant.encoder {
+            (None, None, None)
         } else {
-            Some(loader.matrix(head_ref, c.vocab_size, h)?)
+            let final_norm =
+                load_norm(&mut loader, &variant, TensorRef::global(Role::FinalNorm), h)?;
+            let lm_head = if c.tie_word_embeddings && loader.find(head_ref)?.is_none() {
+                None
+            } else {
+                Some(loader.matrix(head_ref, c.vocab_size, h)?)
+            };
+            let bias = loader.bias(head_ref, c.vocab_size, variant.lm_head_bias)?;
+            (Some(final_norm), lm_head, bias)
         };
-        let lm_head_bias = loader.bias(head_ref, c.vocab_size, variant.lm_head_bias)?;
         let mut ropes = Vec::new();
         if variant.has_rope() {
             ropes.push(upload_rope(
@@ -257,6 +281,7 @@ impl Decoder {
             act,
             embed,
             positions,
+            embed_norm,
             layers,
             final_norm,
             lm_head,
@@ -292,8 +317,15 @@ impl Decoder {
         self.rope_positions
     }
 
+    /// Whether the model generates text (encoders only embed).
+    pub fn generates(&self) -> bool {
+        !self.variant.encoder
+    }
+
     /// Queue one forward pass; afterwards `bufs.logits_f32()` holds
-    /// `[inputs.logits_indices.len(), vocab]` f32 logits.
+    /// `[inputs.logits_indices.len(), vocab]` f32 logits, and with
+    /// `inputs.hidden_states` [`Decoder::read_hidden`] reads every row's
+    /// final hidden state.
     pub fn forward(
         &self,
         device: &Device,
@@ -301,6 +333,14 @@ impl Decoder {
         bufs: &StepBuffers,
         inputs: &BatchInputs<'_>,
     ) -> Result<(), DecoderError> {
+        if self.variant.encoder {
+            let rows = bidirectional::AttentionRows::of(inputs)?;
+            let expanded = rows.inputs(inputs);
+            bufs.upload(device, &expanded)?;
+            let ops = self.build_ops(kv, bufs, &expanded);
+            device.execute(&ops)?;
+            return Ok(());
+        }
         bufs.upload(device, inputs)?;
         let ops = self.build_ops(kv, bufs, inputs);
         device.execute(&ops)?;
@@ -318,6 +358,18 @@ impl Decoder {
         bufs.upload(device, inputs)
     }
 
+    /// `[rows, hidden]` f32 final hidden states of rows `first..first + rows`
+    /// of the last forward pass (which asked for `hidden_states`).
+    pub fn read_hidden(
+        &self,
+        device: &Device,
+        bufs: &StepBuffers,
+        first: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>, DecoderError> {
+        bufs.read_hidden(device, self.final_norm.is_some(), first, rows)
+    }
+
     /// The operation list of one forward pass (exposed for graph capture).
     pub fn build_ops(
         &self,
@@ -333,6 +385,9 @@ impl Decoder {
         g.embeddings();
         for (i, layer) in self.layers.iter().enumerate() {
             g.layer(layer, kv, i);
+        }
+        if inputs.hidden_states {
+            g.hidden_states();
         }
         g.head();
         g.ops

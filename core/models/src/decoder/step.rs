@@ -35,6 +35,8 @@ pub struct BatchInputs<'a> {
     pub decode_rows: usize,
     /// Leading `logits_indices` rows that belong to decode steps.
     pub decode_logits_rows: usize,
+    /// Compute every row's final hidden state (for embeddings).
+    pub hidden_states: bool,
 }
 
 /// Capacity of the per-step buffers.
@@ -51,6 +53,9 @@ pub struct StepCapacity {
 /// Device buffers reused by every step: inputs and activations, sized once.
 pub struct StepBuffers {
     cap: StepCapacity,
+    /// Rows of the attention index arrays: `max_seqs`, or for an encoder,
+    /// whose every token is its own attention row, `max_tokens`.
+    attention_rows: usize,
     act: ActDType,
     hidden: usize,
     q_dim: usize,
@@ -95,8 +100,14 @@ impl StepBuffers {
         let acts = |rows: u64, cols: usize| device.alloc((rows * cols as u64 * a).max(1));
         let q_dim = c.num_attention_heads * c.head_dim;
         let kv_dim = c.num_key_value_heads * c.head_dim;
+        let attention_rows = match decoder.variant.encoder {
+            true => cap.max_tokens.max(cap.max_seqs),
+            false => cap.max_seqs,
+        };
+        let rows = attention_rows as u64;
         Ok(StepBuffers {
             cap,
+            attention_rows,
             act,
             hidden: c.hidden_size,
             q_dim,
@@ -106,9 +117,9 @@ impl StepBuffers {
             ids: i32s(t)?,
             positions: i32s(t)?,
             slots: i32s(t)?,
-            seq_lens: i32s(s)?,
-            query_start_loc: i32s(s + 1)?,
-            block_tables: i32s(s * cap.max_blocks_per_seq as u64)?,
+            seq_lens: i32s(rows)?,
+            query_start_loc: i32s(rows + 1)?,
+            block_tables: i32s(rows * cap.max_blocks_per_seq as u64)?,
             logits_indices: i32s(s)?,
             residual: acts(t, c.hidden_size)?,
             normed: acts(t, c.hidden_size)?,
@@ -174,8 +185,8 @@ impl StepBuffers {
                 format!("{n} tokens > {}", self.cap.max_tokens),
             ),
             (
-                s > self.cap.max_seqs,
-                format!("{s} sequences > {}", self.cap.max_seqs),
+                s > self.attention_rows,
+                format!("{s} sequences > {}", self.attention_rows),
             ),
             (
                 inputs.logits_indices.len() > self.cap.max_seqs,
@@ -249,6 +260,35 @@ impl StepBuffers {
         };
         device.read(buf, (first * self.vocab * 4) as u64, bytes)?;
         Ok(())
+    }
+
+    /// `[rows, hidden]` f32 final hidden states from row `first`: the
+    /// final-normed rows (`normed`) or the residual stream.
+    pub(crate) fn read_hidden(
+        &self,
+        device: &Device,
+        normed: bool,
+        first: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>, DecoderError> {
+        let buf = if normed { &self.normed } else { &self.residual };
+        let size = self.act.size() as usize;
+        let mut bytes = vec![0u8; rows * self.hidden * size];
+        device.read(buf, (first * self.hidden * size) as u64, &mut bytes)?;
+        Ok(match self.act {
+            ActDType::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            ActDType::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            ActDType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        })
     }
 
     /// `[rows, vocab]` f32 view of the logits (what [`read_logits`](Self::read_logits) reads).

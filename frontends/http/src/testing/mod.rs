@@ -65,6 +65,10 @@ pub struct ScriptedConfig {
     pub max_model_len: u32,
     /// Served names, primary first.
     pub served_model_names: Vec<String>,
+    /// Embeddings the engine computes (`None`: it only generates). Each
+    /// vector is a function of the input's token ids (see
+    /// [`scripted_embedding`]).
+    pub embedding: Option<kiln_protocol::EmbeddingSpec>,
 }
 
 impl Default for ScriptedConfig {
@@ -75,6 +79,7 @@ impl Default for ScriptedConfig {
             max_waiting_requests: 64,
             max_model_len: 128,
             served_model_names: vec!["scripted-model".into(), "kiln-test".into()],
+            embedding: None,
         }
     }
 }
@@ -217,6 +222,7 @@ fn scripted_info(config: &ScriptedConfig) -> EngineInfo {
         eos_token_ids: vec![vocab::EOS, vocab::IM_END],
         chat_template: Some(CHAT_TEMPLATE.into()),
         model_info,
+        embedding: config.embedding.clone(),
         version: "0.0.0-scripted".into(),
         created: 1_700_000_000,
     }
@@ -446,6 +452,15 @@ async fn run_request(mut ctx: RunContext) {
     }
 }
 
+/// The scripted engine's pooled vector of `ids`: `dimensions` values, the
+/// i-th is `1 + (Σ ids + i) mod 7`.
+pub fn scripted_embedding(ids: &[TokenId], dimensions: u32) -> Vec<f32> {
+    let sum: u64 = ids.iter().map(|&id| u64::from(id)).sum();
+    (0..u64::from(dimensions))
+        .map(|i| 1.0 + ((sum + i) % 7) as f32)
+        .collect()
+}
+
 impl EngineService for ScriptedEngine {
     fn info(&self) -> &EngineInfo {
         &self.info
@@ -497,6 +512,24 @@ impl EngineService for ScriptedEngine {
         self.grammars
             .check(spec)
             .map_err(|e| EngineError::invalid(e.param, e.to_string()))
+    }
+
+    fn enqueue_embedding(
+        &self,
+        request: kiln_engine_api::AdmittedEmbedding,
+        reply: tokio::sync::oneshot::Sender<kiln_engine_api::EmbeddingReply>,
+    ) -> Result<(), EngineError> {
+        let Some(spec) = &self.info.embedding else {
+            return Err(EngineError::invalid(
+                "model",
+                "the scripted engine was started without embeddings",
+            ));
+        };
+        let _ = reply.send(Ok(kiln_protocol::Embedding {
+            vector: scripted_embedding(&request.prompt_token_ids, spec.dimensions),
+            prompt_tokens: request.prompt_token_ids.len() as u32,
+        }));
+        Ok(())
     }
 
     fn enqueue(
