@@ -69,27 +69,7 @@ PY="$VENV/bin/python"
 # (possibly too old) is picked up.
 export PATH="$VENV/bin:$PATH"
 
-echo "== sdist llama-cpp-python==$VERSION"
-if [[ ! -f "$LLAMA/CMakeLists.txt" ]]; then
-    DL="$ROOT/download"
-    mkdir -p "$DL"
-    # --no-binary only for this package: `:all:` would make pip build cmake
-    # itself from source. --no-build-isolation uses the venv's
-    # scikit-build-core to read the sdist's metadata.
-    if ! "$PY" -m pip download --no-deps --no-build-isolation \
-            --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$DL"; then
-        echo "pip could not download llama-cpp-python==$VERSION (needs access to PyPI)" >&2
-        exit 1
-    fi
-    sdist="$(ls "$DL"/llama_cpp_python-"$VERSION".tar.gz 2>/dev/null || true)"
-    [[ -f "$sdist" ]] || { echo "no sdist llama_cpp_python-$VERSION.tar.gz in $DL" >&2; exit 1; }
-    rm -rf "$SRC" "$ROOT/unpack"
-    mkdir -p "$ROOT/unpack"
-    tar -xzf "$sdist" -C "$ROOT/unpack"
-    mv "$ROOT/unpack/llama_cpp_python-$VERSION" "$SRC"
-    rmdir "$ROOT/unpack"
-fi
-[[ -f "$LLAMA/CMakeLists.txt" ]] || { echo "no vendor/llama.cpp in the sdist at $SRC" >&2; exit 1; }
+bash "$REPO/scripts/fetch_llamacpp_sources.sh" >/dev/null
 
 echo "== gguf-py (vendored) for convert_hf_to_gguf.py"
 "$PY" -m pip install -q "$LLAMA/gguf-py"

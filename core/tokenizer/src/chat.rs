@@ -153,6 +153,12 @@ fn strftime_now(format: String) -> Result<String, Error> {
     Ok(out)
 }
 
+/// Python's `is iterable`: `none` is not (minijinja iterates it as empty),
+/// so `tools is iterable and tools | length > 0` holds without tools.
+fn is_iterable(value: Value) -> bool {
+    !value.is_none() && value.try_iter().is_ok()
+}
+
 /// `{% generation %}` / `{% endgeneration %}` mark the assistant's text for
 /// training masks and render their body unchanged; minijinja has no such
 /// tag, so they become an always-true `if` (whitespace control kept).
@@ -200,6 +206,7 @@ fn environment() -> Result<Environment<'static>, ChatTemplateError> {
     env.add_filter("tojson", tojson);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
+    env.add_test("iterable", is_iterable);
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
         .lstrip_blocks(true)
@@ -375,6 +382,16 @@ mod tests {
         let after = chrono::Local::now().format("%Y-%m-%d").to_string();
         assert!(out == before || out == after, "{out}");
         assert!(render("{{ strftime_now('%Q') }}", &ChatContext::default()).is_err());
+    }
+
+    #[test]
+    fn none_is_not_iterable() {
+        let out = render(
+            "{{ tools is iterable }}|{{ [] is iterable }}|{{ 'ab' is iterable }}|{{ 3 is iterable }}|{{ nothing is iterable }}",
+            &ChatContext::default(),
+        )
+        .unwrap();
+        assert_eq!(out, "False|True|True|False|True");
     }
 
     #[test]

@@ -6,10 +6,15 @@
 //!   a byte-level decoder;
 //! - `llama` (SentencePiece): BPE with byte fallback (`<0xXX>` tokens),
 //!   merges from the file or recovered from the scores, `▁` for spaces with
-//!   one prefixed to the text, and the matching decoder.
+//!   one prefixed to the text and after every special token (as llama.cpp
+//!   and transformers' legacy Llama tokenizer do), and the matching decoder;
+//! - `gemma4`: the same BPE over `▁`-spelled text from the file's merges,
+//!   with no `▁` prefix, runs of line breaks cut apart from the text around
+//!   them and BOS always added, as llama.cpp does.
 //!
 //! Control tokens (type 3) and the BOS/EOS/UNK/PAD tokens become special
-//! added tokens, user-defined ones (type 4) plain added tokens.
+//! added tokens, user-defined ones (type 4) plain added tokens matched in
+//! the text as written (a run of spaces, say) before the rest is split.
 
 use std::collections::HashSet;
 
@@ -20,12 +25,13 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::Replace;
-use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence,
+};
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 use crate::merges::merges_from_scores;
-use crate::pre::{pre_split, pre_tokenizer};
+use crate::pre::{adds_bos_by_default, ignores_merges, line_break_runs, pre_split, pre_tokenizer};
 use crate::{TokenizerError, bos_eos_processor};
 pub use kiln_protocol::GgufTokenizerSpec;
 
@@ -40,6 +46,7 @@ pub(crate) struct Built {
 enum Kind {
     ByteLevel,
     SentencePiece,
+    Gemma4,
 }
 
 const CONTROL: i32 = 3;
@@ -55,9 +62,10 @@ fn validate(spec: &GgufTokenizerSpec) -> Result<Kind, TokenizerError> {
     let kind = match spec.model.as_str() {
         "gpt2" => Kind::ByteLevel,
         "llama" => Kind::SentencePiece,
+        "gemma4" => Kind::Gemma4,
         other => {
             return Err(TokenizerError::Invalid(format!(
-                "GGUF tokenizer model `{other}` is not supported (supported: gpt2, llama)"
+                "GGUF tokenizer model `{other}` is not supported (supported: gpt2, llama, gemma4)"
             )));
         }
     };
@@ -104,11 +112,14 @@ pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Built, TokenizerError> {
     let kind = validate(spec)?;
     let (mut tokenizer, vocab) = match kind {
         Kind::ByteLevel => byte_level(spec)?,
-        Kind::SentencePiece => (sentencepiece(spec)?, spec.tokens.clone()),
+        Kind::SentencePiece | Kind::Gemma4 => (sentencepiece(spec, kind)?, spec.tokens.clone()),
     };
     let special = add_tokens(&mut tokenizer, spec, kind, &vocab)?;
     let named = |id: Option<u32>| id.map(|i| (i, vocab[i as usize].clone()));
-    let add_bos = spec.add_bos_token.unwrap_or(kind == Kind::SentencePiece);
+    let add_bos = kind == Kind::Gemma4
+        || spec
+            .add_bos_token
+            .unwrap_or(kind == Kind::SentencePiece || adds_bos_by_default(spec.pre.as_deref()));
     let add_eos = spec.add_eos_token.unwrap_or(false);
     tokenizer.with_post_processor(Some(bos_eos_processor(
         named(spec.bos_token_id).filter(|_| add_bos),
@@ -142,13 +153,15 @@ fn byte_spelled(token: &str) -> bool {
 }
 
 /// Tokens as byte-level BPE spells them: a token written with other
-/// characters (a literal space, say) is respelled byte by byte.
-fn byte_level_vocab(tokens: &[String]) -> Vec<String> {
+/// characters (a literal space, say) is respelled byte by byte, except a
+/// user-defined one, which is matched in the text as written.
+fn byte_level_vocab(tokens: &[String], token_types: &[i32]) -> Vec<String> {
     let table = byte_chars();
     tokens
         .iter()
-        .map(|t| {
-            if byte_spelled(t) {
+        .enumerate()
+        .map(|(id, t)| {
+            if byte_spelled(t) || token_types.get(id) == Some(&USER_DEFINED) {
                 t.clone()
             } else {
                 t.bytes().map(|b| table[b as usize]).collect()
@@ -181,9 +194,10 @@ fn vocab_map(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
 }
 
 fn byte_level(spec: &GgufTokenizerSpec) -> Result<(HfTokenizer, Vec<String>), TokenizerError> {
-    let vocab = byte_level_vocab(&spec.tokens);
+    let vocab = byte_level_vocab(&spec.tokens, &spec.token_types);
     let model = BPE::builder()
         .vocab_and_merges(vocab_map(&vocab), parse_merges(&spec.merges)?)
+        .ignore_merges(ignores_merges(spec.pre.as_deref()))
         .build()
         .map_err(|e| invalid("byte-level BPE", e))?;
     let mut tokenizer = HfTokenizer::new(model);
@@ -192,7 +206,7 @@ fn byte_level(spec: &GgufTokenizerSpec) -> Result<(HfTokenizer, Vec<String>), To
     Ok((tokenizer, vocab))
 }
 
-fn sentencepiece(spec: &GgufTokenizerSpec) -> Result<HfTokenizer, TokenizerError> {
+fn sentencepiece(spec: &GgufTokenizerSpec, kind: Kind) -> Result<HfTokenizer, TokenizerError> {
     let merges = if spec.merges.is_empty() {
         let scores = spec.scores.as_ref().ok_or_else(|| {
             TokenizerError::Invalid(
@@ -221,13 +235,22 @@ fn sentencepiece(spec: &GgufTokenizerSpec) -> Result<HfTokenizer, TokenizerError
         .build()
         .map_err(|e| invalid("SentencePiece BPE", e))?;
     let mut tokenizer = HfTokenizer::new(model);
-    let prefix = spec.add_space_prefix.unwrap_or(true);
-    let scheme = if prefix {
-        PrependScheme::First
-    } else {
-        PrependScheme::Never
-    };
-    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
+    let prefix = kind == Kind::SentencePiece && spec.add_space_prefix.unwrap_or(true);
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if prefix {
+        normalizers.push(Prepend::new("▁".into()).into());
+    }
+    normalizers.push(
+        Replace::new(" ", "▁")
+            .map_err(|e| invalid("normalizer", e))?
+            .into(),
+    );
+    tokenizer
+        .with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(|e| invalid("normalizer", e))?;
+    if kind == Kind::Gemma4 {
+        tokenizer.with_pre_tokenizer(Some(line_break_runs()?));
+    }
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new("▁", " ")
             .map_err(|e| invalid("decoder", e))?
@@ -252,7 +275,7 @@ fn add_tokens(
     let ty = |id: usize| spec.token_types.get(id).copied().unwrap_or(1);
     // A byte-level token marked control but written outside the byte
     // alphabet is a mislabel; transformers leaves it out, and so does Kiln.
-    let spelled = |id: usize| kind == Kind::SentencePiece || byte_spelled(&spec.tokens[id]);
+    let spelled = |id: usize| kind != Kind::ByteLevel || byte_spelled(&spec.tokens[id]);
     let mut special: HashSet<u32> = (0..spec.tokens.len())
         .filter(|&id| ty(id) == CONTROL && spelled(id))
         .map(|id| id as u32)
@@ -277,7 +300,7 @@ fn add_tokens(
         .add_special_tokens(special_tokens)
         .map_err(|e| invalid("special tokens", e))?;
     let user: Vec<AddedToken> = (0..spec.tokens.len())
-        .filter(|&id| ty(id) == USER_DEFINED && spelled(id) && !special.contains(&(id as u32)))
+        .filter(|&id| ty(id) == USER_DEFINED && !special.contains(&(id as u32)))
         .map(|id| AddedToken::from(vocab[id].clone(), false).normalized(false))
         .collect();
     tokenizer
@@ -314,12 +337,36 @@ mod tests {
         #[test]
         fn byte_level_round_trip(
             text in "(\\PC|\\s|<\\|a\\|>| the){0,40}",
-            pre in prop::sample::select(vec!["gpt2", "smollm", "llama-bpe", "qwen2", "tekken", "gpt-4o"]),
+            pre in prop::sample::select(vec![
+                "gpt2", "smollm", "llama-bpe", "qwen2", "tekken", "gpt-4o",
+                "deepseek-llm", "deepseek-coder", "falcon", "command-r",
+            ]),
         ) {
             let t = tiny_byte_level(pre);
             let ids = t.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
             prop_assert_eq!(t.decode(&ids, false).unwrap(), text);
         }
+    }
+
+    /// A user-defined token written outside the byte alphabet (GPT-NeoX's
+    /// runs of spaces) is matched in the text as written, before the split.
+    #[test]
+    fn user_defined_tokens_match_as_written() {
+        let mut tokens: Vec<String> = byte_chars().iter().map(|c| c.to_string()).collect();
+        tokens.push("  ".into());
+        let mut token_types = vec![1; 256];
+        token_types.push(USER_DEFINED);
+        let t = build(&GgufTokenizerSpec {
+            model: "gpt2".into(),
+            tokens,
+            token_types,
+            ..Default::default()
+        })
+        .unwrap()
+        .tokenizer;
+        let ids = t.encode_fast("a  b", false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, [u32::from(b'a'), 256, u32::from(b'b')]);
+        assert_eq!(t.decode(&ids, false).unwrap(), "a  b");
     }
 
     #[test]
@@ -349,8 +396,9 @@ mod tests {
 
     #[test]
     fn tokens_outside_the_byte_alphabet_are_respelled() {
-        let vocab = byte_level_vocab(&["ab".into(), "a b".into(), "\n".into()]);
-        assert_eq!(vocab, ["ab", "aĠb", "Ċ"]);
+        let tokens = ["ab".into(), "a b".into(), "\n".into(), "  ".into()];
+        let vocab = byte_level_vocab(&tokens, &[1, 1, 1, USER_DEFINED]);
+        assert_eq!(vocab, ["ab", "aĠb", "Ċ", "  "]);
     }
 
     #[test]

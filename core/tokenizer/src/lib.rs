@@ -4,10 +4,11 @@
 //! crate: from a Hugging Face directory ([`Tokenizer::from_dir`]:
 //! `tokenizer.json` plus `tokenizer_config.json`, `chat_template.jinja`,
 //! `generation_config.json`, `config.json`) or from the vocabulary embedded
-//! in a GGUF file ([`Tokenizer::from_gguf`]: `gpt2` byte-level BPE and
-//! `llama` SentencePiece), built the way transformers builds them so that
-//! token ids match the reference. Chat templates ([`ChatTemplate`]) render
-//! with minijinja and the helpers Hugging Face templates use.
+//! in a GGUF file ([`Tokenizer::from_gguf`]: `gpt2` byte-level BPE,
+//! `llama` SentencePiece and `gemma4`), built so that token ids match the
+//! model's own tokenizer and llama.cpp's test vectors. Chat templates
+//! ([`ChatTemplate`]) render with minijinja and the helpers Hugging Face
+//! templates use.
 //!
 //! Depends on `tokenizers`, `minijinja`, serde and `tracing`; never on the
 //! engine, the models crate or any I/O beyond reading the files it is given.

@@ -1,6 +1,8 @@
 //! Byte-level pre-tokenizers for GGUF `gpt2` vocabularies, chosen by
-//! `tokenizer.ggml.pre`: the text is cut with the regex the vocabulary's
-//! merges were learned on, then spelled in GPT-2's byte alphabet.
+//! `tokenizer.ggml.pre`: the text is cut with the regex (or the sequence of
+//! regexes) the vocabulary's merges were learned on, then spelled in GPT-2's
+//! byte alphabet. The names and their grouping follow llama.cpp's
+//! `llama_vocab::impl::load`.
 
 use tokenizers::SplitDelimiterBehavior;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -49,12 +51,84 @@ const SPLITS: &[(&str, &str)] = &[
     ("minimax-m2", GPT4O),
 ];
 
+/// DeepSeek LLM: line breaks, Latin-like words, ASCII and full-width
+/// punctuation, trailing spaces, CJK runs and numbers, each cut in turn.
+const DEEPSEEK_LLM: &[&str] = &[
+    r"[\r\n]",
+    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    r"\s+$",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}+",
+];
+/// DeepSeek Coder: line breaks, words, punctuation, CJK runs, then each digit.
+const DEEPSEEK_CODER: &[&str] = &[
+    r"[\r\n]",
+    r"\s?\p{L}+",
+    r"\s?\p{P}+",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}",
+];
+/// Falcon: punctuation runs, GPT-2's split, then runs of three digits.
+const FALCON: &[&str] = &[
+    r"[\p{P}\$\+<=>\^~\|`]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"[0-9][0-9][0-9]",
+];
+
+/// Values whose text is cut by several regexes in turn, each cutting the
+/// pieces the previous one left.
+const SPLIT_SEQUENCES: &[(&str, &[&str])] = &[
+    ("deepseek-llm", DEEPSEEK_LLM),
+    ("deepseek-coder", DEEPSEEK_CODER),
+    ("falcon", FALCON),
+];
+
 /// Values whose vocabularies were trained with digits split one by one
-/// before GPT-2's split (SmolLM, StarCoder, Refact).
-const DIGITS_THEN_GPT2: &[&str] = &["smollm", "starcoder", "refact"];
+/// before GPT-2's split (SmolLM, StarCoder, Refact, Command R).
+const DIGITS_THEN_GPT2: &[&str] = &[
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+];
 
 /// Values that mean GPT-2's own split.
-const GPT2: &[&str] = &["gpt2", "default"];
+const GPT2: &[&str] = &[
+    "gpt2", "default", "gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4",
+];
+
+/// Values whose vocabularies use a word as one token when the vocabulary
+/// has it, before any merge (`ignore_merges` in `tokenizer.json`).
+const IGNORE_MERGES: &[&str] = &[
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "tekken",
+];
+
+/// Values whose models start every sequence with BOS unless the file says otherwise.
+const ADD_BOS: &[&str] = &[
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "tekken",
+];
 
 /// Every `tokenizer.ggml.pre` value Kiln knows; any other falls back to GPT-2's split.
 pub fn known_pre_tokenizers() -> Vec<&'static str> {
@@ -62,7 +136,18 @@ pub fn known_pre_tokenizers() -> Vec<&'static str> {
         .chain(DIGITS_THEN_GPT2)
         .copied()
         .chain(SPLITS.iter().map(|(name, _)| *name))
+        .chain(SPLIT_SEQUENCES.iter().map(|(name, _)| *name))
         .collect()
+}
+
+/// Whether a `tokenizer.ggml.pre` value takes whole words from the vocabulary before merging.
+pub(crate) fn ignores_merges(pre: Option<&str>) -> bool {
+    pre.is_some_and(|name| IGNORE_MERGES.contains(&name))
+}
+
+/// Whether a byte-level vocabulary adds BOS when its file does not say.
+pub(crate) fn adds_bos_by_default(pre: Option<&str>) -> bool {
+    pre.is_some_and(|name| ADD_BOS.contains(&name))
 }
 
 /// How a `gpt2` vocabulary's text is cut before byte-level BPE.
@@ -74,6 +159,8 @@ pub(crate) enum PreSplit {
     DigitsThenGpt2,
     /// This regex, then the byte alphabet.
     Regex(&'static str),
+    /// These regexes in turn, then the byte alphabet.
+    Regexes(&'static [&'static str]),
 }
 
 /// The split for a `tokenizer.ggml.pre` value; unknown ones get GPT-2's with a warning.
@@ -89,6 +176,9 @@ pub(crate) fn pre_split(pre: Option<&str>) -> PreSplit {
     }
     if let Some((_, regex)) = SPLITS.iter().find(|(n, _)| *n == name) {
         return PreSplit::Regex(regex);
+    }
+    if let Some((_, regexes)) = SPLIT_SEQUENCES.iter().find(|(n, _)| *n == name) {
+        return PreSplit::Regexes(regexes);
     }
     tracing::warn!(
         pre = name,
@@ -116,15 +206,33 @@ pub(crate) fn pre_tokenizer(split: PreSplit) -> Result<PreTokenizerWrapper, Toke
             Sequence::new(vec![Digits::new(true).into(), gpt2_byte_level().into()]).into()
         }
         PreSplit::Regex(regex) => {
-            let split = Split::new(
-                SplitPattern::Regex(regex.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex: {e}")))?;
-            Sequence::new(vec![split.into(), byte_alphabet().into()]).into()
+            Sequence::new(vec![isolate(regex)?.into(), byte_alphabet().into()]).into()
+        }
+        PreSplit::Regexes(regexes) => {
+            let mut steps: Vec<PreTokenizerWrapper> = regexes
+                .iter()
+                .map(|regex| isolate(regex).map(Into::into))
+                .collect::<Result<_, _>>()?;
+            steps.push(byte_alphabet().into());
+            Sequence::new(steps).into()
         }
     })
+}
+
+/// Runs of line breaks cut apart from the text around them (Gemma 4, whose
+/// merges run over whole lines otherwise).
+pub(crate) fn line_break_runs() -> Result<Split, TokenizerError> {
+    isolate(r"[^\n]+|[\n]+")
+}
+
+/// A split that keeps both the matches and the text between them as pieces.
+fn isolate(regex: &str) -> Result<Split, TokenizerError> {
+    Split::new(
+        SplitPattern::Regex(regex.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex `{regex}`: {e}")))
 }
 
 #[cfg(test)]
@@ -182,6 +290,25 @@ mod tests {
         assert_eq!(pre_split(Some("no-such-pre")), PreSplit::Gpt2);
         assert_eq!(pre_split(Some("smollm")), PreSplit::DigitsThenGpt2);
         assert!(known_pre_tokenizers().contains(&"qwen2"));
+    }
+
+    #[test]
+    fn names_are_grouped_as_llamacpp_groups_them() {
+        assert_eq!(pre_split(Some("gpt-2")), PreSplit::Gpt2);
+        assert_eq!(pre_split(Some("command-r")), PreSplit::DigitsThenGpt2);
+        assert_eq!(pre_split(Some("falcon")), PreSplit::Regexes(FALCON));
+        assert!(known_pre_tokenizers().contains(&"deepseek-llm"));
+        assert!(ignores_merges(Some("llama-bpe")) && !ignores_merges(Some("qwen2")));
+        assert!(!ignores_merges(None));
+        assert!(adds_bos_by_default(Some("llama3")) && !adds_bos_by_default(Some("gpt2")));
+    }
+
+    #[test]
+    fn regex_sequences_cut_the_pieces_of_the_previous_regex() {
+        let pre = pre_tokenizer(PreSplit::Regexes(FALCON)).unwrap();
+        assert_eq!(pieces(&pre, "\n =3333"), vec!["ĊĠ", "=", "333", "3"]);
+        let pre = pre_tokenizer(pre_split(Some("deepseek-coder"))).unwrap();
+        assert_eq!(pieces(&pre, "a1 b\n"), vec!["a", "1", "Ġb", "Ċ"]);
     }
 
     #[test]
