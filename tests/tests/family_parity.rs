@@ -18,6 +18,9 @@ struct Fixture {
     family: String,
     forms: Vec<PathBuf>,
     prompts: Vec<ReferencePrompt>,
+    /// The context to serve it with, when it is not 256 (LongRoPE picks
+    /// its factors from it).
+    max_model_len: Option<usize>,
 }
 
 fn fixture_files() -> Vec<Fixture> {
@@ -34,14 +37,15 @@ fn fixture_files() -> Vec<Fixture> {
                 family,
                 forms,
                 prompts: reference_prompts(&v["prompts"]),
+                max_model_len: v["max_model_len"].as_u64().map(|n| n as usize),
             }
         })
         .collect()
 }
 
-fn config(model: &Path) -> kiln_engine::EngineConfig {
+fn config(f: &Fixture, model: &Path) -> kiln_engine::EngineConfig {
     let mut c = cpu_config(model);
-    c.max_model_len = Some(256);
+    c.max_model_len = Some(f.max_model_len.unwrap_or(256));
     c
 }
 
@@ -61,7 +65,7 @@ fn last_position_logits_match_transformers() {
     let mut failures = Vec::new();
     for f in fixture_files().into_iter().filter(selected) {
         for form in &f.forms {
-            let mut loaded = match load_model(&config(form)) {
+            let mut loaded = match load_model(&config(&f, form)) {
                 Ok(l) => l,
                 Err(e) => {
                     failures.push(format!("{}: load: {e}", name(form)));
@@ -89,7 +93,7 @@ fn greedy_continuations_match_transformers_for_32_tokens() {
     let mut failures = Vec::new();
     for f in fixture_files().into_iter().filter(selected) {
         for form in &f.forms {
-            let llm = start(config(form));
+            let llm = start(config(&f, form));
             let outs = llm.generate(
                 f.prompts
                     .iter()

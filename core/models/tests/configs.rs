@@ -280,11 +280,11 @@ fn broken_public_configs_name_the_problem() {
     let e = broken(&|m| {
         m.insert(
             "rope_scaling".into(),
-            serde_json::json!({"rope_type": "dynamic", "factor": 2.0}),
+            serde_json::json!({"rope_type": "mrope", "factor": 2.0}),
         );
     });
     assert!(
-        e.to_string().contains("dynamic") && e.to_string().contains("llama3"),
+        e.to_string().contains("mrope") && e.to_string().contains("longrope"),
         "{e}"
     );
     let e = broken(&|m| {

@@ -278,6 +278,9 @@ impl GgufKeys<'_> {
         if self.g.tensor_info("rope_freqs.weight").is_some() {
             return self.llama3_from_rope_freqs(head_dim, theta);
         }
+        if self.g.tensor_info("rope_factors_long.weight").is_some() {
+            return self.longrope(head_dim).map(Some);
+        }
         let type_key = self.key("rope.scaling.type");
         let kind = match self.g.metadata(&type_key) {
             None => None,
@@ -296,13 +299,73 @@ impl GgufKeys<'_> {
                     .positive_f32("rope.scaling.factor")?
                     .ok_or_else(|| ConfigError::Missing(self.key("rope.scaling.factor")))?,
             })),
+            Some("yarn") => {
+                let factor = self
+                    .positive_f32("rope.scaling.factor")?
+                    .ok_or_else(|| ConfigError::Missing(self.key("rope.scaling.factor")))?;
+                Ok(Some(RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: self.original_context()?,
+                    beta_fast: self
+                        .positive_f32("rope.scaling.yarn_beta_fast")?
+                        .unwrap_or(32.0),
+                    beta_slow: self
+                        .positive_f32("rope.scaling.yarn_beta_slow")?
+                        .unwrap_or(1.0),
+                    attention_factor: match self.positive_f32("rope.scaling.yarn_attn_factor")? {
+                        Some(x) => x,
+                        None => crate::rope::yarn_mscale(factor as f64, 1.0) as f32,
+                    },
+                    truncate: true,
+                }))
+            }
             Some(other) => Err(invalid(
                 type_key,
                 format!(
-                    "RoPE scaling `{other}` is not supported (supported: none, linear, Llama 3 rope_freqs)"
+                    "RoPE scaling `{other}` is not supported (supported: none, linear, yarn, Llama 3 rope_freqs, LongRoPE factor tensors)"
                 ),
             )),
         }
+    }
+
+    fn original_context(&self) -> Result<usize, ConfigError> {
+        self.positive("rope.scaling.original_context_length")?
+            .ok_or_else(|| ConfigError::Missing(self.key("rope.scaling.original_context_length")))
+    }
+
+    /// `rot / 2` F32 values of a tensor.
+    fn factor_tensor(&self, name: &str, half: usize) -> Result<Vec<f32>, ConfigError> {
+        self.g
+            .raw_tensor(name)
+            .filter(|t| t.dtype == crate::weights::WeightDType::F32 && t.num_elements() == half)
+            .map(|t| {
+                t.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect::<Vec<f32>>()
+            })
+            .filter(|v| v.iter().all(|x| x.is_finite() && *x > 0.0))
+            .ok_or_else(|| {
+                invalid(
+                    name,
+                    format!("expected {half} positive F32 values (rotated size / 2)"),
+                )
+            })
+    }
+
+    /// Phi-3's LongRoPE: llama.cpp's converter writes the two factor sets
+    /// as `rope_factors_{long,short}.weight` and the attention factor as
+    /// `rope.scaling.attn_factor`.
+    fn longrope(&self, rotary_dim: usize) -> Result<RopeScaling, ConfigError> {
+        let half = rotary_dim / 2;
+        Ok(RopeScaling::LongRope {
+            short_factor: self.factor_tensor("rope_factors_short.weight", half)?,
+            long_factor: self.factor_tensor("rope_factors_long.weight", half)?,
+            original_max_position_embeddings: self.original_context()?,
+            attention_factor: self
+                .positive_f32("rope.scaling.attn_factor")?
+                .unwrap_or(1.0),
+        })
     }
 
     /// llama.cpp stores Llama 3.1 scaling as per-frequency divisors in
@@ -351,8 +414,8 @@ impl GgufKeys<'_> {
                 .positive("rope.scaling.original_context_length")?
                 .unwrap_or(8192),
         };
-        let base = crate::rope::inverse_frequencies(head_dim, theta, None);
-        let scaled = crate::rope::inverse_frequencies(head_dim, theta, Some(&scaling));
+        let base = crate::rope::inverse_frequencies(head_dim, theta, None, 0);
+        let scaled = crate::rope::inverse_frequencies(head_dim, theta, Some(&scaling), 0);
         let matches = factors
             .iter()
             .zip(base.iter().zip(&scaled))

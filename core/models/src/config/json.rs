@@ -7,6 +7,7 @@ use super::{
     default_head_dim, invalid, rotary_dim_of,
 };
 use crate::registry::{self, Family};
+use crate::rope::yarn_mscale;
 
 /// Typed access to one JSON object, naming fields with a prefix in errors.
 struct Fields<'a> {
@@ -183,7 +184,13 @@ fn hf_attention_shape(f: &Fields<'_>) -> Result<AttentionShape, ConfigError> {
 }
 
 /// A `rope_scaling` or `rope_parameters` object (`rope_type` or legacy `type`).
-fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>, ConfigError> {
+/// `top` is the whole config (Phi-3 keeps `original_max_position_embeddings`
+/// there) and `max_positions` its `max_position_embeddings`.
+fn parse_rope_scaling(
+    f: &Fields<'_>,
+    top: &Fields<'_>,
+    max_positions: usize,
+) -> Result<Option<RopeScaling>, ConfigError> {
     let kind = match f.string("rope_type")? {
         Some(k) => Some(k),
         None => f.string("type")?,
@@ -211,10 +218,107 @@ fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>, ConfigError
                 original_max_position_embeddings: f.required("original_max_position_embeddings")?,
             }))
         }
+        "yarn" => {
+            let original = original_context(f, top)?;
+            let factor = match f.positive_f32("factor")? {
+                Some(x) => x,
+                None => max_positions as f32 / original as f32,
+            };
+            let (scale, m, m_all) = (
+                factor as f64,
+                f.number("mscale")?,
+                f.number("mscale_all_dim")?,
+            );
+            let attention_factor = match (f.positive_f32("attention_factor")?, m, m_all) {
+                (Some(x), _, _) => x,
+                (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    (yarn_mscale(scale, m) / yarn_mscale(scale, all)) as f32
+                }
+                _ => yarn_mscale(scale, 1.0) as f32,
+            };
+            let beta = |name: &str, default: f32| -> Result<f32, ConfigError> {
+                // transformers treats 0 and absent alike (`get(...) or default`).
+                Ok(match f.number(name)? {
+                    Some(x) if x != 0.0 => x as f32,
+                    _ => default,
+                })
+            };
+            Ok(Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                beta_fast: beta("beta_fast", 32.0)?,
+                beta_slow: beta("beta_slow", 1.0)?,
+                attention_factor,
+                truncate: f.bool("truncate")?.unwrap_or(true),
+            }))
+        }
+        "dynamic" => Ok(Some(RopeScaling::DynamicNtk {
+            factor: f.required_f32("factor")?,
+            native_context: max_positions,
+        })),
+        "longrope" | "su" => {
+            let original = original_context(f, top)?;
+            let factors = |name: &str| -> Result<Vec<f32>, ConfigError> {
+                let list = f
+                    .get(name)
+                    .ok_or_else(|| ConfigError::Missing(f.path(name)))?
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| invalid(f.path(name), "expected a list of numbers"))?;
+                list.iter()
+                    .map(|x| {
+                        x.as_f64()
+                            .filter(|x| x.is_finite() && *x > 0.0)
+                            .map(|x| x as f32)
+                            .ok_or_else(|| {
+                                invalid(f.path(name), format!("expected positive numbers, got {x}"))
+                            })
+                    })
+                    .collect()
+            };
+            let (short_factor, long_factor) = (factors("short_factor")?, factors("long_factor")?);
+            if short_factor.len() != long_factor.len() {
+                return Err(invalid(
+                    f.path("long_factor"),
+                    format!(
+                        "has {} values but short_factor has {}",
+                        long_factor.len(),
+                        short_factor.len()
+                    ),
+                ));
+            }
+            let factor = match f.positive_f32("factor")? {
+                Some(x) => x as f64,
+                None => max_positions as f64 / original as f64,
+            };
+            let attention_factor = match f.positive_f32("attention_factor")? {
+                Some(x) => x,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt() as f32,
+            };
+            Ok(Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: original,
+                attention_factor,
+            }))
+        }
         other => Err(invalid(
             f.path("rope_type"),
-            format!("RoPE scaling `{other}` is not supported (supported: default, linear, llama3)"),
+            format!(
+                "RoPE scaling `{other}` is not supported (supported: default, linear, llama3, \
+                 yarn, dynamic, longrope)"
+            ),
         )),
+    }
+}
+
+/// `original_max_position_embeddings` from the scaling object, else the
+/// config's top level (Phi-3).
+fn original_context(f: &Fields<'_>, top: &Fields<'_>) -> Result<usize, ConfigError> {
+    match f.positive("original_max_position_embeddings")? {
+        Some(n) => Ok(n),
+        None => top.required("original_max_position_embeddings"),
     }
 }
 
@@ -230,7 +334,7 @@ struct Rope {
 /// From top-level `rope_theta`/`rope_scaling`/`rope_local_base_freq`/
 /// `partial_rotary_factor`, or transformers-5 `rope_parameters` (flat, or
 /// per layer type as Gemma 3 writes it).
-fn hf_rope(f: &Fields<'_>, default_theta: f32) -> Result<Rope, ConfigError> {
+fn hf_rope(f: &Fields<'_>, default_theta: f32, max_positions: usize) -> Result<Rope, ConfigError> {
     let params = f.object("rope_parameters")?;
     let (full, sliding) = match &params {
         Some(p) => match (p.object("full_attention")?, p.object("sliding_attention")?) {
@@ -263,8 +367,8 @@ fn hf_rope(f: &Fields<'_>, default_theta: f32) -> Result<Rope, ConfigError> {
         None => f.positive_f32("rope_local_base_freq")?,
     };
     let scaling = match (f.object("rope_scaling")?, &full) {
-        (Some(s), _) => parse_rope_scaling(&s)?,
-        (None, Some(p)) => parse_rope_scaling(p)?,
+        (Some(s), _) => parse_rope_scaling(&s, f, max_positions)?,
+        (None, Some(p)) => parse_rope_scaling(p, f, max_positions)?,
         (None, None) => None,
     };
     let mut fraction = None;
@@ -455,8 +559,11 @@ impl ModelConfig {
         } else {
             10000.0
         };
-        let rope = hf_rope(&f, default_theta)?;
-        let learned_positions = matches!(family, Some(Family::Gpt2 | Family::Opt));
+        let max_position_embeddings = f
+            .positive(f.first(&["max_position_embeddings", "n_positions"]))?
+            .unwrap_or(2048);
+        let rope = hf_rope(&f, default_theta, max_position_embeddings)?;
+        let learned_positions = matches!(family, Some(Family::Gpt2 | Family::Opt | Family::Bert));
         let rotary_dim = match (&rope.fraction, learned_positions) {
             (_, true) => 0,
             (Some((x, field)), false) => rotary_dim_of(shape.head_dim, *x, field)?,
@@ -592,6 +699,62 @@ mod tests {
     }
 
     #[test]
+    fn long_context_rope_scalings() {
+        let yarn = with(
+            r#","rope_scaling":{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":4096}"#,
+        )
+        .unwrap();
+        match yarn.rope_scaling {
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate,
+            }) => {
+                assert_eq!((factor, original_max_position_embeddings), (4.0, 4096));
+                assert_eq!((beta_fast, beta_slow, truncate), (32.0, 1.0, true));
+                assert!((attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+            }
+            other => panic!("{other:?}"),
+        }
+        let dynamic = with(
+            r#","max_position_embeddings":8192,"rope_scaling":{"type":"dynamic","factor":2.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            dynamic.rope_scaling,
+            Some(RopeScaling::DynamicNtk {
+                factor: 2.0,
+                native_context: 8192
+            })
+        );
+        // Phi-3 keeps the original context at the top level; the factor is
+        // max_position_embeddings / original (8192 / 4096 here).
+        let longrope = with(
+            r#","max_position_embeddings":8192,"original_max_position_embeddings":4096,"rope_scaling":{"type":"longrope","short_factor":[1.0,1.0],"long_factor":[2.0,4.0]}"#,
+        )
+        .unwrap();
+        match longrope.rope_scaling {
+            Some(RopeScaling::LongRope {
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            }) => {
+                assert_eq!(original_max_position_embeddings, 4096);
+                let expected = (1.0 + 2f64.ln() / 4096f64.ln()).sqrt() as f32;
+                assert_eq!(attention_factor, expected);
+            }
+            other => panic!("{other:?}"),
+        }
+        let uneven = with(
+            r#","original_max_position_embeddings":4096,"rope_scaling":{"type":"longrope","short_factor":[1.0],"long_factor":[2.0,4.0]}"#,
+        );
+        assert!(uneven.unwrap_err().to_string().contains("long_factor"));
+    }
+
+    #[test]
     fn rope_scaling_spellings() {
         let c = with(r#","rope_scaling":{"type":"linear","factor":2.0}"#).unwrap();
         assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
@@ -618,9 +781,14 @@ mod tests {
     fn bad_values_name_the_field() {
         let cases = [
             (
-                r#","rope_scaling":{"type":"yarn","factor":4}"#,
+                r#","rope_scaling":{"type":"mrope","factor":4}"#,
                 "rope_scaling.rope_type",
-                "yarn",
+                "mrope",
+            ),
+            (
+                r#","rope_scaling":{"type":"yarn","factor":4}"#,
+                "original_max_position_embeddings",
+                "missing",
             ),
             (
                 r#","rope_scaling":{"rope_type":"linear"}"#,

@@ -56,6 +56,51 @@ pub enum RopeScaling {
         /// Context length the model was pre-trained with, in tokens.
         original_max_position_embeddings: usize,
     },
+    /// YaRN ("NTK-by-parts"): frequencies that turn fewer than `beta_slow`
+    /// times over the original context are divided by `factor`, those that
+    /// turn more than `beta_fast` times are kept, a linear ramp between;
+    /// cos and sin are multiplied by `attention_factor`.
+    Yarn {
+        /// Context extension factor.
+        factor: f32,
+        /// Context length the model was pre-trained with, in tokens.
+        original_max_position_embeddings: usize,
+        /// Rotations over the original context above which a frequency is kept.
+        beta_fast: f32,
+        /// Rotations below which a frequency is fully interpolated.
+        beta_slow: f32,
+        /// Multiplier of cos and sin (`0.1·ln(factor) + 1` unless the config says).
+        attention_factor: f32,
+        /// Round the ramp's ends to whole dimensions (transformers' default).
+        truncate: bool,
+    },
+    /// Dynamic NTK: θ grows once the served context passes the native one,
+    /// `θ·(factor·served/native − (factor − 1))^(d/(d−2))`. Transformers
+    /// recomputes it per forward pass from the sequence length; Kiln computes
+    /// it once from the served context (`--max-model-len`), so the tables are
+    /// transformers' own whenever that fits the native context, and every
+    /// position of a longer sequence uses one consistent θ.
+    DynamicNtk {
+        /// Scale factor.
+        factor: f32,
+        /// `max_position_embeddings`: the context the model was trained with.
+        native_context: usize,
+    },
+    /// LongRoPE (Phi-3): each frequency divided by a per-frequency factor,
+    /// the short set when the served context fits the original one, the long
+    /// set otherwise (llama.cpp's rule: one set for every position, so the
+    /// KV cache stays consistent); cos and sin are multiplied by
+    /// `attention_factor`.
+    LongRope {
+        /// Divisors `[rotary_dim / 2]` within the original context.
+        short_factor: Vec<f32>,
+        /// Divisors `[rotary_dim / 2]` beyond it.
+        long_factor: Vec<f32>,
+        /// Context length the model was pre-trained with, in tokens.
+        original_max_position_embeddings: usize,
+        /// Multiplier of cos and sin (`√(1 + ln(factor)/ln(original))` unless the config says).
+        attention_factor: f32,
+    },
 }
 
 /// The MLP's activation function (`hidden_act`, `hidden_activation`,
