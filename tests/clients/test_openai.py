@@ -1,5 +1,7 @@
 """The official `openai` client (3.54.0) against Kiln's OpenAI/vLLM routes."""
 
+import uuid
+
 import httpx
 import openai
 import pytest
@@ -362,3 +364,16 @@ def test_concurrent_requests_match_serial(client):
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(run, range(8)))
     assert concurrent == serial
+
+
+def test_prefix_cache_hits_are_reported_as_cached_tokens(client):
+    # A fresh 100-token-plus prompt: nothing of it is cached the first time;
+    # the second time every full 16-token block before the last token is.
+    text = "Prefix caching check, run " + str(uuid.uuid4()) + ". " + " ".join(f"item{i}" for i in range(60))
+    first = client.completions.create(model=SERVED_NAME, prompt=text, max_tokens=1, temperature=0)
+    second = client.completions.create(model=SERVED_NAME, prompt=text, max_tokens=1, temperature=0)
+    prompt_tokens = second.usage.prompt_tokens
+    assert prompt_tokens > 64
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached == (prompt_tokens - 1) // 16 * 16, (cached, prompt_tokens)

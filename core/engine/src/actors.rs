@@ -219,16 +219,17 @@ pub struct SampleReply {
 pub struct Sample {
     /// The logits.
     pub logits: StepLogits,
-    /// Sequences computed in this step (first-scheduling times for metrics).
-    pub scheduled: Vec<SeqId>,
+    /// Sequences computed in this step, each with the tokens its KV cache
+    /// held before it (first-scheduling times and prefix-cache hits).
+    pub scheduled: Vec<(SeqId, u32)>,
 }
 
 impl Handler<Sample> for SamplerActor {
     type Result = MessageResult<Sample>;
     fn handle(&mut self, msg: Sample, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now();
-        for seq in &msg.scheduled {
-            self.core.mark_scheduled(*seq, now);
+        for &(seq, computed) in &msg.scheduled {
+            self.core.mark_scheduled(seq, computed, now);
         }
         let result = self.core.sample(&msg.logits, now);
         for m in result.finished_metrics {
@@ -467,7 +468,11 @@ impl SchedulerActor {
             });
             return;
         }
-        let scheduled: Vec<SeqId> = plan.seqs.iter().map(|s| s.seq_id).collect();
+        let scheduled: Vec<(SeqId, u32)> = plan
+            .seqs
+            .iter()
+            .map(|s| (s.seq_id, s.num_computed_tokens))
+            .collect();
         let batched = plan.num_batched_tokens() as u32;
         let mut sampling = self.device_rows(&plan);
         let constrained: Vec<SeqId> = plan
@@ -510,8 +515,8 @@ impl SchedulerActor {
     /// Phase 3: sample (skipped when no row samples).
     fn sample(
         &mut self,
-        logits: StepLogits,
-        scheduled: Vec<SeqId>,
+        mut logits: StepLogits,
+        scheduled: Vec<(SeqId, u32)>,
         batched: u32,
         started: Instant,
         ctx: &mut Context<Self>,

@@ -301,14 +301,19 @@ impl SamplerCore {
         Some(device::row_sampling(group, seq))
     }
 
-    /// Notes that `seq_id` was scheduled at `now_seconds`; the first call per
-    /// request sets its queue time and starts its prefill time.
-    pub fn mark_scheduled(&mut self, seq_id: SeqId, now_seconds: f64) {
+    /// Notes that `seq_id` was scheduled at `now_seconds` with
+    /// `computed_tokens` already in the KV cache; the first call per request
+    /// sets its queue time, starts its prefill time and records its
+    /// prefix-cache hit (what was computed before its first step).
+    pub fn mark_scheduled(&mut self, seq_id: SeqId, computed_tokens: u32, now_seconds: f64) {
         let Some(request) = self.seqs.get(&seq_id).map(|s| s.request) else {
             return;
         };
-        if let Some(g) = self.groups.get_mut(&request) {
-            g.first_scheduled.get_or_insert(now_seconds);
+        if let Some(g) = self.groups.get_mut(&request)
+            && g.first_scheduled.is_none()
+        {
+            g.first_scheduled = Some(now_seconds);
+            g.cached_prompt_tokens = computed_tokens.min(g.prompt_tokens);
         }
     }
 
@@ -559,7 +564,7 @@ impl SamplerCore {
             usage: Usage {
                 prompt_tokens: group.prompt_tokens,
                 completion_tokens: generated,
-                cached_prompt_tokens: 0,
+                cached_prompt_tokens: group.cached_prompt_tokens,
             },
         });
         let m = finished_metrics(&FinishedSequence {

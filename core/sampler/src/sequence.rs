@@ -35,6 +35,9 @@ pub(crate) struct Group {
     pub max_tokens: usize,
     pub arrival: f64,
     pub first_scheduled: Option<f64>,
+    /// Prompt tokens the prefix cache held when the request was first
+    /// scheduled (`usage.prompt_tokens_details.cached_tokens`).
+    pub cached_prompt_tokens: u32,
     /// Sequences not finished yet.
     pub live: usize,
 }
@@ -83,6 +86,7 @@ impl Group {
             max_tokens: init.max_tokens as usize,
             arrival: init.arrival,
             first_scheduled: None,
+            cached_prompt_tokens: 0,
             sampling: init.sampling,
             stopping,
         }

@@ -696,8 +696,8 @@ fn metrics_follow_the_clock() {
     );
     g.arrival_seconds = 10.0;
     s.register(g);
-    s.mark_scheduled(1, 10.5);
-    s.mark_scheduled(1, 11.5); // only the first counts
+    s.mark_scheduled(1, 0, 10.5);
+    s.mark_scheduled(1, 0, 11.5); // only the first counts
     let mut metrics = Vec::new();
     for now in [12.0, 12.25, 13.0] {
         metrics.extend(
@@ -714,6 +714,34 @@ fn metrics_follow_the_clock() {
     assert_eq!(m.inter_token_seconds, vec![0.25, 0.75]);
     assert_eq!((m.prompt_tokens, m.generation_tokens), (1, 3));
     assert_eq!(m.reason, Some(FinishReason::Length));
+}
+
+#[test]
+fn usage_reports_the_prefix_cache_hit_of_the_first_scheduling() {
+    let mut s = sampler();
+    let mut g = group(
+        vec![1],
+        SamplingParams::greedy(),
+        StoppingCriteria::default(),
+        1,
+    );
+    g.prompt_token_ids = vec![7; 40];
+    s.register(g);
+    // Admitted with 32 prompt tokens from the prefix cache; a later
+    // scheduling (a recompute after preemption, say) does not change it.
+    s.mark_scheduled(1, 32, 1.0);
+    s.mark_scheduled(1, 0, 2.0);
+    let out = s.sample(&step(vec![(1, 1)], one_hot(3)), 3.0);
+    let finished = out
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            TokenEvent::Finished(f) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("a finished event");
+    assert_eq!(finished.usage.prompt_tokens, 40);
+    assert_eq!(finished.usage.cached_prompt_tokens, 32);
 }
 
 #[test]
