@@ -79,9 +79,9 @@ pub struct EngineConfig {
     pub kv_cache_memory_bytes: Option<u64>,
     /// Fraction of device memory to use on GPUs (`--gpu-memory-utilization`, default 0.9).
     pub gpu_memory_utilization: f32,
-    /// Most sequences per step (`--max-num-seqs`); `None`: 256 on GPU, 64 on CPU.
+    /// Most sequences per step (`--max-num-seqs`); `None`: the device's [`crate::defaults::DeviceDefaults`].
     pub max_num_seqs: Option<usize>,
-    /// Token budget per step (`--max-num-batched-tokens`); `None`: 8192 on GPU, 512 on CPU.
+    /// Token budget per step (`--max-num-batched-tokens`); `None`: the device's [`crate::defaults::DeviceDefaults`].
     pub max_num_batched_tokens: Option<usize>,
     /// Automatic prefix caching (`--enable-prefix-caching`, default on).
     pub enable_prefix_caching: bool,

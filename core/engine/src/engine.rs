@@ -377,12 +377,13 @@ impl Sizes {
                 ));
             }
             Some(n) => n,
-            None => native,
+            None => default_len,
         };
-        let max_num_seqs = config.max_num_seqs.unwrap_or(if gpu { 256 } else { 64 });
+        let defaults = crate::defaults::DeviceDefaults::for_device(gpu);
+        let max_num_seqs = config.max_num_seqs.unwrap_or(defaults.max_num_seqs);
         let max_num_batched_tokens = config
             .max_num_batched_tokens
-            .unwrap_or(if gpu { 8192 } else { 512 })
+            .unwrap_or(defaults.max_num_batched_tokens)
             .max(max_num_seqs.min(max_model_len));
         Ok(Sizes {
             max_model_len,

@@ -18,7 +18,9 @@
 
 pub mod actors;
 pub mod config;
+pub mod defaults;
 pub mod device_sampling;
+pub mod embedding_config;
 pub mod engine;
 pub mod inputs;
 pub mod llm;

@@ -168,3 +168,33 @@ fn plan_json_for_a_config_file() {
     assert_eq!(v["options"][0]["kv_tokens"], 38_784);
     assert_eq!(v["settings"]["gpu_memory_utilization"], 0.9);
 }
+
+#[test]
+fn help_states_the_engines_own_scheduling_defaults() {
+    use kiln_engine::defaults::{CPU_DEFAULTS, GPU_DEFAULTS};
+    let serve = serve();
+    let help = |flag: &str| {
+        serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag))
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        help("max-num-seqs").contains(&format!(
+            "{} on GPU, {} on CPU",
+            GPU_DEFAULTS.max_num_seqs, CPU_DEFAULTS.max_num_seqs
+        )),
+        "{}",
+        help("max-num-seqs")
+    );
+    assert!(
+        help("max-num-batched-tokens").contains(&format!(
+            "{} on GPU, {} on CPU",
+            GPU_DEFAULTS.max_num_batched_tokens, CPU_DEFAULTS.max_num_batched_tokens
+        )),
+        "{}",
+        help("max-num-batched-tokens")
+    );
+}

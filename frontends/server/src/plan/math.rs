@@ -17,30 +17,10 @@ use serde::Serialize;
 
 /// Bytes of the fixed per-GPU runtime overhead (an estimate).
 pub const GPU_RUNTIME_OVERHEAD_BYTES: u64 = 1 << 30;
-/// The engine's default KV budget on CPU without `--kv-cache-memory-bytes`.
-pub const CPU_DEFAULT_KV_BYTES: u64 = 4 << 30;
+pub use kiln_engine::defaults::{CPU_DEFAULTS, DeviceDefaults, GPU_DEFAULTS};
+pub use kiln_engine::memory::CPU_DEFAULT_KV_BYTES;
 /// Tensor-parallel sizes evaluated on GPUs.
 pub const TP_SIZES: [usize; 4] = [1, 2, 4, 8];
-
-/// Engine defaults that depend on the device (kept equal to `kiln-engine`'s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceDefaults {
-    /// `--max-num-seqs` default.
-    pub max_num_seqs: usize,
-    /// `--max-num-batched-tokens` default.
-    pub max_num_batched_tokens: usize,
-}
-
-/// GPU defaults: 256 sequences, 8192 tokens per step.
-pub const GPU_DEFAULTS: DeviceDefaults = DeviceDefaults {
-    max_num_seqs: 256,
-    max_num_batched_tokens: 8192,
-};
-/// CPU defaults: 64 sequences, 512 tokens per step.
-pub const CPU_DEFAULTS: DeviceDefaults = DeviceDefaults {
-    max_num_seqs: 64,
-    max_num_batched_tokens: 512,
-};
 
 /// The decoder dimensions the arithmetic needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
