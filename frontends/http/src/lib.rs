@@ -13,7 +13,8 @@
 //!   requests (HTTP 429 with `Retry-After`), `/health`, graceful shutdown;
 //! - tool calling both chat dialects share ([`tool_calls`]): parsers for the
 //!   formats models write calls in and the schemas that force calls;
-//! - [`testing::ScriptedEngine`], a deterministic engine double for tests.
+//! - `testing::ScriptedEngine` (feature `testing`), a deterministic engine
+//!   double for frontend tests; never in a release binary.
 //!
 //! Depends only on `kiln-engine-api` and `kiln-protocol` among Kiln's crates:
 //! never on the engine, models or backends.
@@ -38,6 +39,7 @@ pub mod middleware;
 mod router;
 mod server;
 pub mod stream;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
 pub mod tool_calls;
