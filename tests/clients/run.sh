@@ -38,6 +38,15 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null || true)" != "$want
     echo "$want" >"$STAMP"
 fi
 
+# The playground tests drive Debian's Chromium (no browser download).
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    echo "== installing chromium and chromium-driver (Debian packages)"
+    sudo_cmd=()
+    if [[ "$(id -u)" != 0 ]]; then sudo_cmd=(sudo); fi
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 if [[ ! -x target/release/kiln ]]; then
     echo "target/release/kiln is missing: run \`cargo build --release --workspace --bins --lib\` first" >&2
     exit 1

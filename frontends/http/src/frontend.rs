@@ -52,6 +52,13 @@ pub trait Frontend: Send + Sync {
         None
     }
 
+    /// Paths of its routes that need no API key under `--api-key` (a page
+    /// that asks for the key itself, say). `/health` and `/metrics` are
+    /// always open.
+    fn public_paths(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The frontend's own routes. Called once, inside a Tokio runtime.
     fn routes(&self, handle: EngineHandle, config: &HttpConfig) -> Router;
 

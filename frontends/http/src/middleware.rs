@@ -79,12 +79,15 @@ pub struct AuthState {
     pub key: Arc<str>,
     /// Dialects served, for the shape of 401s.
     pub dialects: Arc<[Dialect]>,
+    /// Frontends' paths that need no key, besides [`OPEN_PATHS`].
+    pub public: Arc<[&'static str]>,
 }
 
-/// Requires `Authorization: Bearer <key>` everywhere but [`OPEN_PATHS`].
+/// Requires `Authorization: Bearer <key>` everywhere but [`OPEN_PATHS`] and
+/// the frontends' public paths.
 pub async fn require_api_key(State(auth): State<AuthState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if OPEN_PATHS.contains(&path) {
+    if OPEN_PATHS.contains(&path) || auth.public.contains(&path) {
         return next.run(req).await;
     }
     match bearer_token(req.headers()) {

@@ -74,9 +74,14 @@ pub fn build_router(
         .layer(Extension(BodyLimit(config.body_limit_bytes)))
         .layer(Extension(EnabledDialects(dialects.clone())));
     if let Some(key) = config.api_key.clone().filter(|k| !k.is_empty()) {
+        let public: Vec<&'static str> = frontends
+            .iter()
+            .flat_map(|f| f.public_paths().iter().copied())
+            .collect();
         let auth = AuthState {
             key: Arc::from(key),
             dialects,
+            public: public.into(),
         };
         router = router.layer(middleware::from_fn_with_state(auth, require_api_key));
     }

@@ -57,6 +57,9 @@ pub enum Command {
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Backend plugins
+    #[command(subcommand)]
+    Backend(BackendCommand),
 }
 
 /// Which model, and at which hub revision.
@@ -97,17 +100,30 @@ pub enum DtypeArg {
     Bfloat16,
 }
 
+/// `--pooling` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolingArg {
+    /// The average of every token's final hidden state
+    Mean,
+    /// The last token's final hidden state
+    Last,
+    /// The first token's ([CLS]) final hidden state
+    Cls,
+}
+
 /// API families `kiln serve` can expose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FrontendArg {
-    /// OpenAI `/v1/*` (completions, chat, models, tokenize)
+    /// OpenAI `/v1/*` (completions, chat, embeddings, models, tokenize)
     Openai,
-    /// Hugging Face TGI (`/generate`, `/generate_stream`, `/info`)
+    /// Hugging Face TGI (`/generate`, `/generate_stream`, `/info`) and TEI's `/embed`
     Tgi,
     /// Ollama (`/api/*`)
     Ollama,
     /// Prometheus `/metrics`
     Metrics,
+    /// The browser playground at `/ui` (chat, completions, live metrics, model card); needs openai
+    Ui,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -189,6 +205,10 @@ pub struct EngineArgs {
     /// Base random seed for requests that bring none [default: random]
     #[arg(long, env = "KILN_SEED")]
     pub seed: Option<u64>,
+    /// How embeddings pool hidden states [default: the model's sentence-transformers
+    /// pooling, else mean for encoders and last for decoders]
+    #[arg(long, env = "KILN_POOLING", value_enum)]
+    pub pooling: Option<PoolingArg>,
     /// Backend: auto (CUDA when usable, else CPU), cpu, cuda, or a path to a backend library
     #[arg(
         long,
@@ -249,9 +269,12 @@ pub struct ServeArgs {
         env = "KILN_FRONTEND",
         value_enum,
         value_delimiter = ',',
-        default_value = "openai,tgi,ollama,metrics"
+        default_value = "openai,tgi,ollama,metrics,ui"
     )]
     pub frontend: Vec<FrontendArg>,
+    /// Do not serve the browser playground at /ui
+    #[arg(long, env = "KILN_NO_UI")]
+    pub no_ui: bool,
 }
 
 /// `kiln pull`.
@@ -453,4 +476,22 @@ pub struct BenchServeArgs {
     /// Also write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+/// `kiln backend …`.
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Load a backend plugin and compare every operation it declares with the CPU backend
+    Check(BackendCheckArgs),
+}
+
+/// `kiln backend check`.
+#[derive(Debug, Clone, Args)]
+pub struct BackendCheckArgs {
+    /// The plugin library (e.g. target/release/libkiln_backend_cuda.so)
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// JSON parameters for opening its device 0
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    pub device_params: String,
 }

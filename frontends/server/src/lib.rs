@@ -3,8 +3,9 @@
 //! The `kiln` command line: `serve` (vLLM-compatible flags onto an
 //! [`kiln_engine::EngineConfig`]), `pull` and `list` (the model cache, via
 //! `kiln-hub`), `plan` (deployment memory math from a model's own config),
-//! `generate` (offline batches, JSONL out) and `bench serve` (a latency and
-//! throughput client for any OpenAI-compatible server).
+//! `generate` (offline batches, JSONL out), `bench serve` (a latency and
+//! throughput client for any OpenAI-compatible server) and `backend check`
+//! (the conformance suite on any backend plugin).
 //!
 //! This crate is the top of the dependency graph: it may depend on every
 //! Kiln crate, and nothing depends on it. Flag parsing and the pure parts

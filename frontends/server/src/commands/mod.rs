@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod backend;
 pub mod generate;
 pub mod plan;
 pub mod pull;
@@ -32,6 +33,9 @@ pub enum CliError {
     /// `kiln bench` failed.
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    /// `kiln backend check` could not check, or found failures.
+    #[error(transparent)]
+    Backend(#[from] backend::BackendCheckError),
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(args) => plan::execute(&args),
         Command::Generate(args) => generate::execute(&args),
         Command::Bench(crate::cli::BenchCommand::Serve(args)) => crate::bench::execute(&args),
+        Command::Backend(crate::cli::BackendCommand::Check(args)) => backend::check(&args),
     }
 }
 

@@ -9,7 +9,7 @@ use kiln_engine::{BackendChoice, DTypeChoice, EngineConfig};
 use kiln_hub::{FetchOptions, FetchPolicy, Hub, ModelSpec, Need, ProgressMode, ResolvedModel};
 
 use super::{CliError, hub_from_env, log_resolved, parse_model};
-use crate::cli::{DtypeArg, EngineArgs, FrontendArg, ServeArgs};
+use crate::cli::{DtypeArg, EngineArgs, FrontendArg, PoolingArg, ServeArgs};
 use crate::startup::{Listening, summary_lines};
 
 /// An API family served over HTTP.
@@ -23,6 +23,8 @@ pub enum FrontendKind {
     Ollama,
     /// Prometheus `/metrics`.
     Metrics,
+    /// The browser playground at `/ui`.
+    Ui,
 }
 
 /// Everything the HTTP layer needs besides the engine.
@@ -137,6 +139,11 @@ pub fn engine_config(model: &ResolvedModel, args: &EngineArgs) -> EngineConfig {
     c.enable_prefix_caching = !args.no_enable_prefix_caching;
     c.chat_template = args.chat_template.clone();
     c.seed = args.seed;
+    c.pooling = args.pooling.map(|p| match p {
+        PoolingArg::Mean => kiln_protocol::Pooling::Mean,
+        PoolingArg::Last => kiln_protocol::Pooling::Last,
+        PoolingArg::Cls => kiln_protocol::Pooling::Cls,
+    });
     c.enforce_eager = args.enforce_eager;
     c.tensor_parallel_size = args.tensor_parallel_size;
     c.model_origin = model.origin.clone();
@@ -172,7 +179,11 @@ fn http_settings(args: &ServeArgs) -> HttpSettings {
             FrontendArg::Tgi => FrontendKind::Tgi,
             FrontendArg::Ollama => FrontendKind::Ollama,
             FrontendArg::Metrics => FrontendKind::Metrics,
+            FrontendArg::Ui => FrontendKind::Ui,
         };
+        if kind == FrontendKind::Ui && args.no_ui {
+            continue;
+        }
         if !frontends.contains(&kind) {
             frontends.push(kind);
         }
@@ -213,7 +224,14 @@ pub fn prepare(args: &ServeArgs, hub: &Hub) -> Result<ServeLaunch, CliError> {
     validate_engine_args(&args.engine)?;
     if args.frontend.is_empty() {
         return Err(CliError::Usage(
-            "--frontend needs at least one of openai, tgi, ollama, metrics".into(),
+            "--frontend needs at least one of openai, tgi, ollama, metrics, ui".into(),
+        ));
+    }
+    let ui = args.frontend.contains(&FrontendArg::Ui) && !args.no_ui;
+    if ui && !args.frontend.contains(&FrontendArg::Openai) {
+        return Err(CliError::Usage(
+            "the ui frontend chats through the OpenAI routes: add openai to --frontend, or pass --no-ui"
+                .into(),
         ));
     }
     let spec = parse_model(&args.model)?;
@@ -285,6 +303,7 @@ pub fn build_frontends(kinds: &[FrontendKind]) -> Vec<Box<dyn kiln_http::Fronten
                 FrontendKind::Tgi => Box::new(kiln_frontend_tgi::TgiFrontend),
                 FrontendKind::Ollama => Box::new(kiln_frontend_ollama::OllamaFrontend),
                 FrontendKind::Metrics => Box::new(kiln_frontend_metrics::MetricsFrontend),
+                FrontendKind::Ui => Box::new(kiln_frontend_ui::UiFrontend),
             }
         })
         .collect()
@@ -294,11 +313,14 @@ pub fn build_frontends(kinds: &[FrontendKind]) -> Vec<Box<dyn kiln_http::Fronten
 pub fn route_summary(kind: FrontendKind) -> &'static str {
     match kind {
         FrontendKind::OpenAi => {
-            "openai (/v1/chat/completions, /v1/completions, /v1/models, /tokenize)"
+            "openai (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /tokenize)"
         }
-        FrontendKind::Tgi => "tgi (/generate, /generate_stream, POST /, /info)",
-        FrontendKind::Ollama => "ollama (/api/generate, /api/chat, /api/tags, /api/show)",
+        FrontendKind::Tgi => "tgi (/generate, /generate_stream, POST /, /info, /embed)",
+        FrontendKind::Ollama => {
+            "ollama (/api/generate, /api/chat, /api/embed, /api/tags, /api/show)"
+        }
         FrontendKind::Metrics => "metrics (/metrics)",
+        FrontendKind::Ui => "ui (/ui, the browser playground)",
     }
 }
 
@@ -478,8 +500,14 @@ mod tests {
                 FrontendKind::OpenAi,
                 FrontendKind::Tgi,
                 FrontendKind::Ollama,
-                FrontendKind::Metrics
+                FrontendKind::Metrics,
+                FrontendKind::Ui
             ]
+        );
+        assert!(
+            !http_settings(&serve_args(&["--no-ui"]))
+                .frontends
+                .contains(&FrontendKind::Ui)
         );
         assert_eq!(h.shutdown_timeout, Duration::from_secs(30));
         let spec = ModelSpec::parse(a.model.model()).unwrap();
