@@ -133,34 +133,42 @@ pub async fn collect(mut stream: RequestStream) -> Result<RequestOutput, EngineE
         outputs: Vec::new(),
     };
     while let Some(ev) = stream.next_event().await {
-        match ev {
+        out.apply(ev)?;
+    }
+    Ok(out)
+}
+
+impl RequestOutput {
+    /// Fold one event in (a streaming client's running view of the request).
+    pub fn apply(&mut self, event: TokenEvent) -> Result<(), EngineError> {
+        match event {
             TokenEvent::Token(t) => {
-                let o = output_at(&mut out.outputs, t.index);
+                let o = self.output_at(t.index);
                 o.text.push_str(&t.text);
                 o.token_ids.push(t.id);
                 o.logprobs.push(t.logprob);
                 o.top_logprobs.push(t.top_logprobs);
             }
             TokenEvent::Finished(f) => {
-                let o = output_at(&mut out.outputs, f.index);
+                let o = self.output_at(f.index);
                 o.finish_reason = Some(f.reason);
                 o.stop_reason = f.stop_reason;
                 o.usage = f.usage;
             }
             TokenEvent::Failed { error } => return Err(error),
         }
+        Ok(())
     }
-    Ok(out)
-}
 
-fn output_at(outputs: &mut Vec<CompletionOutput>, index: u32) -> &mut CompletionOutput {
-    let i = index as usize;
-    while outputs.len() <= i {
-        let index = outputs.len() as u32;
-        outputs.push(CompletionOutput {
-            index,
-            ..Default::default()
-        });
+    fn output_at(&mut self, index: u32) -> &mut CompletionOutput {
+        let i = index as usize;
+        while self.outputs.len() <= i {
+            let index = self.outputs.len() as u32;
+            self.outputs.push(CompletionOutput {
+                index,
+                ..Default::default()
+            });
+        }
+        &mut self.outputs[i]
     }
-    &mut outputs[i]
 }
