@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use kiln_engine_api::EngineHandle;
-use kiln_protocol::{FinishReason, StopReason};
+use kiln_protocol::StopReason;
 use pyo3::prelude::*;
 
 /// One token's log-probability; `rank` 1 is the most likely token.
@@ -169,10 +169,7 @@ fn completion(
         token_ids: o.token_ids.clone(),
         cumulative_logprob,
         logprobs,
-        finish_reason: o.finish_reason.map(|f| match f {
-            FinishReason::Stop => "stop".to_string(),
-            other => other.as_str().to_string(),
-        }),
+        finish_reason: o.finish_reason.map(|f| f.as_str().to_string()),
         stop_reason: match &o.stop_reason {
             Some(StopReason::StopToken(id)) => Some(StopReasonValue::Token(*id)),
             Some(StopReason::StopString(s)) => Some(StopReasonValue::Text(s.clone())),
