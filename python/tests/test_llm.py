@@ -297,3 +297,21 @@ def test_ctrl_c_cancels_a_batch_cleanly():
     assert lines[0].startswith("interrupted after"), lines
     assert float(lines[0].split()[-1]) < 10
     assert lines[-1] == "after True"
+
+
+def test_structured_outputs(llm):
+    from kiln import StructuredOutputsParams
+
+    choice = SamplingParams(temperature=0, max_tokens=8,
+                            structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    [out] = llm.generate("Is the sky blue? Answer:", choice, use_tqdm=False)
+    assert out.outputs[0].text in ("yes", "no")
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+              "required": ["city"], "additionalProperties": False}
+    params = SamplingParams(temperature=0, max_tokens=48, structured_outputs=StructuredOutputsParams(json=schema))
+    [out] = llm.chat([{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}],
+                     params, use_tqdm=False)
+    answer = json.loads(out.outputs[0].text)
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
+    with pytest.raises(ValueError, match="only one of"):
+        StructuredOutputsParams(regex="a+", choice=["a"])
