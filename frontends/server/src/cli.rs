@@ -111,21 +111,6 @@ pub enum PoolingArg {
     Cls,
 }
 
-/// API families `kiln serve` can expose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FrontendArg {
-    /// OpenAI `/v1/*` (completions, chat, embeddings, models, tokenize)
-    Openai,
-    /// Hugging Face TGI (`/generate`, `/generate_stream`, `/info`) and TEI's `/embed`
-    Tgi,
-    /// Ollama (`/api/*`)
-    Ollama,
-    /// Prometheus `/metrics`
-    Metrics,
-    /// The browser playground at `/ui` (chat, completions, live metrics, model card); needs openai
-    Ui,
-}
-
 fn size_arg(s: &str) -> Result<u64, String> {
     parse_bytes(s)
 }
@@ -267,11 +252,11 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KILN_FRONTEND",
-        value_enum,
+        value_parser = crate::frontends::parser(),
         value_delimiter = ',',
-        default_value = "openai,tgi,ollama,metrics,ui"
+        default_value = crate::frontends::DEFAULT_FRONTENDS
     )]
-    pub frontend: Vec<FrontendArg>,
+    pub frontend: Vec<String>,
     /// Do not serve the browser playground at /ui
     #[arg(long, env = "KILN_NO_UI")]
     pub no_ui: bool,

@@ -24,6 +24,7 @@
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod frontends;
 pub mod logging;
 pub mod plan;
 pub mod startup;

@@ -9,23 +9,8 @@ use kiln_engine::{BackendChoice, DTypeChoice, EngineConfig};
 use kiln_hub::{FetchOptions, FetchPolicy, Hub, ModelSpec, Need, ProgressMode, ResolvedModel};
 
 use super::{CliError, hub_from_env, log_resolved, parse_model};
-use crate::cli::{DtypeArg, EngineArgs, FrontendArg, PoolingArg, ServeArgs};
+use crate::cli::{DtypeArg, EngineArgs, PoolingArg, ServeArgs};
 use crate::startup::{Listening, summary_lines};
-
-/// An API family served over HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrontendKind {
-    /// OpenAI `/v1/*`.
-    OpenAi,
-    /// Hugging Face TGI.
-    Tgi,
-    /// Ollama `/api/*`.
-    Ollama,
-    /// Prometheus `/metrics`.
-    Metrics,
-    /// The browser playground at `/ui`.
-    Ui,
-}
 
 /// Everything the HTTP layer needs besides the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +21,9 @@ pub struct HttpSettings {
     pub port: u16,
     /// Bearer key required on API routes (`--api-key`).
     pub api_key: Option<String>,
-    /// API families to mount (`--frontend`), without duplicates.
-    pub frontends: Vec<FrontendKind>,
+    /// API families to mount (`--frontend` names, registered in
+    /// [`crate::frontends`]), without duplicates.
+    pub frontends: Vec<&'static str>,
     /// Grace period for running requests at shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
     /// `--tool-call-parser` and `--enable-auto-tool-choice`.
@@ -172,21 +158,16 @@ pub fn resolve_for_running(
 }
 
 fn http_settings(args: &ServeArgs) -> HttpSettings {
-    let mut frontends = Vec::new();
-    for f in &args.frontend {
-        let kind = match f {
-            FrontendArg::Openai => FrontendKind::OpenAi,
-            FrontendArg::Tgi => FrontendKind::Tgi,
-            FrontendArg::Ollama => FrontendKind::Ollama,
-            FrontendArg::Metrics => FrontendKind::Metrics,
-            FrontendArg::Ui => FrontendKind::Ui,
+    let mut frontends: Vec<&'static str> = Vec::new();
+    for name in &args.frontend {
+        // The parser only accepts registered names.
+        let Some(r) = crate::frontends::find(name) else {
+            continue;
         };
-        if kind == FrontendKind::Ui && args.no_ui {
+        if (r.name == "ui" && args.no_ui) || frontends.contains(&r.name) {
             continue;
         }
-        if !frontends.contains(&kind) {
-            frontends.push(kind);
-        }
+        frontends.push(r.name);
     }
     HttpSettings {
         host: args.host.clone(),
@@ -222,18 +203,7 @@ fn served_names(args: &ServeArgs, spec: &ModelSpec) -> Vec<String> {
 /// Validate, resolve and build what `kiln serve` starts.
 pub fn prepare(args: &ServeArgs, hub: &Hub) -> Result<ServeLaunch, CliError> {
     validate_engine_args(&args.engine)?;
-    if args.frontend.is_empty() {
-        return Err(CliError::Usage(
-            "--frontend needs at least one of openai, tgi, ollama, metrics, ui".into(),
-        ));
-    }
-    let ui = args.frontend.contains(&FrontendArg::Ui) && !args.no_ui;
-    if ui && !args.frontend.contains(&FrontendArg::Openai) {
-        return Err(CliError::Usage(
-            "the ui frontend chats through the OpenAI routes: add openai to --frontend, or pass --no-ui"
-                .into(),
-        ));
-    }
+    crate::frontends::check(&http_settings(args).frontends).map_err(CliError::Usage)?;
     let spec = parse_model(&args.model)?;
     let model = resolve_for_running(hub, &spec, &args.model.revision)?;
     let mut engine = engine_config(&model, &args.engine);
@@ -294,33 +264,19 @@ pub fn start_engine(
 }
 
 /// The mounted frontends, in the order given.
-pub fn build_frontends(kinds: &[FrontendKind]) -> Vec<Box<dyn kiln_http::Frontend>> {
-    kinds
+pub fn build_frontends(names: &[&str]) -> Vec<Box<dyn kiln_http::Frontend>> {
+    names
         .iter()
-        .map(|k| -> Box<dyn kiln_http::Frontend> {
-            match k {
-                FrontendKind::OpenAi => Box::new(kiln_frontend_openai::OpenAiFrontend),
-                FrontendKind::Tgi => Box::new(kiln_frontend_tgi::TgiFrontend),
-                FrontendKind::Ollama => Box::new(kiln_frontend_ollama::OllamaFrontend),
-                FrontendKind::Metrics => Box::new(kiln_frontend_metrics::MetricsFrontend),
-                FrontendKind::Ui => Box::new(kiln_frontend_ui::UiFrontend),
-            }
-        })
+        .filter_map(|n| crate::frontends::find(n))
+        .map(|r| (r.make)())
         .collect()
 }
 
-/// The main routes of a frontend, for the start-up summary.
-pub fn route_summary(kind: FrontendKind) -> &'static str {
-    match kind {
-        FrontendKind::OpenAi => {
-            "openai (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /tokenize)"
-        }
-        FrontendKind::Tgi => "tgi (/generate, /generate_stream, POST /, /info, /embed)",
-        FrontendKind::Ollama => {
-            "ollama (/api/generate, /api/chat, /api/embed, /api/tags, /api/show)"
-        }
-        FrontendKind::Metrics => "metrics (/metrics)",
-        FrontendKind::Ui => "ui (/ui, the browser playground)",
+/// A frontend's main routes, for the start-up summary.
+pub fn route_summary(name: &str) -> String {
+    match crate::frontends::find(name) {
+        Some(r) => format!("{} ({})", r.name, r.routes),
+        None => name.to_string(),
     }
 }
 
@@ -348,7 +304,7 @@ async fn serve_http(engine: &kiln_engine::Engine, http: &HttpSettings) -> Result
         routes: http
             .frontends
             .iter()
-            .map(|k| route_summary(*k).to_string())
+            .map(|name| route_summary(name))
             .collect(),
         api_key: http.api_key.is_some(),
     };
@@ -494,20 +450,15 @@ mod tests {
         assert_eq!(a.engine.tensor_parallel_size, 1);
         assert!(!a.engine.no_enable_prefix_caching);
         let h = http_settings(&a);
-        assert_eq!(
-            h.frontends,
-            [
-                FrontendKind::OpenAi,
-                FrontendKind::Tgi,
-                FrontendKind::Ollama,
-                FrontendKind::Metrics,
-                FrontendKind::Ui
-            ]
-        );
+        assert_eq!(h.frontends, ["openai", "tgi", "ollama", "metrics", "ui"]);
         assert!(
             !http_settings(&serve_args(&["--no-ui"]))
                 .frontends
-                .contains(&FrontendKind::Ui)
+                .contains(&"ui")
+        );
+        assert_eq!(
+            http_settings(&serve_args(&["--frontend", "openai,jsonl,openai"])).frontends,
+            ["openai", "jsonl"]
         );
         assert_eq!(h.shutdown_timeout, Duration::from_secs(30));
         let spec = ModelSpec::parse(a.model.model()).unwrap();
