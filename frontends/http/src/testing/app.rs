@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use kiln_engine_api::EngineHandle;
 use tower::ServiceExt;
 
 use super::{ScriptedConfig, ScriptedEngine};
@@ -53,23 +54,42 @@ impl TestResponse {
     }
 }
 
-/// A router over a scripted engine, called in process.
+/// A router over a scripted engine, called in process (the request
+/// helpers come from [`TestClient`]).
 pub struct TestApp {
     /// The engine (inspect admitted requests and aborts).
     pub engine: Arc<ScriptedEngine>,
-    /// The composed router.
-    pub router: Router,
+    pub client: TestClient,
 }
 
 impl TestApp {
     /// Composes `frontends` over a new scripted engine. Call inside a Tokio runtime.
     pub fn new(engine: ScriptedConfig, http: HttpConfig, frontends: &[Box<dyn Frontend>]) -> Self {
         let engine = ScriptedEngine::new(engine);
-        let router = match build_router(engine.handle(), http, frontends) {
-            Ok(r) => r,
+        let client = TestClient::over(engine.handle(), http, frontends);
+        TestApp { engine, client }
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
+}
+
+/// The composed router over any engine, called in process.
+pub struct TestClient {
+    pub router: Router,
+}
+
+impl TestClient {
+    /// Composes `frontends` over `handle`. Call inside a Tokio runtime.
+    pub fn over(handle: EngineHandle, http: HttpConfig, frontends: &[Box<dyn Frontend>]) -> Self {
+        match build_router(handle, http, frontends) {
+            Ok(router) => TestClient { router },
             Err(e) => panic!("test router: {e}"),
-        };
-        TestApp { engine, router }
+        }
     }
 
     /// Sends a request and reads the whole response.
