@@ -1,45 +1,18 @@
 //! `POST /api/embed` and `/api/embeddings` over the scripted engine.
 
 use kiln_frontend_ollama::OllamaFrontend;
-use kiln_http::testing::ScriptedConfig;
-use kiln_http::testing::app::{TestApp, golden_config};
-use kiln_protocol::{EmbeddingSpec, Pooling};
+use kiln_http::testing::app::{TestApp, embedding_app, encoder_spec, l2_norm};
+use kiln_protocol::EmbeddingSpec;
 
 const FRONTEND: OllamaFrontend = OllamaFrontend;
 
-fn spec(matryoshka: Vec<u32>) -> EmbeddingSpec {
-    EmbeddingSpec {
-        dimensions: 8,
-        pooling: Pooling::Mean,
-        normalize: true,
-        matryoshka_dimensions: matryoshka,
-        generates: false,
-    }
-}
-
 fn app_with(embedding: Option<EmbeddingSpec>) -> TestApp {
-    TestApp::new(
-        ScriptedConfig {
-            embedding,
-            ..ScriptedConfig::default()
-        },
-        golden_config(),
-        &[Box::new(FRONTEND)],
-    )
-}
-
-fn norm(v: &serde_json::Value) -> f64 {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap().powi(2))
-        .sum::<f64>()
-        .sqrt()
+    embedding_app(embedding, Box::new(FRONTEND))
 }
 
 #[tokio::test]
 async fn embed_answers_normalized_vectors_with_counts() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     let r = app
         .post_json(
             "/api/embed",
@@ -51,14 +24,14 @@ async fn embed_answers_normalized_vectors_with_counts() {
     assert_eq!(body["model"], "scripted-model");
     let vectors = body["embeddings"].as_array().unwrap();
     assert_eq!(vectors.len(), 2);
-    assert!(vectors.iter().all(|v| (norm(v) - 1.0).abs() < 1e-6));
+    assert!(vectors.iter().all(|v| (l2_norm(v) - 1.0).abs() < 1e-6));
     assert!(body["prompt_eval_count"].as_u64().unwrap() >= 2);
     assert!(body["total_duration"].is_u64() && body["load_duration"].is_u64());
 }
 
 #[tokio::test]
 async fn legacy_embeddings_are_not_normalized() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     let r = app
         .post_json(
             "/api/embeddings",
@@ -69,7 +42,7 @@ async fn legacy_embeddings_are_not_normalized() {
     let got = &r.json()["embedding"];
     assert_eq!(got.as_array().unwrap().len(), 8);
     // The scripted vector's values are 1..=7, as pooled.
-    assert!(norm(got) > 2.0, "{got}");
+    assert!(l2_norm(got) > 2.0, "{got}");
     let all_whole = got
         .as_array()
         .unwrap()
@@ -80,7 +53,7 @@ async fn legacy_embeddings_are_not_normalized() {
 
 #[tokio::test]
 async fn errors_are_ollama_shaped() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     for body in [
         r#"{"model":"scripted-model","input":[]}"#,
         r#"{"model":"scripted-model","input":""}"#,

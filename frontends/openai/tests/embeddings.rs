@@ -2,45 +2,19 @@
 //! `dimensions`, usage, and errors in OpenAI's shape.
 
 use kiln_frontend_openai::OpenAiFrontend;
-use kiln_http::testing::app::{TestApp, golden_config};
-use kiln_http::testing::{ScriptedConfig, scripted_embedding};
-use kiln_protocol::{EmbeddingSpec, Pooling};
+use kiln_http::testing::app::{TestApp, embedding_app, encoder_spec, l2_norm};
+use kiln_http::testing::scripted_embedding;
+use kiln_protocol::EmbeddingSpec;
 
 const FRONTEND: OpenAiFrontend = OpenAiFrontend;
 
-fn spec(matryoshka: Vec<u32>) -> EmbeddingSpec {
-    EmbeddingSpec {
-        dimensions: 8,
-        pooling: Pooling::Mean,
-        normalize: true,
-        matryoshka_dimensions: matryoshka,
-        generates: false,
-    }
-}
-
 fn app_with(embedding: Option<EmbeddingSpec>) -> TestApp {
-    TestApp::new(
-        ScriptedConfig {
-            embedding,
-            ..ScriptedConfig::default()
-        },
-        golden_config(),
-        &[Box::new(FRONTEND)],
-    )
-}
-
-fn norm(v: &serde_json::Value) -> f64 {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap().powi(2))
-        .sum::<f64>()
-        .sqrt()
+    embedding_app(embedding, Box::new(FRONTEND))
 }
 
 #[tokio::test]
 async fn every_input_shape_gets_one_normalized_vector() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     for (input, count) in [
         (r#""hello""#, 1),
         (r#"["hello","world"]"#, 2),
@@ -61,7 +35,7 @@ async fn every_input_shape_gets_one_normalized_vector() {
         for (i, d) in data.iter().enumerate() {
             assert_eq!(d["index"], i);
             assert_eq!(d["embedding"].as_array().unwrap().len(), 8);
-            assert!((norm(&d["embedding"]) - 1.0).abs() < 1e-6);
+            assert!((l2_norm(&d["embedding"]) - 1.0).abs() < 1e-6);
         }
         assert_eq!(
             body["usage"]["prompt_tokens"],
@@ -76,7 +50,7 @@ async fn every_input_shape_gets_one_normalized_vector() {
 
 #[tokio::test]
 async fn base64_carries_little_endian_f32() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     let r = app
         .post_json(
             "/v1/embeddings",
@@ -95,14 +69,14 @@ async fn base64_carries_little_endian_f32() {
 
 #[tokio::test]
 async fn dimensions_shorten_only_matryoshka_models() {
-    let r = app_with(Some(spec(vec![4, 8])))
+    let r = app_with(Some(encoder_spec(vec![4, 8])))
         .post_json("/v1/embeddings", r#"{"input":"hello","dimensions":4}"#)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = &r.json()["data"][0]["embedding"];
     assert_eq!(v.as_array().unwrap().len(), 4);
-    assert!((norm(v) - 1.0).abs() < 1e-6);
-    let r = app_with(Some(spec(vec![])))
+    assert!((l2_norm(v) - 1.0).abs() < 1e-6);
+    let r = app_with(Some(encoder_spec(vec![])))
         .post_json("/v1/embeddings", r#"{"input":"hello","dimensions":4}"#)
         .await;
     assert_eq!(r.status, 400);
@@ -111,7 +85,7 @@ async fn dimensions_shorten_only_matryoshka_models() {
 
 #[tokio::test]
 async fn bad_inputs_are_openai_errors() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     for (body, param) in [
         (r#"{"input":[]}"#, "input"),
         (r#"{"input":""}"#, "input"),
@@ -148,7 +122,7 @@ async fn bad_inputs_are_openai_errors() {
 
 #[tokio::test]
 async fn an_encoder_refuses_completions() {
-    let r = app_with(Some(spec(vec![])))
+    let r = app_with(Some(encoder_spec(vec![])))
         .post_json("/v1/completions", r#"{"prompt":"hello","max_tokens":2}"#)
         .await;
     assert_eq!(r.status, 400);

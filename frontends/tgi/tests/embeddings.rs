@@ -1,60 +1,33 @@
 //! TEI's `POST /embed` over the scripted engine.
 
 use kiln_frontend_tgi::TgiFrontend;
-use kiln_http::testing::ScriptedConfig;
-use kiln_http::testing::app::{TestApp, golden_config};
-use kiln_protocol::{EmbeddingSpec, Pooling};
+use kiln_http::testing::app::{TestApp, embedding_app, encoder_spec, l2_norm};
+use kiln_protocol::EmbeddingSpec;
 
 const FRONTEND: TgiFrontend = TgiFrontend;
 
-fn spec(matryoshka: Vec<u32>) -> EmbeddingSpec {
-    EmbeddingSpec {
-        dimensions: 8,
-        pooling: Pooling::Mean,
-        normalize: true,
-        matryoshka_dimensions: matryoshka,
-        generates: false,
-    }
-}
-
 fn app_with(embedding: Option<EmbeddingSpec>) -> TestApp {
-    TestApp::new(
-        ScriptedConfig {
-            embedding,
-            ..ScriptedConfig::default()
-        },
-        golden_config(),
-        &[Box::new(FRONTEND)],
-    )
-}
-
-fn norm(v: &serde_json::Value) -> f64 {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap().powi(2))
-        .sum::<f64>()
-        .sqrt()
+    embedding_app(embedding, Box::new(FRONTEND))
 }
 
 #[tokio::test]
 async fn embed_answers_a_list_of_vectors() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     let r = app.post_json("/embed", r#"{"inputs":["a","b","c"]}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let vectors = r.json();
     assert_eq!(vectors.as_array().unwrap().len(), 3);
-    assert!((norm(&vectors[0]) - 1.0).abs() < 1e-6);
+    assert!((l2_norm(&vectors[0]) - 1.0).abs() < 1e-6);
     let raw = app
         .post_json("/embed", r#"{"inputs":"a","normalize":false}"#)
         .await
         .json();
-    assert!(norm(&raw[0]) > 1.5);
+    assert!(l2_norm(&raw[0]) > 1.5);
 }
 
 #[tokio::test]
 async fn errors_are_tgi_validation_errors() {
-    let app = app_with(Some(spec(vec![])));
+    let app = app_with(Some(encoder_spec(vec![])));
     for body in [
         r#"{"inputs":[]}"#,
         r#"{"inputs":""}"#,

@@ -144,3 +144,41 @@ impl TestClient {
         self.request(Method::GET, path, &[], Body::empty()).await
     }
 }
+
+/// An 8-dimension, mean-pooled, normalizing encoder (generation refused),
+/// trained for `matryoshka_dimensions` when any are given.
+pub fn encoder_spec(matryoshka_dimensions: Vec<u32>) -> kiln_protocol::EmbeddingSpec {
+    kiln_protocol::EmbeddingSpec {
+        dimensions: 8,
+        pooling: kiln_protocol::Pooling::Mean,
+        normalize: true,
+        matryoshka_dimensions,
+        generates: false,
+    }
+}
+
+/// `frontend` over a scripted engine that embeds as `embedding` says
+/// (`None`: a model that does not embed).
+pub fn embedding_app(
+    embedding: Option<kiln_protocol::EmbeddingSpec>,
+    frontend: Box<dyn Frontend>,
+) -> TestApp {
+    TestApp::new(
+        ScriptedConfig {
+            embedding,
+            ..ScriptedConfig::default()
+        },
+        golden_config(),
+        &[frontend],
+    )
+}
+
+/// The L2 norm of a JSON array of numbers.
+pub fn l2_norm(v: &serde_json::Value) -> f64 {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number").powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
