@@ -194,3 +194,17 @@ pub fn registration(host: &'static KilnHostApi) -> *const KilnBackendRegistratio
         })
         .0
 }
+
+/// An engine on `model` (a tiny checkpoint) with this backend, small enough
+/// for fault tests: 2 threads, 256 tokens of context, 16 MiB of KV cache.
+pub fn engine_config(model: &std::path::Path) -> kiln_engine::EngineConfig {
+    let mut c = kiln_engine::EngineConfig::new(model);
+    c.backend = kiln_engine::BackendChoice::Static {
+        name: "faulty".into(),
+        init: registration,
+    };
+    c.threads = Some(2);
+    c.max_model_len = Some(256);
+    c.kv_cache_memory_bytes = Some(16 << 20);
+    c
+}

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_engine::{BackendChoice, EngineConfig, LLM};
+use kiln_engine::LLM;
 use kiln_engine_api::EngineHandle;
 use kiln_http::HttpConfig;
 use kiln_http::testing::app::{TestClient, TestResponse};
@@ -18,15 +18,7 @@ use kiln_tests::start;
 use kiln_tests::tiny::{TinySpec, write_safetensors};
 
 fn engine(model: &Path) -> LLM {
-    let mut c = EngineConfig::new(model);
-    c.backend = BackendChoice::Static {
-        name: "faulty".into(),
-        init: faulty::registration,
-    };
-    c.threads = Some(2);
-    c.max_model_len = Some(256);
-    c.kv_cache_memory_bytes = Some(16 << 20);
-    start(c)
+    start(faulty::engine_config(model))
 }
 
 async fn wait_until_idle(handle: &EngineHandle) {

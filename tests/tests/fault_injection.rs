@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kiln_engine::{BackendChoice, EngineConfig, LLM};
+use kiln_engine::LLM;
 use kiln_engine_api::EngineHandle;
 use kiln_models::weights::WeightDType;
 use kiln_tests::faulty::{self, Fault};
@@ -18,15 +18,7 @@ use kiln_tests::{greedy, start};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn engine(model: &Path) -> LLM {
-    let mut c = EngineConfig::new(model);
-    c.backend = BackendChoice::Static {
-        name: "faulty".into(),
-        init: faulty::registration,
-    };
-    c.threads = Some(2);
-    c.max_model_len = Some(256);
-    c.kv_cache_memory_bytes = Some(16 << 20);
-    start(c)
+    start(faulty::engine_config(model))
 }
 
 fn tokens(llm: &LLM, prompt: &[u32]) -> Result<Vec<u32>, String> {
