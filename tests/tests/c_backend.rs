@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use kiln_backend_conformance::check_library;
 use kiln_engine::{BackendChoice, DTypeChoice, Engine, EngineConfig};
@@ -12,9 +13,17 @@ use kiln_models::weights::WeightDType;
 use kiln_tests::tiny::{TinySpec, write_safetensors};
 use kiln_tests::{greedy, start};
 
+/// The C backend library, compiled once per test process: the tests run on
+/// parallel threads, and one compiling over the file another has just
+/// opened makes that `dlopen` fail.
+fn build_c_backend() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY.get_or_init(compile_c_backend).clone()
+}
+
 /// Compile `examples/c-backend/kiln_c_backend.c` into this test's target
 /// directory; panics with the compiler's output when it cannot.
-fn build_c_backend() -> PathBuf {
+fn compile_c_backend() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let source = root.join("examples/c-backend/kiln_c_backend.c");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-backend");
