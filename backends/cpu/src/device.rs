@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kiln_kernels_cpu::activation::{self, Activation};
 use kiln_kernels_cpu::attention::{self, AttentionBatch, AttentionShape, KvCache, KvCacheMut};
 use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul};
+use kiln_kernels_cpu::moe::{self, Moe, MoeShape, SharedExpert};
 use kiln_kernels_cpu::ops::{self, RopeShape, RopeStyle};
 use kiln_kernels_cpu::pool::ThreadPool;
 use kiln_kernels_cpu::weights::IntParts;
@@ -414,6 +415,7 @@ impl CpuDevice {
                 }
                 activation::softcap(f32s_mut(&s.out)?, s.cap);
             }
+            Op::Moe(m) => self.moe(&m)?,
             Op::Cast(c) => {
                 if c.input.dtype != KILN_F32 || c.out.dtype != KILN_F32 {
                     return Err(PluginError::unsupported("the CPU backend casts only f32"));
@@ -465,6 +467,63 @@ impl CpuDevice {
             h,
         );
         Ok(())
+    }
+
+    fn moe(&self, m: &abi::Moe) -> PluginResult<()> {
+        let (gate_up, down) = (matrix(m.gate_up)?, matrix(m.down)?);
+        let dims = m
+            .expert_dims(
+                (gate_up.rows() as u64, gate_up.cols() as u64),
+                (down.rows() as u64, down.cols() as u64),
+            )
+            .map_err(|e| PluginError::invalid(e.to_string()))?;
+        let shape = MoeShape {
+            num_experts: m.num_experts as usize,
+            top_k: m.top_k as usize,
+            hidden: dims.hidden as usize,
+            intermediate: dims.intermediate as usize,
+            activation: activation_kind(m.activation)?,
+            renormalize: m.routing == abi::MOE_ROUTING_SOFTMAX_TOPK_RENORM,
+        };
+        // Inputs that share memory with the output are read from copies.
+        let input = |t: &KilnTensor| -> PluginResult<std::borrow::Cow<'_, [f32]>> {
+            Ok(if overlaps(t, &m.out) {
+                std::borrow::Cow::Owned(f32s(t)?.to_vec())
+            } else {
+                std::borrow::Cow::Borrowed(f32s(t)?)
+            })
+        };
+        let (x, router_logits) = (input(&m.x)?, input(&m.router_logits)?);
+        let shared_out = if m.shared_out.is_none() {
+            None
+        } else {
+            Some(input(&m.shared_out)?)
+        };
+        let shared_gate = if m.shared_gate.is_none() {
+            None
+        } else {
+            Some(input(&m.shared_gate)?)
+        };
+        let shared = shared_out.as_deref().map(|out| SharedExpert {
+            out,
+            gate: shared_gate.as_deref(),
+        });
+        moe::moe(
+            &self.pool,
+            Moe {
+                shape,
+                n: m.rows() as usize,
+                decode_rows: m.decode_rows as usize,
+                x: &x,
+                router_logits: &router_logits,
+                gate_up,
+                down,
+                shared,
+                out: f32s_mut(&m.out)?,
+                accumulate: m.accumulate == abi::Accumulate::Add,
+            },
+        )
+        .map_err(|e| PluginError::invalid(e.to_string()))
     }
 
     fn linear(&self, l: &abi::Linear) -> PluginResult<()> {

@@ -100,6 +100,7 @@ pub struct CudaDevice {
     chunk_x: Option<DevBuf>,
     chunk_out: Option<DevBuf>,
     attn_ws: Option<DevBuf>,
+    moe_ws: Option<DevBuf>,
     capturing: bool,
     log: HostLogger,
 }
@@ -228,6 +229,8 @@ macro_rules! launch {
     }};
 }
 
+mod moe;
+
 fn grid_1d(n: u64, block: u32) -> LaunchConfig {
     let blocks = n.div_ceil(u64::from(block)).clamp(1, 65535 * 8) as u32;
     LaunchConfig {
@@ -272,6 +275,7 @@ impl CudaDevice {
             chunk_x: None,
             chunk_out: None,
             attn_ws: None,
+            moe_ws: None,
             capturing: false,
             log,
         })
@@ -320,6 +324,7 @@ impl CudaDevice {
             Op::Activation(a) => self.activation(&a),
             Op::Scale(m) => self.scale(&m),
             Op::Softcap(c) => self.softcap(&c),
+            Op::Moe(m) => self.moe(&m),
         }
     }
 
@@ -1073,6 +1078,11 @@ impl DevicePlugin for CudaDevice {
 
     fn supports(&self, query: &KilnSupportQuery) -> bool {
         let act_ok = matches!(query.act_dtype, KILN_F32 | KILN_F16 | KILN_BF16);
+        if query.opcode == OP_MOE {
+            return act_ok
+                && (query.weight_format == KILN_WEIGHT_NONE
+                    || moe::moe_format_supported(query.weight_format));
+        }
         let weight_ok =
             query.weight_format == KILN_WEIGHT_NONE || format_supported(query.weight_format);
         act_ok

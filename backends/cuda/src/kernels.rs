@@ -11,7 +11,7 @@ use kiln_plugin_abi::plugin::{HostLogger, PluginError, PluginResult};
 use sha2::{Digest, Sha256};
 
 /// Every kernel source, in compilation order (one NVRTC program).
-pub const SOURCES: [(&str, &str); 5] = [
+pub const SOURCES: [(&str, &str); 6] = [
     (
         "common.cuh",
         include_str!("../../../kernels/cuda/common.cuh"),
@@ -26,6 +26,7 @@ pub const SOURCES: [(&str, &str); 5] = [
         include_str!("../../../kernels/cuda/attention.cu"),
     ),
     ("sample.cu", include_str!("../../../kernels/cuda/sample.cu")),
+    ("moe.cu", include_str!("../../../kernels/cuda/moe.cu")),
 ];
 
 /// The concatenated program.

@@ -15,6 +15,10 @@ fn kernels_compile_for_hopper_and_ampere() {
             "attention_decode_f16",
             "sample_rows",
             "embedding_f32",
+            "moe_route_bf16",
+            "moe_gate_up_f16",
+            "moe_down_f32",
+            "moe_combine_bf16",
         ] {
             assert!(
                 ptx.contains(name),

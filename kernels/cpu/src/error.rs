@@ -57,4 +57,10 @@ pub enum KernelError {
         /// What is wrong.
         what: String,
     },
+    /// A mixture-of-experts layer's shapes disagree or do not fit the packing.
+    #[error("mixture of experts: {what}")]
+    Moe {
+        /// What is wrong.
+        what: String,
+    },
 }

@@ -12,6 +12,8 @@
 //! - [`activation`]: SiLU, GELU (tanh and erf), ReLU, optionally gated;
 //!   scaling and soft-capping;
 //! - [`layer_norm`]: LayerNorm with or without a bias;
+//! - [`moe`]: mixture-of-experts feed-forward (top-k routing, experts
+//!   grouped across the batch over the stacked weights, shared expert);
 //! - [`attention`]: paged KV cache writes and causal varlen attention
 //!   (online softmax, GQA, sliding window, soft-cap, f32/f16 cache);
 //! - [`pool`]: a persistent low-latency thread pool every kernel runs on;
@@ -48,6 +50,7 @@ pub mod isa;
 pub mod layer_norm;
 pub mod math;
 pub mod matmul;
+pub mod moe;
 pub mod ops;
 pub mod pool;
 pub mod quant;

@@ -11,7 +11,9 @@ mod common;
 
 use common::{Rng, bits, isas, random_int_weight, random_weight};
 use kiln_kernels_cpu::isa::Isa;
-use kiln_kernels_cpu::matmul::{Matmul, WeightFormat, WeightMatrix, matmul, matmul_with};
+use kiln_kernels_cpu::matmul::{
+    Matmul, WeightFormat, WeightMatrix, matmul, matmul_rows_with, matmul_with,
+};
 use kiln_kernels_cpu::pool::ThreadPool;
 use proptest::prelude::*;
 
@@ -121,6 +123,74 @@ fn isas_agree_bit_for_bit_with_bias_and_accumulation() {
             }
         }
     }
+}
+
+#[test]
+fn a_row_range_gives_the_full_matmuls_bits_for_its_columns() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(17);
+    let (m, n) = (64 + 5, 3);
+    let mut weights: Vec<WeightMatrix> = WeightFormat::ALL
+        .into_iter()
+        .map(|fmt| random_weight(fmt, m, 64usize.next_multiple_of(fmt.block_size()), &mut rng))
+        .collect();
+    // Integer groups, plain and act-order (the activation gather).
+    for shuffle in [false, true] {
+        weights.push(random_int_weight(4, false, m, 64, 32, shuffle, &mut rng));
+    }
+    for w in &weights {
+        let (fmt, k) = (w.format(), w.cols());
+        let x = rng.vec(n * k, 1.0);
+        let bias = rng.vec(m, 1.0);
+        for isa in isas() {
+            let full = run(&pool, isa, w, &x, n, Some(&bias), None);
+            for rows in [0..16, 16..48, 48..m, 0..m] {
+                let width = rows.len();
+                let mut out = vec![f32::NAN; n * width];
+                matmul_rows_with(
+                    &pool,
+                    isa,
+                    Matmul {
+                        x: &x,
+                        n,
+                        w,
+                        bias: Some(&bias[rows.clone()]),
+                        out: &mut out,
+                        accumulate: false,
+                    },
+                    rows.clone(),
+                );
+                for t in 0..n {
+                    assert_eq!(
+                        bits(&out[t * width..(t + 1) * width]),
+                        bits(&full[t * m + rows.start..t * m + rows.end]),
+                        "{fmt:?} {isa:?} rows {rows:?} row {t}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "group boundaries")]
+fn a_row_range_off_the_group_boundaries_is_refused() {
+    let mut rng = Rng(5);
+    let w = random_weight(WeightFormat::F32, 40, 8, &mut rng);
+    let mut out = vec![0f32; 8];
+    matmul_rows_with(
+        &ThreadPool::new(1),
+        Isa::Scalar,
+        Matmul {
+            x: &[0.0; 8],
+            n: 1,
+            w: &w,
+            bias: None,
+            out: &mut out,
+            accumulate: false,
+        },
+        8..16,
+    );
 }
 
 #[test]

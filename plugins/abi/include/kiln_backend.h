@@ -105,6 +105,28 @@ extern "C" {
 // `out = c · tanh(x / c)`.
 #define KILN_OP_SOFTCAP 17
 
+// Mixture-of-experts feed-forward with top-k routing (Mixtral, Qwen2-MoE,
+// Qwen3-MoE): `t0` x `[n, h]`, `t1` router logits `[n, E]`, `t2` out `[n, h]`,
+// `t3` shared-expert output `[n, h]` (optional), `t4` shared-expert gate
+// logits `[n, 1]` (optional; only with `t3`), `w0` the experts' gate and up
+// projections stacked, `[E·2·I, h]` (expert `e`'s gate rows are
+// `e·2I .. e·2I+I`, its up rows `e·2I+I .. (e+1)·2I`), `w1` their down
+// projections stacked, `[E·h, I]` (expert `e`'s rows `e·h .. (e+1)·h`),
+// `i0` E, `i1` k (`1 ≤ k ≤ E`), `i2` decode rows (as `KILN_OP_LINEAR`'s `i1`),
+// `i3` the gate's `KILN_ACT_*` kind, `i4` routing: `KILN_MOE_ROUTING_SOFTMAX_TOPK` or
+// `KILN_MOE_ROUTING_SOFTMAX_TOPK_RENORM`, `i5` 1 to accumulate (`out +=
+// result`), else 0.
+//
+// Per row: the softmax of the router logits in f32, the k largest
+// probabilities (ties to the lower expert id), renormalized to sum 1 with
+// `KILN_MOE_ROUTING_SOFTMAX_TOPK_RENORM`; then `result = Σ_j w_j ·
+// down_{e_j}(act(gate_{e_j}·x) ⊙ (up_{e_j}·x))` summed in rank order
+// (largest weight first), plus the shared output, times
+// `sigmoid(t4[row])` when `t4` is given. I is `w0`'s rows over 2E and h
+// is `w1`'s rows over E; a backend may refuse sizes its weight layout
+// cannot split per expert.
+#define KILN_OP_MOE 18
+
 // `KILN_OP_ACTIVATION` kind: `x · sigmoid(x)`.
 #define KILN_ACT_SILU 0
 
@@ -117,6 +139,14 @@ extern "C" {
 
 // `KILN_OP_ACTIVATION` kind: `max(x, 0)`.
 #define KILN_ACT_RELU 3
+
+// `KILN_OP_MOE` routing: softmax over all E logits in f32, keep the k largest
+// probabilities as they are.
+#define KILN_MOE_ROUTING_SOFTMAX_TOPK 0
+
+// `KILN_OP_MOE` routing: as `KILN_MOE_ROUTING_SOFTMAX_TOPK`, then divide the k
+// weights by their sum (equal to a softmax over the top-k logits).
+#define KILN_MOE_ROUTING_SOFTMAX_TOPK_RENORM 1
 
 // HF / NeoX rotary layout: dimension `i` pairs with `i + rot/2`.
 #define KILN_ROPE_NEOX 0
@@ -141,7 +171,9 @@ extern "C" {
 //   `KILN_OP_ACTIVATION`, `KILN_OP_SCALE`, `KILN_OP_SOFTCAP`; `KILN_WEIGHT_NONE`. The host
 //   never asks a 1.0 plugin to sample on the device, since its parameter
 //   rows have another size.
-#define KILN_ABI_MINOR 1
+// - 1.2: `KILN_OP_MOE` (fused mixture-of-experts feed-forward) and its routing
+//   modes `KILN_MOE_ROUTING_SOFTMAX_TOPK`, `KILN_MOE_ROUTING_SOFTMAX_TOPK_RENORM`.
+#define KILN_ABI_MINOR 2
 
 // `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 #define KILN_ABI_VERSION ((KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR)

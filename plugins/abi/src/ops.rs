@@ -94,6 +94,27 @@ pub const OP_SCALE: u32 = 16;
 /// Soft-capping: `t0` x, `t1` out (same shape; may alias), `f0` cap `c > 0`:
 /// `out = c · tanh(x / c)`.
 pub const OP_SOFTCAP: u32 = 17;
+/// Mixture-of-experts feed-forward with top-k routing (Mixtral, Qwen2-MoE,
+/// Qwen3-MoE): `t0` x `[n, h]`, `t1` router logits `[n, E]`, `t2` out `[n, h]`,
+/// `t3` shared-expert output `[n, h]` (optional), `t4` shared-expert gate
+/// logits `[n, 1]` (optional; only with `t3`), `w0` the experts' gate and up
+/// projections stacked, `[E·2·I, h]` (expert `e`'s gate rows are
+/// `e·2I .. e·2I+I`, its up rows `e·2I+I .. (e+1)·2I`), `w1` their down
+/// projections stacked, `[E·h, I]` (expert `e`'s rows `e·h .. (e+1)·h`),
+/// `i0` E, `i1` k (`1 ≤ k ≤ E`), `i2` decode rows (as [`OP_LINEAR`]'s `i1`),
+/// `i3` the gate's `ACT_*` kind, `i4` routing: [`MOE_ROUTING_SOFTMAX_TOPK`] or
+/// [`MOE_ROUTING_SOFTMAX_TOPK_RENORM`], `i5` 1 to accumulate (`out +=
+/// result`), else 0.
+///
+/// Per row: the softmax of the router logits in f32, the k largest
+/// probabilities (ties to the lower expert id), renormalized to sum 1 with
+/// [`MOE_ROUTING_SOFTMAX_TOPK_RENORM`]; then `result = Σ_j w_j ·
+/// down_{e_j}(act(gate_{e_j}·x) ⊙ (up_{e_j}·x))` summed in rank order
+/// (largest weight first), plus the shared output, times
+/// `sigmoid(t4[row])` when `t4` is given. I is `w0`'s rows over 2E and h
+/// is `w1`'s rows over E; a backend may refuse sizes its weight layout
+/// cannot split per expert.
+pub const OP_MOE: u32 = 18;
 
 /// [`OP_ACTIVATION`] kind: `x · sigmoid(x)`.
 pub const ACT_SILU: i64 = 0;
@@ -104,6 +125,13 @@ pub const ACT_GELU_TANH: i64 = 1;
 pub const ACT_GELU: i64 = 2;
 /// [`OP_ACTIVATION`] kind: `max(x, 0)`.
 pub const ACT_RELU: i64 = 3;
+
+/// [`OP_MOE`] routing: softmax over all E logits in f32, keep the k largest
+/// probabilities as they are.
+pub const MOE_ROUTING_SOFTMAX_TOPK: i64 = 0;
+/// [`OP_MOE`] routing: as [`MOE_ROUTING_SOFTMAX_TOPK`], then divide the k
+/// weights by their sum (equal to a softmax over the top-k logits).
+pub const MOE_ROUTING_SOFTMAX_TOPK_RENORM: i64 = 1;
 
 /// HF / NeoX rotary layout: dimension `i` pairs with `i + rot/2`.
 pub const ROPE_NEOX: i64 = 0;
@@ -130,6 +158,7 @@ pub fn opcode_name(opcode: u32) -> &'static str {
         OP_ACTIVATION => "activation",
         OP_SCALE => "scale",
         OP_SOFTCAP => "softcap",
+        OP_MOE => "moe",
         _ => "unknown",
     }
 }
@@ -228,4 +257,9 @@ pub fn scale(x: KilnTensor, factor: f32, out: KilnTensor, accumulate: Accumulate
 /// [`OP_SOFTCAP`].
 pub fn softcap(x: KilnTensor, cap: f32, out: KilnTensor) -> KilnOp {
     Softcap { x, cap, out }.encode()
+}
+
+/// [`OP_MOE`].
+pub fn moe(m: Moe) -> KilnOp {
+    m.encode()
 }

@@ -26,7 +26,9 @@ pub const KILN_ABI_MAJOR: u32 = 1;
 ///   `OP_ACTIVATION`, `OP_SCALE`, `OP_SOFTCAP`; `KILN_WEIGHT_NONE`. The host
 ///   never asks a 1.0 plugin to sample on the device, since its parameter
 ///   rows have another size.
-pub const KILN_ABI_MINOR: u32 = 1;
+/// - 1.2: `OP_MOE` (fused mixture-of-experts feed-forward) and its routing
+///   modes `MOE_ROUTING_SOFTMAX_TOPK`, `MOE_ROUTING_SOFTMAX_TOPK_RENORM`.
+pub const KILN_ABI_MINOR: u32 = 2;
 /// `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 pub const KILN_ABI_VERSION: u32 = (KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR;
 /// The oldest version of the current major this host still loads: a plugin

@@ -42,7 +42,7 @@ fn c_spelling(header: &str) -> String {
         .replace("`crate::ops::", "`")
         .replace("`crate::", "`")
         .replace("`Self::", "`");
-    for prefix in ["OP_", "ACT_", "ROPE_"] {
+    for prefix in ["OP_", "ACT_", "ROPE_", "MOE_"] {
         text = text.replace(&format!("`{prefix}"), &format!("`KILN_{prefix}"));
     }
     text.replace("KilnSampleParams_SIZE", "KILN_SAMPLE_PARAMS_SIZE")

@@ -168,3 +168,120 @@ fn every_view_round_trips() {
         }
     }
 }
+
+fn matrix(tag: usize, rows: u64, cols: u64) -> KilnTensor {
+    KilnTensor {
+        dims: [rows, cols, 0, 0],
+        ..tensor(tag)
+    }
+}
+
+fn moe() -> ops::Moe {
+    ops::Moe {
+        x: matrix(1, 3, 64),
+        router_logits: matrix(2, 3, 8),
+        out: matrix(3, 3, 64),
+        shared_out: matrix(4, 3, 64),
+        shared_gate: matrix(5, 3, 1),
+        gate_up: weight(6),
+        down: weight(7),
+        num_experts: 8,
+        top_k: 2,
+        decode_rows: 1,
+        activation: ops::ACT_SILU,
+        routing: ops::MOE_ROUTING_SOFTMAX_TOPK_RENORM,
+        accumulate: Accumulate::Add,
+    }
+}
+
+#[test]
+fn moe_round_trips_through_its_slots() {
+    let op = ops::moe(moe());
+    assert_eq!(op.opcode, ops::OP_MOE);
+    assert_eq!(ops::opcode_name(op.opcode), "moe");
+    let back = ops::Moe::decode(&op).unwrap();
+    assert_eq!((back.num_experts, back.top_k, back.decode_rows), (8, 2, 1));
+    assert_eq!(back.routing, ops::MOE_ROUTING_SOFTMAX_TOPK_RENORM);
+    assert_eq!(back.accumulate, Accumulate::Add);
+    assert_eq!((back.rows(), back.hidden()), (3, 64));
+    assert_eq!(back.shared_gate.buffer, tensor(5).buffer);
+    assert!(matches!(Op::decode(&op), Ok(Op::Moe(_))));
+    let again = Op::decode(&op).unwrap().encode();
+    assert_eq!(again.iparams, op.iparams);
+}
+
+#[test]
+fn moe_refuses_bad_parameters_and_disagreeing_shapes() {
+    let refused = |m: ops::Moe, needle: &str| {
+        let err = ops::Moe::decode(&m.encode()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err} lacks {needle}");
+    };
+    refused(ops::Moe { top_k: 9, ..moe() }, "top_k 9 exceeds");
+    refused(ops::Moe { top_k: 0, ..moe() }, "top_k");
+    refused(
+        ops::Moe {
+            routing: 7,
+            ..moe()
+        },
+        "routing mode 7",
+    );
+    refused(
+        ops::Moe {
+            activation: 9,
+            ..moe()
+        },
+        "activation kind 9",
+    );
+    refused(
+        ops::Moe {
+            decode_rows: 4,
+            ..moe()
+        },
+        "decode_rows 4",
+    );
+    refused(
+        ops::Moe {
+            router_logits: matrix(2, 3, 7),
+            ..moe()
+        },
+        "router_logits must be [n, E]",
+    );
+    refused(
+        ops::Moe {
+            out: matrix(3, 2, 64),
+            ..moe()
+        },
+        "out must be [n, h]",
+    );
+    refused(
+        ops::Moe {
+            shared_out: KilnTensor::NONE,
+            ..moe()
+        },
+        "without shared_out",
+    );
+    let unscaled = ops::Moe {
+        shared_gate: KilnTensor::NONE,
+        ..moe()
+    };
+    assert!(ops::Moe::decode(&unscaled.encode()).is_ok());
+}
+
+#[test]
+fn moe_expert_sizes_come_from_the_stacked_weights() {
+    let m = moe();
+    let dims = m.expert_dims((8 * 2 * 32, 64), (8 * 64, 32)).unwrap();
+    assert_eq!((dims.hidden, dims.intermediate), (64, 32));
+    let err = m
+        .expert_dims((8 * 2 * 32 + 1, 64), (8 * 64, 32))
+        .unwrap_err();
+    assert!(err.to_string().contains("2·E = 16"), "{err}");
+    let err = m
+        .expert_dims((8 * 2 * 32, 64), (8 * 64 + 3, 32))
+        .unwrap_err();
+    assert!(err.to_string().contains("E = 8"), "{err}");
+    let err = m.expert_dims((8 * 2 * 32, 64), (8 * 64, 31)).unwrap_err();
+    assert!(err.to_string().contains("intermediate size of 32"), "{err}");
+    let err = m.expert_dims((8 * 2 * 32, 48), (8 * 64, 32)).unwrap_err();
+    assert!(err.to_string().contains("hidden sizes disagree"), "{err}");
+}

@@ -50,6 +50,7 @@ pub fn check_device(dut: &Device, reference: &Device, act: KilnDType) -> Report 
     cases::linear::cases(&mut run);
     cases::norms::cases(&mut run);
     cases::family::cases(&mut run);
+    cases::moe::cases(&mut run);
     cases::rope::cases(&mut run);
     cases::attention::cases(&mut run);
     cases::data_movement::cases(&mut run);

@@ -53,6 +53,9 @@ pub(crate) struct Store {
     out: *mut f32,
     /// Output columns (`m`).
     m: usize,
+    /// The weight row whose result lands in output column 0 (nonzero when
+    /// only a sub-range of the weight's rows is computed, see [`matmul_rows`]).
+    col_base: usize,
     /// `[m]` bias or null.
     bias: *const f32,
     /// `out += y` instead of `out = y`.
@@ -70,14 +73,15 @@ impl Store {
     /// `t < n`, `j < m`, and the tile holding `(t, j)` belongs to the caller's task.
     #[inline(always)]
     pub(crate) unsafe fn put(&self, t: usize, j: usize, y: f32) {
+        let c = j - self.col_base;
         // SAFETY: guaranteed by the caller.
         unsafe {
             let y = if self.bias.is_null() {
                 y
             } else {
-                y + *self.bias.add(j)
+                y + *self.bias.add(c)
             };
-            let o = self.out.add(t * self.m + j);
+            let o = self.out.add(t * self.m + c);
             *o = if self.accumulate { *o + y } else { y };
         }
     }
@@ -143,8 +147,34 @@ pub fn matmul(pool: &ThreadPool, a: Matmul<'_>) {
 ///
 /// Panics if `x`, `out` or `bias` are shorter than the shapes require.
 pub fn matmul_with(pool: &ThreadPool, isa: Isa, a: Matmul<'_>) {
+    let rows = 0..a.w.rows();
+    matmul_rows_with(pool, isa, a, rows)
+}
+
+/// [`matmul`] against weight rows `rows` only, as if they were the whole
+/// matrix: `out` is `[n, rows.len()]` and `bias` (if any) `[rows.len()]`.
+/// Each output element gets exactly the bits the full matmul gives it, so a
+/// stack of matrices (mixture-of-experts weights) can be prepared once and
+/// multiplied one member at a time.
+///
+/// Panics unless `rows` starts on a [`GROUP_ROWS`] boundary and ends on one
+/// or at the matrix's last row.
+pub fn matmul_rows(pool: &ThreadPool, a: Matmul<'_>, rows: Range<usize>) {
+    matmul_rows_with(pool, detect(), a, rows)
+}
+
+/// [`matmul_rows`] with the kernels of `isa` (capped to what this CPU supports).
+pub fn matmul_rows_with(pool: &ThreadPool, isa: Isa, a: Matmul<'_>, rows: Range<usize>) {
     let isa = isa::clamp(isa);
-    let (n, m, k) = (a.n, a.w.rows(), a.w.cols());
+    let total = a.w.rows();
+    assert!(
+        rows.start <= rows.end
+            && rows.end <= total
+            && rows.start.is_multiple_of(GROUP_ROWS)
+            && (rows.end.is_multiple_of(GROUP_ROWS) || rows.end == total),
+        "matmul: weight rows {rows:?} of {total} do not fall on {GROUP_ROWS}-row group boundaries"
+    );
+    let (n, m, k) = (a.n, rows.len(), a.w.cols());
     assert!(
         a.x.len() >= n * k,
         "matmul: x has {} values, [{n}, {k}] needs {}",
@@ -170,14 +200,26 @@ pub fn matmul_with(pool: &ThreadPool, isa: Isa, a: Matmul<'_>) {
     let store = Store {
         out: a.out.as_mut_ptr(),
         m,
+        col_base: rows.start,
         bias: a.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
         accumulate: a.accumulate,
     };
     let w = a.w;
-    let (col_tasks, row_tasks) = plan(n, w.groups(), k, w.source_bytes(), pool.threads());
-    let tile = |i: usize| Tile {
-        rows: crate::pool::chunk(n, row_tasks, i / col_tasks),
-        groups: crate::pool::chunk(w.groups(), col_tasks, i % col_tasks),
+    let first_group = rows.start / GROUP_ROWS;
+    let end_group = if rows.end == total {
+        w.groups()
+    } else {
+        rows.end / GROUP_ROWS
+    };
+    let groups = end_group - first_group;
+    let streamed = w.source_bytes() * m / total.max(1);
+    let (col_tasks, row_tasks) = plan(n, groups, k, streamed, pool.threads());
+    let tile = |i: usize| {
+        let own = crate::pool::chunk(groups, col_tasks, i % col_tasks);
+        Tile {
+            rows: crate::pool::chunk(n, row_tasks, i / col_tasks),
+            groups: first_group + own.start..first_group + own.end,
+        }
     };
     let tasks = col_tasks * row_tasks;
     if w.format().is_quantized() {

@@ -21,9 +21,9 @@ unsafe fn store_half(store: &Store, t: usize, cols: Cols, y: __m256) {
             let y = if store.bias.is_null() {
                 y
             } else {
-                _mm256_add_ps(y, _mm256_loadu_ps(store.bias.add(col0)))
+                _mm256_add_ps(y, _mm256_loadu_ps(store.bias.add(col0 - store.col_base)))
             };
-            let o = store.out.add(t * store.m + col0);
+            let o = store.out.add(t * store.m + col0 - store.col_base);
             let y = if store.accumulate {
                 _mm256_add_ps(_mm256_loadu_ps(o), y)
             } else {

@@ -30,9 +30,12 @@ unsafe fn store_row(store: &Store, t: usize, cols: Cols, y: __m512) {
         let y = if store.bias.is_null() {
             y
         } else {
-            _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, store.bias.add(col0)))
+            _mm512_add_ps(
+                y,
+                _mm512_maskz_loadu_ps(mask, store.bias.add(col0 - store.col_base)),
+            )
         };
-        let o = store.out.add(t * store.m + col0);
+        let o = store.out.add(t * store.m + col0 - store.col_base);
         let y = if store.accumulate {
             _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), y)
         } else {

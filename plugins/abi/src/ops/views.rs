@@ -815,6 +815,209 @@ impl Softcap {
     }
 }
 
+/// Operands of [`OP_MOE`].
+#[derive(Debug, Clone, Copy)]
+pub struct Moe {
+    /// `[n, h]` input.
+    pub x: KilnTensor,
+    /// `[n, E]` router logits.
+    pub router_logits: KilnTensor,
+    /// `[n, h]` output.
+    pub out: KilnTensor,
+    /// `[n, h]` shared-expert output added to every row, or [`KilnTensor::NONE`].
+    pub shared_out: KilnTensor,
+    /// `[n, 1]` logits whose sigmoid scales `shared_out`, or [`KilnTensor::NONE`]
+    /// (the shared output is then added unscaled).
+    pub shared_gate: KilnTensor,
+    /// `[E·2·I, h]`: per expert, I gate rows then I up rows.
+    pub gate_up: KilnWeight,
+    /// `[E·h, I]`: per expert, h down-projection rows.
+    pub down: KilnWeight,
+    /// E, the number of experts.
+    pub num_experts: i64,
+    /// k, the experts each row is routed to (`1 ≤ k ≤ E`).
+    pub top_k: i64,
+    /// Leading rows of `x` that belong to single-token decode steps (see [`OP_LINEAR`]).
+    pub decode_rows: u64,
+    /// The `ACT_*` kind applied to the gate projection.
+    pub activation: i64,
+    /// [`MOE_ROUTING_SOFTMAX_TOPK`] or [`MOE_ROUTING_SOFTMAX_TOPK_RENORM`].
+    pub routing: i64,
+    /// Overwrite or add into `out`.
+    pub accumulate: Accumulate,
+}
+
+/// The per-expert sizes an [`OP_MOE`]'s stacked weights imply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeExpertDims {
+    /// h, the model's hidden size (columns of `gate_up`, rows of each down block).
+    pub hidden: u64,
+    /// I, each expert's intermediate size (rows of each gate or up block).
+    pub intermediate: u64,
+}
+
+impl Moe {
+    /// The `KilnOp` holding these operands in their slots.
+    pub fn encode(self) -> KilnOp {
+        let mut op = KilnOp::new(OP_MOE);
+        op.tensors[0] = self.x;
+        op.tensors[1] = self.router_logits;
+        op.tensors[2] = self.out;
+        op.tensors[3] = self.shared_out;
+        op.tensors[4] = self.shared_gate;
+        op.weights[0] = self.gate_up;
+        op.weights[1] = self.down;
+        op.iparams[0] = self.num_experts;
+        op.iparams[1] = self.top_k;
+        op.iparams[2] = self.decode_rows as i64;
+        op.iparams[3] = self.activation;
+        op.iparams[4] = self.routing;
+        op.iparams[5] = self.accumulate.slot_value();
+        op
+    }
+
+    /// Read an [`OP_MOE`] operation, checking its parameters and that the
+    /// shapes of its tensors agree (the weights' shapes are the backend's to
+    /// check, with [`Moe::expert_dims`]).
+    pub fn decode(op: &KilnOp) -> Result<Self, OpDecodeError> {
+        expect_opcode(op, OP_MOE)?;
+        let num_experts = positive(op, 0, "num_experts")?;
+        let top_k = positive(op, 1, "top_k")?;
+        if top_k > num_experts {
+            return Err(OpDecodeError::invalid(
+                op.opcode,
+                format!("top_k {top_k} exceeds the {num_experts} experts"),
+            ));
+        }
+        let decode_rows = non_negative(op, 2, "decode_rows")? as u64;
+        let activation = op.iparams[3];
+        if ![ACT_SILU, ACT_GELU_TANH, ACT_GELU, ACT_RELU].contains(&activation) {
+            return Err(OpDecodeError::invalid(
+                op.opcode,
+                format!("unknown activation kind {activation}"),
+            ));
+        }
+        let routing = op.iparams[4];
+        if routing != MOE_ROUTING_SOFTMAX_TOPK && routing != MOE_ROUTING_SOFTMAX_TOPK_RENORM {
+            return Err(OpDecodeError::invalid(
+                op.opcode,
+                format!("unknown routing mode {routing}"),
+            ));
+        }
+        let moe = Moe {
+            x: required_tensor(op, 0, "x")?,
+            router_logits: required_tensor(op, 1, "router_logits")?,
+            out: required_tensor(op, 2, "out")?,
+            shared_out: op.tensors[3],
+            shared_gate: op.tensors[4],
+            gate_up: required_weight(op, 0, "gate_up")?,
+            down: required_weight(op, 1, "down")?,
+            num_experts,
+            top_k,
+            decode_rows,
+            activation,
+            routing,
+            accumulate: accumulate_flag(op, 5),
+        };
+        moe.check_shapes()
+            .map_err(|problem| OpDecodeError::invalid(op.opcode, problem))?;
+        Ok(moe)
+    }
+
+    /// n, the number of rows.
+    pub fn rows(&self) -> u64 {
+        self.x.dims[0]
+    }
+
+    /// h, the width of `x` and `out`.
+    pub fn hidden(&self) -> u64 {
+        self.x.dims[1]
+    }
+
+    fn check_shapes(&self) -> Result<(), String> {
+        fn shape(t: &KilnTensor) -> String {
+            format!("{:?}", &t.dims[..t.rank as usize])
+        }
+        if self.x.rank != 2 {
+            return Err(format!("x must be [n, h], got {}", shape(&self.x)));
+        }
+        let (n, h) = (self.rows(), self.hidden());
+        let e = self.num_experts as u64;
+        let matrix = |t: &KilnTensor, name: &str, cols: u64, want: &str| {
+            if t.rank == 2 && t.dims[0] == n && t.dims[1] == cols {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} must be {want} = [{n}, {cols}], got {}",
+                    shape(t)
+                ))
+            }
+        };
+        matrix(&self.router_logits, "router_logits", e, "[n, E]")?;
+        matrix(&self.out, "out", h, "[n, h]")?;
+        if !self.shared_out.is_none() {
+            matrix(&self.shared_out, "shared_out", h, "[n, h]")?;
+        }
+        if !self.shared_gate.is_none() {
+            if self.shared_out.is_none() {
+                return Err("shared_gate (t4) is given without shared_out (t3)".into());
+            }
+            matrix(&self.shared_gate, "shared_gate", 1, "[n, 1]")?;
+        }
+        if self.decode_rows > n {
+            return Err(format!(
+                "decode_rows {} exceeds the {n} rows",
+                self.decode_rows
+            ));
+        }
+        Ok(())
+    }
+
+    /// I and h from the stacked weights' shapes (`[rows, cols]` of `gate_up`
+    /// and `down`): `gate_up` must be `[E·2·I, h]` and `down` `[E·h, I]`,
+    /// with h equal to `x`'s width and I positive.
+    pub fn expert_dims(
+        &self,
+        gate_up: (u64, u64),
+        down: (u64, u64),
+    ) -> Result<MoeExpertDims, OpDecodeError> {
+        let invalid = |problem: String| OpDecodeError::invalid(OP_MOE, problem);
+        let e = self.num_experts as u64;
+        let (gate_up_rows, gate_up_cols) = gate_up;
+        let (down_rows, down_cols) = down;
+        if gate_up_rows == 0 || gate_up_rows % (2 * e) != 0 {
+            return Err(invalid(format!(
+                "gate_up (w0) has {gate_up_rows} rows, not a positive multiple of 2·E = {}",
+                2 * e
+            )));
+        }
+        if down_rows == 0 || down_rows % e != 0 {
+            return Err(invalid(format!(
+                "down (w1) has {down_rows} rows, not a positive multiple of E = {e}"
+            )));
+        }
+        let intermediate = gate_up_rows / (2 * e);
+        let hidden = down_rows / e;
+        if hidden != self.hidden() || gate_up_cols != hidden {
+            return Err(invalid(format!(
+                "hidden sizes disagree: x has {} columns, gate_up (w0) {gate_up_cols}, \
+                 down (w1) {hidden} rows per expert",
+                self.hidden()
+            )));
+        }
+        if down_cols != intermediate {
+            return Err(invalid(format!(
+                "down (w1) has {down_cols} columns, but gate_up (w0) implies an \
+                 intermediate size of {intermediate}"
+            )));
+        }
+        Ok(MoeExpertDims {
+            hidden,
+            intermediate,
+        })
+    }
+}
+
 /// Any operation, decoded: what a backend's `execute` matches on.
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
@@ -852,6 +1055,8 @@ pub enum Op {
     Scale(Scale),
     /// [`OP_SOFTCAP`].
     Softcap(Softcap),
+    /// [`OP_MOE`].
+    Moe(Moe),
 }
 
 impl Op {
@@ -875,6 +1080,7 @@ impl Op {
             OP_ACTIVATION => Op::Activation(Activation::decode(op)?),
             OP_SCALE => Op::Scale(Scale::decode(op)?),
             OP_SOFTCAP => Op::Softcap(Softcap::decode(op)?),
+            OP_MOE => Op::Moe(Moe::decode(op)?),
             other => return Err(OpDecodeError::UnknownOpcode(other)),
         })
     }
@@ -899,6 +1105,7 @@ impl Op {
             Op::Activation(o) => o.encode(),
             Op::Scale(o) => o.encode(),
             Op::Softcap(o) => o.encode(),
+            Op::Moe(o) => o.encode(),
         }
     }
 }
