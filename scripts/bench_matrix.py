@@ -9,7 +9,9 @@ roofline (bandwidth / bytes of weights read per token).
     python3 scripts/bench_matrix.py --json out.json      # also write the results as JSON
 
 Models: random-weight Llama-architecture GGUFs of about 0.5B, 1.2B and 3B
-parameters (tied embeddings and the 49152-token tokenizer of SmolLM2, whose
+parameters, and a Mixtral-layout mixture of experts ("moe": 8 experts, 2 per
+token, 0.7B parameters of which 0.25B active; its roofline counts the active
+experts' bytes) (tied embeddings and the 49152-token tokenizer of SmolLM2, whose
 GGUF the Kiln cache provides), written directly by this script: Q4_0 and Q8_0
 as random blocks with small f16 scales, F16/BF16 as small random values,
 Q4_K_M by llama.cpp's `llama-quantize` from the F16 file. They are cached in
@@ -62,6 +64,8 @@ SIZES = {
     "0.5b": dict(hidden=1024, layers=24, heads=16, kv_heads=4, inter=5120),
     "1.2b": dict(hidden=2048, layers=18, heads=32, kv_heads=8, inter=8192),   # Llama 3.2 1B, 2 more layers
     "3b": dict(hidden=3072, layers=28, heads=24, kv_heads=8, inter=8192),     # Llama 3.2 3B
+    # Mixtral layout (GGUF arch `llama` with experts): 0.7B parameters, 0.25B active.
+    "moe": dict(hidden=1024, layers=16, heads=16, kv_heads=4, inter=1536, experts=8, experts_used=2),
 }
 FORMATS = ("q4_0", "q8_0", "f16", "bf16", "q4_k_m")
 DEFAULT_FORMATS = ("q4_0", "q8_0", "f16", "q4_k_m")
@@ -151,10 +155,17 @@ def read_gguf(path):
 def weight_stats(path):
     """(parameters, weight bytes one decode step reads): every tensor, except
     the embedding table when a separate output matrix exists (then one row of
-    it is read)."""
-    _, tensors = read_gguf(path)
+    it is read), and of each expert stack the share of the experts a token
+    uses."""
+    meta, tensors = read_gguf(path)
     untied = any(n == "output.weight" for n, _, _ in tensors)
-    read = sum(b for n, _, b in tensors if not (untied and n == "token_embd.weight"))
+    count = lambda suffix: next((v for k, (_, v) in meta.items() if k.endswith(suffix)), None)
+    experts, used = count(".expert_count"), count(".expert_used_count")
+    def read_share(name):
+        if untied and name == "token_embd.weight":
+            return 0.0
+        return used / experts if experts and "_exps." in name else 1.0
+    read = sum(b * read_share(n) for n, _, b in tensors)
     return sum(e for _, e, _ in tensors), read
 
 
@@ -212,6 +223,13 @@ def model_tensors(shape, vocab, fmt):
         yield b + "attn_v.weight", [h, kv], fmt
         yield b + "attn_output.weight", [h, h], fmt
         yield b + "ffn_norm.weight", [h], "f32"
+        if "experts" in shape:
+            e = shape["experts"]
+            yield b + "ffn_gate_inp.weight", [h, e], "f32"  # the router stays f32, as llama.cpp keeps it
+            yield b + "ffn_gate_exps.weight", [h, inter, e], fmt
+            yield b + "ffn_up_exps.weight", [h, inter, e], fmt
+            yield b + "ffn_down_exps.weight", [inter, h, e], fmt
+            continue
         yield b + "ffn_gate.weight", [h, inter], fmt
         yield b + "ffn_up.weight", [h, inter], fmt
         yield b + "ffn_down.weight", [inter, h], fmt
@@ -253,6 +271,9 @@ def write_random_gguf(path, size, fmt, donor_meta):
         ("llama.attention.layer_norm_rms_epsilon", F32, 1e-5),
         ("llama.vocab_size", U32, vocab),
     ] + [(k, t, v) for k, (t, v) in donor_meta.items() if k.startswith("tokenizer.")]
+    if "experts" in shape:
+        meta += [("llama.expert_count", U32, shape["experts"]),
+                 ("llama.expert_used_count", U32, shape["experts_used"])]
     pool = memoryview(random_pool(fmt))
     ones = struct.pack(f"<{h}f", *([1.0] * h))
     tmp = path + ".partial"
@@ -269,8 +290,11 @@ def write_random_gguf(path, size, fmt, donor_meta):
         rotate = 0
         for name, ne, t in tensors:
             n = tensor_bytes(ne, t)
-            if t == "f32":
+            if t == "f32" and len(ne) == 1:
                 f.write(ones)
+            elif t == "f32":
+                # A router: random logits, so that tokens spread over the experts.
+                f.write(struct.pack(f"<{math.prod(ne)}f", *(x / 127.5 - 1 for x in os.urandom(math.prod(ne)))))
             else:
                 rotate = (rotate + 7919 * GGML[t][1]) % len(pool)
                 written = 0

@@ -5,10 +5,15 @@
 //! form and prompt (the last one longer than any sliding window):
 //! - the last-position logits are within 1e-3 of transformers' f32 logits;
 //! - the 32-token greedy continuation equals transformers'.
+//!
+//! The mixtures of experts (Mixtral, Qwen2-MoE with its shared expert,
+//! Qwen3-MoE, and Qwen3-MoE with a dense layer) must be among them, and one
+//! of them must give each of 32 concurrent requests the tokens it gets alone.
 
 use std::path::{Path, PathBuf};
 
 use kiln_engine::load_model;
+use kiln_protocol::SamplingParams;
 use kiln_tests::{
     ReferencePrompt, cpu_config, fixture_jsons, fixtures, greedy, last_logits, max_abs_diff,
     reference_prompts, start,
@@ -125,4 +130,87 @@ fn greedy_continuations_match_transformers_for_32_tokens() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The mixture-of-experts fixtures and whether each has a GGUF form
+/// (llama.cpp's Qwen3-MoE cannot hold a dense layer).
+const MOE_FIXTURES: [(&str, bool); 4] = [
+    ("mixtral", true),
+    ("qwen2_moe", true),
+    ("qwen3_moe", true),
+    ("qwen3_moe_mlp_only", false),
+];
+
+#[test]
+fn mixture_of_experts_fixtures_are_present_in_both_forms() {
+    let all = fixture_files();
+    for (family, has_gguf) in MOE_FIXTURES {
+        let f = all
+            .iter()
+            .find(|f| f.family == family)
+            .unwrap_or_else(|| panic!("tests/fixtures/families/{family}.json is missing"));
+        assert_eq!(f.forms.len(), 1 + usize::from(has_gguf), "{family}");
+        for form in &f.forms {
+            assert!(form.exists(), "{} is missing", form.display());
+        }
+    }
+}
+
+/// 32 prompts of mixed lengths made from a fixture's prompts: cut, with a
+/// few distinct tokens appended.
+fn varied_prompts(bases: &[ReferencePrompt], count: usize) -> Vec<Vec<u32>> {
+    (0..count)
+        .map(|i| {
+            let base = &bases[i % bases.len()].ids;
+            let cut = (base.len() * (3 + i % 5) / 8).max(1);
+            let mut p = base[..cut].to_vec();
+            p.extend((0..(i % 7) as u32).map(|k| 3 + (17 * k + 5 * i as u32) % 500));
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn a_mixture_of_experts_gives_32_concurrent_requests_the_tokens_each_gets_alone() {
+    let f = fixture_files()
+        .into_iter()
+        .find(|f| f.family == "qwen2_moe")
+        .expect("tests/fixtures/families/qwen2_moe.json is missing");
+    let llm = start(config(&f, &f.forms[0]));
+    let prompts = varied_prompts(&f.prompts, 32);
+    let seeded = |ids: Vec<u32>, seed: u64| {
+        let mut r = greedy(ids, 16);
+        r.sampling = SamplingParams {
+            temperature: 0.8,
+            seed: Some(seed),
+            ..Default::default()
+        };
+        r
+    };
+    let tokens = |reqs| -> Vec<Vec<u32>> {
+        llm.generate(reqs)
+            .into_iter()
+            .map(|r| r.expect("generation").outputs[0].token_ids.clone())
+            .collect()
+    };
+    let batch_greedy = tokens(prompts.iter().map(|p| greedy(p.clone(), 16)).collect());
+    let batch_seeded = tokens(
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| seeded(p.clone(), 1000 + i as u64))
+            .collect(),
+    );
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = tokens(vec![greedy(p.clone(), 16)]);
+        assert_eq!(
+            alone[0], batch_greedy[i],
+            "greedy request {i} differs alone and in the batch"
+        );
+        let alone = tokens(vec![seeded(p.clone(), 1000 + i as u64)]);
+        assert_eq!(
+            alone[0], batch_seeded[i],
+            "seeded request {i} differs alone and in the batch"
+        );
+    }
 }

@@ -48,6 +48,9 @@ pub struct EngineInfo {
     pub family: String,
     /// Parameter count.
     pub num_parameters: u64,
+    /// Parameters one token computes with: a mixture of experts uses k of
+    /// its E experts per sparse layer; `num_parameters` for dense models.
+    pub num_active_parameters: u64,
     /// Activation dtype (`float32`, `bfloat16`, ...).
     pub dtype: String,
     /// Weight quantization (e.g. `Q4_1`), `None` for plain float weights.

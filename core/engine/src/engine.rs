@@ -514,6 +514,7 @@ fn engine_info(
         architecture: files.config.architecture.clone(),
         family: files.family.clone(),
         num_parameters: files.num_parameters,
+        num_active_parameters: files.num_active_parameters,
         dtype: decoder.act_dtype().name().to_string(),
         quantization: files.quantization.clone(),
         format: files.format.to_string(),

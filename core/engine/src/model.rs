@@ -44,6 +44,9 @@ pub struct ModelFiles {
     pub quant_scheme: Option<QuantScheme>,
     /// Parameter count.
     pub num_parameters: u64,
+    /// Parameters one token computes with (a mixture of experts uses k of
+    /// its E experts); `num_parameters` for dense models.
+    pub num_active_parameters: u64,
     /// Metadata in GGUF key style for Ollama's `/api/show`.
     pub model_info: BTreeMap<String, serde_json::Value>,
     /// The sentence-transformers files beside the weights (embedding models).
@@ -174,6 +177,7 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, String> {
         sentence_transformers,
         family: variant.family.to_string(),
         num_parameters: config.num_parameters(),
+        num_active_parameters: config.num_active_parameters(),
         config,
         variant,
         weights: Box::new(weights),
@@ -205,6 +209,7 @@ fn open_gguf(path: &Path) -> Result<ModelFiles, String> {
         name: display_name(path),
         family,
         num_parameters: config.num_parameters(),
+        num_active_parameters: config.num_active_parameters(),
         config,
         variant,
         weights: Box::new(weights),
@@ -248,6 +253,23 @@ fn model_info(c: &ModelConfig, family: &str) -> BTreeMap<String, serde_json::Val
     );
     m.insert(format!("{family}.rope.freq_base"), json!(c.rope_theta));
     m.insert(format!("{family}.vocab_size"), json!(c.vocab_size));
+    if let Some(moe) = &c.moe {
+        m.insert(format!("{family}.expert_count"), json!(moe.num_experts));
+        m.insert(
+            format!("{family}.expert_used_count"),
+            json!(moe.experts_per_token),
+        );
+        m.insert(
+            format!("{family}.expert_feed_forward_length"),
+            json!(moe.expert_intermediate_size),
+        );
+        if let Some(shared) = moe.shared_expert_intermediate_size {
+            m.insert(
+                format!("{family}.expert_shared_feed_forward_length"),
+                json!(shared),
+            );
+        }
+    }
     m
 }
 

@@ -11,7 +11,7 @@ use crate::weights::gguf::{GgufFile, unpermute_rows};
 use crate::weights::{TensorView, WeightError, WeightSource};
 
 /// Every role a decoder may ask for.
-const ROLES: [Role; 19] = [
+const ROLES: [Role; 27] = [
     Role::Embed,
     Role::Positions,
     Role::FinalNorm,
@@ -31,6 +31,14 @@ const ROLES: [Role; 19] = [
     Role::Up,
     Role::GateUp,
     Role::Down,
+    Role::Router,
+    Role::ExpertGates,
+    Role::ExpertUps,
+    Role::ExpertDowns,
+    Role::SharedGate,
+    Role::SharedUp,
+    Role::SharedDown,
+    Role::SharedExpertGate,
 ];
 
 /// A GGUF file whose tensors answer to `family`'s Hugging Face names.

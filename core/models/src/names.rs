@@ -49,6 +49,34 @@ pub enum Role {
     GateUp,
     /// MLP down projection (or the second layer of a plain MLP).
     Down,
+    /// A sparse layer's router `[experts, hidden]`.
+    Router,
+    /// The experts' gate projections, stacked `[experts, inter, hidden]`
+    /// (checkpoints in Hugging Face form hold one `[inter, hidden]` tensor
+    /// per expert: [`hf_expert_name`]).
+    ExpertGates,
+    /// The experts' up projections, stacked like [`Role::ExpertGates`].
+    ExpertUps,
+    /// The experts' down projections, stacked `[experts, hidden, inter]`.
+    ExpertDowns,
+    /// The shared expert's gate projection (Qwen2-MoE).
+    SharedGate,
+    /// The shared expert's up projection.
+    SharedUp,
+    /// The shared expert's down projection.
+    SharedDown,
+    /// The `[1, hidden]` logit whose sigmoid scales the shared expert's output.
+    SharedExpertGate,
+}
+
+impl Role {
+    /// The stacked per-expert roles.
+    pub fn is_expert_stack(self) -> bool {
+        matches!(
+            self,
+            Role::ExpertGates | Role::ExpertUps | Role::ExpertDowns
+        )
+    }
 }
 
 /// A weight or its bias.
@@ -98,6 +126,33 @@ fn llama_layer(role: Role) -> Option<&'static str> {
         Role::Down => "mlp.down_proj",
         _ => return None,
     })
+}
+
+/// Mixtral: the experts of `block_sparse_moe`, `w1` gate, `w3` up, `w2` down.
+fn mixtral_layer(role: Role) -> Option<&'static str> {
+    match role {
+        Role::Router => Some("block_sparse_moe.gate"),
+        Role::ExpertGates => Some("block_sparse_moe.experts.w1"),
+        Role::ExpertUps => Some("block_sparse_moe.experts.w3"),
+        Role::ExpertDowns => Some("block_sparse_moe.experts.w2"),
+        other => llama_layer(other),
+    }
+}
+
+/// Qwen2/3-MoE: routed experts and the shared expert under `mlp`; dense
+/// layers (`mlp_only_layers`) keep Llama's `mlp.*_proj`.
+fn qwen_moe_layer(role: Role) -> Option<&'static str> {
+    match role {
+        Role::Router => Some("mlp.gate"),
+        Role::ExpertGates => Some("mlp.experts.gate_proj"),
+        Role::ExpertUps => Some("mlp.experts.up_proj"),
+        Role::ExpertDowns => Some("mlp.experts.down_proj"),
+        Role::SharedGate => Some("mlp.shared_expert.gate_proj"),
+        Role::SharedUp => Some("mlp.shared_expert.up_proj"),
+        Role::SharedDown => Some("mlp.shared_expert.down_proj"),
+        Role::SharedExpertGate => Some("mlp.shared_expert_gate"),
+        other => llama_layer(other),
+    }
 }
 
 fn gemma2_layer(role: Role) -> Option<&'static str> {
@@ -208,6 +263,14 @@ fn hf_names(family: Family) -> HfNames {
             layer: olmo2_layer,
             ..llama
         },
+        Family::Mixtral => HfNames {
+            layer: mixtral_layer,
+            ..llama
+        },
+        Family::Qwen2Moe | Family::Qwen3Moe => HfNames {
+            layer: qwen_moe_layer,
+            ..llama
+        },
         Family::Starcoder2 => HfNames {
             layer: starcoder2_layer,
             ..llama
@@ -277,6 +340,32 @@ pub fn hf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -> 
     }
 }
 
+/// The Hugging Face name of expert `expert`'s slice of a stacked role
+/// ([`Role::is_expert_stack`]) in `layer`, as checkpoints store them
+/// (`model.layers.0.mlp.experts.3.up_proj.weight`).
+pub fn hf_expert_name(family: Family, role: Role, layer: usize, expert: usize) -> Option<String> {
+    if !role.is_expert_stack() {
+        return None;
+    }
+    let stacked = hf_name(family, role, Some(layer), Part::Weight)?;
+    let (before, after) = stacked.split_once(".experts.")?;
+    Some(format!("{before}.experts.{expert}.{after}"))
+}
+
+/// The names transformers 5 gives the experts of `layer` in memory, when a
+/// checkpoint stores them so: one `[experts, 2·inter, hidden]` tensor of
+/// each expert's gate rows then up rows, and one `[experts, hidden, inter]`
+/// of down projections (`model.layers.0.mlp.experts.gate_up_proj`, no suffix).
+pub fn hf_fused_expert_names(family: Family, layer: usize) -> Option<(String, String)> {
+    hf_name(family, Role::Router, Some(layer), Part::Weight)?;
+    let layers = hf_names(family).layers;
+    let prefix = format!("{layers}.{layer}.mlp.experts");
+    Some((
+        format!("{prefix}.gate_up_proj"),
+        format!("{prefix}.down_proj"),
+    ))
+}
+
 /// The GGUF name llama.cpp gives `role` (`blk.N.attn_q.weight`).
 pub fn gguf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -> Option<String> {
     let stem = match role {
@@ -301,6 +390,14 @@ pub fn gguf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -
         Role::Gate => "ffn_gate",
         Role::Up | Role::GateUp => "ffn_up",
         Role::Down => "ffn_down",
+        Role::Router => "ffn_gate_inp",
+        Role::ExpertGates => "ffn_gate_exps",
+        Role::ExpertUps => "ffn_up_exps",
+        Role::ExpertDowns => "ffn_down_exps",
+        Role::SharedGate => "ffn_gate_shexp",
+        Role::SharedUp => "ffn_up_shexp",
+        Role::SharedDown => "ffn_down_shexp",
+        Role::SharedExpertGate => "ffn_gate_inp_shexp",
     };
     hf_name(family, role, layer.or(Some(0)), part)?;
     let suffix = part.suffix();
@@ -373,6 +470,49 @@ mod tests {
         assert_eq!(
             gg(Family::Gpt2, Role::Positions, None),
             "position_embd.weight"
+        );
+    }
+
+    #[test]
+    fn experts_are_named_per_expert_and_stacked() {
+        let hf = |f, r, l| hf_name(f, r, l, Part::Weight).unwrap();
+        assert_eq!(
+            hf(Family::Mixtral, Role::Router, Some(1)),
+            "model.layers.1.block_sparse_moe.gate.weight"
+        );
+        assert_eq!(
+            hf_expert_name(Family::Mixtral, Role::ExpertUps, 1, 7).unwrap(),
+            "model.layers.1.block_sparse_moe.experts.7.w3.weight"
+        );
+        assert_eq!(
+            hf_expert_name(Family::Qwen3Moe, Role::ExpertDowns, 0, 2).unwrap(),
+            "model.layers.0.mlp.experts.2.down_proj.weight"
+        );
+        assert_eq!(
+            hf(Family::Qwen2Moe, Role::SharedExpertGate, Some(0)),
+            "model.layers.0.mlp.shared_expert_gate.weight"
+        );
+        assert_eq!(
+            hf(Family::Qwen2Moe, Role::Gate, Some(0)),
+            "model.layers.0.mlp.gate_proj.weight"
+        );
+        assert_eq!(hf_expert_name(Family::Qwen2Moe, Role::Up, 0, 0), None);
+        assert_eq!(
+            hf_name(Family::Llama, Role::Router, Some(0), Part::Weight),
+            None
+        );
+        assert_eq!(
+            hf_fused_expert_names(Family::Qwen3Moe, 3).unwrap().0,
+            "model.layers.3.mlp.experts.gate_up_proj"
+        );
+        let gg = |f, r, l| gguf_name(f, r, l, Part::Weight).unwrap();
+        assert_eq!(
+            gg(Family::Mixtral, Role::ExpertGates, Some(0)),
+            "blk.0.ffn_gate_exps.weight"
+        );
+        assert_eq!(
+            gg(Family::Qwen2Moe, Role::SharedExpertGate, Some(1)),
+            "blk.1.ffn_gate_inp_shexp.weight"
         );
     }
 }

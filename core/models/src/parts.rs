@@ -55,6 +55,43 @@ pub enum Mlp {
     Plain,
 }
 
+/// How a sparse layer weighs the k experts it routes a token to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Softmax over all experts in f32, the k largest probabilities as they are.
+    SoftmaxTopK,
+    /// As [`Routing::SoftmaxTopK`], then divided by their sum (Mixtral;
+    /// Qwen-MoE with `norm_topk_prob`).
+    SoftmaxTopKRenormalized,
+}
+
+/// A mixture-of-experts feed-forward, the MLP of sparse layers: a router
+/// picks k of E gated experts per token (each `down(act(gate·x) ⊙ up·x)`,
+/// with the dense MLP's activation), optionally plus a shared expert scaled
+/// by `sigmoid(shared_gate·x)`. The other layers keep the dense [`Mlp`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experts {
+    /// E.
+    pub count: usize,
+    /// k.
+    pub top_k: usize,
+    /// Inner width of one expert.
+    pub intermediate: usize,
+    /// How the k weights are formed.
+    pub routing: Routing,
+    /// Inner width of the shared expert (Qwen2-MoE), when there is one.
+    pub shared_intermediate: Option<usize>,
+    /// `[layers]`: which layers route through experts.
+    pub sparse_layers: Vec<bool>,
+}
+
+impl Experts {
+    /// Whether layer `i` routes through experts.
+    pub fn on_layer(&self, layer: usize) -> bool {
+        self.sparse_layers.get(layer).copied().unwrap_or(false)
+    }
+}
+
 /// Where the norms sit around attention and MLP in a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockLayout {
@@ -97,8 +134,10 @@ pub struct DecoderVariant {
     pub qkv_layout: QkvLayout,
     /// Linear weights are stored `[in, out]` (GPT-2's Conv1D) and transposed at load.
     pub transposed_linears: bool,
-    /// The MLP.
+    /// The dense MLP (of every layer without experts).
     pub mlp: Mlp,
+    /// The mixture of experts of sparse layers, for MoE families.
+    pub experts: Option<Experts>,
     /// The MLP's activation.
     pub act: HiddenAct,
     /// Block layout.
@@ -188,7 +227,7 @@ pub fn describe(family: Family, c: &ModelConfig) -> Result<DecoderVariant, Confi
         _ => BlockLayout::PreNorm,
     };
     let qk_norm = match family {
-        Family::Qwen3 | Family::Gemma3 => QkNorm::PerHead,
+        Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3 => QkNorm::PerHead,
         Family::Olmo2 => QkNorm::Whole,
         _ => QkNorm::None,
     };
@@ -215,12 +254,24 @@ pub fn describe(family: Family, c: &ModelConfig) -> Result<DecoderVariant, Confi
         norm,
         norm_weight_offset: if gemma && !gguf { 1.0 } else { 0.0 },
         qkv_bias: c.attention_bias,
-        o_proj_bias: c.attention_bias && !matches!(family, Family::Qwen2 | Family::Qwen3),
+        o_proj_bias: c.attention_bias
+            && !matches!(family, Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe),
         mlp_bias: c.mlp_bias,
         qk_norm,
         qkv_layout,
         transposed_linears: family == Family::Gpt2 && !gguf,
         mlp,
+        experts: c.moe.as_ref().map(|m| Experts {
+            count: m.num_experts,
+            top_k: m.experts_per_token,
+            intermediate: m.expert_intermediate_size,
+            routing: match m.renormalize {
+                true => Routing::SoftmaxTopKRenormalized,
+                false => Routing::SoftmaxTopK,
+            },
+            shared_intermediate: m.shared_expert_intermediate_size,
+            sparse_layers: m.sparse_layers.clone(),
+        }),
         act: c.hidden_act,
         layout,
         sliding_window: c
@@ -259,6 +310,18 @@ fn check_consistency(c: &ModelConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if let Some(moe) = &c.moe
+        && moe.sparse_layers.len() != c.num_hidden_layers
+    {
+        return Err(invalid(
+            "mlp_only_layers",
+            format!(
+                "{} sparse-layer flags for {} layers",
+                moe.sparse_layers.len(),
+                c.num_hidden_layers
+            ),
+        ));
+    }
     if c.sliding_layers.len() != c.num_hidden_layers {
         return Err(invalid(
             "layer_types",
@@ -272,17 +335,30 @@ fn check_consistency(c: &ModelConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A model's parameter count: every tensor, and what one token computes
+/// with (a mixture of experts uses k of its E experts per sparse layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterCount {
+    /// Every parameter, embeddings counted once when tied.
+    pub total: u64,
+    /// Parameters one token computes with (`total` for dense models).
+    pub active: u64,
+}
+
 /// Parameter count of `c` as its family lays the tensors out (the Llama
 /// layout for an architecture Kiln does not run).
-pub fn count_parameters(c: &ModelConfig) -> u64 {
+pub fn count_parameters(c: &ModelConfig) -> ParameterCount {
     let family = family_of_hf(&c.architecture).unwrap_or(Family::Llama);
     let Ok(v) = describe(family, c) else {
-        return llama_parameters(c);
+        let total = llama_parameters(c);
+        return ParameterCount {
+            total,
+            active: total,
+        };
     };
     let h = c.hidden_size as u64;
     let q = (c.num_attention_heads * c.head_dim) as u64;
     let kv = (c.num_key_value_heads * c.head_dim) as u64;
-    let i = c.intermediate_size as u64;
     let norm = match v.norm {
         Norm::Rms => h,
         Norm::Layer { bias } => h * (1 + u64::from(bias)),
@@ -294,17 +370,38 @@ pub fn count_parameters(c: &ModelConfig) -> u64 {
         QkNorm::PerHead => 2 * c.head_dim as u64,
         QkNorm::Whole => q + kv,
     };
-    let (mlp, mlp_bias) = match v.mlp {
-        Mlp::Gated { .. } => (3 * h * i, 2 * i + h),
-        Mlp::Plain => (2 * h * i, i + h),
+    let dense_mlp = |i: u64| {
+        let (weights, bias) = match v.mlp {
+            Mlp::Gated { .. } => (3 * h * i, 2 * i + h),
+            Mlp::Plain => (2 * h * i, i + h),
+        };
+        weights + if v.mlp_bias { bias } else { 0 }
     };
     let norms = match v.layout {
         BlockLayout::Sandwich => 4,
         BlockLayout::Parallel { shared_norm: true } => 1,
         _ => 2,
     };
-    let layer =
-        attn + attn_bias + qk_norm + mlp + if v.mlp_bias { mlp_bias } else { 0 } + norms * norm;
+    let common = attn + attn_bias + qk_norm + norms * norm;
+    let dense_layer = common + dense_mlp(c.intermediate_size as u64);
+    let (mut layers_total, mut layers_active) = (0u64, 0u64);
+    for i in 0..c.num_hidden_layers {
+        match &v.experts {
+            Some(x) if x.on_layer(i) => {
+                let expert = 3 * h * x.intermediate as u64;
+                // The router, and the shared expert with its one-row gate.
+                let always = common
+                    + x.count as u64 * h
+                    + x.shared_intermediate.map_or(0, |s| 3 * h * s as u64 + h);
+                layers_total += always + x.count as u64 * expert;
+                layers_active += always + x.top_k as u64 * expert;
+            }
+            _ => {
+                layers_total += dense_layer;
+                layers_active += dense_layer;
+            }
+        }
+    }
     let vocab = c.vocab_size as u64;
     let embed = vocab * h;
     let positions = v.learned_positions.map_or(0, |offset| {
@@ -312,11 +409,15 @@ pub fn count_parameters(c: &ModelConfig) -> u64 {
     });
     let head =
         if c.tie_word_embeddings { 0 } else { embed } + if v.lm_head_bias { vocab } else { 0 };
-    if v.encoder {
-        // Two token types and the embedding norm; no final norm or head.
-        return embed + positions + 2 * h + c.num_hidden_layers as u64 * layer + norm;
+    // An encoder has two token types and the embedding norm, but no final norm or head.
+    let outside_layers = match v.encoder {
+        true => embed + positions + 2 * h + norm,
+        false => embed + positions + head + norm,
+    };
+    ParameterCount {
+        total: outside_layers + layers_total,
+        active: outside_layers + layers_active,
     }
-    embed + positions + head + c.num_hidden_layers as u64 * layer + norm
 }
 
 fn llama_parameters(c: &ModelConfig) -> u64 {

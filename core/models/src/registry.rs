@@ -13,10 +13,18 @@ pub enum Family {
     Llama,
     /// Mistral: sliding-window attention on every layer.
     Mistral,
+    /// Mixtral: Mistral with a mixture of experts in every layer (top-k
+    /// routing, renormalized weights).
+    Mixtral,
     /// Qwen2 / Qwen2.5: q/k/v biases, optional windows from a layer on.
     Qwen2,
+    /// Qwen1.5-MoE / Qwen2-MoE: Qwen2 with routed experts plus a shared
+    /// expert behind a sigmoid gate.
+    Qwen2Moe,
     /// Qwen3: per-head q/k RMSNorm, no biases.
     Qwen3,
+    /// Qwen3-MoE: Qwen3 with routed experts.
+    Qwen3Moe,
     /// Gemma: RMSNorm with `(1 + w)`, GeGLU, embeddings scaled by √hidden.
     Gemma,
     /// Gemma 2: Gemma plus sandwich norms, soft-capping, alternating windows.
@@ -46,11 +54,14 @@ pub enum Family {
 }
 
 /// Every family, in the order messages list them.
-pub const FAMILIES: [Family; 16] = [
+pub const FAMILIES: [Family; 19] = [
     Family::Llama,
     Family::Mistral,
+    Family::Mixtral,
     Family::Qwen2,
+    Family::Qwen2Moe,
     Family::Qwen3,
+    Family::Qwen3Moe,
     Family::Gemma,
     Family::Gemma2,
     Family::Gemma3,
@@ -71,8 +82,11 @@ impl Family {
         match self {
             Family::Llama => "llama",
             Family::Mistral => "mistral",
+            Family::Mixtral => "mixtral",
             Family::Qwen2 => "qwen2",
+            Family::Qwen2Moe => "qwen2_moe",
             Family::Qwen3 => "qwen3",
+            Family::Qwen3Moe => "qwen3_moe",
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3_text",
@@ -98,17 +112,21 @@ impl Family {
     pub fn name(self) -> &'static str {
         match self {
             Family::Mistral => "mistral",
+            Family::Mixtral => "mixtral",
             other => other.gguf_architecture().unwrap_or(other.model_type()),
         }
     }
 
     /// The GGUF `general.architecture` llama.cpp's converter writes (`None`
-    /// for OPT, which it does not convert). Mistral converts to `llama`.
+    /// for OPT, which it does not convert). Mistral and Mixtral convert to
+    /// `llama` (Mixtral's with `llama.expert_count`).
     pub fn gguf_architecture(self) -> Option<&'static str> {
         Some(match self {
-            Family::Llama | Family::Mistral => "llama",
+            Family::Llama | Family::Mistral | Family::Mixtral => "llama",
             Family::Qwen2 => "qwen2",
+            Family::Qwen2Moe => "qwen2moe",
             Family::Qwen3 => "qwen3",
+            Family::Qwen3Moe => "qwen3moe",
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3",
@@ -129,8 +147,11 @@ impl Family {
         match self {
             Family::Llama => "LlamaForCausalLM",
             Family::Mistral => "MistralForCausalLM",
+            Family::Mixtral => "MixtralForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen2Moe => "Qwen2MoeForCausalLM",
             Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Qwen3Moe => "Qwen3MoeForCausalLM",
             Family::Gemma => "GemmaForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
@@ -171,6 +192,16 @@ pub fn family_of_gguf(name: &str) -> Option<Family> {
     FAMILIES
         .into_iter()
         .find(|f| f.gguf_architecture() == Some(name))
+}
+
+/// The family of a GGUF file's `general.architecture`, knowing whether it
+/// declares experts (`{arch}.expert_count`): a `llama` file with experts is
+/// Mixtral.
+pub fn family_of_gguf_experts(name: &str, has_experts: bool) -> Option<Family> {
+    match family_of_gguf(name) {
+        Some(Family::Llama) if has_experts => Some(Family::Mixtral),
+        other => other,
+    }
 }
 
 /// The family of a Hugging Face `model_type` or GGUF architecture value.
@@ -272,12 +303,20 @@ mod tests {
             assert_eq!(family_of_hf(f.hf_architecture()), Some(f));
             assert_eq!(family_of_name(f.model_type()), Some(f));
             if let Some(g) = f.gguf_architecture()
-                && f != Family::Mistral
+                && !matches!(f, Family::Mistral | Family::Mixtral)
             {
                 assert_eq!(family_of_gguf(g), Some(f));
+                assert_eq!(family_of_gguf_experts(g, false), Some(f));
             }
         }
         assert_eq!(family_of_gguf("llama"), Some(Family::Llama));
+        assert_eq!(family_of_gguf_experts("llama", true), Some(Family::Mixtral));
+        assert_eq!(
+            family_of_gguf_experts("qwen3moe", true),
+            Some(Family::Qwen3Moe)
+        );
+        assert_eq!(Family::Mixtral.name(), "mixtral");
+        assert_eq!(Family::Qwen2Moe.name(), "qwen2moe");
         assert_eq!(family_of_hf("LLaMAForCausalLM"), Some(Family::Llama));
         assert_eq!(family_of_hf("FalconForCausalLM"), None);
         assert_eq!(Family::Gemma3.name(), "gemma3");

@@ -27,7 +27,7 @@ struct Expect {
     parameters: u64,
 }
 
-const EXPECTED: [Expect; 10] = [
+const EXPECTED: [Expect; 13] = [
     Expect {
         file: "llama-2-7b.json",
         architecture: "LlamaForCausalLM",
@@ -148,7 +148,94 @@ const EXPECTED: [Expect; 10] = [
         eos: &[2],
         parameters: 134_515_008,
     },
+    Expect {
+        file: "mixtral-8x7b-v0.1.json",
+        architecture: "MixtralForCausalLM",
+        dims: [4096, 14336, 32, 32, 8, 128, 32000, 32768],
+        rope_theta: 1_000_000.0,
+        tied: false,
+        qkv_bias: false,
+        sliding_window: None,
+        bos: Some(1),
+        eos: &[2],
+        parameters: 46_702_792_704,
+    },
+    Expect {
+        file: "qwen1.5-moe-a2.7b.json",
+        architecture: "Qwen2MoeForCausalLM",
+        dims: [2048, 5632, 24, 16, 16, 128, 151936, 8192],
+        rope_theta: 1_000_000.0,
+        tied: false,
+        qkv_bias: true,
+        sliding_window: None,
+        bos: Some(151643),
+        eos: &[151643],
+        parameters: 14_315_784_192,
+    },
+    Expect {
+        file: "qwen3-30b-a3b.json",
+        architecture: "Qwen3MoeForCausalLM",
+        dims: [2048, 6144, 48, 32, 4, 128, 151936, 40960],
+        rope_theta: 1_000_000.0,
+        tied: false,
+        qkv_bias: false,
+        sliding_window: None,
+        bos: Some(151643),
+        eos: &[151645],
+        parameters: 30_532_122_624,
+    },
 ];
+
+/// Experts, routing and active parameters (transformers' count of the
+/// parameters outside the experts plus k/E of the experts').
+#[test]
+fn mixture_of_experts_configs() {
+    // (file, E, k, expert width, shared width, renormalize, active parameters)
+    let cases = [
+        (
+            "mixtral-8x7b-v0.1.json",
+            8,
+            2,
+            14336,
+            None,
+            true,
+            12_879_925_248,
+        ),
+        (
+            "qwen1.5-moe-a2.7b.json",
+            60,
+            4,
+            1408,
+            Some(5632),
+            false,
+            2_689_173_504,
+        ),
+        ("qwen3-30b-a3b.json", 128, 8, 768, None, true, 3_353_032_704),
+    ];
+    for (file, experts, k, width, shared, renormalize, active) in cases {
+        let c = load(file);
+        let moe = c
+            .moe
+            .clone()
+            .unwrap_or_else(|| panic!("{file}: no experts"));
+        assert_eq!(
+            (
+                moe.num_experts,
+                moe.experts_per_token,
+                moe.expert_intermediate_size,
+                moe.shared_expert_intermediate_size,
+                moe.renormalize
+            ),
+            (experts, k, width, shared, renormalize),
+            "{file}"
+        );
+        assert!(moe.sparse_layers.iter().all(|&s| s), "{file}");
+        assert_eq!(c.num_active_parameters(), active, "{file}");
+        assert!(resolve(&c).unwrap().experts.is_some(), "{file}");
+    }
+    let dense = load("llama-3-8b.json");
+    assert_eq!(dense.num_active_parameters(), dense.num_parameters());
+}
 
 #[test]
 fn public_configs_parse_and_resolve() {

@@ -98,7 +98,7 @@ fn qwen2_and_unknown_architectures() {
     assert_eq!(c.architecture, "falcon");
     let msg = resolve(&c).unwrap_err().to_string();
     assert!(
-        msg.contains("`falcon`") && msg.contains("llama, qwen2, qwen3, gemma"),
+        msg.contains("`falcon`") && msg.contains("llama, qwen2, qwen2moe, qwen3, qwen3moe, gemma"),
         "{msg}"
     );
 }
@@ -240,4 +240,29 @@ fn linear_and_llama3_rope_scaling() {
     assert_eq!(config_of(&build(&[1.0; 32])).unwrap().rope_scaling, None);
     let e = config_of(&build(&[1.0; 5])).unwrap_err();
     assert!(e.to_string().contains("32 F32 values"), "{e}");
+}
+
+#[test]
+fn a_llama_file_with_experts_is_mixtral() {
+    let with_experts = |used: u32| {
+        let mut w = tiny(&TinySpec::default());
+        w.metadata("llama.expert_count", GgufValue::U32(4))
+            .metadata("llama.expert_used_count", GgufValue::U32(used));
+        config_of(&w)
+    };
+    let c = with_experts(2).unwrap();
+    assert_eq!(c.architecture, "MixtralForCausalLM");
+    let moe = c.moe.clone().unwrap();
+    // No router tensors: every layer keeps a dense MLP; the expert width
+    // falls back to `feed_forward_length`, as Mixtral's converter writes it.
+    assert_eq!(
+        (moe.num_experts, moe.experts_per_token, moe.renormalize),
+        (4, 2, true)
+    );
+    assert_eq!(moe.expert_intermediate_size, 128);
+    assert_eq!(moe.sparse_layers, vec![false, false]);
+    assert_eq!(resolve(&c).unwrap().family, "mixtral");
+
+    let msg = with_experts(5).unwrap_err().to_string();
+    assert!(msg.contains("`llama.expert_used_count`"), "{msg}");
 }

@@ -18,10 +18,18 @@ pub struct Listening {
 /// The summary lines, in order.
 pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
     let i = &s.info;
-    let params = if i.num_parameters >= 1_000_000_000 {
-        format!("{:.2}B", i.num_parameters as f64 / 1e9)
-    } else {
-        format!("{:.0}M", i.num_parameters as f64 / 1e6)
+    let count = |n: u64| {
+        if n >= 1_000_000_000 {
+            format!("{:.2}B", n as f64 / 1e9)
+        } else {
+            format!("{:.0}M", n as f64 / 1e6)
+        }
+    };
+    let params = match i.num_active_parameters {
+        active if active > 0 && active < i.num_parameters => {
+            format!("{} ({} active)", count(i.num_parameters), count(active))
+        }
+        _ => count(i.num_parameters),
     };
     let weights = match &i.quantization {
         Some(q) => format!("{} weights, {} activations", q, i.dtype),

@@ -3,8 +3,8 @@
 //! tensors.
 
 use super::{
-    AttentionShape, ConfigError, HiddenAct, ModelConfig, Multipliers, RopeScaling, check_window,
-    default_head_dim, invalid,
+    AttentionShape, ConfigError, HiddenAct, ModelConfig, MoeConfig, Multipliers, RopeScaling,
+    check_window, default_head_dim, invalid,
 };
 use crate::registry::{self, Family};
 use crate::weights::gguf::GgufFile;
@@ -18,7 +18,8 @@ impl ModelConfig {
             .architecture()
             .ok_or_else(|| ConfigError::Missing("general.architecture".into()))?;
         let keys = GgufKeys { g, arch };
-        let family = registry::family_of_gguf(arch);
+        let expert_count = keys.positive("expert_count")?;
+        let family = registry::family_of_gguf_experts(arch, expert_count.is_some());
         let learned_positions = family == Some(Family::Gpt2);
         let shape = keys.attention_shape()?;
         let rotary_dim = match learned_positions {
@@ -111,6 +112,10 @@ impl ModelConfig {
                 .collect(),
             torch_dtype: None,
             quantization_config: None,
+            moe: match expert_count {
+                Some(n) => Some(keys.moe(family, n, layers)?),
+                None => None,
+            },
         })
     }
 }
@@ -199,6 +204,70 @@ impl GgufKeys<'_> {
             Some(n) => Ok(n),
             None => self.required("feed_forward_length"),
         }
+    }
+
+    /// The experts: `{arch}.expert_used_count`, the expert width from
+    /// `{arch}.expert_feed_forward_length` (else the `ffn_gate_exps` tensor,
+    /// else `feed_forward_length`, Mixtral's spelling), the shared expert's
+    /// from `expert_shared_feed_forward_length`, renormalization from
+    /// `expert_weights_norm` (else llama.cpp's per-architecture choice: all
+    /// but Qwen2-MoE renormalize), and sparse layers by their router tensor
+    /// (`blk.N.ffn_gate_inp`), since llama.cpp writes no key for dense ones.
+    fn moe(
+        &self,
+        family: Option<Family>,
+        num_experts: usize,
+        layers: usize,
+    ) -> Result<MoeConfig, ConfigError> {
+        let sparse_layers: Vec<bool> = (0..layers)
+            .map(|i| {
+                self.g
+                    .tensor_info(&format!("blk.{i}.ffn_gate_inp.weight"))
+                    .is_some()
+            })
+            .collect();
+        let first_sparse = sparse_layers.iter().position(|&s| s).unwrap_or(0);
+        // Rows of a `[.., rows, h]` tensor of the first sparse layer.
+        let rows_of = |part: &str| {
+            self.g
+                .tensor_info(&format!("blk.{first_sparse}.{part}.weight"))
+                .and_then(|t| t.ne.get(1))
+                .map(|&n| n as usize)
+                .filter(|&n| n > 0)
+        };
+        let expert_intermediate_size = match self.positive("expert_feed_forward_length")? {
+            Some(n) => n,
+            None => match rows_of("ffn_gate_exps") {
+                Some(n) => n,
+                None => self.required("feed_forward_length")?,
+            },
+        };
+        let renormalize = match self.g.metadata(&self.key("expert_weights_norm")) {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                invalid(
+                    self.key("expert_weights_norm"),
+                    format!("expected true or false, got {v:?}"),
+                )
+            })?,
+            None => family != Some(Family::Qwen2Moe),
+        };
+        MoeConfig {
+            num_experts,
+            experts_per_token: self.required("expert_used_count")?,
+            expert_intermediate_size,
+            shared_expert_intermediate_size: match self
+                .positive("expert_shared_feed_forward_length")?
+            {
+                Some(n) => Some(n),
+                None => rows_of("ffn_gate_shexp"),
+            },
+            renormalize,
+            sparse_layers,
+        }
+        .check(|field| match field {
+            "num_experts_per_tok" => self.key("expert_used_count"),
+            _ => self.key("expert_count"),
+        })
     }
 
     /// `{arch}.rope.dimension_count` (even, ≤ the head size), else the head size.

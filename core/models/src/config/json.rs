@@ -3,8 +3,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    AttentionShape, ConfigError, HiddenAct, ModelConfig, Multipliers, RopeScaling, check_window,
-    default_head_dim, invalid, rotary_dim_of,
+    AttentionShape, ConfigError, HiddenAct, ModelConfig, MoeConfig, Multipliers, RopeScaling,
+    check_window, default_head_dim, invalid, rotary_dim_of,
 };
 use crate::registry::{self, Family};
 use crate::rope::yarn_mscale;
@@ -122,6 +122,28 @@ impl<'a> Fields<'a> {
             Some(Value::Array(items)) => items.iter().map(one).collect(),
             Some(x) => one(x).map(|id| vec![id]),
         }
+    }
+
+    /// A list of non-negative integers (absent: empty).
+    fn usizes(&self, name: &str) -> Result<Vec<usize>, ConfigError> {
+        let Some(v) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        let bad = || {
+            invalid(
+                self.path(name),
+                format!("expected a list of integers, got {v}"),
+            )
+        };
+        v.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
     }
 
     /// The first of several spellings that is present (`hidden_size`, `n_embd`).
@@ -425,7 +447,7 @@ fn hf_sliding_layers(
     }
     let all = |on: bool| vec![on; layers];
     Ok(match family {
-        Some(Family::Qwen2 | Family::Qwen3) => {
+        Some(Family::Qwen2 | Family::Qwen3 | Family::Qwen2Moe | Family::Qwen3Moe) => {
             if f.bool("use_sliding_window")? == Some(true) {
                 let first = f.usize("max_window_layers")?.unwrap_or(28);
                 (0..layers).map(|i| i >= first).collect()
@@ -438,7 +460,9 @@ fn hf_sliding_layers(
             let pattern = f.positive("sliding_window_pattern")?.unwrap_or(6);
             (0..layers).map(|i| (i + 1) % pattern != 0).collect()
         }
-        Some(Family::Mistral | Family::Phi3 | Family::Starcoder2) | None => all(true),
+        Some(Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Starcoder2) | None => {
+            all(true)
+        }
         Some(_) => all(false),
     })
 }
@@ -464,11 +488,77 @@ fn hf_activation(f: &Fields<'_>, family: Option<Family>) -> Result<HiddenAct, Co
     })
 }
 
+/// The experts of a mixture-of-experts family: Mixtral routes every layer
+/// through `num_local_experts` experts of `intermediate_size` and always
+/// renormalizes the top-k weights; Qwen2/3-MoE name them `num_experts` of
+/// `moe_intermediate_size`, renormalize when `norm_topk_prob`, and keep a
+/// dense MLP on `mlp_only_layers` and on layers off `decoder_sparse_step`.
+fn hf_moe(
+    f: &Fields<'_>,
+    family: Option<Family>,
+    layers: usize,
+    intermediate_size: usize,
+) -> Result<Option<MoeConfig>, ConfigError> {
+    let qwen = matches!(family, Some(Family::Qwen2Moe | Family::Qwen3Moe));
+    if !qwen && family != Some(Family::Mixtral) {
+        return Ok(None);
+    }
+    let experts_field = f.first(&["num_local_experts", "num_experts"]);
+    let num_experts = match f.usize(experts_field)? {
+        // Qwen2/3-MoE with no experts is a dense model.
+        Some(0) | None if qwen => return Ok(None),
+        Some(0) => return Err(invalid(experts_field, "must be positive")),
+        Some(n) => n,
+        None => return Err(ConfigError::Missing(experts_field.into())),
+    };
+    let experts_per_token = f.required("num_experts_per_tok")?;
+    let moe = if qwen {
+        let step = f.positive("decoder_sparse_step")?.unwrap_or(1);
+        let dense = f.usizes("mlp_only_layers")?;
+        if let Some(&bad) = dense.iter().find(|&&i| i >= layers) {
+            return Err(invalid(
+                "mlp_only_layers",
+                format!("names layer {bad} of a {layers}-layer model"),
+            ));
+        }
+        MoeConfig {
+            num_experts,
+            experts_per_token,
+            expert_intermediate_size: f.required("moe_intermediate_size")?,
+            shared_expert_intermediate_size: match family {
+                Some(Family::Qwen2Moe) => f.positive("shared_expert_intermediate_size")?,
+                _ => None,
+            },
+            renormalize: f.bool("norm_topk_prob")?.unwrap_or(false),
+            sparse_layers: (0..layers)
+                .map(|i| !dense.contains(&i) && (i + 1).is_multiple_of(step))
+                .collect(),
+        }
+    } else {
+        MoeConfig {
+            num_experts,
+            experts_per_token,
+            expert_intermediate_size: intermediate_size,
+            shared_expert_intermediate_size: None,
+            renormalize: true,
+            sparse_layers: vec![true; layers],
+        }
+    };
+    moe.check(|field| match field {
+        "num_experts_per_tok" => field.to_string(),
+        _ => experts_field.to_string(),
+    })
+    .map(Some)
+}
+
 /// `(attention_bias, mlp_bias)` as each family defines them.
 fn hf_biases(f: &Fields<'_>, family: Option<Family>) -> Result<(bool, bool), ConfigError> {
     Ok(match family {
         Some(Family::Qwen2) => (true, false),
-        Some(Family::Mistral | Family::Gemma | Family::Gemma2 | Family::Phi3) => (false, false),
+        Some(Family::Qwen2Moe) => (f.bool("qkv_bias")?.unwrap_or(true), false),
+        Some(Family::Mistral | Family::Mixtral | Family::Gemma | Family::Gemma2 | Family::Phi3) => {
+            (false, false)
+        }
         Some(Family::Phi2 | Family::Gpt2 | Family::Bert) => (true, true),
         Some(Family::GptNeoX) => (f.bool("attention_bias")?.unwrap_or(true), true),
         Some(Family::Opt) => {
@@ -479,7 +569,7 @@ fn hf_biases(f: &Fields<'_>, family: Option<Family>) -> Result<(bool, bool), Con
             let b = f.bool("use_bias")?.unwrap_or(true);
             (b, b)
         }
-        Some(Family::Gemma3 | Family::Qwen3 | Family::Olmo2) => {
+        Some(Family::Gemma3 | Family::Qwen3 | Family::Qwen3Moe | Family::Olmo2) => {
             (f.bool("attention_bias")?.unwrap_or(false), false)
         }
         Some(Family::Llama | Family::Granite) | None => (
@@ -663,6 +753,7 @@ impl ModelConfig {
             eos_token_ids: f.ids("eos_token_id")?,
             torch_dtype: torch_dtype.map(str::to_string),
             quantization_config: f.get("quantization_config").cloned(),
+            moe: hf_moe(&f, family, num_hidden_layers, intermediate_size)?,
             architecture,
             model_type,
         })
@@ -883,5 +974,75 @@ mod tests {
         let all = r#","layer_types":["sliding_attention","sliding_attention"]"#;
         assert_eq!(qwen(all).unwrap().sliding_window, Some(16));
         assert!(qwen(r#","attention_bias":false"#).unwrap().attention_bias);
+    }
+
+    #[test]
+    fn experts_and_their_layers() {
+        let qwen = |extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"architectures":["Qwen2MoeForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+                   "intermediate_size":128,"num_hidden_layers":4,"vocab_size":8,"num_experts":8,
+                   "num_experts_per_tok":2,"moe_intermediate_size":32{extra}}}"#
+            ))
+        };
+        let c = qwen(r#","decoder_sparse_step":2,"mlp_only_layers":[3],"norm_topk_prob":true,"shared_expert_intermediate_size":64"#)
+            .unwrap();
+        let moe = c.moe.unwrap();
+        assert_eq!(moe.sparse_layers, vec![false, true, false, false]);
+        assert!(moe.renormalize && moe.is_sparse(1) && !moe.is_sparse(3));
+        assert_eq!(moe.shared_expert_intermediate_size, Some(64));
+        assert!(c.attention_bias, "Qwen2-MoE's qkv_bias defaults to true");
+        assert_eq!(qwen(r#","num_experts":0"#).unwrap().moe, None);
+        let mixtral = ModelConfig::from_hf_json(
+            r#"{"architectures":["MixtralForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+               "intermediate_size":32,"num_hidden_layers":2,"vocab_size":8,"num_local_experts":4,
+               "num_experts_per_tok":2}"#,
+        )
+        .unwrap();
+        let moe = mixtral.moe.unwrap();
+        assert_eq!((moe.expert_intermediate_size, moe.renormalize), (32, true));
+        // transformers 5 writes Qwen3-MoE's expert count as `num_local_experts`.
+        let qwen3 = ModelConfig::from_hf_json(
+            r#"{"architectures":["Qwen3MoeForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+               "intermediate_size":128,"num_hidden_layers":2,"vocab_size":8,"num_local_experts":4,
+               "num_experts_per_tok":2,"moe_intermediate_size":32}"#,
+        )
+        .unwrap();
+        assert_eq!(qwen3.moe.unwrap().num_experts, 4);
+    }
+
+    #[test]
+    fn inconsistent_experts_name_the_field() {
+        let cases = [
+            (
+                r#","num_experts_per_tok":9"#,
+                "num_experts_per_tok",
+                "only 8",
+            ),
+            (r#","mlp_only_layers":[4]"#, "mlp_only_layers", "layer 4"),
+            (
+                r#","decoder_sparse_step":0"#,
+                "decoder_sparse_step",
+                "positive",
+            ),
+            (
+                r#","moe_intermediate_size":0"#,
+                "moe_intermediate_size",
+                "positive",
+            ),
+        ];
+        for (extra, field, words) in cases {
+            let msg = ModelConfig::from_hf_json(&format!(
+                r#"{{"architectures":["Qwen3MoeForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+                   "intermediate_size":128,"num_hidden_layers":4,"vocab_size":8,"num_experts":8,
+                   "num_experts_per_tok":2,"moe_intermediate_size":32{extra}}}"#
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                msg.contains(&format!("`{field}`")) && msg.contains(words) && !msg.contains('\n'),
+                "{extra}: {msg}"
+            );
+        }
     }
 }

@@ -146,6 +146,49 @@ pub struct Multipliers {
     pub logits_scaling: Option<f32>,
 }
 
+/// Mixture-of-experts feed-forward settings (Mixtral, Qwen2-MoE, Qwen3-MoE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    /// E, routed experts per sparse layer (`num_local_experts`, `num_experts`).
+    pub num_experts: usize,
+    /// k, experts each token is routed to (`num_experts_per_tok`; `1 ≤ k ≤ E`).
+    pub experts_per_token: usize,
+    /// Inner width of one routed expert (`moe_intermediate_size`; Mixtral's
+    /// `intermediate_size`).
+    pub expert_intermediate_size: usize,
+    /// Inner width of the always-on shared expert, whose output is scaled by
+    /// a sigmoid gate (Qwen2-MoE `shared_expert_intermediate_size`).
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// The k routing weights are divided by their sum (`norm_topk_prob`;
+    /// always for Mixtral).
+    pub renormalize: bool,
+    /// `[num_hidden_layers]`: which layers route through experts; the others
+    /// keep a dense MLP of `intermediate_size` (`mlp_only_layers`,
+    /// `decoder_sparse_step`).
+    pub sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// Whether layer `i` routes through experts.
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.sparse_layers.get(layer).copied().unwrap_or(false)
+    }
+
+    /// Checks both sources share; `key` names a field in messages.
+    pub(crate) fn check(self, key: impl Fn(&str) -> String) -> Result<MoeConfig, ConfigError> {
+        if self.experts_per_token > self.num_experts {
+            return Err(invalid(
+                key("num_experts_per_tok"),
+                format!(
+                    "routes each token to {} experts, but there are only {} (`num_local_experts`)",
+                    self.experts_per_token, self.num_experts
+                ),
+            ));
+        }
+        Ok(self)
+    }
+}
+
 /// Decoder hyper-parameters of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -218,6 +261,8 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
     /// Raw `quantization_config`, when present.
     pub quantization_config: Option<Value>,
+    /// Mixture-of-experts settings; `None` for dense models.
+    pub moe: Option<MoeConfig>,
 }
 
 /// Heads and head size, checked for consistency.
@@ -310,7 +355,14 @@ impl ModelConfig {
     /// as the family places them (falls back to the Llama layout for an
     /// architecture Kiln does not run).
     pub fn num_parameters(&self) -> u64 {
-        crate::parts::count_parameters(self)
+        crate::parts::count_parameters(self).total
+    }
+
+    /// Parameters one token computes with: all of them for a dense model;
+    /// for a mixture of experts, the k routed experts of each sparse layer
+    /// instead of all E.
+    pub fn num_active_parameters(&self) -> u64 {
+        crate::parts::count_parameters(self).active
     }
 
     /// KV-cache bytes per token: 2 × layers × kv_heads × head_dim × `dtype_bytes`.

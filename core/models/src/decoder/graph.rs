@@ -1,19 +1,20 @@
 //! One forward pass as a list of backend operations, built from the parts
 //! of [`DecoderVariant`]: embeddings, each block in its layout (pre-norm,
-//! parallel, sandwich, post-norm), attention with its options, the MLP, and
-//! the head.
+//! parallel, sandwich, post-norm), attention with its options, the MLP (dense,
+//! or a sparse layer's router, shared expert and `OP_MOE`), and the head.
 
 use kiln_plugin_abi::ops::{self, Accumulate};
 use kiln_plugin_abi::{KilnOp, KilnTensor, KilnWeight};
 
 use super::Decoder;
+use super::head::{HeadViews, head_ops};
 use super::kv_cache::KvCache;
-use super::layer::{LayerWeights, Linear, NormWeights};
+use super::layer::{DenseMlp, Ffn, LayerWeights, Linear, NormWeights, SparseMoe};
 use super::step::BatchViews;
 use crate::config::HiddenAct;
-use crate::parts::{BlockLayout, Mlp, Norm, QkNorm};
+use crate::parts::{BlockLayout, Mlp, Norm, QkNorm, Routing};
 
-fn raw(w: &Option<kiln_plugin_abi::safe::Weight>) -> KilnWeight {
+pub(crate) fn raw(w: &Option<kiln_plugin_abi::safe::Weight>) -> KilnWeight {
     w.as_ref().map_or(KilnWeight::NULL, |w| w.raw())
 }
 
@@ -24,6 +25,21 @@ pub(crate) fn act_kind(act: HiddenAct) -> i64 {
         HiddenAct::GeluTanh => ops::ACT_GELU_TANH,
         HiddenAct::Gelu => ops::ACT_GELU,
         HiddenAct::Relu => ops::ACT_RELU,
+    }
+}
+
+/// The family's norm of `x` into `out`.
+pub(crate) fn norm_op(d: &Decoder, x: KilnTensor, w: &NormWeights, out: KilnTensor) -> KilnOp {
+    let eps = d.config.rms_norm_eps;
+    match d.variant.norm {
+        Norm::Rms => ops::rms_norm(x, w.gamma.raw(), eps, out),
+        Norm::Layer { .. } => ops::layer_norm(ops::LayerNorm {
+            x,
+            gamma: w.gamma.raw(),
+            beta: raw(&w.beta),
+            eps,
+            out,
+        }),
     }
 }
 
@@ -47,40 +63,39 @@ impl Graph<'_> {
     }
 
     fn norm(&mut self, x: KilnTensor, w: &NormWeights, out: KilnTensor) {
-        let eps = self.d.config.rms_norm_eps;
-        self.ops.push(match self.d.variant.norm {
-            Norm::Rms => ops::rms_norm(x, w.gamma.raw(), eps, out),
-            Norm::Layer { .. } => ops::layer_norm(ops::LayerNorm {
-                x,
-                gamma: w.gamma.raw(),
-                beta: raw(&w.beta),
-                eps,
-                out,
-            }),
-        });
+        self.ops.push(norm_op(self.d, x, w, out));
     }
 
-    /// Add a branch's projection into the residual: fused into the linear
-    /// layer, or through `branch` when the family scales it first.
-    fn project_into_residual(&mut self, x: KilnTensor, w: &Linear) {
+    /// Add a branch into the residual: `write` adds it there itself, or
+    /// writes it to `branch` when the family scales it first.
+    fn add_to_residual(&mut self, write: impl FnOnce(&mut Self, KilnTensor, Accumulate)) {
         let (residual, branch) = (self.t.residual, self.t.branch);
         match self.d.variant.residual_scale {
-            None => self.linear(x, w, residual, Accumulate::Add),
+            None => write(self, residual, Accumulate::Add),
             Some(f) => {
-                self.linear(x, w, branch, Accumulate::Overwrite);
+                write(self, branch, Accumulate::Overwrite);
                 self.ops
                     .push(ops::scale(branch, f, residual, Accumulate::Add));
             }
         }
     }
 
-    /// Project into `branch`, norm it (into `normed`), add it to the residual.
-    fn project_norm_add(&mut self, x: KilnTensor, w: &Linear, post: &NormWeights) {
+    /// `write` a branch into `branch`, norm it (into `normed`), add it to the residual.
+    fn add_normed_to_residual(
+        &mut self,
+        post: &NormWeights,
+        write: impl FnOnce(&mut Self, KilnTensor, Accumulate),
+    ) {
         let t = self.t;
         let (branch, normed, residual) = (t.branch, t.normed, t.residual);
-        self.linear(x, w, branch, Accumulate::Overwrite);
+        write(self, branch, Accumulate::Overwrite);
         self.norm(branch, post, normed);
         self.ops.push(ops::add(residual, normed, residual));
+    }
+
+    /// Add the projection `w` of `x` into the residual.
+    fn project_into_residual(&mut self, x: KilnTensor, w: &Linear) {
+        self.add_to_residual(|g, out, acc| g.linear(x, w, out, acc));
     }
 
     pub fn embeddings(&mut self) {
@@ -119,8 +134,7 @@ impl Graph<'_> {
                 self.attention(normed, layer, kv, i);
                 self.project_into_residual(t.attn, &layer.o);
                 self.norm(residual, norm(&layer.ffn_norm), normed);
-                self.mlp(normed, layer);
-                self.project_into_residual(t.gate, &layer.down);
+                self.add_to_residual(|g, out, acc| g.ffn(normed, &layer.ffn, out, acc));
             }
             BlockLayout::Parallel { shared_norm } => {
                 self.norm(residual, norm(&layer.attn_norm), normed);
@@ -131,23 +145,28 @@ impl Graph<'_> {
                     normed2
                 };
                 self.attention(normed, layer, kv, i);
-                self.mlp(mlp_in, layer);
                 self.project_into_residual(t.attn, &layer.o);
-                self.project_into_residual(t.gate, &layer.down);
+                self.add_to_residual(|g, out, acc| g.ffn(mlp_in, &layer.ffn, out, acc));
             }
             BlockLayout::Sandwich => {
                 self.norm(residual, norm(&layer.attn_norm), normed);
                 self.attention(normed, layer, kv, i);
-                self.project_norm_add(t.attn, &layer.o, norm(&layer.post_attn_norm));
+                self.add_normed_to_residual(norm(&layer.post_attn_norm), |g, out, acc| {
+                    g.linear(t.attn, &layer.o, out, acc)
+                });
                 self.norm(residual, norm(&layer.ffn_norm), normed);
-                self.mlp(normed, layer);
-                self.project_norm_add(t.gate, &layer.down, norm(&layer.post_ffn_norm));
+                self.add_normed_to_residual(norm(&layer.post_ffn_norm), |g, out, acc| {
+                    g.ffn(normed, &layer.ffn, out, acc)
+                });
             }
             BlockLayout::PostNorm => {
                 self.attention(residual, layer, kv, i);
-                self.project_norm_add(t.attn, &layer.o, norm(&layer.post_attn_norm));
-                self.mlp(residual, layer);
-                self.project_norm_add(t.gate, &layer.down, norm(&layer.post_ffn_norm));
+                self.add_normed_to_residual(norm(&layer.post_attn_norm), |g, out, acc| {
+                    g.linear(t.attn, &layer.o, out, acc)
+                });
+                self.add_normed_to_residual(norm(&layer.post_ffn_norm), |g, out, acc| {
+                    g.ffn(residual, &layer.ffn, out, acc)
+                });
             }
             BlockLayout::PostResidual => {
                 // The state moves to `normed` after attention and back after
@@ -155,8 +174,7 @@ impl Graph<'_> {
                 self.attention(residual, layer, kv, i);
                 self.linear(t.attn, &layer.o, residual, Accumulate::Add);
                 self.norm(residual, norm(&layer.post_attn_norm), normed);
-                self.mlp(normed, layer);
-                self.linear(t.gate, &layer.down, normed, Accumulate::Add);
+                self.ffn(normed, &layer.ffn, normed, Accumulate::Add);
                 self.norm(normed, norm(&layer.post_ffn_norm), residual);
             }
         }
@@ -227,27 +245,84 @@ impl Graph<'_> {
         }));
     }
 
-    /// The MLP up to its activation, leaving `[n, inter]` in `t.gate` for
-    /// the down projection.
-    fn mlp(&mut self, x: KilnTensor, layer: &LayerWeights) {
+    /// The feed-forward block on `x`, written or added into `out`.
+    fn ffn(&mut self, x: KilnTensor, ffn: &Ffn, out: KilnTensor, accumulate: Accumulate) {
+        match ffn {
+            Ffn::Dense(mlp) => self.dense_mlp(x, mlp, out, accumulate),
+            Ffn::Sparse(moe) => self.sparse_moe(x, moe, out, accumulate),
+        }
+    }
+
+    /// A dense MLP: up to its activation in `t.gate` (`[n, inter]` with the
+    /// MLP's own inner width), then the down projection into `out`.
+    fn dense_mlp(&mut self, x: KilnTensor, mlp: &DenseMlp, out: KilnTensor, acc: Accumulate) {
         let v = &self.d.variant;
-        let (gate, up) = (self.t.gate, self.t.up);
+        let n = self.t.n;
+        let inter = mlp.up.weight.rows();
+        let (gate, up) = (reshape(self.t.gate, n, inter), reshape(self.t.up, n, inter));
         let kind = act_kind(v.act);
-        match (v.mlp, &layer.gate) {
+        match (v.mlp, &mlp.gate) {
             (Mlp::Gated { .. }, Some(g)) => {
                 self.linear(x, g, gate, Accumulate::Overwrite);
-                self.linear(x, &layer.up, up, Accumulate::Overwrite);
+                self.linear(x, &mlp.up, up, Accumulate::Overwrite);
                 self.ops.push(match v.act {
                     HiddenAct::Silu => ops::silu_mul(gate, up, gate),
                     _ => ops::activation(kind, gate, up, gate),
                 });
             }
             _ => {
-                self.linear(x, &layer.up, gate, Accumulate::Overwrite);
+                self.linear(x, &mlp.up, gate, Accumulate::Overwrite);
                 self.ops
                     .push(ops::activation(kind, gate, KilnTensor::NONE, gate));
             }
         }
+        self.linear(gate, &mlp.down, out, acc);
+    }
+
+    /// A sparse layer: router logits into `t.router_logits`, the shared
+    /// expert into `t.shared_out` and its gate logit into `t.shared_gate`,
+    /// then one `OP_MOE` that routes, runs the experts and adds the shared
+    /// term.
+    fn sparse_moe(&mut self, x: KilnTensor, moe: &SparseMoe, out: KilnTensor, acc: Accumulate) {
+        let experts = self
+            .d
+            .variant
+            .experts
+            .as_ref()
+            .expect("a sparse layer belongs to a family with experts");
+        let t = self.t;
+        self.linear(x, &moe.router, t.router_logits, Accumulate::Overwrite);
+        let (shared_out, shared_gate) = match &moe.shared {
+            None => (KilnTensor::NONE, KilnTensor::NONE),
+            Some(shared) => {
+                self.dense_mlp(x, &shared.mlp, t.shared_out, Accumulate::Overwrite);
+                self.linear(x, &shared.gate, t.shared_gate_pairs, Accumulate::Overwrite);
+                self.ops.push(ops::gather_rows(
+                    t.shared_gate_column,
+                    t.even_rows,
+                    t.shared_gate,
+                ));
+                (t.shared_out, t.shared_gate)
+            }
+        };
+        self.ops.push(ops::moe(ops::Moe {
+            x,
+            router_logits: t.router_logits,
+            out,
+            shared_out,
+            shared_gate,
+            gate_up: moe.experts.gate_up.raw(),
+            down: moe.experts.down.raw(),
+            num_experts: experts.count as i64,
+            top_k: experts.top_k as i64,
+            decode_rows: t.decode_rows,
+            activation: act_kind(self.d.variant.act),
+            routing: match experts.routing {
+                Routing::SoftmaxTopK => ops::MOE_ROUTING_SOFTMAX_TOPK,
+                Routing::SoftmaxTopKRenormalized => ops::MOE_ROUTING_SOFTMAX_TOPK_RENORM,
+            },
+            accumulate: acc,
+        }));
     }
 
     /// Every row's final hidden state, for embeddings: the final norm into
@@ -260,34 +335,17 @@ impl Graph<'_> {
     }
 
     pub fn head(&mut self) {
-        let d = self.d;
         let t = self.t;
-        let Some(final_norm) = &d.final_norm else {
-            return;
-        };
-        let (last_hidden, last_normed, logits) = (t.last_hidden, t.last_normed, t.logits);
-        self.ops
-            .push(ops::gather_rows(t.residual, t.logits_indices, last_hidden));
-        self.norm(last_hidden, final_norm, last_normed);
-        let head = d.lm_head.as_ref().unwrap_or(&d.embed);
-        self.ops.push(ops::linear(ops::Linear {
-            x: last_normed,
-            weight: head.raw(),
-            bias: raw(&d.lm_head_bias),
-            out: logits,
-            accumulate: Accumulate::Overwrite,
+        let views = HeadViews {
+            residual: t.residual,
+            indices: t.logits_indices,
+            hidden: t.last_hidden,
+            normed: t.last_normed,
+            logits: t.logits,
+            logits_f32: t.logits_f32,
             decode_rows: t.decode_logits_rows,
-        }));
-        if let Some(f) = d.variant.logit_scale {
-            self.ops
-                .push(ops::scale(logits, f, logits, Accumulate::Overwrite));
-        }
-        if let Some(cap) = d.variant.final_softcap {
-            self.ops.push(ops::softcap(logits, cap, logits));
-        }
-        if d.act != super::dtype::ActDType::F32 {
-            self.ops.push(ops::cast(logits, t.logits_f32));
-        }
+        };
+        head_ops(self.d, views, &mut self.ops);
     }
 }
 

@@ -5,6 +5,7 @@
 use kiln_plugin_abi::safe::Weight;
 
 use super::DecoderError;
+use super::experts::{ExpertDims, ExpertStacks, load_experts};
 use super::loader::{Loader, TensorRef, select_rows, transpose};
 use crate::config::ModelConfig;
 use crate::names::Role;
@@ -34,10 +35,37 @@ pub(crate) struct LayerWeights {
     pub post_attn_norm: Option<NormWeights>,
     pub ffn_norm: Option<NormWeights>,
     pub post_ffn_norm: Option<NormWeights>,
+    pub ffn: Ffn,
+}
+
+/// A dense MLP's projections.
+pub(crate) struct DenseMlp {
     /// Absent for plain (ungated) MLPs.
     pub gate: Option<Linear>,
     pub up: Linear,
     pub down: Linear,
+}
+
+/// The feed-forward block of a layer.
+pub(crate) enum Ffn {
+    Dense(Box<DenseMlp>),
+    Sparse(Box<SparseMoe>),
+}
+
+/// A sparse layer: router, stacked experts, and the shared expert when the
+/// family has one.
+pub(crate) struct SparseMoe {
+    /// `[E, h]`.
+    pub router: Linear,
+    pub experts: ExpertStacks,
+    pub shared: Option<SharedExpert>,
+}
+
+/// Qwen2-MoE's always-on expert and its sigmoid gate.
+pub(crate) struct SharedExpert {
+    pub mlp: DenseMlp,
+    /// `[2, h]`: the gate row twice (see `shared_expert_gate`).
+    pub gate: Linear,
 }
 
 /// Widths a layer's tensors are checked against.
@@ -185,7 +213,63 @@ impl<'a> LayerLoader<'_, 'a, '_> {
         }
     }
 
-    fn mlp(&mut self) -> Result<(Option<Linear>, Linear, Linear), DecoderError> {
+    fn ffn(&mut self) -> Result<Ffn, DecoderError> {
+        let Some(x) = self.v.experts.as_ref().filter(|x| x.on_layer(self.i)) else {
+            return Ok(Ffn::Dense(Box::new(self.mlp()?)));
+        };
+        let (h, count) = (self.d.hidden, x.count);
+        let router = self.linear(Role::Router, count, h, false)?;
+        let dims = ExpertDims {
+            count,
+            inter: x.intermediate,
+            hidden: h,
+        };
+        let experts = load_experts(self.l, self.i, dims)?;
+        let shared = match x.shared_intermediate {
+            None => None,
+            Some(s) => Some(SharedExpert {
+                mlp: DenseMlp {
+                    gate: Some(self.linear(Role::SharedGate, s, h, false)?),
+                    up: self.linear(Role::SharedUp, s, h, false)?,
+                    down: self.linear(Role::SharedDown, h, s, false)?,
+                },
+                gate: self.shared_expert_gate()?,
+            }),
+        };
+        Ok(Ffn::Sparse(Box::new(SparseMoe {
+            router,
+            experts,
+            shared,
+        })))
+    }
+
+    /// The shared expert's gate row (`[1, h]`; GGUF stores it as `[h]`),
+    /// stored twice as a `[2, h]` matrix: the ABI reads a one-row weight as
+    /// a vector, so the graph computes two equal logits per token and keeps
+    /// the first.
+    fn shared_expert_gate(&mut self) -> Result<Linear, DecoderError> {
+        let h = self.d.hidden;
+        let view = self.l.view(self.at(Role::SharedExpertGate))?;
+        if view.num_elements() != h {
+            return Err(DecoderError::BadShape {
+                name: view.name.clone(),
+                actual: view.shape.clone(),
+                expected: vec![1, h],
+            });
+        }
+        let twice = [view.data.as_ref(), view.data.as_ref()].concat();
+        let view = TensorView {
+            shape: vec![2, h],
+            data: std::borrow::Cow::Owned(twice),
+            ..view
+        };
+        Ok(Linear {
+            weight: self.l.prepare(view, &[2, h])?,
+            bias: None,
+        })
+    }
+
+    fn mlp(&mut self) -> Result<DenseMlp, DecoderError> {
         let (h, i, bias) = (self.d.hidden, self.d.inter, self.v.mlp_bias);
         let (gate, up) = match self.v.mlp {
             Mlp::Plain => (None, self.linear(Role::Up, i, h, bias)?),
@@ -201,7 +285,7 @@ impl<'a> LayerLoader<'_, 'a, '_> {
             }
         };
         let down = self.linear(Role::Down, h, i, bias)?;
-        Ok((gate, up, down))
+        Ok(DenseMlp { gate, up, down })
     }
 
     fn qk_norms(&mut self) -> Result<(Option<Weight>, Option<Weight>), DecoderError> {
@@ -246,7 +330,7 @@ pub(crate) fn load_layer(
     let o = ll.linear(Role::O, h, q_dim, v.o_proj_bias)?;
     let post_attn_norm = post_attn.then(|| ll.norm(Role::PostAttnNorm)).transpose()?;
     let ffn_norm = pre_ffn.then(|| ll.norm(Role::FfnNorm)).transpose()?;
-    let (gate, up, down) = ll.mlp()?;
+    let ffn = ll.ffn()?;
     let post_ffn_norm = post_ffn.then(|| ll.norm(Role::PostFfnNorm)).transpose()?;
     Ok(LayerWeights {
         attn_norm,
@@ -259,8 +343,6 @@ pub(crate) fn load_layer(
         post_attn_norm,
         ffn_norm,
         post_ffn_norm,
-        gate,
-        up,
-        down,
+        ffn,
     })
 }

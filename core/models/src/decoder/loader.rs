@@ -383,7 +383,7 @@ fn is_linear(role: Role) -> bool {
 
 /// A float matrix as Q8_0 blocks; other views (already quantized, or rows
 /// that are not whole blocks of 32) as they are.
-fn to_q8_0(view: TensorView<'_>, cols: usize) -> TensorView<'_> {
+pub(crate) fn to_q8_0(view: TensorView<'_>, cols: usize) -> TensorView<'_> {
     let float = matches!(
         view.dtype,
         WeightDType::F32 | WeightDType::F16 | WeightDType::BF16

@@ -11,7 +11,9 @@
 
 mod bidirectional;
 pub mod dtype;
+mod experts;
 mod graph;
+mod head;
 mod kv_cache;
 mod layer;
 mod loader;
@@ -21,6 +23,7 @@ use kiln_plugin_abi::safe::{AbiError, Buffer, Device, Weight};
 use kiln_plugin_abi::{KILN_F32, KilnOp, KilnTensor, ops};
 
 pub use dtype::{ActDType, weight_format};
+pub use head::RowHead;
 pub use kv_cache::KvCache;
 pub use loader::{LoadProgress, WeightSummary};
 pub use step::{BatchInputs, StepBuffers, StepCapacity};
@@ -77,6 +80,15 @@ pub enum DecoderError {
         scheme: String,
         /// The backend.
         backend: String,
+    },
+    /// A sparse layer's experts cannot be stacked into the one weight per
+    /// projection the backend runs them from.
+    #[error("the experts of layer {layer} cannot be stacked: {reason}")]
+    ExpertStack {
+        /// The layer.
+        layer: usize,
+        /// What stands in the way.
+        reason: String,
     },
     /// The backend lacks an operation the model needs.
     #[error("the {backend} backend cannot run {family} models: it lacks the `{op}` operation")]
@@ -170,6 +182,9 @@ fn required_ops(variant: &DecoderVariant) -> Vec<u32> {
     }
     if variant.final_softcap.is_some() {
         v.push(ops::OP_SOFTCAP);
+    }
+    if variant.experts.is_some() {
+        v.push(ops::OP_MOE);
     }
     v
 }

@@ -60,7 +60,13 @@ pub struct StepBuffers {
     hidden: usize,
     q_dim: usize,
     kv_dim: usize,
+    /// Columns of `gate` and `up`: the widest dense MLP (the model's, or a
+    /// shared expert's).
     inter: usize,
+    /// E, columns of `router_logits` (0 for dense models).
+    experts: usize,
+    /// Whether `shared_out` and `shared_gate` hold rows (a shared expert).
+    shared_expert: bool,
     vocab: usize,
     ids: Buffer,
     positions: Buffer,
@@ -79,6 +85,13 @@ pub struct StepBuffers {
     up: Buffer,
     branch: Buffer,
     normed2: Buffer,
+    router_logits: Buffer,
+    shared_out: Buffer,
+    shared_gate_pairs: Buffer,
+    shared_gate: Buffer,
+    /// i32 `0, 2, 4, …`: the rows of `shared_gate_pairs` seen as one column
+    /// that hold each token's first logit.
+    even_rows: Buffer,
     last_hidden: Buffer,
     last_normed: Buffer,
     logits: Buffer,
@@ -105,6 +118,16 @@ impl StepBuffers {
             false => cap.max_seqs,
         };
         let rows = attention_rows as u64;
+        let experts = decoder.variant.experts.as_ref();
+        let num_experts = experts.map_or(0, |x| x.count);
+        let shared = experts.and_then(|x| x.shared_intermediate);
+        let inter = c.intermediate_size.max(shared.unwrap_or(0));
+        let shared_rows = if shared.is_some() { t } else { 0 };
+        let even_rows = i32s(shared_rows)?;
+        if shared.is_some() {
+            let evens: Vec<i32> = (0..cap.max_tokens as i32).map(|r| 2 * r).collect();
+            device.write(&even_rows, 0, bytemuck_i32(&evens))?;
+        }
         Ok(StepBuffers {
             cap,
             attention_rows,
@@ -112,7 +135,9 @@ impl StepBuffers {
             hidden: c.hidden_size,
             q_dim,
             kv_dim,
-            inter: c.intermediate_size,
+            inter,
+            experts: num_experts,
+            shared_expert: shared.is_some(),
             vocab: c.vocab_size,
             ids: i32s(t)?,
             positions: i32s(t)?,
@@ -127,10 +152,15 @@ impl StepBuffers {
             k: acts(t, kv_dim)?,
             v: acts(t, kv_dim)?,
             attn: acts(t, q_dim)?,
-            gate: acts(t, c.intermediate_size)?,
-            up: acts(t, c.intermediate_size)?,
+            gate: acts(t, inter)?,
+            up: acts(t, inter)?,
             branch: acts(t, c.hidden_size)?,
             normed2: acts(t, c.hidden_size)?,
+            router_logits: acts(t, num_experts)?,
+            shared_out: acts(shared_rows, c.hidden_size)?,
+            shared_gate_pairs: acts(shared_rows, 2)?,
+            shared_gate: acts(shared_rows, 1)?,
+            even_rows,
             last_hidden: acts(s, c.hidden_size)?,
             last_normed: acts(s, c.hidden_size)?,
             logits: acts(s, c.vocab_size)?,
@@ -166,6 +196,11 @@ impl StepBuffers {
             &self.up,
             &self.branch,
             &self.normed2,
+            &self.router_logits,
+            &self.shared_out,
+            &self.shared_gate_pairs,
+            &self.shared_gate,
+            &self.even_rows,
             &self.last_hidden,
             &self.last_normed,
             &self.logits,
@@ -291,6 +326,12 @@ impl StepBuffers {
         })
     }
 
+    /// `[rows, hidden]` view of the residual stream.
+    pub(crate) fn residual_view(&self, rows: usize) -> KilnTensor {
+        let dims = [rows as u64, self.hidden as u64];
+        self.residual.view(0, self.act.abi(), &dims)
+    }
+
     /// `[rows, vocab]` f32 view of the logits (what [`read_logits`](Self::read_logits) reads).
     pub fn logits_view(&self, rows: usize) -> KilnTensor {
         let buf = self.logits_f32.as_ref().unwrap_or(&self.logits);
@@ -330,6 +371,18 @@ pub(crate) struct BatchViews {
     pub attn: KilnTensor,
     pub gate: KilnTensor,
     pub up: KilnTensor,
+    /// `[n, E]` a sparse layer's router logits.
+    pub router_logits: KilnTensor,
+    /// `[n, hidden]` the shared expert's output (none without one).
+    pub shared_out: KilnTensor,
+    /// `[n, 2]` the shared expert's gate logit, twice per token.
+    pub shared_gate_pairs: KilnTensor,
+    /// `[2n, 1]` the same bytes as one column.
+    pub shared_gate_column: KilnTensor,
+    /// `[n]` i32 indices of each token's first logit in that column.
+    pub even_rows: KilnTensor,
+    /// `[n, 1]` the shared expert's gate logit (none without one).
+    pub shared_gate: KilnTensor,
     pub last_hidden: KilnTensor,
     pub last_normed: KilnTensor,
     pub logits: KilnTensor,
@@ -349,6 +402,11 @@ impl BatchViews {
         let s = inputs.seq_lens.len() as u64;
         let h = b.hidden as u64;
         let logits = b.logits.view(0, act, &[m, b.vocab as u64]);
+        // Views of the shared expert's buffers, which only it sizes.
+        let shared = |buf: &Buffer, dtype, dims: &[u64]| match b.shared_expert {
+            true => buf.view(0, dtype, dims),
+            false => KilnTensor::NONE,
+        };
         BatchViews {
             ids: b.ids.view(0, KILN_I32, &[n]),
             positions: b.positions.view(0, KILN_I32, &[n]),
@@ -369,6 +427,12 @@ impl BatchViews {
             attn: b.attn.view(0, act, &[n, b.q_dim as u64]),
             gate: b.gate.view(0, act, &[n, b.inter as u64]),
             up: b.up.view(0, act, &[n, b.inter as u64]),
+            router_logits: b.router_logits.view(0, act, &[n, b.experts as u64]),
+            shared_out: shared(&b.shared_out, act, &[n, h]),
+            shared_gate_pairs: shared(&b.shared_gate_pairs, act, &[n, 2]),
+            shared_gate_column: shared(&b.shared_gate_pairs, act, &[2 * n, 1]),
+            even_rows: shared(&b.even_rows, KILN_I32, &[n]),
+            shared_gate: shared(&b.shared_gate, act, &[n, 1]),
             last_hidden: b.last_hidden.view(0, act, &[m, h]),
             last_normed: b.last_normed.view(0, act, &[m, h]),
             logits,

@@ -202,6 +202,7 @@ fn scripted_info(config: &ScriptedConfig) -> EngineInfo {
         architecture: "LlamaForCausalLM".into(),
         family: "llama".into(),
         num_parameters: 1_000_000,
+        num_active_parameters: 1_000_000,
         dtype: "float32".into(),
         quantization: Some("Q4_1".into()),
         format: "gguf".into(),

@@ -65,6 +65,9 @@ pub struct ModelFacts {
     pub shape: ModelShape,
     /// Parameters (embeddings counted once when tied).
     pub parameters: u64,
+    /// Parameters one token computes with (a mixture of experts uses k of
+    /// its E experts); `parameters` for dense models.
+    pub active_parameters: u64,
     /// Weight bytes.
     pub weights: WeightSplit,
     /// How they were obtained.
@@ -121,6 +124,7 @@ fn facts(
         architecture: config.architecture.clone(),
         shape: shape_of(config),
         parameters: config.num_parameters(),
+        active_parameters: config.num_active_parameters(),
         weights,
         weight_origin: origin,
         weight_format: format,

@@ -77,6 +77,9 @@ pub struct ModelReport {
     pub shape: ModelShape,
     /// Parameters.
     pub parameters: u64,
+    /// Parameters one token computes with (fewer than `parameters` for a
+    /// mixture of experts).
+    pub active_parameters: u64,
     /// Weight format.
     pub weight_format: String,
     /// Total weight bytes.
@@ -240,6 +243,7 @@ pub fn build_plan(facts: &ModelFacts, request: &PlanRequest) -> Result<Plan, Pla
             architecture: facts.architecture.clone(),
             shape: facts.shape,
             parameters: facts.parameters,
+            active_parameters: facts.active_parameters,
             weight_format: facts.weight_format.clone(),
             weight_bytes: facts.weights.total(),
             weight_split: facts.weights,

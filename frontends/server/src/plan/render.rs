@@ -40,9 +40,13 @@ pub fn to_text(plan: &Plan) -> String {
     let m = &plan.model;
     let s = &plan.settings;
     let mut out = String::new();
+    let active = match m.active_parameters {
+        a if a < m.parameters => format!(", {:.2} B active", a as f64 / 1e9),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "Model     {} ({}, {:.2} B parameters)",
+        "Model     {} ({}, {:.2} B parameters{active})",
         m.name,
         m.architecture,
         m.parameters as f64 / 1e9

@@ -43,6 +43,7 @@ fn config_facts(name: &str) -> ModelFacts {
     let text = match name {
         "smollm2" => include_str!("../../tests/fixtures/configs/smollm2-135m.json"),
         "llama2" => include_str!("../../tests/fixtures/configs/llama-2-7b.json"),
+        "mixtral" => include_str!("../../tests/fixtures/configs/mixtral-8x7b.json"),
         _ => include_str!("../../tests/fixtures/configs/llama-3-8b.json"),
     };
     std::fs::write(&path, text).unwrap();
@@ -332,6 +333,30 @@ fn json_has_the_documented_fields() {
         text.contains("38,784") && text.contains("Recommended: kiln serve m"),
         "{text}"
     );
+}
+
+/// A mixture of experts holds every expert in memory but computes with two
+/// of eight per token.
+#[test]
+fn mixtral_counts_every_expert_and_reports_the_active_ones() {
+    let facts = config_facts("mixtral");
+    assert_eq!(
+        (facts.parameters, facts.active_parameters),
+        (46_702_792_704, 12_879_925_248)
+    );
+    assert_eq!(facts.weights.total(), 2 * 46_702_792_704);
+    let plan = build_plan(&facts, &gpu("mixtral", 141 * GIB)).unwrap();
+    let v = serde_json::to_value(&plan).unwrap();
+    assert_eq!(v["model"]["active_parameters"], 12_879_925_248u64);
+    let text = render::to_text(&plan);
+    assert!(
+        text.contains("46.70 B parameters, 12.88 B active"),
+        "{text}"
+    );
+    let dense = config_facts("llama3");
+    assert_eq!(dense.active_parameters, dense.parameters);
+    let text = render::to_text(&build_plan(&dense, &gpu("m", 24 * GIB)).unwrap());
+    assert!(!text.contains("active"), "{text}");
 }
 
 /// The real default model: weights summed from its tensor table.
