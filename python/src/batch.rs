@@ -139,6 +139,7 @@ impl RequestStreamIter {
         let output = kiln_engine::RequestOutput {
             request_id: stream.id(),
             prompt_token_ids: stream.prompt_token_ids().to_vec(),
+            prompt_logprobs: None,
             outputs: Vec::new(),
         };
         RequestStreamIter {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use kiln_engine_api::EngineHandle;
-use kiln_protocol::StopReason;
+use kiln_protocol::{PromptToken, StopReason, TopLogprob};
 use pyo3::prelude::*;
 
 /// One token's log-probability; `rank` 1 is the most likely token.
@@ -71,6 +71,10 @@ pub struct RequestOutput {
     /// The prompt text (the rendered template for `chat`); `None` for token-id prompts.
     pub prompt: Option<String>,
     pub prompt_token_ids: Vec<u32>,
+    /// Per prompt token: `None` for the first, else token id → `Logprob`
+    /// for the prompt token and its top alternatives; `None` unless
+    /// `prompt_logprobs` was asked.
+    pub prompt_logprobs: Option<Vec<Option<BTreeMap<u32, Logprob>>>>,
     pub outputs: Vec<CompletionOutput>,
     /// True once every sequence has ended.
     pub finished: bool,
@@ -115,10 +119,45 @@ impl RequestOutput {
             request_id: out.request_id.to_string(),
             prompt,
             prompt_token_ids: out.prompt_token_ids.clone(),
+            prompt_logprobs: out.prompt_logprobs.as_deref().map(prompt_logprobs),
             outputs,
             finished,
         }
     }
+}
+
+fn prompt_logprobs(tokens: &[PromptToken]) -> Vec<Option<BTreeMap<u32, Logprob>>> {
+    tokens
+        .iter()
+        .map(|t| {
+            let logprob = t.logprob?;
+            let mut map = top_alternatives(&t.top_logprobs);
+            map.insert(
+                t.id,
+                Logprob {
+                    logprob,
+                    rank: Some(t.rank),
+                    decoded_token: Some(t.piece.clone()),
+                },
+            );
+            Some(map)
+        })
+        .collect()
+}
+
+/// Token id → `Logprob` of alternatives listed most likely first.
+fn top_alternatives(top: &[TopLogprob]) -> BTreeMap<u32, Logprob> {
+    top.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let entry = Logprob {
+                logprob: t.logprob,
+                rank: Some(i as u32 + 1),
+                decoded_token: Some(t.text.clone()),
+            };
+            (t.id, entry)
+        })
+        .collect()
 }
 
 fn completion(
@@ -132,18 +171,7 @@ fn completion(
             .zip(&o.logprobs)
             .zip(&o.top_logprobs)
             .map(|((&id, &sampled), top)| {
-                let mut map: BTreeMap<u32, Logprob> = top
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let entry = Logprob {
-                            logprob: t.logprob,
-                            rank: Some(i as u32 + 1),
-                            decoded_token: Some(t.text.clone()),
-                        };
-                        (t.id, entry)
-                    })
-                    .collect();
+                let mut map = top_alternatives(top);
                 if let Some(logprob) = sampled {
                     map.entry(id).or_insert_with(|| Logprob {
                         logprob,

@@ -130,6 +130,8 @@ pub struct SamplingParams {
     pub min_tokens: u32,
     /// Top alternatives reported per generated token (0: only the sampled one).
     pub logprobs: Option<u32>,
+    /// Top alternatives reported per prompt token (0: only the prompt token).
+    pub prompt_logprobs: Option<u32>,
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: bool,
     /// Token id → additive bias in [-100, 100].
@@ -151,7 +153,7 @@ impl SamplingParams {
         *, n=1, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0,
         temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=None, stop=None,
         stop_token_ids=None, ignore_eos=false, max_tokens=Some(16), min_tokens=0,
-        logprobs=None, include_stop_str_in_output=false, skip_special_tokens=true,
+        logprobs=None, prompt_logprobs=None, include_stop_str_in_output=false, skip_special_tokens=true,
         logit_bias=None, structured_outputs=None,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -171,6 +173,7 @@ impl SamplingParams {
         max_tokens: Option<u32>,
         min_tokens: u32,
         logprobs: Option<u32>,
+        prompt_logprobs: Option<u32>,
         include_stop_str_in_output: bool,
         skip_special_tokens: bool,
         logit_bias: Option<std::collections::BTreeMap<u32, f32>>,
@@ -196,6 +199,7 @@ impl SamplingParams {
             max_tokens,
             min_tokens,
             logprobs,
+            prompt_logprobs,
             include_stop_str_in_output,
             skip_special_tokens,
             logit_bias: logit_bias.map(|m| m.into_iter().collect()),
@@ -211,7 +215,7 @@ impl SamplingParams {
             "SamplingParams(n={}, presence_penalty={}, frequency_penalty={}, repetition_penalty={}, \
              temperature={}, top_p={}, top_k={}, min_p={}, seed={:?}, stop={:?}, stop_token_ids={:?}, \
              ignore_eos={}, max_tokens={:?}, min_tokens={}, logprobs={:?}, \
-             include_stop_str_in_output={}, skip_special_tokens={}, structured_outputs={})",
+             prompt_logprobs={:?}, include_stop_str_in_output={}, skip_special_tokens={}, structured_outputs={})",
             self.n,
             self.presence_penalty,
             self.frequency_penalty,
@@ -227,6 +231,7 @@ impl SamplingParams {
             self.max_tokens,
             self.min_tokens,
             self.logprobs,
+            self.prompt_logprobs,
             self.include_stop_str_in_output,
             self.skip_special_tokens,
             if self.structured_outputs.is_some() {
@@ -256,6 +261,7 @@ impl Default for SamplingParams {
             max_tokens: Some(16),
             min_tokens: 0,
             logprobs: None,
+            prompt_logprobs: None,
             include_stop_str_in_output: false,
             skip_special_tokens: true,
             logit_bias: None,
@@ -279,6 +285,7 @@ impl SamplingParams {
             logit_bias: self.logit_bias.clone().unwrap_or_default(),
             seed: self.seed,
             logprobs: self.logprobs,
+            prompt_logprobs: self.prompt_logprobs,
             structured: self
                 .structured_outputs
                 .as_ref()

@@ -377,3 +377,16 @@ def test_prefix_cache_hits_are_reported_as_cached_tokens(client):
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached == (prompt_tokens - 1) // 16 * 16, (cached, prompt_tokens)
+
+
+def test_completion_best_of_returns_the_n_most_likely(client):
+    r = client.completions.create(
+        model=SERVED_NAME, prompt="Once upon a time", n=2, best_of=4, max_tokens=6, temperature=1.0, seed=5
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    assert all(c.logprobs is None for c in r.choices)  # used for ranking, not asked for
+    ranked = client.completions.create(
+        model=SERVED_NAME, prompt="Once upon a time", n=4, max_tokens=6, temperature=1.0, seed=5, logprobs=0
+    )
+    by_likelihood = sorted(ranked.choices, key=lambda c: -sum(c.logprobs.token_logprobs))
+    assert [c.text for c in r.choices] == [c.text for c in by_likelihood[:2]]

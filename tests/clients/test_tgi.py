@@ -39,9 +39,20 @@ def test_generate_decoder_input_details_and_top_tokens(client, base_url):
     ids = tokenize(base_url, CAPITAL_PROMPT)
     assert [t.id for t in r.details.prefill] == ids
     assert "".join(t.text for t in r.details.prefill) == CAPITAL_PROMPT
+    # Each prompt token's log-probability given the ones before it; the
+    # first has none, as in TGI.
+    assert r.details.prefill[0].logprob is None
+    assert all(t.logprob is not None and t.logprob <= 0 for t in r.details.prefill[1:])
     assert len(r.details.top_tokens) == 3
     for chosen, top in zip(r.details.tokens, r.details.top_tokens):
         assert len(top) == 2 and top[0].id == chosen.id  # greedy: the best one was taken
+
+
+def test_best_of_returns_the_other_sequence_too(client):
+    r = client.generate(CAPITAL_PROMPT, max_new_tokens=4, best_of=2, do_sample=True)
+    [other] = r.details.best_of_sequences
+    assert other.generated_tokens == len(other.tokens) == 4
+    assert sum(t.logprob for t in r.details.tokens) >= sum(t.logprob for t in other.tokens)
 
 
 def test_generate_stop_sequence(client):

@@ -204,7 +204,7 @@ pub fn last_logits(
             table_keep: 0,
             new_blocks: (0..blocks).collect(),
             num_samples: 1,
-            embed: false,
+            ..ScheduledSeq::default()
         }],
     };
     runner.execute(&plan, &[]).expect("forward").logits

@@ -72,7 +72,7 @@ fn gpu_bf16_matches_transformers_on_the_same_gpu() {
                     table_keep: 0,
                     new_blocks: (0..prompt.len().div_ceil(16) as u32).collect(),
                     num_samples: 1,
-                    embed: false,
+                    ..ScheduledSeq::default()
                 }],
             };
             let ours = loaded.runner.execute(&plan, &[]).expect("forward").logits;

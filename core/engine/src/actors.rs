@@ -758,6 +758,7 @@ impl Handler<Submit> for SchedulerActor {
             max_tokens: r.max_tokens,
             arrival: self.arrivals,
             embed: false,
+            prompt_logprobs: r.request.sampling.prompt_logprobs.is_some(),
         });
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let _ = self.events.send(EngineEvent::RequestArrived {
@@ -800,6 +801,7 @@ impl Handler<SubmitEmbedding> for SchedulerActor {
             max_tokens: 0,
             arrival: self.arrivals,
             embed: true,
+            prompt_logprobs: false,
         });
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         self.fail_rejected();

@@ -41,6 +41,21 @@ pub struct HostBatch {
     pub decode_logits_rows: usize,
     /// The embedding sequences' rows: `(sequence, first row, rows)`.
     pub embed_rows: Vec<(SeqId, usize, usize)>,
+    /// Rows whose logits return for `prompt_logprobs`.
+    pub prompt_rows: Vec<PromptRows>,
+}
+
+/// One sequence's rows of a batch whose logits return for `prompt_logprobs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptRows {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// The batch row of the first one.
+    pub first_row: usize,
+    /// How many.
+    pub rows: usize,
+    /// The position of the first row's token.
+    pub first_position: u32,
 }
 
 /// Why a plan cannot be turned into a batch (a scheduler bug, reported not hidden).
@@ -145,6 +160,14 @@ pub fn build_batch(
             b.embed_rows
                 .push((s.seq_id, b.token_ids.len(), s.token_ids.len()));
         }
+        if s.prompt_logprob_rows > 0 {
+            b.prompt_rows.push(PromptRows {
+                seq_id: s.seq_id,
+                first_row: b.token_ids.len(),
+                rows: (s.prompt_logprob_rows as usize).min(s.token_ids.len()),
+                first_position: s.num_computed_tokens,
+            });
+        }
         for (j, &tok) in s.token_ids.iter().enumerate() {
             let pos = start + j;
             let block = *table.get(pos / block_size).ok_or(PlanError::MissingBlock {
@@ -211,6 +234,7 @@ mod tests {
             new_blocks: new.to_vec(),
             num_samples: samples,
             embed: false,
+            prompt_logprob_rows: 0,
         }
     }
 

@@ -17,8 +17,8 @@
 use futures::StreamExt;
 use kiln_engine_api::{EngineHandle, RequestStream};
 use kiln_protocol::{
-    EngineError, FinishReason, GenerateRequest, RequestId, StopReason, TokenEvent, TopLogprob,
-    Usage,
+    EngineError, FinishReason, GenerateRequest, PromptToken, RequestId, StopReason, TokenEvent,
+    TopLogprob, Usage,
 };
 
 use crate::config::EngineConfig;
@@ -52,6 +52,8 @@ pub struct RequestOutput {
     pub request_id: RequestId,
     /// The prompt as tokenized.
     pub prompt_token_ids: Vec<u32>,
+    /// Each prompt token's log-probability, when `prompt_logprobs` was asked.
+    pub prompt_logprobs: Option<Vec<PromptToken>>,
     /// The `n` sequences, by index.
     pub outputs: Vec<CompletionOutput>,
 }
@@ -130,6 +132,7 @@ pub async fn collect(mut stream: RequestStream) -> Result<RequestOutput, EngineE
     let mut out = RequestOutput {
         request_id: stream.id(),
         prompt_token_ids: stream.prompt_token_ids().to_vec(),
+        prompt_logprobs: None,
         outputs: Vec::new(),
     };
     while let Some(ev) = stream.next_event().await {
@@ -142,6 +145,7 @@ impl RequestOutput {
     /// Fold one event in (a streaming client's running view of the request).
     pub fn apply(&mut self, event: TokenEvent) -> Result<(), EngineError> {
         match event {
+            TokenEvent::Prompt(tokens) => self.prompt_logprobs = Some(tokens),
             TokenEvent::Token(t) => {
                 let o = self.output_at(t.index);
                 o.text.push_str(&t.text);

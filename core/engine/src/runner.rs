@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use kiln_models::decoder::{BatchInputs, Decoder, KvCache, StepBuffers};
+use kiln_models::decoder::{BatchInputs, Decoder, KvCache, RowHead, StepBuffers};
 use kiln_plugin_abi::safe::{Buffer, Device, Graph};
 use kiln_plugin_abi::{KILN_CAP_DEVICE_SAMPLING, KILN_CAP_SAMPLE_MASK, KILN_I32, ops};
 use kiln_protocol::step::{
-    BlockCopy, DeviceSample, RowSampling, SeqEmbedding, StepLogits, StepPlan,
+    BlockCopy, DeviceSample, PromptLogits, RowSampling, SeqEmbedding, StepLogits, StepPlan,
 };
 use kiln_protocol::{Pooling, SeqId};
 
@@ -42,6 +42,8 @@ pub struct ModelRunner {
     deferred: Deferred,
     /// How embedding sequences' hidden states become one vector.
     pooling: Pooling,
+    /// Buffers for prompt log-probability rows, allocated at first use.
+    row_head: Option<RowHead>,
 }
 
 /// Logits rows left undrawn by the last step: `(row, seq)` of `rows` rows.
@@ -74,6 +76,7 @@ impl ModelRunner {
             sampler: None,
             deferred: Deferred::default(),
             pooling: Pooling::Mean,
+            row_head: None,
         }
     }
 
@@ -211,6 +214,7 @@ impl ModelRunner {
             let out = &mut logits[k * vocab_size..(k + 1) * vocab_size];
             self.bufs.read_logits_rows(&self.device, *row, out)?;
         }
+        let prompt = self.prompt_logits(&batch)?;
         Ok(StepLogits {
             step_id: plan.step_id,
             rows: split.host.iter().map(|h| h.1).collect(),
@@ -218,7 +222,36 @@ impl ModelRunner {
             logits,
             sampled,
             embeddings,
+            prompt,
         })
+    }
+
+    /// The logits of the batch's `prompt_logprobs` rows (after the step's
+    /// own logits were read or drawn).
+    fn prompt_logits(&mut self, batch: &HostBatch) -> Result<Vec<PromptLogits>, RunnerError> {
+        if batch.prompt_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.row_head.is_none() {
+            self.row_head = Some(RowHead::allocate(&self.device, &self.decoder)?);
+        }
+        let head = self.row_head.as_ref().expect("allocated above");
+        let n = batch.token_ids.len();
+        let mut out = Vec::with_capacity(batch.prompt_rows.len());
+        for p in &batch.prompt_rows {
+            let rows: Vec<i32> = (p.first_row..p.first_row + p.rows)
+                .map(|r| r as i32)
+                .collect();
+            let logits = self
+                .decoder
+                .row_logits(&self.device, &self.bufs, head, n, &rows)?;
+            out.push(PromptLogits {
+                seq_id: p.seq_id,
+                first_position: p.first_position,
+                logits,
+            });
+        }
+        Ok(out)
     }
 
     /// The pooled hidden states of the batch's embedding sequences.

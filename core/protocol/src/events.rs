@@ -71,6 +71,21 @@ pub struct GeneratedToken {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
+/// One prompt token with its log-probability given the tokens before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptToken {
+    /// The token id.
+    pub id: TokenId,
+    /// The token decoded on its own.
+    pub piece: String,
+    /// `None` for the first prompt token, which nothing predicts.
+    pub logprob: Option<f32>,
+    /// 1 + the number of tokens the model found more likely (0 with `logprob`).
+    pub rank: u32,
+    /// Top alternatives at this position, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
 /// Token counts of one sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Usage {
@@ -95,11 +110,14 @@ pub struct Finished {
     pub usage: Usage,
 }
 
-/// What a client receives about its request, in order. For each sequence
-/// index: zero or more `Token`s, then exactly one `Finished`; or a single
-/// `Failed` for the whole request.
+/// What a client receives about its request, in order. With
+/// `prompt_logprobs`, one `Prompt` first; then for each sequence index: zero
+/// or more `Token`s, then exactly one `Finished`; or a single `Failed` for
+/// the whole request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TokenEvent {
+    /// Every prompt token with its log-probability (`prompt_logprobs`).
+    Prompt(Vec<PromptToken>),
     /// A new token.
     Token(GeneratedToken),
     /// A sequence ended.

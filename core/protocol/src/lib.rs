@@ -33,8 +33,8 @@ mod vocab;
 pub use embed::{EmbedRequest, Embedding, EmbeddingSpec, Pooling, finish_embedding};
 pub use error::EngineError;
 pub use events::{
-    EngineEvent, FinishReason, Finished, GeneratedToken, RequestMetrics, StepStats, StopReason,
-    TokenEvent, TopLogprob, Usage,
+    EngineEvent, FinishReason, Finished, GeneratedToken, PromptToken, RequestMetrics, StepStats,
+    StopReason, TokenEvent, TopLogprob, Usage,
 };
 pub use request::{
     ChatMessage, GenerateRequest, MAX_N, MAX_TOP_LOGPROBS, PromptInput, SamplingParams,

@@ -57,6 +57,12 @@ pub struct SamplingParams {
     /// Report the sampled token's log-probability plus this many top alternatives
     /// (`Some(0)`: only the sampled token's); `None`: no log-probabilities.
     pub logprobs: Option<u32>,
+    /// Report each prompt token's log-probability given the tokens before
+    /// it, plus this many top alternatives per position (`Some(0)`: only the
+    /// prompt token's). Such a request computes its whole prompt (no prefix
+    /// cache), and its logits rows cross back to the host.
+    #[serde(default)]
+    pub prompt_logprobs: Option<u32>,
     /// What the output must conform to; each draw is masked to the tokens
     /// that keep it valid.
     #[serde(default)]
@@ -77,6 +83,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
             structured: None,
         }
     }
@@ -174,13 +181,18 @@ impl SamplingParams {
                 ));
             }
         }
-        if let Some(k) = self.logprobs
-            && k > MAX_TOP_LOGPROBS
-        {
-            return Err(EngineError::invalid(
-                "logprobs",
-                format!("at most {MAX_TOP_LOGPROBS} top log-probabilities per token, got {k}"),
-            ));
+        for (name, k) in [
+            ("logprobs", self.logprobs),
+            ("prompt_logprobs", self.prompt_logprobs),
+        ] {
+            if let Some(k) = k
+                && k > MAX_TOP_LOGPROBS
+            {
+                return Err(EngineError::invalid(
+                    name,
+                    format!("at most {MAX_TOP_LOGPROBS} top log-probabilities per token, got {k}"),
+                ));
+            }
         }
         Ok(())
     }

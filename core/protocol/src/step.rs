@@ -178,6 +178,11 @@ pub struct ScheduledSeq {
     /// logits (`num_samples` is 0). Its blocks are released after this step.
     #[serde(default)]
     pub embed: bool,
+    /// Leading rows of `token_ids` whose logits return to the host for the
+    /// request's `prompt_logprobs`: row `j` predicts the prompt token at
+    /// position `num_computed_tokens + j + 1`.
+    #[serde(default)]
+    pub prompt_logprob_rows: u32,
 }
 
 /// Everything a device needs to draw one sequence's next token (sent to the
@@ -310,6 +315,21 @@ pub struct StepLogits {
     /// The pooled vectors of the step's embedding sequences.
     #[serde(default)]
     pub embeddings: Vec<SeqEmbedding>,
+    /// Logits of the rows asked for by [`ScheduledSeq::prompt_logprob_rows`].
+    #[serde(default)]
+    pub prompt: Vec<PromptLogits>,
+}
+
+/// One sequence's prompt rows of a step.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PromptLogits {
+    /// The sequence.
+    pub seq_id: SeqId,
+    /// Position of the first row's token; row `j` predicts the prompt token
+    /// at `first_position + j + 1`.
+    pub first_position: u32,
+    /// `[rows × vocab_size]` raw logits, f32, row-major.
+    pub logits: Vec<f32>,
 }
 
 /// The pooled hidden states of one embedding sequence (not normalized).

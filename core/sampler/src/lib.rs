@@ -62,8 +62,7 @@
 //!     rows: vec![LogitsRow { seq_id: 7, num_samples: 1 }],
 //!     vocab_size: 26,
 //!     logits,
-//!     sampled: Vec::new(),
-//!     embeddings: Vec::new(),
+//!     ..StepLogits::default()
 //! };
 //! let result = sampler.sample(&step, 0.1);
 //! assert_eq!(result.output.tokens[0].token_id, 7);
@@ -78,6 +77,7 @@ pub mod draw;
 pub mod kernels;
 pub mod metrics;
 pub mod process;
+mod prompt_logprobs;
 mod sequence;
 pub mod stop;
 
@@ -335,6 +335,16 @@ impl SamplerCore {
             next_rows: Vec::new(),
         };
         let v = logits.vocab_size;
+        for rows in &logits.prompt {
+            let scored = self
+                .seqs
+                .get(&rows.seq_id)
+                .and_then(|s| self.groups.get_mut(&s.request))
+                .and_then(|g| g.prompt_logprobs.as_mut());
+            if let Some(scored) = scored {
+                scored.record(rows.first_position, &rows.logits, v);
+            }
+        }
         let well_formed = v > 0 && logits.rows.len().checked_mul(v) == Some(logits.logits.len());
         for (r, row) in logits.rows.iter().enumerate() {
             if well_formed {
@@ -510,10 +520,15 @@ impl SamplerCore {
         let Some(seq) = self.seqs.get_mut(&seq_id) else {
             return;
         };
-        let Some(group) = self.groups.get(&seq.request) else {
+        let Some(group) = self.groups.get_mut(&seq.request) else {
             return;
         };
         let decoder = self.decoder.as_ref();
+        if let Some(prompt) = group.prompt_logprobs.as_mut().filter(|p| !p.sent) {
+            prompt.sent = true;
+            out.events
+                .push((seq.request, TokenEvent::Prompt(prompt.tokens(decoder))));
+        }
         let accepted = seq.accept(token, group, decoder, now);
         let request = seq.request;
         if seq.constraint_error.is_some() {

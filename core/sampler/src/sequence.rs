@@ -13,6 +13,7 @@ use crate::detok::{IncrementalDecoder, SpecialTokens, TokenDecoder};
 use crate::draw::{SeqRng, sequence_rng};
 use crate::metrics::TokenTimes;
 use crate::process::{OutputCounts, RowContext, distinct_sorted};
+use crate::prompt_logprobs::PromptLogprobs;
 use crate::stop::{StopStringOutput, StopStrings, floor_char_boundary};
 
 /// Released text is dropped from a sequence's buffer beyond this many bytes.
@@ -40,6 +41,8 @@ pub(crate) struct Group {
     pub cached_prompt_tokens: u32,
     /// Sequences not finished yet.
     pub live: usize,
+    /// With `prompt_logprobs`: the prompt positions scored so far.
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// What a request registers with.
@@ -87,6 +90,10 @@ impl Group {
             arrival: init.arrival,
             first_scheduled: None,
             cached_prompt_tokens: 0,
+            prompt_logprobs: init
+                .sampling
+                .prompt_logprobs
+                .map(|n| PromptLogprobs::new(init.prompt, n)),
             sampling: init.sampling,
             stopping,
         }

@@ -153,6 +153,7 @@ fn run_host(s: &mut SamplerCore, seq_ids: &[u64], logits: &[f32]) -> Vec<(String
             rows,
             sampled: Vec::new(),
             embeddings: Vec::new(),
+            prompt: Vec::new(),
         };
         collect(s.sample(&step, 0.0), &mut text, &mut reasons);
     }
@@ -168,6 +169,7 @@ fn collect(r: SampleResult, text: &mut [String], reasons: &mut [Option<FinishRea
             TokenEvent::Token(t) => text[t.index as usize].push_str(&t.text),
             TokenEvent::Finished(f) => reasons[f.index as usize] = Some(f.reason),
             TokenEvent::Failed { error } => panic!("{error}"),
+            TokenEvent::Prompt(_) => panic!("no prompt log-probabilities were asked"),
         }
     }
 }
@@ -261,6 +263,7 @@ fn an_unsupported_constraint_fails_at_the_first_draw() {
         logits: vec![0.0; VOCAB],
         sampled: Vec::new(),
         embeddings: Vec::new(),
+        prompt: Vec::new(),
     };
     let r = s.sample(&step, 0.0);
     assert!(matches!(&r.events[..], [(1, TokenEvent::Failed { .. })]));

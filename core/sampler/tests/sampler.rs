@@ -87,6 +87,7 @@ fn step(rows: Vec<(u64, u32)>, logits: Vec<f32>) -> StepLogits {
         logits,
         sampled: Vec::new(),
         embeddings: Vec::new(),
+        prompt: Vec::new(),
     }
 }
 
@@ -1037,6 +1038,7 @@ fn time_big_batch(params: &SamplingParams) -> std::time::Duration {
         logits,
         sampled: Vec::new(),
         embeddings: Vec::new(),
+        prompt: Vec::new(),
     };
     let mut s = SamplerCore::new(Arc::new(Bytes), vec![]);
     for i in 1..=rows {
@@ -1119,4 +1121,59 @@ fn sampling_timings() {
     for (name, p) in cases {
         eprintln!("256 × 49152 {name}: {:?}", time_big_batch(&p));
     }
+}
+
+#[test]
+fn prompt_logprobs_arrive_once_before_the_first_token_from_chunked_rows() {
+    use kiln_protocol::step::PromptLogits;
+    let mut s = sampler();
+    let sampling = SamplingParams {
+        n: 2,
+        prompt_logprobs: Some(1),
+        ..SamplingParams::greedy()
+    };
+    let mut g = group(vec![1, 2], sampling, StoppingCriteria::default(), 2);
+    g.prompt_token_ids = vec![b'a' as u32, b'b' as u32, b'c' as u32];
+    s.register(g);
+    // The prompt's first chunk: row 0 predicts `b` (its second most likely token).
+    let mut first = one_hot(b'z' as u32);
+    first[b'b' as usize] = 5.0;
+    let mut chunk = step(vec![], vec![]);
+    chunk.prompt = vec![PromptLogits {
+        seq_id: 1,
+        first_position: 0,
+        logits: first,
+    }];
+    let out = s.sample(&chunk, 0.0);
+    assert!(out.events.is_empty(), "nothing before the first token");
+    // The last chunk: row 1 predicts `c`, and the sample row draws for both sequences.
+    let mut last = step(vec![(1, 2)], one_hot(b'q' as u32));
+    last.prompt = vec![PromptLogits {
+        seq_id: 1,
+        first_position: 1,
+        logits: one_hot(b'c' as u32),
+    }];
+    let out = s.sample(&last, 1.0);
+    let events: Vec<&TokenEvent> = out.events.iter().map(|(_, e)| e).collect();
+    let TokenEvent::Prompt(prompt) = events[0] else {
+        panic!("the prompt's event comes first: {events:?}");
+    };
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, TokenEvent::Prompt(_)))
+            .count(),
+        1,
+        "once per request, not per sequence"
+    );
+    assert!(matches!(events[1], TokenEvent::Token(_)));
+    let ids: Vec<u32> = prompt.iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![b'a' as u32, b'b' as u32, b'c' as u32]);
+    assert_eq!((prompt[0].logprob, prompt[0].rank), (None, 0));
+    assert_eq!(prompt[1].rank, 2);
+    assert_eq!(prompt[1].top_logprobs[0].id, b'z' as u32);
+    assert!(prompt[1].logprob.unwrap() < prompt[1].top_logprobs[0].logprob);
+    assert_eq!(prompt[2].rank, 1);
+    assert!(prompt[2].logprob.unwrap() > -0.02);
+    assert_eq!(prompt[2].piece, "c");
 }

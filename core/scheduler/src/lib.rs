@@ -43,6 +43,7 @@
 //!     max_tokens: 2,
 //!     arrival: 0,
 //!     embed: false,
+//!     prompt_logprobs: false,
 //! });
 //! // Step 1: a chunk of 8 prompt tokens (the budget), nothing sampled.
 //! let msg = scheduler.begin_step().unwrap();

@@ -133,6 +133,9 @@ pub struct NewRequest {
     /// sampled (`max_tokens` is ignored), and its blocks are released right
     /// after that step.
     pub embed: bool,
+    /// The prompt's logits rows go back to the host (`prompt_logprobs`): the
+    /// whole prompt is computed, without the prefix cache.
+    pub prompt_logprobs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +171,8 @@ struct Seq {
     arrival: u64,
     /// Computed once, in full, then released (an embedding request).
     embed: bool,
+    /// With `prompt_logprobs`: the prompt's length.
+    prompt_logprobs_len: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +295,7 @@ impl Scheduler {
             return;
         }
         let first = r.seq_ids[0];
+        let prompt_logprobs_len = r.prompt_logprobs.then_some(r.prompt_token_ids.len());
         let mut members = vec![Member::Pending; r.seq_ids.len()];
         members[0] = Member::Live;
         for &id in &r.seq_ids {
@@ -308,6 +314,7 @@ impl Scheduler {
                 zombie: false,
                 arrival: r.arrival,
                 embed: r.embed,
+                prompt_logprobs_len,
             },
         );
         self.insert_waiting(first);
@@ -699,7 +706,8 @@ impl Scheduler {
             }
             let n = s.tokens.len().min(budget.tokens);
             let estimate = self.blocks_for(n);
-            let use_prefix_cache = self.config.enable_prefix_caching && !s.embed;
+            let use_prefix_cache =
+                self.config.enable_prefix_caching && !s.embed && s.prompt_logprobs_len.is_none();
             if estimate > budget.free_blocks {
                 break;
             }
@@ -832,6 +840,10 @@ impl Scheduler {
         {
             r.forked = true;
         }
+        // Rows whose next token is still a prompt token.
+        let prompt_logprob_rows = s.prompt_logprobs_len.map_or(0, |len| {
+            s.computed.min(len.saturating_sub(1)).saturating_sub(start)
+        });
         Some(ScheduledSeq {
             seq_id: id,
             token_ids,
@@ -840,6 +852,7 @@ impl Scheduler {
             new_blocks,
             num_samples,
             embed: s.embed,
+            prompt_logprob_rows: prompt_logprob_rows as u32,
         })
     }
 
@@ -1208,6 +1221,7 @@ mod tests {
                 max_tokens,
                 arrival: rid,
                 embed: false,
+                prompt_logprobs: false,
             });
         }
 
@@ -1259,6 +1273,7 @@ mod tests {
             max_tokens: 0,
             arrival: 1,
             embed: true,
+            prompt_logprobs: false,
         });
         r.add(2, &[2], vec![2; 4], 2);
         r.s.add_request(NewRequest {
@@ -1268,6 +1283,7 @@ mod tests {
             max_tokens: 0,
             arrival: 3,
             embed: true,
+            prompt_logprobs: false,
         });
         // A prompt may be chunked; an embedding never is: seq 3 waits.
         let (_, _, p) = r.plan();
@@ -1299,6 +1315,7 @@ mod tests {
             max_tokens: 0,
             arrival: 1,
             embed: true,
+            prompt_logprobs: false,
         });
         let rejected = s.take_rejected();
         assert_eq!(rejected.len(), 1);
@@ -1543,6 +1560,7 @@ mod tests {
             max_tokens: 4,
             arrival: 1,
             embed: false,
+            prompt_logprobs: false,
         };
         let cases = [
             NewRequest {

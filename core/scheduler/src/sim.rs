@@ -130,6 +130,16 @@ struct SimRequest {
     /// The first sequence drew its `n` samples.
     forked: bool,
     embed: bool,
+    /// With `prompt_logprobs`: which prompt positions after the first have
+    /// had their predicting row returned.
+    prompt_rows: Option<Vec<bool>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Generate,
+    PromptLogprobs,
+    Embed,
 }
 
 /// The simulator.
@@ -188,12 +198,24 @@ impl Sim {
 
     /// Queue a request with `n` sequences (ids `request × 1000 + i`).
     pub fn add(&mut self, request: RequestId, prompt: Vec<TokenId>, max_tokens: usize, n: usize) {
-        self.add_request(request, prompt, max_tokens, n, false);
+        self.add_request(request, prompt, max_tokens, n, Kind::Generate);
+    }
+
+    /// [`add`](Self::add) with `prompt_logprobs`: the simulator checks that
+    /// every prompt position after the first gets its predicting row back.
+    pub fn add_with_prompt_logprobs(
+        &mut self,
+        request: RequestId,
+        prompt: Vec<TokenId>,
+        max_tokens: usize,
+        n: usize,
+    ) {
+        self.add_request(request, prompt, max_tokens, n, Kind::PromptLogprobs);
     }
 
     /// Queue an embedding request (one sequence, id `request × 1000`).
     pub fn add_embedding(&mut self, request: RequestId, prompt: Vec<TokenId>) {
-        self.add_request(request, prompt, 0, 1, true);
+        self.add_request(request, prompt, 0, 1, Kind::Embed);
     }
 
     fn add_request(
@@ -202,8 +224,10 @@ impl Sim {
         prompt: Vec<TokenId>,
         max_tokens: usize,
         n: usize,
-        embed: bool,
+        kind: Kind,
     ) {
+        let embed = kind == Kind::Embed;
+        let prompt_logprobs = kind == Kind::PromptLogprobs;
         let ids: Vec<SeqId> = (0..n as u64).map(|i| request * 1000 + i).collect();
         for &id in &ids {
             let mut s = SimSeq {
@@ -228,6 +252,7 @@ impl Sim {
                 max_tokens,
                 forked: false,
                 embed,
+                prompt_rows: prompt_logprobs.then(|| vec![false; prompt.len().saturating_sub(1)]),
             },
         );
         self.arrivals += 1;
@@ -238,6 +263,7 @@ impl Sim {
             max_tokens: max_tokens as u32,
             arrival: self.arrivals,
             embed,
+            prompt_logprobs,
         });
         self.collect_rejected();
     }
@@ -419,6 +445,18 @@ impl Sim {
             );
             table.truncate(s.table_keep as usize);
             table.extend_from_slice(&s.new_blocks);
+            let rows = self
+                .seqs
+                .get(&s.seq_id)
+                .and_then(|sim| self.requests.get_mut(&sim.request))
+                .and_then(|r| r.prompt_rows.as_mut());
+            if let Some(rows) = rows {
+                let start = s.num_computed_tokens as usize;
+                let computed = s.prompt_logprob_rows as usize;
+                for seen in rows.iter_mut().skip(start).take(computed) {
+                    *seen = true;
+                }
+            }
         }
         let bs = self.config.block_size;
         for c in &plan.block_copies {
@@ -504,6 +542,17 @@ impl Sim {
             1
         };
         assert_eq!(s.num_samples, expected, "seq {id}: wrong number of samples");
+        let prompt_rows = self
+            .requests
+            .get(&sim.request)
+            .and_then(|r| r.prompt_rows.as_ref())
+            .map_or(0, |rows| end.min(rows.len()).saturating_sub(start));
+        if !sim.gone {
+            assert_eq!(
+                s.prompt_logprob_rows as usize, prompt_rows,
+                "seq {id}: prompt logprob rows of {start}..{end}"
+            );
+        }
     }
 
     fn check_kv(&self, id: SeqId, upto: usize, when: &str) {
@@ -578,6 +627,12 @@ impl Sim {
             return;
         };
         if r.seq_ids.iter().all(|id| self.seqs[id].done) {
+            if let Some(rows) = &r.prompt_rows {
+                assert!(
+                    rows.iter().all(|&seen| seen),
+                    "request {rid} finished without every prompt logprob row: {rows:?}"
+                );
+            }
             let outs = r
                 .seq_ids
                 .iter()

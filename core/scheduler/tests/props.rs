@@ -35,6 +35,8 @@ struct Req {
     abort_in_flight: bool,
     /// An embedding request (`max_tokens` and `n` unused).
     embed: bool,
+    /// Asks for the prompt's log-probabilities.
+    prompt_logprobs: bool,
 }
 
 fn prefixes() -> Vec<Vec<TokenId>> {
@@ -50,16 +52,20 @@ fn req() -> impl Strategy<Value = Req> {
         prop::option::weighted(0.2, 0..40u64),
         prop::bool::ANY,
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(prefix, extra, max_tokens, n, abort_at, abort_in_flight, embed)| Req {
-                prefix,
-                extra,
-                max_tokens,
-                n,
-                abort_at,
-                abort_in_flight,
-                embed,
+            |(prefix, extra, max_tokens, n, abort_at, abort_in_flight, embed, prompt_logprobs)| {
+                Req {
+                    prefix,
+                    extra,
+                    max_tokens,
+                    n,
+                    abort_at,
+                    abort_in_flight,
+                    embed,
+                    prompt_logprobs,
+                }
             },
         )
 }
@@ -114,6 +120,8 @@ fn run(cfg: SimConfig, reqs: &[Req], eos_every: u32) -> RunResult {
             let mut p = prompt(r);
             p.truncate(cfg.max_num_batched_tokens);
             sim.add_embedding(i as u64 + 1, p);
+        } else if r.prompt_logprobs {
+            sim.add_with_prompt_logprobs(i as u64 + 1, prompt(r), r.max_tokens, r.n);
         } else {
             sim.add(i as u64 + 1, prompt(r), r.max_tokens, r.n);
         }
@@ -258,6 +266,7 @@ fn crowd(n: usize) -> Vec<Req> {
             abort_at: None,
             abort_in_flight: false,
             embed: false,
+            prompt_logprobs: i % 3 == 0,
         })
         .collect()
 }

@@ -154,6 +154,8 @@ async fn answer(id: Value, mut stream: RequestStream) -> Value {
             }
             TokenEvent::Finished(f) => finish_reason = Some(f.reason.as_str()),
             TokenEvent::Failed { error } => return json!({ "id": id, "error": error.to_string() }),
+            // This dialect never asks for prompt log-probabilities.
+            TokenEvent::Prompt(_) => {}
         }
     }
     json!({ "id": id, "text": text, "token_ids": token_ids, "finish_reason": finish_reason })

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kiln_engine_api::RequestStream;
-use kiln_protocol::{EngineError, Finished, GeneratedToken, TokenEvent, TokenId};
+use kiln_protocol::{EngineError, Finished, GeneratedToken, PromptToken, TokenEvent, TokenId};
 
 use crate::config::Clock;
 
@@ -20,6 +20,28 @@ pub struct SequenceOutput {
     pub tokens: Vec<GeneratedToken>,
     /// How the sequence ended.
     pub finished: Finished,
+}
+
+impl SequenceOutput {
+    /// The sum of its tokens' log-probabilities (`best_of` ranks by it);
+    /// tokens without one count as 0.
+    pub fn cumulative_logprob(&self) -> f64 {
+        self.tokens
+            .iter()
+            .filter_map(|t| t.logprob)
+            .map(f64::from)
+            .sum()
+    }
+}
+
+/// `best_of`: the sequences ordered most likely first (by cumulative
+/// log-probability; ties keep the lower index first).
+pub fn rank_by_likelihood(sequences: &mut [SequenceOutput]) {
+    sequences.sort_by(|a, b| {
+        b.cumulative_logprob()
+            .total_cmp(&a.cumulative_logprob())
+            .then(a.index.cmp(&b.index))
+    });
 }
 
 /// When things happened, as times since the Unix epoch from the configured clock.
@@ -63,6 +85,8 @@ pub struct Collected {
     pub prompt_token_ids: Vec<TokenId>,
     /// One entry per sequence, by index.
     pub sequences: Vec<SequenceOutput>,
+    /// The prompt's log-probabilities, when the request asked for them.
+    pub prompt_logprobs: Option<Vec<PromptToken>>,
     /// When things happened.
     pub timings: Timings,
 }
@@ -78,12 +102,14 @@ struct Partial {
 #[derive(Debug, Default)]
 pub struct Collector {
     seqs: BTreeMap<u32, Partial>,
+    prompt_logprobs: Option<Vec<PromptToken>>,
 }
 
 impl Collector {
     /// Adds one event; a `Failed` event is returned as the error.
     pub fn push(&mut self, event: TokenEvent) -> Result<(), EngineError> {
         match event {
+            TokenEvent::Prompt(tokens) => self.prompt_logprobs = Some(tokens),
             TokenEvent::Token(t) => {
                 let seq = self.seqs.entry(t.index).or_default();
                 seq.text.push_str(&t.text);
@@ -96,6 +122,11 @@ impl Collector {
             TokenEvent::Failed { error } => return Err(error),
         }
         Ok(())
+    }
+
+    /// The prompt's log-probabilities, once their event arrived.
+    pub fn take_prompt_logprobs(&mut self) -> Option<Vec<PromptToken>> {
+        self.prompt_logprobs.take()
     }
 
     /// The outputs by index; a sequence without a `Finished` event is an error.
@@ -121,19 +152,17 @@ impl Collector {
 /// drops the stream, which aborts the request.
 pub async fn collect(stream: RequestStream, clock: &dyn Clock) -> Result<Collected, EngineError> {
     let prompt_token_ids = stream.prompt_token_ids().to_vec();
-    let (sequences, timings) = collect_events(stream, clock).await?;
     Ok(Collected {
         prompt_token_ids,
-        sequences,
-        timings,
+        ..collect_events(stream, clock).await?
     })
 }
 
-/// Like [`collect`] over any event stream.
+/// Like [`collect`] over any event stream (without the prompt's token ids).
 pub async fn collect_events(
     mut events: impl Stream<Item = TokenEvent> + Unpin,
     clock: &dyn Clock,
-) -> Result<(Vec<SequenceOutput>, Timings), EngineError> {
+) -> Result<Collected, EngineError> {
     let mut timings = Timings {
         submitted: clock.since_epoch(),
         ..Default::default()
@@ -148,7 +177,12 @@ pub async fn collect_events(
         collector.push(event)?;
     }
     timings.finished = clock.since_epoch();
-    Ok((collector.into_sequences()?, timings))
+    Ok(Collected {
+        prompt_token_ids: Vec::new(),
+        prompt_logprobs: collector.take_prompt_logprobs(),
+        sequences: collector.into_sequences()?,
+        timings,
+    })
 }
 
 #[cfg(test)]
@@ -175,6 +209,33 @@ mod tests {
             stop_reason: None,
             usage: Usage::default(),
         })
+    }
+
+    #[test]
+    fn best_of_ranks_by_cumulative_logprob() {
+        let seq = |index: u32, logprobs: &[f32]| SequenceOutput {
+            index,
+            text: String::new(),
+            tokens: logprobs
+                .iter()
+                .map(|&lp| GeneratedToken {
+                    logprob: Some(lp),
+                    ..match tok(index, 1, "x") {
+                        TokenEvent::Token(t) => t,
+                        _ => unreachable!(),
+                    }
+                })
+                .collect(),
+            finished: match fin(index) {
+                TokenEvent::Finished(f) => f,
+                _ => unreachable!(),
+            },
+        };
+        let mut s = vec![seq(0, &[-1.0, -2.0]), seq(1, &[-0.5]), seq(2, &[-0.5])];
+        rank_by_likelihood(&mut s);
+        let order: Vec<u32> = s.iter().map(|s| s.index).collect();
+        assert_eq!(order, vec![1, 2, 0]);
+        assert_eq!(s[2].cumulative_logprob(), -3.0);
     }
 
     #[test]

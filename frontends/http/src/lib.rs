@@ -46,7 +46,7 @@ pub mod tool_calls;
 
 pub use admission::submit;
 pub use body::{ApiJson, OllamaDialect, OpenAiDialect, TgiDialect};
-pub use collect::{Collected, SequenceOutput, Timings, collect};
+pub use collect::{Collected, SequenceOutput, Timings, collect, rank_by_likelihood};
 pub use config::{
     Clock, DEFAULT_BODY_LIMIT_BYTES, FixedClock, HttpConfig, IdSource, RandomIds, SequentialIds,
     ServeConfig, SystemClock,

@@ -197,6 +197,8 @@ impl EventEncoder for OllamaStream {
 
     fn event(&mut self, event: TokenEvent, out: &mut Vec<Frame>) -> Flow {
         match event {
+            // Ollama has no prompt log-probabilities.
+            TokenEvent::Prompt(_) => Flow::Continue,
             TokenEvent::Token(t) => {
                 let now = self.ctx.clock.since_epoch();
                 self.timings.first_token.get_or_insert(now);

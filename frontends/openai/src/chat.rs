@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::tools::ToolResponder;
 use crate::wire::{
     ResponseMeta, UsageCounts, chat_logprobs, finish_reason, stop_reason, usage_json,
+    vllm_prompt_logprobs,
 };
 
 /// Usage of one conversation.
@@ -72,6 +73,7 @@ pub fn chat_response(
         "system_fingerprint": meta.system_fingerprint,
         "choices": choices,
         "usage": usage_json(usage_of(c)),
+        "prompt_logprobs": c.prompt_logprobs.as_deref().map_or(Value::Null, vllm_prompt_logprobs),
     })
 }
 
@@ -249,6 +251,12 @@ impl EventEncoder for ChatStream {
 
     fn event(&mut self, event: TokenEvent, out: &mut Vec<Frame>) -> Flow {
         match event {
+            TokenEvent::Prompt(tokens) => {
+                // vLLM's extension: one chunk without choices.
+                let mut v = self.chunk_value(json!([]));
+                v["prompt_logprobs"] = vllm_prompt_logprobs(&tokens);
+                out.push(Frame::Json(v));
+            }
             TokenEvent::Token(t) => {
                 self.completion_tokens += 1;
                 if self.config.tools.extraction.is_on() {

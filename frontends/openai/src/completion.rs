@@ -3,13 +3,33 @@
 use std::collections::HashMap;
 
 use kiln_http::stream::{EventEncoder, Flow, Frame};
-use kiln_http::{ApiError, Collected, Dialect};
-use kiln_protocol::TokenEvent;
+use kiln_http::{ApiError, Collected, Dialect, rank_by_likelihood};
+use kiln_protocol::{PromptToken, TokenEvent};
 use serde_json::{Value, json};
 
 use crate::wire::{
-    ResponseMeta, UsageCounts, completion_logprobs, finish_reason, stop_reason, usage_json,
+    LogprobToken, ResponseMeta, UsageCounts, completion_logprobs, finish_reason, stop_reason,
+    usage_json, vllm_prompt_logprobs,
 };
+
+/// Which log-probabilities a completions response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogprobsShape {
+    /// `logprobs` for the generated tokens.
+    pub tokens: bool,
+    /// With `tokens` and `echo`: the prompt's tokens lead each `logprobs`.
+    pub echo: bool,
+    /// vLLM's `prompt_logprobs` in each choice.
+    pub vllm_prompt: bool,
+}
+
+/// A choice's `prompt_logprobs` field.
+fn prompt_field(shape: LogprobsShape, prompt: Option<&[PromptToken]>) -> Value {
+    match prompt {
+        Some(tokens) if shape.vllm_prompt => vllm_prompt_logprobs(tokens),
+        _ => Value::Null,
+    }
+}
 
 /// One prompt's result, with the text to echo if `echo` was asked.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +38,21 @@ pub struct PromptResult {
     pub echo: Option<String>,
     /// What the engine produced.
     pub collected: Collected,
+}
+
+/// `best_of`: the `n` most likely sequences, indexed 0.. in that order
+/// (usage then counts the returned ones, as vLLM's does).
+pub fn keep_best(mut collected: Collected, n: u32) -> Collected {
+    if collected.sequences.len() <= n as usize {
+        return collected;
+    }
+    rank_by_likelihood(&mut collected.sequences);
+    collected.sequences.truncate(n as usize);
+    for (rank, s) in collected.sequences.iter_mut().enumerate() {
+        s.index = rank as u32;
+        s.finished.index = rank as u32;
+    }
+    collected
 }
 
 /// Usage over every prompt and choice.
@@ -45,14 +80,23 @@ pub fn completion_response(
     meta: &ResponseMeta,
     results: &[PromptResult],
     n: u32,
-    logprobs: bool,
+    shape: LogprobsShape,
 ) -> Value {
     let mut choices = Vec::new();
     for (p, r) in results.iter().enumerate() {
+        let prompt = r.collected.prompt_logprobs.as_deref();
+        let echoed = match prompt {
+            Some(tokens) if shape.echo => tokens,
+            _ => &[],
+        };
         for s in &r.collected.sequences {
             let echo = r.echo.as_deref().unwrap_or("");
-            let lp = if logprobs {
-                completion_logprobs(&s.tokens, 0).0
+            let lp = if shape.tokens {
+                let tokens = echoed
+                    .iter()
+                    .map(LogprobToken::from)
+                    .chain(s.tokens.iter().map(LogprobToken::from));
+                completion_logprobs(tokens, 0).0
             } else {
                 Value::Null
             };
@@ -62,7 +106,7 @@ pub fn completion_response(
                 "logprobs": lp,
                 "finish_reason": finish_reason(&s.finished),
                 "stop_reason": stop_reason(&s.finished),
-                "prompt_logprobs": null,
+                "prompt_logprobs": prompt_field(shape, prompt),
             }));
         }
     }
@@ -85,8 +129,8 @@ pub struct CompletionStreamConfig {
     pub n: u32,
     /// Per prompt: the text to echo first, if any.
     pub echo: Vec<Option<String>>,
-    /// Include completions-shape logprobs.
-    pub logprobs: bool,
+    /// Which log-probabilities to include.
+    pub logprobs: LogprobsShape,
     /// Final usage chunk.
     pub include_usage: bool,
     /// Usage on every chunk.
@@ -139,10 +183,47 @@ impl CompletionStream {
     }
 }
 
+impl CompletionStream {
+    /// The echo chunks need the prompt's log-probabilities, which arrive
+    /// with the engine's first event, not at the start.
+    fn waits_for_prompt(&self) -> bool {
+        self.config.logprobs.tokens && self.config.logprobs.echo
+    }
+
+    /// Each choice's first chunk once its prompt's log-probabilities came:
+    /// the echoed text with its tokens' `logprobs`, and vLLM's
+    /// `prompt_logprobs` when asked.
+    fn prompt_chunks(&mut self, prompt: usize, tokens: &[PromptToken], out: &mut Vec<Frame>) {
+        let shape = self.config.logprobs;
+        let echo = self.config.echo.get(prompt).cloned().flatten();
+        let echoes = self.waits_for_prompt() && echo.is_some();
+        if !echoes && !shape.vllm_prompt {
+            return;
+        }
+        for i in 0..self.config.n {
+            let index = prompt as u32 * self.config.n + i;
+            let (text, logprobs) = if echoes {
+                let (v, end) = completion_logprobs(tokens.iter().map(LogprobToken::from), 0);
+                self.offsets.insert(index, end);
+                (echo.clone().unwrap_or_default(), v)
+            } else {
+                (String::new(), Value::Null)
+            };
+            let choice = json!({"index": index, "text": text, "logprobs": logprobs,
+                "finish_reason": null, "stop_reason": null,
+                "prompt_logprobs": prompt_field(shape, Some(tokens))});
+            out.push(self.chunk(choice));
+        }
+    }
+}
+
 impl EventEncoder for CompletionStream {
     type Event = (usize, TokenEvent);
 
     fn start(&mut self, out: &mut Vec<Frame>) {
+        if self.waits_for_prompt() {
+            return;
+        }
         for (p, echo) in self.config.echo.iter().enumerate() {
             let Some(text) = echo else { continue };
             for i in 0..self.config.n {
@@ -156,15 +237,16 @@ impl EventEncoder for CompletionStream {
     fn event(&mut self, (prompt, event): (usize, TokenEvent), out: &mut Vec<Frame>) -> Flow {
         let base = prompt as u32 * self.config.n;
         match event {
+            TokenEvent::Prompt(tokens) => self.prompt_chunks(prompt, &tokens, out),
             TokenEvent::Token(t) => {
                 self.completion_tokens += 1;
-                if t.text.is_empty() && !self.config.logprobs {
+                if t.text.is_empty() && !self.config.logprobs.tokens {
                     return Flow::Continue;
                 }
                 let index = base + t.index;
-                let logprobs = if self.config.logprobs {
+                let logprobs = if self.config.logprobs.tokens {
                     let offset = self.offsets.entry(index).or_insert(0);
-                    let (v, end) = completion_logprobs([&t], *offset);
+                    let (v, end) = completion_logprobs([LogprobToken::from(&t)], *offset);
                     *offset = end;
                     v
                 } else {

@@ -109,13 +109,24 @@ pub fn check_unsupported_extras(extra: &VllmExtras) -> Result<(), ApiError> {
             "beam search is not supported: remove `use_beam_search`",
         ));
     }
-    if extra.prompt_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(bad(
-            "prompt_logprobs",
-            "`prompt_logprobs` is not supported: remove it",
-        ));
-    }
     Ok(())
+}
+
+/// vLLM's `prompt_logprobs`: null, or the number of top alternatives per
+/// prompt token (0: only the prompt token's own log-probability).
+pub fn parse_prompt_logprobs(value: Option<&Value>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(k) if k <= u64::from(MAX_TOP_LOGPROBS) => Ok(Some(k as u32)),
+            _ => Err(bad(
+                "prompt_logprobs",
+                format!(
+                    "`prompt_logprobs` must be null or between 0 and {MAX_TOP_LOGPROBS}, got {v}"
+                ),
+            )),
+        },
+    }
 }
 
 /// `truncate_prompt_tokens`: keep the last N prompt tokens (-1: the context length).
@@ -182,6 +193,7 @@ pub fn generate_request(
         logit_bias: parse_logit_bias(k.logit_bias)?,
         seed: k.seed.map(|s| s as u64),
         logprobs: k.logprobs,
+        prompt_logprobs: parse_prompt_logprobs(k.extra.prompt_logprobs.as_ref())?,
         structured: structured_output(k.response_format, k.extra)?,
     };
     let stopping = StoppingCriteria {
@@ -267,10 +279,18 @@ pub fn parse_inputs(field: &str, prompt: Option<&Value>) -> Result<Vec<PromptInp
 pub struct CompletionPlan {
     /// One entry per prompt.
     pub prompts: Vec<PromptInput>,
-    /// Parameters shared by every prompt.
+    /// Parameters shared by every prompt (`sampling.n` is `best_of` when
+    /// that is larger than `n`).
     pub request: GenerateRequest,
+    /// Choices returned per prompt: the most likely `n` of `sampling.n`.
+    pub n: u32,
+    /// The client asked for `logprobs`.
+    pub logprobs: bool,
     /// Prepend the prompt to each output.
     pub echo: bool,
+    /// Report vLLM's `prompt_logprobs` (asked for by name, not implied by
+    /// `echo` with `logprobs`).
+    pub vllm_prompt_logprobs: bool,
     /// Keep only the last N prompt tokens.
     pub truncate: Option<usize>,
     /// JSON or SSE.
@@ -288,10 +308,22 @@ pub fn completion_plan(
             "`suffix` (fill-in-the-middle) is not supported: remove it",
         ));
     }
-    if let Some(best_of) = req.best_of
-        && best_of != req.n.unwrap_or(1)
-    {
-        return Err(bad("best_of", "`best_of` other than `n` is not supported"));
+    let n = req.n.unwrap_or(1);
+    let best_of = match req.best_of {
+        Some(b) if b < n => {
+            return Err(bad(
+                "best_of",
+                format!("`best_of` must be at least `n` ({n}), got {b}"),
+            ));
+        }
+        Some(b) if b > n => Some(b),
+        _ => None,
+    };
+    if best_of.is_some() && req.stream == Some(true) {
+        return Err(bad(
+            "best_of",
+            "`best_of` greater than `n` cannot be streamed: set `stream` to false or drop `best_of`",
+        ));
     }
     let logprobs = match req.logprobs {
         None => None,
@@ -304,12 +336,6 @@ pub fn completion_plan(
         }
     };
     let echo = req.echo.unwrap_or(false);
-    if echo && logprobs.is_some() {
-        return Err(bad(
-            "echo",
-            "`echo` together with `logprobs` is not supported (no prompt log-probabilities)",
-        ));
-    }
     let knobs = Knobs {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -324,10 +350,25 @@ pub fn completion_plan(
         extra: &req.extra,
         response_format: None,
     };
+    let mut request = generate_request(&knobs, true)?;
+    if let Some(b) = best_of {
+        // Rank the `best_of` sequences by their tokens' log-probabilities.
+        request.sampling.n = b;
+        request.sampling.logprobs.get_or_insert(0);
+    }
+    let vllm_prompt_logprobs = request.sampling.prompt_logprobs.is_some();
+    if echo && let Some(k) = logprobs {
+        // The echoed prompt's tokens carry log-probabilities too.
+        let wanted = request.sampling.prompt_logprobs.get_or_insert(k);
+        *wanted = (*wanted).max(k);
+    }
     Ok(CompletionPlan {
         prompts: parse_prompts(req.prompt.as_ref())?,
-        request: generate_request(&knobs, true)?,
+        request,
+        n,
+        logprobs: logprobs.is_some(),
         echo,
+        vllm_prompt_logprobs,
         truncate: parse_truncation(req.extra.truncate_prompt_tokens, max_model_len)?,
         stream: stream_mode(req.stream, req.stream_options.as_ref())?,
     })
@@ -596,10 +637,21 @@ mod tests {
     fn unsupported_completion_features_are_rejected_by_name() {
         for (body, param) in [
             (json!({"prompt": "a", "suffix": "x"}), "suffix"),
-            (json!({"prompt": "a", "best_of": 3}), "best_of"),
+            (json!({"prompt": "a", "n": 2, "best_of": 1}), "best_of"),
+            (
+                json!({"prompt": "a", "best_of": 3, "stream": true}),
+                "best_of",
+            ),
             (json!({"prompt": "a", "logprobs": 21}), "logprobs"),
             (json!({"prompt": "a", "logprobs": -1}), "logprobs"),
-            (json!({"prompt": "a", "echo": true, "logprobs": 1}), "echo"),
+            (
+                json!({"prompt": "a", "prompt_logprobs": 21}),
+                "prompt_logprobs",
+            ),
+            (
+                json!({"prompt": "a", "prompt_logprobs": "x"}),
+                "prompt_logprobs",
+            ),
             (
                 json!({"prompt": "a", "use_beam_search": true}),
                 "use_beam_search",

@@ -16,7 +16,8 @@ use kiln_protocol::{EngineError, PromptInput};
 
 use crate::chat::{ChatStream, ChatStreamConfig, chat_response};
 use crate::completion::{
-    CompletionStream, CompletionStreamConfig, PromptResult, completion_response,
+    CompletionStream, CompletionStreamConfig, LogprobsShape, PromptResult, completion_response,
+    keep_best,
 };
 use crate::convert::{self, StreamMode};
 use crate::request::{ChatRequest, CompletionRequest};
@@ -160,7 +161,12 @@ async fn run_completion(
         request.tag = Some(rid.0.clone());
         streams.push(st.submit(request)?);
     }
-    let n = plan.request.sampling.n;
+    let n = plan.n;
+    let shape = LogprobsShape {
+        tokens: plan.logprobs,
+        echo: plan.echo,
+        vllm_prompt: plan.vllm_prompt_logprobs,
+    };
     match plan.stream {
         StreamMode::On {
             include_usage,
@@ -174,7 +180,7 @@ async fn run_completion(
                 meta,
                 n,
                 echo: echoes,
-                logprobs: plan.request.sampling.logprobs.is_some(),
+                logprobs: shape,
                 include_usage,
                 continuous_usage,
                 prompt_tokens,
@@ -201,10 +207,12 @@ async fn run_completion(
             let results: Vec<PromptResult> = echoes
                 .into_iter()
                 .zip(collected)
-                .map(|(echo, collected)| PromptResult { echo, collected })
+                .map(|(echo, collected)| PromptResult {
+                    echo,
+                    collected: keep_best(collected, n),
+                })
                 .collect();
-            let logprobs = plan.request.sampling.logprobs.is_some();
-            Ok(Json(completion_response(&meta, &results, n, logprobs)).into_response())
+            Ok(Json(completion_response(&meta, &results, n, shape)).into_response())
         }
     }
 }

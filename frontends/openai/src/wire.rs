@@ -1,6 +1,6 @@
 //! Response pieces both endpoints share: ids, usage, finish reasons, logprobs.
 
-use kiln_protocol::{Finished, GeneratedToken, StopReason};
+use kiln_protocol::{Finished, GeneratedToken, PromptToken, StopReason, TopLogprob};
 use serde_json::{Map, Value, json};
 
 /// The fields every response and chunk of one request repeats.
@@ -80,11 +80,44 @@ pub fn chat_logprobs<'a>(tokens: impl IntoIterator<Item = &'a GeneratedToken>, t
     json!({"content": content})
 }
 
+/// One token of a completions `logprobs` object: a generated token, or a
+/// prompt token (`echo`), whose first has no log-probability.
+#[derive(Debug, Clone, Copy)]
+pub struct LogprobToken<'a> {
+    /// The token decoded on its own.
+    pub piece: &'a str,
+    /// Its log-probability (`None`: the first prompt token).
+    pub logprob: Option<f32>,
+    /// Top alternatives.
+    pub top: &'a [TopLogprob],
+}
+
+impl<'a> From<&'a GeneratedToken> for LogprobToken<'a> {
+    fn from(t: &'a GeneratedToken) -> Self {
+        LogprobToken {
+            piece: &t.piece,
+            logprob: t.logprob,
+            top: &t.top_logprobs,
+        }
+    }
+}
+
+impl<'a> From<&'a PromptToken> for LogprobToken<'a> {
+    fn from(t: &'a PromptToken) -> Self {
+        LogprobToken {
+            piece: &t.piece,
+            logprob: t.logprob,
+            top: &t.top_logprobs,
+        }
+    }
+}
+
 /// Completions `logprobs` (`text_offset`, `token_logprobs`, `tokens`,
 /// `top_logprobs`) for tokens whose text starts at character `offset`;
-/// also returns the offset after them.
+/// also returns the offset after them. A token without a log-probability
+/// (the first echoed prompt token) has `null` in both lists, as in OpenAI's.
 pub fn completion_logprobs<'a>(
-    tokens: impl IntoIterator<Item = &'a GeneratedToken>,
+    tokens: impl IntoIterator<Item = LogprobToken<'a>>,
     mut offset: usize,
 ) -> (Value, usize) {
     let mut text_offset = Vec::new();
@@ -95,10 +128,14 @@ pub fn completion_logprobs<'a>(
         text_offset.push(offset);
         offset += t.piece.chars().count();
         token_logprobs.push(logprob_value(t.logprob));
-        pieces.push(t.piece.clone());
+        pieces.push(t.piece.to_string());
+        if t.logprob.is_none() {
+            top.push(Value::Null);
+            continue;
+        }
         let mut alternatives = Map::new();
-        alternatives.insert(t.piece.clone(), logprob_value(t.logprob));
-        for a in &t.top_logprobs {
+        alternatives.insert(t.piece.to_string(), logprob_value(t.logprob));
+        for a in t.top {
             alternatives
                 .entry(a.text.clone())
                 .or_insert_with(|| json!(a.logprob));
@@ -112,6 +149,33 @@ pub fn completion_logprobs<'a>(
         "top_logprobs": top,
     });
     (v, offset)
+}
+
+/// vLLM's `prompt_logprobs`: per prompt token, `null` for the first, else
+/// `{"<id>": {"logprob", "rank", "decoded_token"}}` for the token itself
+/// and its top alternatives (ranks 1, 2, … by likelihood).
+pub fn vllm_prompt_logprobs(tokens: &[PromptToken]) -> Value {
+    let entries: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let Some(logprob) = t.logprob else {
+                return Value::Null;
+            };
+            let mut m = Map::new();
+            for (rank, a) in t.top_logprobs.iter().enumerate() {
+                m.insert(
+                    a.id.to_string(),
+                    json!({"logprob": a.logprob, "rank": rank + 1, "decoded_token": a.text}),
+                );
+            }
+            m.insert(
+                t.id.to_string(),
+                json!({"logprob": logprob, "rank": t.rank, "decoded_token": t.piece}),
+            );
+            Value::Object(m)
+        })
+        .collect();
+    Value::Array(entries)
 }
 
 #[cfg(test)]
@@ -171,11 +235,62 @@ mod tests {
     #[test]
     fn completion_logprobs_track_offsets() {
         let tokens = [token("ab", -0.25), token("c", -0.5)];
-        let (v, end) = completion_logprobs(&tokens, 3);
+        let (v, end) = completion_logprobs(tokens.iter().map(LogprobToken::from), 3);
         assert_eq!(end, 6);
         assert_eq!(v["text_offset"], json!([3, 5]));
         assert_eq!(v["tokens"], json!(["ab", "c"]));
         assert_eq!(v["top_logprobs"][1], json!({"c": -0.5, "x": -1.5}));
+    }
+
+    fn prompt_token(id: u32, piece: &str, logprob: Option<f32>) -> PromptToken {
+        PromptToken {
+            id,
+            piece: piece.into(),
+            logprob,
+            rank: if logprob.is_some() { 2 } else { 0 },
+            top_logprobs: match logprob {
+                Some(_) => vec![TopLogprob {
+                    id: 7,
+                    logprob: -0.125,
+                    text: "x".into(),
+                }],
+                None => vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn echoed_prompt_tokens_lead_with_nulls() {
+        let prompt = [
+            prompt_token(1, "a", None),
+            prompt_token(4, "bc", Some(-2.0)),
+        ];
+        let generated = [token("d", -0.5)];
+        let entries = prompt
+            .iter()
+            .map(LogprobToken::from)
+            .chain(generated.iter().map(LogprobToken::from));
+        let (v, end) = completion_logprobs(entries, 0);
+        assert_eq!(end, 4);
+        assert_eq!(v["tokens"], json!(["a", "bc", "d"]));
+        assert_eq!(v["token_logprobs"], json!([null, -2.0, -0.5]));
+        assert_eq!(v["top_logprobs"][0], Value::Null);
+        assert_eq!(v["top_logprobs"][1], json!({"bc": -2.0, "x": -0.125}));
+        assert_eq!(v["text_offset"], json!([0, 1, 3]));
+    }
+
+    #[test]
+    fn vllm_prompt_logprobs_key_by_token_id_with_ranks() {
+        let v = vllm_prompt_logprobs(&[
+            prompt_token(1, "a", None),
+            prompt_token(4, "bc", Some(-2.0)),
+        ]);
+        assert_eq!(v[0], Value::Null);
+        assert_eq!(
+            v[1],
+            json!({"4": {"logprob": -2.0, "rank": 2, "decoded_token": "bc"},
+                   "7": {"logprob": -0.125, "rank": 1, "decoded_token": "x"}})
+        );
     }
 
     #[test]

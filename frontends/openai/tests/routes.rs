@@ -329,3 +329,143 @@ async fn structured_outputs_reach_the_engine_and_shape_the_text() {
     assert_eq!(choice["finish_reason"], "length");
     assert_eq!(choice["text"], "11");
 }
+
+#[tokio::test]
+async fn completion_echo_with_logprobs_leads_with_the_prompt_tokens() {
+    let a = app();
+    let r = a
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Hello world","max_tokens":2,"echo":true,"logprobs":1}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let req = a.engine.last_admitted().unwrap();
+    let prompt_len = req.prompt_token_ids.len();
+    assert_eq!(req.request.sampling.prompt_logprobs, Some(1));
+    let choice = &r.json()["choices"][0];
+    let lp = &choice["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), prompt_len + 2, "{lp}");
+    assert_eq!(lp["token_logprobs"][0], serde_json::Value::Null);
+    assert_eq!(lp["top_logprobs"][0], serde_json::Value::Null);
+    assert!(lp["token_logprobs"][1].is_f64());
+    let offsets = lp["text_offset"].as_array().unwrap();
+    assert!(offsets.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()));
+    assert!(choice["text"].as_str().unwrap().starts_with("Hello world"));
+    assert_eq!(
+        choice["prompt_logprobs"],
+        serde_json::Value::Null,
+        "not asked by name"
+    );
+
+    let r = a
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Hello world","max_tokens":2,"echo":true,"logprobs":1,"stream":true}"#,
+        )
+        .await;
+    assert_sse(&r);
+    let first: serde_json::Value = serde_json::from_str(
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap(),
+    )
+    .unwrap();
+    let choice = &first["choices"][0];
+    assert!(choice["text"].as_str().unwrap().starts_with("Hello world"));
+    assert_eq!(
+        choice["logprobs"]["tokens"].as_array().unwrap().len(),
+        prompt_len
+    );
+}
+
+#[tokio::test]
+async fn vllm_prompt_logprobs_on_completions_and_chat() {
+    let r = post(
+        "/v1/completions",
+        r#"{"prompt":"Hello world","max_tokens":1,"prompt_logprobs":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = r.json()["choices"][0]["prompt_logprobs"].clone();
+    let entries = p.as_array().unwrap();
+    assert_eq!(entries[0], serde_json::Value::Null);
+    let second = entries[1].as_object().unwrap();
+    assert_eq!(second.len(), 2, "the token and its neighbour: {second:?}");
+    let (_, best) = second.iter().find(|(_, v)| v["rank"] == 1).unwrap();
+    assert!(best["logprob"].is_f64() && best["decoded_token"].is_string());
+
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":1,"prompt_logprobs":0}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = r.json()["prompt_logprobs"].clone();
+    assert_eq!(p[0], serde_json::Value::Null);
+    assert_eq!(p[1].as_object().unwrap().len(), 1);
+
+    let r = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":1,"prompt_logprobs":0,"stream":true}"#,
+    )
+    .await;
+    assert_sse(&r);
+    assert!(
+        r.text().contains("\"prompt_logprobs\":[null,"),
+        "{}",
+        r.text()
+    );
+
+    let r = post(
+        "/v1/completions",
+        r#"{"prompt":"Hello","max_tokens":1,"prompt_logprobs":-1}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "prompt_logprobs");
+}
+
+#[tokio::test]
+async fn best_of_returns_the_most_likely_of_its_sequences() {
+    let a = app();
+    let r = a
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Hello","max_tokens":4,"n":1,"best_of":3,"seed":3,"temperature":1.0}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let admitted = a.engine.last_admitted().unwrap().request.sampling;
+    assert_eq!((admitted.n, admitted.logprobs), (3, Some(0)));
+    let best = r.json();
+    let choices = best["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 1);
+    assert_eq!(choices[0]["index"], 0);
+    assert_eq!(choices[0]["logprobs"], serde_json::Value::Null, "not asked");
+
+    let all = a
+        .post_json(
+            "/v1/completions",
+            r#"{"prompt":"Hello","max_tokens":4,"n":3,"seed":3,"temperature":1.0,"logprobs":0}"#,
+        )
+        .await
+        .json();
+    let score = |c: &serde_json::Value| -> f64 {
+        c["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum()
+    };
+    let most_likely = all["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|x, y| score(x).total_cmp(&score(y)))
+        .unwrap();
+    assert_eq!(choices[0]["text"], most_likely["text"]);
+}

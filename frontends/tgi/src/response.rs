@@ -1,7 +1,7 @@
 //! TGI response bodies and the SSE event encoder. Pure.
 
 use kiln_http::stream::{EventEncoder, Flow, Frame};
-use kiln_http::{ApiError, Collected, Dialect};
+use kiln_http::{ApiError, Collected, Dialect, SequenceOutput};
 use kiln_protocol::{
     FinishReason, Finished, GeneratedToken, StopReason, TokenEvent, TokenId, TopLogprob,
 };
@@ -70,14 +70,16 @@ pub struct ResponseOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prefill(pub Vec<(TokenId, String)>);
 
-/// The `POST /generate` body (`POST /` wraps it in an array).
+/// The `POST /generate` body (`POST /` wraps it in an array). With
+/// `best_of`, the sequences come ranked most likely first: the first is the
+/// answer, the others go to `details.best_of_sequences`.
 pub fn generate_response(
     c: &Collected,
     o: &ResponseOptions,
     prefill: &Prefill,
     is_special: &dyn Fn(TokenId) -> bool,
 ) -> Result<Value, ApiError> {
-    let Some(s) = c.sequences.first() else {
+    let Some((best, others)) = c.sequences.split_first() else {
         return Err(ApiError::new(
             Dialect::Tgi,
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,41 +87,67 @@ pub fn generate_response(
         )
         .with_type("incomplete_generation"));
     };
+    let prefill: Vec<Value> = if o.decoder_input_details {
+        let logprobs = c.prompt_logprobs.as_deref().unwrap_or_default();
+        prefill
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, (id, t))| {
+                let logprob = logprobs.get(i).and_then(|p| p.logprob);
+                json!({"id": id, "text": t, "logprob": logprob})
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (text, details) = sequence_json(best, o, &prefill, is_special)?;
+    let mut v = json!({"generated_text": text});
+    if o.details || o.decoder_input_details {
+        let mut details = details;
+        if !others.is_empty() {
+            let mut best_of = Vec::with_capacity(others.len());
+            for s in others {
+                let (text, mut d) = sequence_json(s, o, &prefill, is_special)?;
+                d["generated_text"] = json!(text);
+                best_of.push(d);
+            }
+            details["best_of_sequences"] = Value::Array(best_of);
+        }
+        v["details"] = details;
+    }
+    Ok(v)
+}
+
+/// One sequence's `generated_text` and `details`.
+fn sequence_json(
+    s: &SequenceOutput,
+    o: &ResponseOptions,
+    prefill: &[Value],
+    is_special: &dyn Fn(TokenId) -> bool,
+) -> Result<(String, Value), ApiError> {
     let reason = finish_reason(&s.finished).ok_or_else(|| incomplete(&s.finished))?;
     let text = if o.return_full_text {
         format!("{}{}", o.inputs, s.text)
     } else {
         s.text.clone()
     };
-    let mut v = json!({"generated_text": text});
-    if o.details || o.decoder_input_details {
-        let prefill: Vec<Value> = if o.decoder_input_details {
-            prefill
-                .0
-                .iter()
-                .map(|(id, t)| json!({"id": id, "text": t, "logprob": null}))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let tokens: Vec<Value> = s.tokens.iter().map(token_json).collect();
-        let mut details = json!({
-            "finish_reason": reason,
-            "generated_tokens": s.finished.usage.completion_tokens,
-            "seed": o.seed,
-            "prefill": prefill,
-            "tokens": tokens,
-        });
-        if o.top_n_tokens > 0 {
-            details["top_tokens"] = s
-                .tokens
-                .iter()
-                .map(|t| top_tokens_json(&t.top_logprobs, o.top_n_tokens, is_special))
-                .collect();
-        }
-        v["details"] = details;
+    let tokens: Vec<Value> = s.tokens.iter().map(token_json).collect();
+    let mut details = json!({
+        "finish_reason": reason,
+        "generated_tokens": s.finished.usage.completion_tokens,
+        "seed": o.seed,
+        "prefill": prefill,
+        "tokens": tokens,
+    });
+    if o.top_n_tokens > 0 {
+        details["top_tokens"] = s
+            .tokens
+            .iter()
+            .map(|t| top_tokens_json(&t.top_logprobs, o.top_n_tokens, is_special))
+            .collect();
     }
-    Ok(v)
+    Ok((text, details))
 }
 
 /// SSE events of `/generate_stream` and streaming `POST /`: one per token;
@@ -191,6 +219,8 @@ impl EventEncoder for TgiStream {
 
     fn event(&mut self, event: TokenEvent, out: &mut Vec<Frame>) -> Flow {
         match event {
+            // `decoder_input_details` is refused when streaming.
+            TokenEvent::Prompt(_) => Flow::Continue,
             TokenEvent::Token(t) => {
                 self.text.push_str(&t.text);
                 if let Some(prev) = self.held.replace(t) {

@@ -12,7 +12,7 @@ use kiln_engine_api::EngineHandle;
 use kiln_http::stream::Framing;
 use kiln_http::{
     ApiError, ApiJson, Collected, Dialect, HttpConfig, RequestId, TgiDialect, collect,
-    stream_response,
+    rank_by_likelihood, stream_response,
 };
 use kiln_protocol::{EngineError, PromptInput};
 use serde_json::{Value, json};
@@ -125,9 +125,10 @@ async fn run(
             .map(|&id| (id, handle.token_text(id).unwrap_or_default()))
             .collect(),
     );
-    let collected = collect(stream, st.config.clock.as_ref())
+    let mut collected = collect(stream, st.config.clock.as_ref())
         .await
         .map_err(|e| st.engine_error(&e))?;
+    rank_by_likelihood(&mut collected.sequences);
     let value = generate_response(&collected, &options, &prefill, &|id| handle.is_special(id))?;
     let headers = timing_headers(&collected, &st.handle.info().backend);
     Ok(match route {

@@ -11,8 +11,8 @@ use crate::request::{GenerateIn, Parameters};
 
 /// Most stop sequences per request (TGI's default `--max-stop-sequences`).
 pub const MAX_STOP_SEQUENCES: usize = 4;
-/// Largest `best_of` (Kiln generates one sequence per TGI request).
-pub const MAX_BEST_OF: u32 = 1;
+/// Largest `best_of` (TGI's default `--max-best-of`).
+pub const MAX_BEST_OF: u32 = 2;
 
 /// A TGI validation error (422) with TGI's message prefix.
 pub fn validation(message: impl std::fmt::Display) -> ApiError {
@@ -129,18 +129,32 @@ fn check_ranges(p: &Parameters) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_unsupported(p: &Parameters, stream: bool, max_input_tokens: u32) -> Result<(), ApiError> {
+/// TGI's `best_of` rules: at most [`MAX_BEST_OF`]; above 1 only when
+/// sampling, without a `seed` and without streaming.
+fn check_best_of(p: &Parameters, stream: bool, sampling: bool) -> Result<u32, ApiError> {
     let best_of = p.best_of.unwrap_or(1);
     if best_of == 0 || best_of > MAX_BEST_OF {
-        if stream && best_of > 1 {
-            return Err(validation(
-                "`best_of` != 1 is not supported when streaming tokens",
-            ));
-        }
         return Err(validation(format!(
             "`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {best_of}"
         )));
     }
+    if best_of > 1 {
+        if stream {
+            return Err(validation(
+                "`best_of` != 1 is not supported when streaming tokens",
+            ));
+        }
+        if !sampling {
+            return Err(validation("you must use sampling when `best_of` is > 1"));
+        }
+        if p.seed.is_some() {
+            return Err(validation("`seed` must not be set when `best_of` > 1"));
+        }
+    }
+    Ok(best_of)
+}
+
+fn check_unsupported(p: &Parameters, stream: bool, max_input_tokens: u32) -> Result<(), ApiError> {
     if stream && p.decoder_input_details == Some(true) {
         return Err(validation(
             "`decoder_input_details` == true is not supported when streaming tokens",
@@ -201,12 +215,16 @@ pub fn plan(body: &GenerateIn, ctx: PlanContext) -> Result<TgiPlan, ApiError> {
     check_ranges(&p)?;
     check_unsupported(&p, stream, max_input_tokens)?;
     let sampling_on = samples(&p, defaults_applied);
+    let best_of = check_best_of(&p, stream, sampling_on)?;
     let seed = sampling_on.then(|| p.seed.unwrap_or(fallback_seed));
     let details = p.details.unwrap_or(false);
     let decoder_input_details = p.decoder_input_details.unwrap_or(false);
     let top_n_tokens = p.top_n_tokens.unwrap_or(0);
-    let wants_logprobs = details || decoder_input_details || stream || top_n_tokens > 0;
+    // `best_of` ranks its sequences by their tokens' log-probabilities.
+    let wants_logprobs =
+        details || decoder_input_details || stream || top_n_tokens > 0 || best_of > 1;
     let sampling = SamplingParams {
+        n: best_of,
         temperature: if sampling_on {
             p.temperature.unwrap_or(1.0)
         } else {
@@ -218,6 +236,7 @@ pub fn plan(body: &GenerateIn, ctx: PlanContext) -> Result<TgiPlan, ApiError> {
         frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
         seed,
         logprobs: wants_logprobs.then_some(top_n_tokens),
+        prompt_logprobs: decoder_input_details.then_some(0),
         structured: grammar_spec(p.grammar.as_ref())?,
         ..SamplingParams::default()
     };
@@ -297,6 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn best_of_samples_that_many_sequences_with_logprobs() {
+        let p = plan(
+            &body(json!({"inputs": "hi", "parameters": {"best_of": 2, "do_sample": true}})),
+            Route::Generate,
+            100,
+        )
+        .unwrap();
+        assert_eq!(p.request.sampling.n, 2);
+        assert_eq!(p.request.sampling.logprobs, Some(0));
+    }
+
+    #[test]
     fn tgi_rejects_what_vllm_accepts() {
         for params in [
             json!({"top_p": 1.0}),
@@ -309,6 +340,8 @@ mod tests {
             json!({"typical_p": 0.5}),
             json!({"stop": ["a", "b", "c", "d", "e"]}),
             json!({"best_of": 2}),
+            json!({"best_of": 3, "do_sample": true}),
+            json!({"best_of": 2, "do_sample": true, "seed": 1}),
             json!({"truncate": 0}),
             json!({"truncate": 1000}),
             json!({"watermark": true}),

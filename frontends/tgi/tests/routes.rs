@@ -163,3 +163,27 @@ async fn context_overflow_is_422() {
     assert_eq!(r.status, 422);
     insta::assert_json_snapshot!(r.json());
 }
+
+#[tokio::test]
+async fn best_of_answers_with_the_most_likely_sequence() {
+    let r = post(
+        "/generate",
+        r#"{"inputs":"Hello","parameters":{"max_new_tokens":4,"best_of":2,"do_sample":true,"details":true}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let others = v["details"]["best_of_sequences"].as_array().unwrap();
+    assert_eq!(others.len(), 1);
+    let score = |d: &serde_json::Value| -> f64 {
+        d["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .sum()
+    };
+    assert!(score(&v["details"]) >= score(&others[0]));
+    assert!(others[0]["generated_text"].is_string());
+    assert_eq!(others[0]["generated_tokens"], 4);
+}

@@ -408,6 +408,10 @@ async fn run_request(mut ctx: RunContext) {
     };
     let n = ctx.request.request.sampling.n;
     ctx.release.start_running(n);
+    if let Some(top) = ctx.request.request.sampling.prompt_logprobs {
+        let prompt = script::scripted_prompt_logprobs(&ctx.request.prompt_token_ids, top);
+        let _ = ctx.events.send(TokenEvent::Prompt(prompt));
+    }
     let seed = request_seed(&ctx.request);
     let shape = ctx.release.shape;
     let mut seqs: Vec<ScriptedSequence> = (0..n)

@@ -3,8 +3,8 @@
 
 use kiln_engine_api::AdmittedRequest;
 use kiln_protocol::{
-    FinishReason, Finished, GeneratedToken, StopReason, StoppingCriteria, TokenId, TopLogprob,
-    Usage,
+    FinishReason, Finished, GeneratedToken, PromptToken, StopReason, StoppingCriteria, TokenId,
+    TopLogprob, Usage,
 };
 
 use super::vocab;
@@ -195,18 +195,42 @@ impl ScriptedSequence {
     }
 
     fn top_logprobs(&self, id: TokenId) -> Vec<TopLogprob> {
-        let k = self.logprobs.unwrap_or(0);
-        (0..k)
-            .map(|j| {
-                let alt = if j == 0 { id } else { vocab::neighbour(id, j) };
-                TopLogprob {
-                    id: alt,
-                    logprob: scripted_logprob(id) - 0.5 * j as f32,
-                    text: vocab::token_text(alt).unwrap_or_default(),
-                }
-            })
-            .collect()
+        alternatives(id, self.logprobs.unwrap_or(0))
     }
+}
+
+/// `k` alternatives led by `id` itself (rank 1), then its neighbours.
+fn alternatives(id: TokenId, k: u32) -> Vec<TopLogprob> {
+    (0..k)
+        .map(|j| {
+            let alt = if j == 0 { id } else { vocab::neighbour(id, j) };
+            TopLogprob {
+                id: alt,
+                logprob: scripted_logprob(id) - 0.5 * j as f32,
+                text: vocab::token_text(alt).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The scripted `prompt_logprobs` of a prompt: every token after the
+/// first the most likely at its position, with `top` alternatives.
+pub fn scripted_prompt_logprobs(prompt: &[TokenId], top: u32) -> Vec<PromptToken> {
+    prompt
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| PromptToken {
+            id,
+            piece: vocab::token_text(id).unwrap_or_default(),
+            logprob: (i > 0).then(|| scripted_logprob(id)),
+            rank: u32::from(i > 0),
+            top_logprobs: if i > 0 {
+                alternatives(id, top)
+            } else {
+                Vec::new()
+            },
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -565,6 +565,7 @@ mod tests {
         let out = RequestOutput {
             request_id: 1,
             prompt_token_ids: vec![1, 2, 3],
+            prompt_logprobs: None,
             outputs: vec![kiln_engine::CompletionOutput {
                 index: 0,
                 text: " x".into(),
