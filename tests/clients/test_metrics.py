@@ -12,7 +12,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import CAPITAL, SERVED_NAME, Metrics, tokenize, wait_idle
+from support import CAPITAL, EMBEDDING_NAME, SERVED_NAME, Metrics, tokenize, wait_idle
 
 GAUGES = ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"]
 COUNTERS = [  # family names as the parser reports them
@@ -165,3 +165,28 @@ def test_prefix_cache_counters_see_a_repeated_prompt(base_url):
     full_blocks = n // 16
     assert hits >= 16 * (full_blocks - 1), (n, hits, queries)
     assert queries >= 2 * n - 16 and queries >= hits, (n, hits, queries)
+
+
+def test_embedding_requests_count(embedding_server):
+    url = embedding_server.url
+    before = Metrics(url)
+    model = {"model_name": EMBEDDING_NAME}
+    r = httpx.post(url + "/v1/embeddings", json={"input": ["Hello world", "A second text"]}, timeout=60)
+    assert r.status_code == 200, r.text
+    prompt = r.json()["usage"]["prompt_tokens"]
+    deadline = time.monotonic() + 30
+    while True:
+        after = Metrics(url)
+        done = after.value("vllm:request_success_total", finished_reason="stop", **model)
+        if done == before.value("vllm:request_success_total", finished_reason="stop", **model) + 2:
+            break
+        assert time.monotonic() < deadline, "the embedding requests never showed in /metrics"
+        time.sleep(0.1)
+
+    def delta(name):
+        return after.value(name, **model) - before.value(name, **model)
+
+    assert delta("vllm:prompt_tokens_total") == prompt
+    assert delta("vllm:e2e_request_latency_seconds_count") == 2
+    assert delta("vllm:request_queue_time_seconds_count") == 2
+    assert delta("vllm:generation_tokens_total") == 0

@@ -20,7 +20,8 @@ use kiln_protocol::step::{
     TokenMask,
 };
 use kiln_protocol::{
-    Embedding, EngineError, EngineEvent, RequestId, SeqId, StepStats, TokenEvent, TokenId,
+    Embedding, EngineError, EngineEvent, FinishReason, RequestId, RequestMetrics, SeqId, StepStats,
+    TokenEvent, TokenId,
 };
 use kiln_sampler::{SamplerCore, SequenceGroup};
 use kiln_scheduler::{BlockManager, NewRequest, Scheduler};
@@ -326,7 +327,34 @@ pub struct SchedulerActor {
 struct PendingEmbedding {
     seq_id: SeqId,
     prompt_tokens: u32,
+    /// Engine-clock seconds at submission.
+    arrival_seconds: f64,
     reply: oneshot::Sender<EmbeddingReply>,
+}
+
+impl PendingEmbedding {
+    /// What the metrics record of an embedding request, as of a generation
+    /// request that produced no token: its prompt, its outcome, its queue
+    /// time (arrival to the start of the step that computed it; the whole
+    /// wait when it never ran) and arrival to answer.
+    fn metrics(
+        &self,
+        request_id: RequestId,
+        reason: FinishReason,
+        scheduled_seconds: Option<f64>,
+        now: f64,
+    ) -> RequestMetrics {
+        RequestMetrics {
+            request_id,
+            index: 0,
+            reason: Some(reason),
+            prompt_tokens: self.prompt_tokens,
+            queue_seconds: (scheduled_seconds.unwrap_or(now) - self.arrival_seconds).max(0.0),
+            e2e_seconds: (now - self.arrival_seconds).max(0.0),
+            n: 1,
+            ..RequestMetrics::default()
+        }
+    }
 }
 
 /// What the scheduler actor keeps for device-side sampling: the next draw of
@@ -387,8 +415,22 @@ impl SchedulerActor {
         }
     }
 
-    /// Answer the embedding requests whose vectors `logits` carries.
-    fn deliver_embeddings(&mut self, logits: &mut StepLogits) {
+    /// Publishes the end of an embedding request for the metrics.
+    fn embedding_ended(
+        &self,
+        id: RequestId,
+        p: &PendingEmbedding,
+        reason: FinishReason,
+        scheduled_seconds: Option<f64>,
+    ) {
+        let m = p.metrics(id, reason, scheduled_seconds, self.clock.now());
+        let _ = self.events.send(EngineEvent::SequenceFinished(m));
+    }
+
+    /// Answer the embedding requests whose vectors `logits` carries (the
+    /// step that computed them began `started`).
+    fn deliver_embeddings(&mut self, logits: &mut StepLogits, started: Instant) {
+        let step_began = (self.clock.now() - started.elapsed().as_secs_f64()).max(0.0);
         for e in std::mem::take(&mut logits.embeddings) {
             let Some(rid) = self
                 .embeddings
@@ -399,6 +441,7 @@ impl SchedulerActor {
                 continue;
             };
             if let Some(p) = self.embeddings.remove(&rid) {
+                self.embedding_ended(rid, &p, FinishReason::Stop, Some(step_began));
                 // A closed receiver means the client left.
                 let _ = p.reply.send(Ok(Embedding {
                     vector: e.vector,
@@ -410,7 +453,8 @@ impl SchedulerActor {
 
     /// Answer every pending embedding with `error`.
     fn fail_embeddings(&mut self, error: &EngineError) {
-        for (_, p) in self.embeddings.drain() {
+        for (id, p) in std::mem::take(&mut self.embeddings) {
+            self.embedding_ended(id, &p, FinishReason::Error, None);
             let _ = p.reply.send(Err(error.clone()));
         }
     }
@@ -521,7 +565,7 @@ impl SchedulerActor {
         started: Instant,
         ctx: &mut Context<Self>,
     ) {
-        self.deliver_embeddings(&mut logits);
+        self.deliver_embeddings(&mut logits, started);
         let step_id = logits.step_id;
         if logits.is_empty() {
             self.finish(
@@ -583,6 +627,7 @@ impl SchedulerActor {
         }
         for (id, error) in rejected {
             if let Some(p) = self.embeddings.remove(&id) {
+                self.embedding_ended(id, &p, FinishReason::Error, None);
                 let _ = p.reply.send(Err(error));
                 continue;
             }
@@ -786,14 +831,20 @@ impl Handler<SubmitEmbedding> for SchedulerActor {
         let seq_id = self.next_seq;
         self.next_seq += 1;
         self.arrivals += 1;
+        let prompt_tokens = r.prompt_token_ids.len() as u32;
         self.embeddings.insert(
             r.id,
             PendingEmbedding {
                 seq_id,
-                prompt_tokens: r.prompt_token_ids.len() as u32,
+                prompt_tokens,
+                arrival_seconds: self.clock.now(),
                 reply: msg.reply,
             },
         );
+        let _ = self.events.send(EngineEvent::RequestArrived {
+            request_id: r.id,
+            prompt_tokens,
+        });
         self.core.add_request(NewRequest {
             request_id: r.id,
             seq_ids: vec![seq_id],
@@ -818,9 +869,36 @@ impl Handler<Abort> for SchedulerActor {
     type Result = ();
     fn handle(&mut self, msg: Abort, ctx: &mut Self::Context) {
         self.core.abort(msg.0);
-        self.embeddings.remove(&msg.0);
+        if let Some(p) = self.embeddings.remove(&msg.0) {
+            self.embedding_ended(msg.0, &p, FinishReason::Abort, None);
+        }
         self.forget_ended_rows();
         self.peers.sampler.do_send(AbortRequest(msg.0));
         self.kick(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedding_counts_as_a_request_that_generated_nothing() {
+        let (reply, _answer) = oneshot::channel();
+        let pending = PendingEmbedding {
+            seq_id: 1,
+            prompt_tokens: 7,
+            arrival_seconds: 1.0,
+            reply,
+        };
+        let m = pending.metrics(3, FinishReason::Stop, Some(1.25), 2.0);
+        assert_eq!(m.request_id, 3);
+        assert_eq!((m.index, m.n, m.prompt_tokens), (0, 1, 7));
+        assert_eq!(m.reason, Some(FinishReason::Stop));
+        assert_eq!(m.generation_tokens, 0);
+        assert_eq!(m.queue_seconds, 0.25);
+        assert_eq!(m.e2e_seconds, 1.0);
+        let never_ran = pending.metrics(3, FinishReason::Abort, None, 2.0);
+        assert_eq!(never_ran.queue_seconds, 1.0, "the whole wait");
     }
 }

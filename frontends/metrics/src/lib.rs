@@ -26,7 +26,11 @@
 //! a `SequenceFinished` the token counters and the request histograms. A
 //! request with `n` sequences counts its prompt tokens and its success once
 //! (from the sequence with index 0) and its generated tokens per sequence;
-//! [`state`] lists the rule of each family. If the task falls behind the
+//! [`state`] lists the rule of each family. An embedding request counts as
+//! a request that generates nothing (as vLLM counts pooling requests): its
+//! prompt tokens, its outcome in `request_success_total` (`stop` once its
+//! vector is computed), and its queue and end-to-end latencies. If the task
+//! falls behind the
 //! broadcast, the events it missed are counted in
 //! `kiln:metrics_events_lagged_total` and folding goes on.
 //!

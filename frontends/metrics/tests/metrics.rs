@@ -341,3 +341,30 @@ async fn gauges_follow_the_load_and_read_zero_once_requests_are_aborted() {
     assert_eq!(idle.model("vllm:e2e_request_latency_seconds_count"), 2.0);
     assert_eq!(app.engine.aborted().len(), 2);
 }
+
+#[tokio::test]
+async fn embedding_requests_count_like_generation_requests() {
+    let app = app_with(ScriptedConfig {
+        embedding: Some(kiln_http::testing::app::encoder_spec(Vec::new())),
+        ..ScriptedConfig::default()
+    });
+    let before = scrape(&app).await;
+    let r = app
+        .post_json(
+            "/v1/embeddings",
+            r#"{"input":["Hello world","Once upon a time"]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt = r.json()["usage"]["prompt_tokens"].as_f64().unwrap();
+    let want = before.success("stop") + 2.0;
+    let after = scrape_until(&app, "two embeddings", |s| s.success("stop") == want).await;
+    let delta = |name: &str| after.model(name) - before.model(name);
+    assert_eq!(delta("vllm:prompt_tokens_total"), prompt);
+    assert_eq!(delta("vllm:request_prompt_tokens_sum"), prompt);
+    assert_eq!(delta("vllm:e2e_request_latency_seconds_count"), 2.0);
+    assert_eq!(delta("vllm:request_queue_time_seconds_count"), 2.0);
+    assert_eq!(delta("vllm:generation_tokens_total"), 0.0);
+    assert_eq!(delta("vllm:time_to_first_token_seconds_count"), 0.0);
+    assert_eq!(after.success("error"), 0.0);
+}

@@ -22,7 +22,8 @@
 //!   of a nominal 10 ms per token; a `Step` follows every release; every
 //!   sequence ends with one `SequenceFinished` carrying the request's prompt
 //!   length, `n` and `max_tokens`, also when aborted (reason `abort`, waiting
-//!   ones included) or failed (reason `error`);
+//!   ones included) or failed (reason `error`); an embedding is a request
+//!   that arrives and finishes (`stop`) at once without generating;
 //! - records of every admitted request and every abort, for assertions.
 
 pub mod app;
@@ -530,10 +531,22 @@ impl EngineService for ScriptedEngine {
                 "the scripted engine was started without embeddings",
             ));
         };
+        let prompt_tokens = request.prompt_token_ids.len() as u32;
+        let _ = self.shared.events.send(EngineEvent::RequestArrived {
+            request_id: request.id,
+            prompt_tokens,
+        });
         let _ = reply.send(Ok(kiln_protocol::Embedding {
             vector: scripted_embedding(&request.prompt_token_ids, spec.dimensions),
-            prompt_tokens: request.prompt_token_ids.len() as u32,
+            prompt_tokens,
         }));
+        let shape = RequestShape {
+            prompt_tokens,
+            n: 1,
+            max_tokens: None,
+        };
+        let m = scripted_metrics(request.id, 0, FinishReason::Stop, shape, 0);
+        let _ = self.shared.events.send(EngineEvent::SequenceFinished(m));
         Ok(())
     }
 
