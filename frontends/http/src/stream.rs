@@ -20,6 +20,14 @@ use serde_json::Value;
 pub enum Frame {
     /// A JSON payload: SSE `data: <json>\n\n`, NDJSON `<json>\n`.
     Json(Value),
+    /// A named event: SSE `event: <name>\ndata: <json>\n\n`; NDJSON writes
+    /// the payload alone.
+    Event {
+        /// The SSE event name (`response.created`).
+        name: &'static str,
+        /// The payload.
+        data: Value,
+    },
     /// SSE's `data: [DONE]\n\n` terminator (NDJSON writes nothing).
     Done,
 }
@@ -77,8 +85,15 @@ impl Framing {
                 write_json(v, buf);
                 buf.extend_from_slice(b"\n\n");
             }
+            (Framing::Sse, Frame::Event { name, data }) => {
+                buf.extend_from_slice(b"event: ");
+                buf.extend_from_slice(name.as_bytes());
+                buf.extend_from_slice(b"\ndata: ");
+                write_json(data, buf);
+                buf.extend_from_slice(b"\n\n");
+            }
             (Framing::Sse, Frame::Done) => buf.extend_from_slice(b"data: [DONE]\n\n"),
-            (Framing::Ndjson, Frame::Json(v)) => {
+            (Framing::Ndjson, Frame::Json(v) | Frame::Event { data: v, .. }) => {
                 write_json(v, buf);
                 buf.push(b'\n');
             }
@@ -236,6 +251,17 @@ mod tests {
                 b"data: [DONE]\n\n"
             ]
         );
+    }
+
+    #[test]
+    fn named_events_carry_their_name_in_sse_only() {
+        let frame = Frame::Event {
+            name: "response.created",
+            data: json!({"a": 1}),
+        };
+        let sse = Framing::Sse.render(std::slice::from_ref(&frame));
+        assert_eq!(&sse[..], b"event: response.created\ndata: {\"a\":1}\n\n");
+        assert_eq!(&Framing::Ndjson.render(&[frame])[..], b"{\"a\":1}\n");
     }
 
     #[tokio::test]

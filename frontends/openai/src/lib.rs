@@ -1,7 +1,9 @@
 //! # kiln-frontend-openai
 //!
 //! Kiln's OpenAI-compatible API in vLLM's dialect: `POST /v1/completions`,
-//! `POST /v1/chat/completions` (JSON or SSE with `stream_options`), `GET
+//! `POST /v1/chat/completions` (JSON or SSE with `stream_options`), `POST
+//! /v1/responses` (the Responses API over the chat machinery, see
+//! [`responses`]), `GET
 //! /v1/models`, `POST /tokenize` (shared with TGI's, chosen by body keys),
 //! `POST /detokenize`, `GET /version`, `GET /v1/server_info`.
 //!
@@ -30,6 +32,7 @@ pub mod convert;
 pub mod embeddings;
 pub mod models;
 pub mod request;
+pub mod responses;
 pub mod routes;
 pub mod structured;
 pub mod tokenize;
@@ -64,6 +67,7 @@ impl Frontend for OpenAiFrontend {
         Router::new()
             .route("/v1/completions", post(routes::completions))
             .route("/v1/chat/completions", post(routes::chat_completions))
+            .route("/v1/responses", post(responses::create))
             .route("/v1/embeddings", post(embeddings::embeddings))
             .route("/v1/models", get(models::list))
             .route("/version", get(models::version))

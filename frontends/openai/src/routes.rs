@@ -34,11 +34,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn engine_error(&self, e: &EngineError) -> ApiError {
+    pub(crate) fn engine_error(&self, e: &EngineError) -> ApiError {
         ApiError::from_engine(Dialect::OpenAi, e, self.config.retry_after_seconds)
     }
 
-    fn meta(
+    pub(crate) fn meta(
         &self,
         prefix: &str,
         requested_model: Option<&str>,
@@ -58,7 +58,11 @@ impl AppState {
     }
 
     /// How this chat request's output is searched for tool calls.
-    fn tool_responder(&self, plan: &ToolPlan, rid: &RequestId) -> Result<ToolResponder, ApiError> {
+    pub(crate) fn tool_responder(
+        &self,
+        plan: &ToolPlan,
+        rid: &RequestId,
+    ) -> Result<ToolResponder, ApiError> {
         let settings = self.config.tool_calls;
         if *plan == ToolPlan::Auto && !settings.auto_tool_choice {
             return Err(ApiError::bad_request(
@@ -74,7 +78,10 @@ impl AppState {
         })
     }
 
-    fn submit(&self, request: kiln_protocol::GenerateRequest) -> Result<RequestStream, ApiError> {
+    pub(crate) fn submit(
+        &self,
+        request: kiln_protocol::GenerateRequest,
+    ) -> Result<RequestStream, ApiError> {
         kiln_http::submit(&self.handle, &self.config, request).map_err(|e| self.engine_error(&e))
     }
 }
@@ -84,7 +91,7 @@ pub fn system_fingerprint(version: &str) -> String {
     format!("kiln-{version}")
 }
 
-fn request_id(ext: Option<Extension<RequestId>>) -> RequestId {
+pub(crate) fn request_id(ext: Option<Extension<RequestId>>) -> RequestId {
     ext.map_or_else(|| RequestId(String::from("0")), |Extension(r)| r)
 }
 
