@@ -15,11 +15,16 @@ Environment:
   KILN_TEST_FRONTENDS  passed as --frontend when set (default: all frontends)
   KILN_TEST_THREADS    --threads (default 2)
   KILN_BIN             the binary (default target/release/kiln)
+
+Every server runs with KILN_CACHE set to an empty directory of its own
+(target/client-tests/cache-<name>), so what the Ollama routes list and
+change is the suite's, never the user's cache.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +54,8 @@ class KilnServer:
     """One `kiln serve` child process on 127.0.0.1."""
 
     def __init__(self, name: str, *extra: str, model_env: str = "KILN_TEST_GGUF",
-                 served_name: str = SERVED_NAME, max_model_len: int | None = 2048):
+                 served_name: str = SERVED_NAME, max_model_len: int | None = 2048,
+                 env: dict[str, str] | None = None):
         model = os.environ.get(model_env)
         if not model:
             pytest.fail(f"{model_env} is not set: run the suite with tests/clients/run.sh")
@@ -75,8 +81,14 @@ class KilnServer:
         if os.environ.get("KILN_TEST_FRONTENDS"):
             self.args += ["--frontend", os.environ["KILN_TEST_FRONTENDS"]]
         self.args += list(extra)
+        # Each server gets an empty model cache of its own (the Ollama
+        # management routes list and change it), unless `env` names one.
+        cache = LOG_DIR / f"cache-{name}"
+        shutil.rmtree(cache, ignore_errors=True)
+        self.env = {**os.environ, "KILN_CACHE": str(cache), **(env or {})}
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env)
         _running.append(self)
         try:
             self._wait_ready()

@@ -10,12 +10,14 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::digest::sha256_file;
 use crate::error::HubError;
+use crate::observe::FetchObserver;
 use crate::pip::part_path;
 use crate::progress::ProgressMode;
 
@@ -130,6 +132,7 @@ pub struct HfClient {
     token: Option<String>,
     retry: RetryPolicy,
     agent: ureq::Agent,
+    observer: Option<Arc<dyn FetchObserver>>,
 }
 
 /// Percent-encode for a URL path; `/` is kept when `keep_slash`.
@@ -177,6 +180,19 @@ impl HfClient {
             token: token.filter(|t| !t.is_empty()),
             retry,
             agent,
+            observer: None,
+        }
+    }
+
+    /// The same client, also reporting every download's bytes to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn FetchObserver>) -> HfClient {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn report(&self, file: &RepoFile, completed: u64) {
+        if let Some(o) = &self.observer {
+            o.bytes(&file.path, file.sha256.as_deref(), file.size, completed);
         }
     }
 
@@ -345,6 +361,9 @@ impl HfClient {
             }
         }
         bar.finish_and_clear();
+        if let Some(o) = &self.observer {
+            o.stage("verifying sha256 digest");
+        }
         verify_download(&part, target.file)?;
         std::fs::rename(&part, target.dest).map_err(|e| HubError::io(target.dest, e))?;
         Ok(transferred)
@@ -411,6 +430,8 @@ impl HfClient {
             .open(part)
             .map_err(|e| HubError::io(part, e))?;
         bar.set_position(if append { offset } else { 0 });
+        let mut position = if append { offset } else { 0 };
+        self.report(target.file, position);
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
         let mut buf = vec![0u8; 256 << 10];
@@ -427,6 +448,8 @@ impl HfClient {
                 .map_err(|e| HubError::io(part, e))?;
             *transferred += n as u64;
             bar.inc(n as u64);
+            position += n as u64;
+            self.report(target.file, position);
         }
         out.flush().map_err(|e| HubError::io(part, e))?;
         let have = std::fs::metadata(part)

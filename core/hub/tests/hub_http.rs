@@ -648,3 +648,55 @@ fn unreachable_endpoint_is_a_network_error() {
     assert!(matches!(e, HubError::Network { .. }), "{e}");
     assert!(e.to_string().contains("HF_ENDPOINT"), "{e}");
 }
+
+/// Records what a fetch reports.
+#[derive(Debug, Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+}
+
+impl kiln_hub::FetchObserver for Recorder {
+    fn stage(&self, stage: &str) {
+        self.seen.lock().unwrap().push(stage.to_string());
+    }
+
+    fn bytes(&self, file: &str, sha256: Option<&str>, total: Option<u64>, completed: u64) {
+        let sha = sha256.map_or(0, str::len);
+        self.seen.lock().unwrap().push(format!(
+            "{file} {completed}/{} sha{sha}",
+            total.unwrap_or(0)
+        ));
+    }
+}
+
+#[test]
+fn an_observer_sees_the_stages_and_every_file_reach_its_size() {
+    let mut state = State::default();
+    state.repos.insert("org/quant".into(), gguf_repo());
+    let server = FakeHub::start(state);
+    let cache = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let hub = hub_for(&server, cache.path(), None).with_observer(recorder.clone());
+    let refresh = FetchOptions {
+        policy: FetchPolicy::Refresh,
+        ..weights()
+    };
+    hub.resolve(&spec("org/quant:Q8_0"), &refresh).unwrap();
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.first().map(String::as_str), Some("pulling manifest"));
+    assert_eq!(seen[1], "m.Q8_0.gguf 0/90000 sha64");
+    assert!(
+        seen.contains(&"m.Q8_0.gguf 90000/90000 sha64".to_string()),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("verifying sha256 digest")
+    );
+
+    // Fetched again: the file is there already and reported complete.
+    recorder.seen.lock().unwrap().clear();
+    hub.resolve(&spec("org/quant:Q8_0"), &refresh).unwrap();
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen, ["pulling manifest", "m.Q8_0.gguf 90000/90000 sha64"]);
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::model_store::ModelStore;
 use crate::tool_calls::ToolCallSettings;
 
 /// Default request body limit: 16 MiB (a long prompt as a JSON token-id list fits).
@@ -98,6 +99,9 @@ pub struct HttpConfig {
     pub ids: Arc<dyn IdSource>,
     /// How tool calls are found in chat output.
     pub tool_calls: ToolCallSettings,
+    /// The model cache (`None`: model management routes answer that there
+    /// is none).
+    pub model_store: Option<Arc<dyn ModelStore>>,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +115,7 @@ impl Default for HttpConfig {
             clock: Arc::new(SystemClock::default()),
             ids: Arc::new(RandomIds),
             tool_calls: ToolCallSettings::default(),
+            model_store: None,
         }
     }
 }
@@ -124,6 +129,7 @@ impl fmt::Debug for HttpConfig {
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("enabled_frontends", &self.enabled_frontends)
             .field("tool_calls", &self.tool_calls)
+            .field("model_store", &self.model_store.as_ref().map(|s| s.root()))
             .finish_non_exhaustive()
     }
 }

@@ -11,6 +11,8 @@
 //! - API-key auth (constant-time compare; `/health` and `/metrics` stay open),
 //!   request ids in a tracing span, JSON 404/405 answers, a bound on waiting
 //!   requests (HTTP 429 with `Retry-After`), `/health`, graceful shutdown;
+//! - the model cache as frontends see it ([`ModelStore`], implemented by the
+//!   `kiln` binary over `kiln-hub`);
 //! - tool calling both chat dialects share ([`tool_calls`]): parsers for the
 //!   formats models write calls in and the schemas that force calls;
 //! - `testing::ScriptedEngine` (feature `testing`), a deterministic engine
@@ -36,6 +38,7 @@ pub mod embed;
 mod error;
 mod frontend;
 pub mod middleware;
+pub mod model_store;
 mod router;
 mod server;
 pub mod stream;
@@ -55,6 +58,7 @@ pub use dialect::{ContentTypeRule, Dialect};
 pub use error::ApiError;
 pub use frontend::{Frontend, SharedHandler, SharedRoute};
 pub use middleware::RequestId;
+pub use model_store::{ModelStore, PullEvent, PullReporter, StoreError, StoredModel};
 pub use router::{BuildError, build_router};
 pub use server::{BoundServer, ServeError, serve, shutdown_signal};
 pub use stream::{EventEncoder, Flow, Frame, Framing, stream_response};

@@ -26,6 +26,16 @@ pub fn tagged(name: &str) -> String {
 /// The model a request names: a served name, or one with `:latest` added.
 /// Missing is a 400, unknown a 404 `model 'x' not found`.
 pub fn resolve_model(info: &EngineInfo, requested: Option<&str>) -> Result<String, ApiError> {
+    resolve_model_among(info, &[], requested)
+}
+
+/// As [`resolve_model`], also accepting `copies`: names given to the served
+/// model with `/api/copy`.
+pub fn resolve_model_among(
+    info: &EngineInfo,
+    copies: &[String],
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
     let name = requested.map(str::trim).unwrap_or("");
     if name.is_empty() {
         return Err(bad("model is required"));
@@ -33,7 +43,8 @@ pub fn resolve_model(info: &EngineInfo, requested: Option<&str>) -> Result<Strin
     let served = info
         .served_model_names
         .iter()
-        .chain(std::iter::once(&info.model_id));
+        .chain(std::iter::once(&info.model_id))
+        .chain(copies);
     let matches = served
         .into_iter()
         .any(|s| s == name || tagged(s) == name || tagged(name) == *s);

@@ -17,7 +17,7 @@ use kiln_protocol::{EmbeddingSpec, PromptInput, finish_embedding};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::convert::{bad, resolve_model};
+use crate::convert::bad;
 use crate::request::from_body;
 use crate::routes::AppState;
 
@@ -99,7 +99,7 @@ pub async fn embed(
 
 async fn run_embed(st: &AppState, body: Value, started: Instant) -> Result<Value, ApiError> {
     let req: EmbedIn = from_body(body)?;
-    let model = resolve_model(st.handle.info(), req.model.as_deref())?;
+    let model = st.resolve(req.model.as_deref()).await?;
     let spec = spec(st, &model)?;
     if let Some(d) = req.dimensions {
         spec.check_dimensions(d).map_err(|e| bad(e.to_string()))?;
@@ -145,7 +145,7 @@ pub async fn embeddings(
 
 async fn run_embeddings(st: &AppState, body: Value) -> Result<Value, ApiError> {
     let req: EmbeddingsIn = from_body(body)?;
-    let model = resolve_model(st.handle.info(), req.model.as_deref())?;
+    let model = st.resolve(req.model.as_deref()).await?;
     spec(st, &model)?;
     let prompt = req.prompt.unwrap_or_default();
     if prompt.is_empty() {

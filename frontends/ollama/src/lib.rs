@@ -4,7 +4,9 @@
 //! (NDJSON streaming by default, one object with `"stream": false`; the final
 //! object carries `done_reason` and durations in nanoseconds), `GET
 //! /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and
-//! `GET`/`HEAD /` ("Ollama is running"; `POST /` belongs to TGI).
+//! `GET`/`HEAD /` ("Ollama is running"; `POST /` belongs to TGI). Model
+//! management (`/api/pull`, `/api/copy`, `/api/delete`) works on Kiln's
+//! model cache; [`manage`] says what it means with one served model.
 //!
 //! `options` are type-checked as Ollama does (`option "x" must be of type
 //! ...`) and range-checked under their Ollama names; `num_predict` ≤ 0
@@ -27,6 +29,7 @@
 pub mod convert;
 pub mod embed;
 pub mod format;
+pub mod manage;
 pub mod models;
 pub mod options;
 pub mod request;
@@ -55,10 +58,7 @@ impl Frontend for OllamaFrontend {
     }
 
     fn routes(&self, handle: EngineHandle, config: &HttpConfig) -> Router {
-        let state = Arc::new(routes::AppState {
-            handle,
-            config: config.clone(),
-        });
+        let state = Arc::new(routes::AppState::new(handle, config.clone()));
         Router::new()
             .route("/", get(routes::root))
             .route("/api/generate", post(routes::generate))
@@ -69,11 +69,11 @@ impl Frontend for OllamaFrontend {
             .route("/api/version", get(routes::version))
             .route("/api/embed", post(embed::embed))
             .route("/api/embeddings", post(embed::embeddings))
-            .route("/api/pull", post(routes::management))
+            .route("/api/pull", post(manage::pull))
             .route("/api/push", post(routes::management))
             .route("/api/create", post(routes::management))
-            .route("/api/copy", post(routes::management))
-            .route("/api/delete", delete(routes::management))
+            .route("/api/copy", post(manage::copy))
+            .route("/api/delete", delete(manage::delete))
             .with_state(state)
     }
 }

@@ -1,13 +1,16 @@
 //! `/api/tags`, `/api/show`, `/api/ps`, `/api/version`: pure builders over `EngineInfo`.
 
 use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::time::Duration;
 
 use kiln_engine_api::EngineInfo;
+use kiln_http::StoredModel;
 use kiln_http::time::rfc3339_seconds;
 use serde_json::{Value, json};
 
 use crate::convert::tagged;
+use crate::manage::CachedEntry;
 
 /// `8.0B`, `135M`, `900K`: Ollama's parameter-size label.
 pub fn parameter_size(n: u64) -> String {
@@ -45,22 +48,81 @@ pub fn details(info: &EngineInfo) -> Value {
 
 /// `GET /api/tags`: one entry per served name.
 pub fn tags(info: &EngineInfo) -> Value {
+    tags_with_cache(info, &[], &[])
+}
+
+/// A stable 64-hex-digit identifier of a cached model, from its path.
+pub fn path_digest(path: &Path) -> String {
+    (0u8..4)
+        .map(|salt| {
+            let mut h = std::hash::DefaultHasher::new();
+            (salt, path).hash(&mut h);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+/// The `details` of a cached model that is not loaded: only what its files
+/// say without reading them (the format); `parent_model` is what a copy names.
+pub fn cached_details(model: &StoredModel) -> Value {
+    let format = if model.path.extension().is_some_and(|e| e == "gguf") {
+        "gguf"
+    } else {
+        "safetensors"
+    };
+    json!({
+        "parent_model": model.copy_of.clone().unwrap_or_default(),
+        "format": format,
+        "family": "",
+        "families": null,
+        "parameter_size": "",
+        "quantization_level": "",
+    })
+}
+
+/// `GET /api/tags` with the cache: the served model under each served name
+/// and each of `copies`, then every cached model and copy not already
+/// listed (those naming the served model's files described as served).
+/// Which one is loaded is `/api/ps`'s answer, as in Ollama.
+pub fn tags_with_cache(info: &EngineInfo, copies: &[String], cached: &[CachedEntry]) -> Value {
     let modified_at = rfc3339_seconds(Duration::from_secs(info.created));
-    let models: Vec<Value> = info
+    let served_entry = |name: &str| {
+        let name = tagged(name);
+        json!({
+            "name": name,
+            "model": name,
+            "modified_at": modified_at,
+            "size": info.weights_bytes,
+            "digest": model_digest(info),
+            "details": details(info),
+        })
+    };
+    let mut models: Vec<Value> = info
         .served_model_names
         .iter()
-        .map(|name| {
-            let name = tagged(name);
+        .chain(copies)
+        .map(|n| served_entry(n))
+        .collect();
+    let listed = |models: &[Value], name: &str| models.iter().any(|m| m["name"] == tagged(name));
+    for CachedEntry { model: m, served } in cached {
+        if listed(&models, &m.name) {
+            continue;
+        }
+        let entry = if *served {
+            served_entry(&m.name)
+        } else {
+            let name = tagged(&m.name);
             json!({
                 "name": name,
                 "model": name,
-                "modified_at": modified_at,
-                "size": info.weights_bytes,
-                "digest": model_digest(info),
-                "details": details(info),
+                "modified_at": rfc3339_seconds(Duration::from_secs(m.modified.as_secs())),
+                "size": m.bytes,
+                "digest": path_digest(&m.path),
+                "details": cached_details(m),
             })
-        })
-        .collect();
+        };
+        models.push(entry);
+    }
     json!({"models": models})
 }
 

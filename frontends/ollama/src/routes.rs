@@ -1,6 +1,6 @@
 //! Thin handlers over [`crate::convert`], [`crate::options`] and [`crate::response`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::Extension;
 use axum::Json;
@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::convert::{self, KeepAlive, PromptPlan, Unsupported};
 use crate::format::format_spec;
+use crate::manage;
 use crate::models;
 use crate::options::parse_options;
 use crate::request::{ChatIn, GenerateIn, ModelIn, from_body};
@@ -32,9 +33,81 @@ pub struct AppState {
     pub handle: EngineHandle,
     /// HTTP settings.
     pub config: HttpConfig,
+    /// Names given to the served model with `/api/copy` (or found in the
+    /// cache's table of names) while this server runs.
+    pub served_copies: Arc<RwLock<Vec<String>>>,
 }
 
 impl AppState {
+    /// The state of a server over `handle`.
+    pub fn new(handle: EngineHandle, config: HttpConfig) -> AppState {
+        AppState {
+            handle,
+            config,
+            served_copies: Arc::default(),
+        }
+    }
+
+    fn copies(&self) -> Vec<String> {
+        self.served_copies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves `name` as the loaded model from now on.
+    pub fn add_served_copy(&self, name: &str) {
+        let mut copies = self
+            .served_copies
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if !copies.iter().any(|c| c == name) {
+            copies.push(name.to_string());
+        }
+    }
+
+    /// Stops serving the copy `name`; whether it was one.
+    pub fn forget_served_copy(&self, name: &str) -> bool {
+        let mut copies = self
+            .served_copies
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let before = copies.len();
+        copies.retain(|c| c != name && *c != convert::tagged(name));
+        copies.len() != before
+    }
+
+    /// The requested model if it is the loaded one, under any of its names.
+    pub fn resolve_loaded(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        convert::resolve_model_among(self.handle.info(), &self.copies(), requested)
+    }
+
+    /// As [`AppState::resolve_loaded`], also looking the name up in the
+    /// model cache: a cached name of the loaded model is served, another
+    /// cached model is a 400 saying how to serve it.
+    pub async fn resolve(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        let missing = match self.resolve_loaded(requested) {
+            Err(e) if e.status == StatusCode::NOT_FOUND => e,
+            other => return other,
+        };
+        let (Some(store), Some(name)) = (self.config.model_store.clone(), requested) else {
+            return Err(missing);
+        };
+        let name = name.trim();
+        match manage::find_cached(self, store, name).await {
+            Ok(Some(found)) if found.served => {
+                self.add_served_copy(name);
+                Ok(name.to_string())
+            }
+            Ok(Some(found)) => Err(manage::not_loaded(self, name, &found.model)),
+            Ok(None) => Err(missing),
+            Err(e) => {
+                tracing::warn!("looking '{name}' up in the model cache failed: {e}");
+                Err(missing)
+            }
+        }
+    }
+
     fn engine_error(&self, e: &EngineError) -> ApiError {
         ApiError::from_engine(Dialect::Ollama, e, self.config.retry_after_seconds)
     }
@@ -102,7 +175,7 @@ async fn run_generate(
     req: GenerateIn,
     tag: Option<String>,
 ) -> Result<Response, ApiError> {
-    let model = convert::resolve_model(st.handle.info(), req.model.as_deref())?;
+    let model = st.resolve(req.model.as_deref()).await?;
     let keep_alive = convert::parse_keep_alive(req.keep_alive.as_ref())?;
     let options = parse_options(req.options.as_ref())?;
     convert::check_unsupported(
@@ -189,7 +262,7 @@ fn render(
 }
 
 async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Response, ApiError> {
-    let model = convert::resolve_model(st.handle.info(), req.model.as_deref())?;
+    let model = st.resolve(req.model.as_deref()).await?;
     let keep_alive = convert::parse_keep_alive(req.keep_alive.as_ref())?;
     let options = parse_options(req.options.as_ref())?;
     let messages = req.messages.unwrap_or_default();
@@ -297,9 +370,15 @@ pub async fn version(State(st): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"version": st.handle.info().version}))
 }
 
-/// `GET /api/tags`.
+/// `GET /api/tags`: the served model under each of its names, then the
+/// other models in the cache.
 pub async fn tags(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(models::tags(st.handle.info()))
+    let cached = manage::list_cached(&st).await;
+    Json(models::tags_with_cache(
+        st.handle.info(),
+        &st.copies(),
+        &cached,
+    ))
 }
 
 /// `GET /api/ps`.
@@ -307,12 +386,10 @@ pub async fn ps(State(st): State<Arc<AppState>>) -> Json<Value> {
     Json(models::ps(st.handle.info(), st.config.clock.since_epoch()))
 }
 
-fn model_of(st: &AppState, body: Value) -> Result<String, ApiError> {
+async fn model_of(st: &AppState, body: Value) -> Result<String, ApiError> {
     let req: ModelIn = from_body(body)?;
-    convert::resolve_model(
-        st.handle.info(),
-        req.model.as_deref().or(req.name.as_deref()),
-    )
+    st.resolve(req.model.as_deref().or(req.name.as_deref()))
+        .await
 }
 
 /// `POST /api/show`.
@@ -320,7 +397,7 @@ pub async fn show(
     State(st): State<Arc<AppState>>,
     ApiJson(body, _): ApiJson<Value, OllamaDialect>,
 ) -> Response {
-    respond(model_of(&st, body).map(|_| {
+    respond(model_of(&st, body).await.map(|_| {
         let info = st.handle.info();
         let mut stops: Vec<String> = Vec::new();
         for text in info
@@ -336,12 +413,12 @@ pub async fn show(
     }))
 }
 
-/// Model management routes (`pull`, `push`, `create`, `copy`, `delete`).
+/// Model management routes Kiln does not implement (`push`, `create`).
 pub async fn management() -> Response {
     ApiError::new(
         Dialect::Ollama,
         StatusCode::NOT_IMPLEMENTED,
-        "model management is not supported: Kiln serves the one model chosen at start-up (use `kiln pull` and `kiln serve`)",
+        "pushing and creating models is not supported: Kiln serves models from Hugging Face and its catalog (use /api/pull, /api/copy and /api/delete, or `kiln pull`)",
     )
     .into_response()
 }

@@ -23,8 +23,8 @@ pub struct Registration {
 pub const FRONTENDS: &[Registration] = &[
     Registration {
         name: "openai",
-        help: "OpenAI /v1/* (completions, chat, embeddings, models, tokenize)",
-        routes: "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /tokenize",
+        help: "OpenAI /v1/* (completions, chat, responses, embeddings, models, tokenize)",
+        routes: "/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models, /tokenize",
         needs: &[],
         make: || Box::new(kiln_frontend_openai::OpenAiFrontend),
     },
@@ -37,8 +37,8 @@ pub const FRONTENDS: &[Registration] = &[
     },
     Registration {
         name: "ollama",
-        help: "Ollama (/api/*)",
-        routes: "/api/generate, /api/chat, /api/embed, /api/tags, /api/show",
+        help: "Ollama (/api/*, model management over the cache included)",
+        routes: "/api/generate, /api/chat, /api/embed, /api/tags, /api/show, /api/pull",
         needs: &[],
         make: || Box::new(kiln_frontend_ollama::OllamaFrontend),
     },

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod commands;
 pub mod frontends;
 pub mod logging;
+pub mod model_store;
 pub mod plan;
 pub mod startup;
 pub mod units;

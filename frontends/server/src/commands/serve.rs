@@ -280,6 +280,18 @@ pub fn route_summary(name: &str) -> String {
     }
 }
 
+/// The model cache for the management routes; without a cache directory
+/// they answer that there is none.
+fn model_store() -> Option<std::sync::Arc<dyn kiln_http::ModelStore>> {
+    match crate::model_store::HubStore::from_env() {
+        Ok(store) => Some(std::sync::Arc::new(store)),
+        Err(e) => {
+            tracing::warn!("model management routes disabled: {e}");
+            None
+        }
+    }
+}
+
 async fn serve_http(engine: &kiln_engine::Engine, http: &HttpSettings) -> Result<(), ServeError> {
     let addr = listen_address(http)?;
     let config = kiln_http::ServeConfig {
@@ -287,6 +299,7 @@ async fn serve_http(engine: &kiln_engine::Engine, http: &HttpSettings) -> Result
         http: kiln_http::HttpConfig {
             api_key: http.api_key.clone(),
             tool_calls: http.tool_calls,
+            model_store: model_store(),
             ..kiln_http::HttpConfig::default()
         },
         shutdown_timeout: http.shutdown_timeout,
