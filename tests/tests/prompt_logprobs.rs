@@ -45,7 +45,12 @@ fn run(model: &Path, budget: Option<usize>, requests: Vec<GenerateRequest>) -> V
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let z = row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     row.iter().map(|&x| x as f64 - z).collect()
 }
 
@@ -101,5 +106,8 @@ fn chunked_and_cached_prompts_give_the_same_values_and_tokens() {
         whole[0].outputs[0].token_ids, chunked[0].outputs[0].token_ids,
         "asking for prompt log-probabilities changes no token"
     );
-    assert_eq!(whole[0].outputs[0].token_ids, chunked[1].outputs[0].token_ids);
+    assert_eq!(
+        whole[0].outputs[0].token_ids,
+        chunked[1].outputs[0].token_ids
+    );
 }
