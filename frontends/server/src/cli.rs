@@ -461,6 +461,13 @@ pub struct BenchServeArgs {
     /// Also write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Constrain every request to this JSON Schema (vLLM's
+    /// `structured_outputs`), to measure structured-output overhead. Pick a
+    /// schema no output of --output-len tokens can complete (a long array, many
+    /// required properties): requests keep generating with `ignore_eos` and
+    /// `min_tokens`, so a finished grammar would leave no token to draw
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
 }
 
 /// `kiln backend …`.

@@ -160,9 +160,11 @@ fn handle(
                 &mut stream,
                 &json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens}}).to_string(),
             );
+            // Out of flight before the client can see the end: it may send
+            // its next request the moment it does.
+            in_flight.fetch_sub(1, Ordering::SeqCst);
             chunk(&mut stream, "[DONE]");
             let _ = write!(stream, "0\r\n\r\n");
-            in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         _ => respond(&mut stream, "404 Not Found", &json!({"error": "no route"})),
     }
@@ -312,6 +314,7 @@ fn failures_are_counted_and_rates_are_paced() {
         dataset: None,
         seed: 1,
         token_counting: Counting::Approximate.describe(),
+        json_schema: None,
         runs: vec![s],
     });
     assert!(
@@ -397,6 +400,59 @@ fn a_dead_server_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot use the server") && stderr.contains("/v1/models"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_json_schema_constrains_every_completion() {
+    let server = start(fast());
+    let dir = tempfile::tempdir().unwrap();
+    let schema_path = dir.path().join("schema.json");
+    let schema = json!({"type": "array", "minItems": 100, "items": {"type": "string"}});
+    std::fs::write(&schema_path, schema.to_string()).unwrap();
+    let json_path = dir.path().join("out.json");
+    let run = |schema_file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["bench", "serve", "--url", &server.url, "--num-prompts", "3"])
+            .args(["--input-len", "8", "--output-len", "2", "--json-schema"])
+            .arg(schema_file)
+            .arg("--json")
+            .arg(&json_path)
+            .output()
+            .unwrap()
+    };
+    let out = run(&schema_path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("constrained to the JSON Schema"),
+        "{stdout}"
+    );
+    let completions: Vec<Value> = server
+        .seen
+        .lock()
+        .unwrap()
+        .bodies
+        .iter()
+        .filter(|b| b.get("max_tokens").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(completions.len(), 4, "1 warm-up + 3");
+    for body in &completions {
+        assert_eq!(body["structured_outputs"]["json"], schema);
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["json_schema"], schema_path.display().to_string());
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--json-schema") && stderr.contains("not JSON"),
         "{stderr}"
     );
 }

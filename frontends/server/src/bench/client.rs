@@ -81,6 +81,8 @@ pub struct Client {
     base: String,
     api_key: Option<String>,
     agent: ureq::Agent,
+    /// Fields added to every completion body.
+    extra_body: serde_json::Map<String, Value>,
 }
 
 /// Failures talking to the server outside a measured request.
@@ -106,7 +108,14 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             api_key: api_key.filter(|k| !k.is_empty()),
             agent,
+            extra_body: serde_json::Map::new(),
         }
+    }
+
+    /// Adds `fields` to every completion request's body.
+    pub fn with_extra_body(mut self, fields: serde_json::Map<String, Value>) -> Client {
+        self.extra_body = fields;
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -216,7 +225,7 @@ impl Client {
 
     /// Send one streaming completion and time it.
     pub fn completion(&self, model: &str, request: &BenchRequest) -> RequestRecord {
-        let body = json!({
+        let mut body = json!({
             "model": model,
             "prompt": request.prompt,
             "max_tokens": request.output_len,
@@ -226,6 +235,9 @@ impl Client {
             "stream": true,
             "stream_options": {"include_usage": true},
         });
+        if let Some(fields) = body.as_object_mut() {
+            fields.extend(self.extra_body.clone());
+        }
         let start = Instant::now();
         let mut record = RequestRecord {
             input_tokens: request.input_tokens,

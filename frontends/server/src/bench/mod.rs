@@ -263,6 +263,18 @@ fn run_all(
     runs
 }
 
+/// The `--json-schema` file as JSON.
+fn read_schema(path: &std::path::Path) -> Result<serde_json::Value, BenchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BenchError::Settings(format!("--json-schema {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        BenchError::Settings(format!(
+            "--json-schema {}: not JSON ({e}); pass a JSON Schema document",
+            path.display()
+        ))
+    })
+}
+
 fn write_json(path: &std::path::Path, bench: &report::BenchReport) -> Result<(), BenchError> {
     let failed = |e: String| BenchError::Output {
         path: path.display().to_string(),
@@ -275,7 +287,16 @@ fn write_json(path: &std::path::Path, bench: &report::BenchReport) -> Result<(),
 /// `kiln bench serve`.
 pub fn execute(args: &BenchServeArgs) -> Result<(), CliError> {
     let modes = validate(args)?;
-    let client = Client::new(&args.url, args.api_key.clone(), args.timeout);
+    let schema = args.json_schema.as_deref().map(read_schema).transpose()?;
+    let mut client = Client::new(&args.url, args.api_key.clone(), args.timeout);
+    if let Some(schema) = &schema {
+        let mut fields = serde_json::Map::new();
+        fields.insert(
+            "structured_outputs".into(),
+            serde_json::json!({ "json": schema }),
+        );
+        client = client.with_extra_body(fields);
+    }
     let (model, counting) = discover(args, &client)?;
     let target = Target {
         client: &client,
@@ -295,6 +316,7 @@ pub fn execute(args: &BenchServeArgs) -> Result<(), CliError> {
         dataset: args.dataset.as_ref().map(|p| p.display().to_string()),
         seed: args.seed,
         token_counting: counting.describe(),
+        json_schema: args.json_schema.as_ref().map(|p| p.display().to_string()),
         runs,
     };
     print!("{}", report::to_table(&bench));

@@ -86,6 +86,8 @@ pub struct BenchReport {
     pub seed: u64,
     /// How prompt tokens were counted.
     pub token_counting: String,
+    /// The JSON Schema file every request was constrained to, if any.
+    pub json_schema: Option<String>,
     /// One entry per run.
     pub runs: Vec<RunSummary>,
 }
@@ -181,6 +183,11 @@ pub fn to_table(report: &BenchReport) -> String {
         report.token_counting,
         report.output_len
     );
+    if let Some(schema) = &report.json_schema {
+        out.push_str(&format!(
+            "every request constrained to the JSON Schema {schema}\n"
+        ));
+    }
     out.push_str(&format!(
         "{:<18} {:>9} {:>8} {:>8} {:>10} {:>10}  {:>20} {:>17} {:>17} {:>20}\n",
         "run",
