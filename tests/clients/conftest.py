@@ -10,6 +10,8 @@ must exit 0 within its shutdown timeout: the graceful-shutdown check.
 
 Environment:
   KILN_TEST_GGUF       the model file (required; run.sh sets it)
+  KILN_TEST_QWEN_GGUF, KILN_TEST_GEMMA_GGUF  Qwen2.5-Coder 0.5B and Gemma 3
+                       270M Q4_K_M, served by test_families.py (run.sh sets them)
   KILN_TEST_EMBEDDING_MODEL  the embedding model directory (all-MiniLM-L6-v2;
                        run.sh sets it)
   KILN_TEST_FRONTENDS  passed as --frontend when set (default: all frontends)

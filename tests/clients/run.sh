@@ -60,5 +60,13 @@ if [[ -z "${KILN_TEST_EMBEDDING_MODEL:-}" ]]; then
     KILN_TEST_EMBEDDING_MODEL="$(./target/release/kiln pull --print-path all-minilm-l6-v2)"
 fi
 export KILN_TEST_EMBEDDING_MODEL
+# Other families, served through the three dialects (test_families.py).
+if [[ -z "${KILN_TEST_QWEN_GGUF:-}" ]]; then
+    KILN_TEST_QWEN_GGUF="$(./target/release/kiln pull --print-path qwen2.5-coder-0.5b-instruct-q4_k_m)"
+fi
+if [[ -z "${KILN_TEST_GEMMA_GGUF:-}" ]]; then
+    KILN_TEST_GEMMA_GGUF="$(./target/release/kiln pull --print-path gemma-3-270m-q4_k_m)"
+fi
+export KILN_TEST_QWEN_GGUF KILN_TEST_GEMMA_GGUF
 
 exec "$VENV/bin/python" -m pytest tests/clients -q -p no:cacheprovider "$@"

@@ -268,9 +268,15 @@ impl GgufFile {
         v
     }
 
-    /// The quantization of most matrices (`Q4_1`), or `None` when the
-    /// matrices are plain floats.
+    /// The file's quantization as Ollama and llama.cpp name it: the
+    /// `general.file_type` mix (`Q4_K_M`, whose matrices are mostly Q4_K
+    /// with some Q6_K and Q5_0), else the type of most matrices (`Q4_1`);
+    /// `None` when the matrices are plain floats.
     pub fn quantization_label(&self) -> Option<String> {
+        if let Some(name) = self.file_type_name() {
+            let label = name.trim_start_matches("MOSTLY_");
+            return (!matches!(label, "ALL_F32" | "F16" | "BF16")).then(|| label.to_string());
+        }
         let mut counts: BTreeMap<WeightDType, usize> = BTreeMap::new();
         for t in self.tensors.iter().filter(|t| t.ne.len() >= 2) {
             *counts.entry(t.dtype).or_default() += 1;
