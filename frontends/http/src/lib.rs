@@ -41,6 +41,7 @@ pub mod middleware;
 pub mod model_store;
 mod router;
 mod server;
+mod state;
 pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -61,4 +62,5 @@ pub use middleware::RequestId;
 pub use model_store::{ModelStore, PullEvent, PullReporter, StoreError, StoredModel};
 pub use router::{BuildError, build_router};
 pub use server::{BoundServer, ServeError, serve, shutdown_signal};
+pub use state::DialectState;
 pub use stream::{EventEncoder, Flow, Frame, Framing, stream_response};

@@ -117,7 +117,7 @@ async fn run_embed(st: &AppState, body: Value, started: Instant) -> Result<Value
         "set \"truncate\": true",
     )
     .await
-    .map_err(|e| ApiError::from_engine(Dialect::Ollama, &e, st.config.retry_after_seconds))?;
+    .map_err(|e| st.engine_error(&e))?;
     let tokens: u64 = embeddings.iter().map(|e| u64::from(e.prompt_tokens)).sum();
     let vectors: Vec<Vec<f32>> = embeddings
         .into_iter()
@@ -154,7 +154,7 @@ async fn run_embeddings(st: &AppState, body: Value) -> Result<Value, ApiError> {
     let input = vec![PromptInput::Text(prompt)];
     let mut embeddings = embed_inputs(&st.handle, &st.config, input, true, "shorten it")
         .await
-        .map_err(|e| ApiError::from_engine(Dialect::Ollama, &e, st.config.retry_after_seconds))?;
+        .map_err(|e| st.engine_error(&e))?;
     Ok(json!({"embedding": embeddings.remove(0).vector}))
 }
 

@@ -12,7 +12,8 @@ use kiln_http::stream::Framing;
 use kiln_http::time::rfc3339_nano;
 use kiln_http::tool_calls::ToolCallParser;
 use kiln_http::{
-    ApiError, ApiJson, Dialect, HttpConfig, OllamaDialect, RequestId, collect, stream_response,
+    ApiError, ApiJson, Dialect, DialectState, HttpConfig, OllamaDialect, RequestId, collect,
+    stream_response,
 };
 use kiln_protocol::{EngineError, GenerateRequest, PromptInput, TokenId};
 use serde_json::{Value, json};
@@ -26,24 +27,29 @@ use crate::request::{ChatIn, GenerateIn, ModelIn, from_body};
 use crate::response::{Kind, OllamaStream, ResponseContext, aborted, load_response};
 use crate::tools;
 
-/// What every handler holds.
+/// What every handler holds: the dialect's state (engine, settings, error
+/// shape) and the names the served model answers to besides its own.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The engine.
-    pub handle: EngineHandle,
-    /// HTTP settings.
-    pub config: HttpConfig,
+    dialect: DialectState<OllamaDialect>,
     /// Names given to the served model with `/api/copy` (or found in the
     /// cache's table of names) while this server runs.
     pub served_copies: Arc<RwLock<Vec<String>>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = DialectState<OllamaDialect>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.dialect
+    }
 }
 
 impl AppState {
     /// The state of a server over `handle`.
     pub fn new(handle: EngineHandle, config: HttpConfig) -> AppState {
         AppState {
-            handle,
-            config,
+            dialect: DialectState::new(handle, config),
             served_copies: Arc::default(),
         }
     }
@@ -106,10 +112,6 @@ impl AppState {
                 Err(missing)
             }
         }
-    }
-
-    fn engine_error(&self, e: &EngineError) -> ApiError {
-        ApiError::from_engine(Dialect::Ollama, e, self.config.retry_after_seconds)
     }
 
     fn now(&self) -> String {
@@ -316,8 +318,7 @@ async fn run_chat(st: &AppState, req: ChatIn, tag: Option<String>) -> Result<Res
 }
 
 async fn answer(st: &AppState, p: Prepared) -> Result<Response, ApiError> {
-    let stream =
-        kiln_http::submit(&st.handle, &st.config, p.request).map_err(|e| st.engine_error(&e))?;
+    let stream = st.submit(p.request)?;
     let ctx = ResponseContext {
         model: p.model,
         kind: p.kind,

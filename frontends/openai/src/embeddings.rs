@@ -126,16 +126,13 @@ pub async fn embeddings(
 }
 
 async fn run(st: &AppState, req: EmbeddingRequest) -> Result<Value, ApiError> {
-    let engine_error = |e: &kiln_protocol::EngineError| {
-        ApiError::from_engine(Dialect::OpenAi, e, st.config.retry_after_seconds)
-    };
-    let spec = embedding_spec(&st.handle).map_err(|e| engine_error(&e))?;
+    let spec = embedding_spec(&st.handle).map_err(|e| st.engine_error(&e))?;
     let (format, dimensions, truncate) = options(&req, &spec)?;
     let inputs = parse_inputs("input", req.input.as_ref())?;
     let fix = "send \"truncate_prompt_tokens\": -1";
     let embeddings = embed_inputs(&st.handle, &st.config, inputs, truncate, fix)
         .await
-        .map_err(|e| engine_error(&e))?;
+        .map_err(|e| st.engine_error(&e))?;
     let info = st.handle.info();
     let model = response_model(
         &info.served_model_names,

@@ -60,10 +60,7 @@ impl Frontend for OpenAiFrontend {
     }
 
     fn routes(&self, handle: EngineHandle, config: &HttpConfig) -> Router {
-        let state = Arc::new(routes::AppState {
-            handle,
-            config: config.clone(),
-        });
+        let state = Arc::new(routes::AppState::new(handle, config.clone()));
         Router::new()
             .route("/v1/completions", post(routes::completions))
             .route("/v1/chat/completions", post(routes::chat_completions))

@@ -7,10 +7,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use kiln_engine_api::{EngineHandle, RequestStream};
+use kiln_engine_api::EngineHandle;
 use kiln_http::stream::Framing;
 use kiln_http::{
-    ApiError, ApiJson, Dialect, HttpConfig, OpenAiDialect, RequestId, collect, stream_response,
+    ApiError, ApiJson, Dialect, DialectState, OpenAiDialect, RequestId, collect, stream_response,
 };
 use kiln_protocol::{EngineError, PromptInput};
 
@@ -25,20 +25,24 @@ use crate::tools::{ToolExtraction, ToolPlan, ToolResponder};
 use crate::wire::ResponseMeta;
 
 /// What every handler holds.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The engine.
-    pub handle: EngineHandle,
-    /// HTTP settings.
-    pub config: HttpConfig,
+pub type AppState = DialectState<OpenAiDialect>;
+
+/// What the OpenAI handlers derive from their state.
+pub(crate) trait OpenAiState {
+    /// The fields every response and chunk of one request repeats.
+    fn meta(
+        &self,
+        prefix: &str,
+        requested_model: Option<&str>,
+        request_id: &RequestId,
+    ) -> ResponseMeta;
+
+    /// How this chat request's output is searched for tool calls.
+    fn tool_responder(&self, plan: &ToolPlan, rid: &RequestId) -> Result<ToolResponder, ApiError>;
 }
 
-impl AppState {
-    pub(crate) fn engine_error(&self, e: &EngineError) -> ApiError {
-        ApiError::from_engine(Dialect::OpenAi, e, self.config.retry_after_seconds)
-    }
-
-    pub(crate) fn meta(
+impl OpenAiState for AppState {
+    fn meta(
         &self,
         prefix: &str,
         requested_model: Option<&str>,
@@ -57,12 +61,7 @@ impl AppState {
         }
     }
 
-    /// How this chat request's output is searched for tool calls.
-    pub(crate) fn tool_responder(
-        &self,
-        plan: &ToolPlan,
-        rid: &RequestId,
-    ) -> Result<ToolResponder, ApiError> {
+    fn tool_responder(&self, plan: &ToolPlan, rid: &RequestId) -> Result<ToolResponder, ApiError> {
         let settings = self.config.tool_calls;
         if *plan == ToolPlan::Auto && !settings.auto_tool_choice {
             return Err(ApiError::bad_request(
@@ -76,13 +75,6 @@ impl AppState {
             extraction: ToolExtraction::new(plan, parser),
             call_id_base: rid.0.clone(),
         })
-    }
-
-    pub(crate) fn submit(
-        &self,
-        request: kiln_protocol::GenerateRequest,
-    ) -> Result<RequestStream, ApiError> {
-        kiln_http::submit(&self.handle, &self.config, request).map_err(|e| self.engine_error(&e))
     }
 }
 

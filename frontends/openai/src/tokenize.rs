@@ -19,6 +19,8 @@ pub fn claims(body: &Value) -> bool {
     body.get("prompt").is_some() || body.get("messages").is_some()
 }
 
+/// The shared `/tokenize` route holds only the engine handle; tokenizing
+/// queues nothing, so no error of it is an overload with a `Retry-After`.
 fn engine_error(e: &kiln_protocol::EngineError) -> ApiError {
     ApiError::from_engine(Dialect::OpenAi, e, 1)
 }
@@ -82,6 +84,6 @@ pub async fn detokenize(
 ) -> Response {
     match st.handle.detokenize(&req.tokens, false) {
         Ok(text) => Json(json!({"prompt": text})).into_response(),
-        Err(e) => engine_error(&e).into_response(),
+        Err(e) => st.engine_error(&e).into_response(),
     }
 }

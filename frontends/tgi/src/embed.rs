@@ -68,10 +68,7 @@ pub async fn embed(
 }
 
 async fn run(st: &AppState, req: EmbedIn) -> Result<Vec<Vec<f32>>, ApiError> {
-    let engine_error = |e: &kiln_protocol::EngineError| {
-        ApiError::from_engine(Dialect::Tgi, e, st.config.retry_after_seconds)
-    };
-    let spec = embedding_spec(&st.handle).map_err(|e| engine_error(&e))?;
+    let spec = embedding_spec(&st.handle).map_err(|e| st.engine_error(&e))?;
     if let Some(d) = req.dimensions {
         spec.check_dimensions(d)
             .map_err(|e| invalid(e.to_string()))?;
@@ -89,7 +86,7 @@ async fn run(st: &AppState, req: EmbedIn) -> Result<Vec<Vec<f32>>, ApiError> {
         "send \"truncate\": true",
     )
     .await
-    .map_err(|e| engine_error(&e))?;
+    .map_err(|e| st.engine_error(&e))?;
     let normalize = req.normalize.unwrap_or(true);
     Ok(embeddings
         .into_iter()

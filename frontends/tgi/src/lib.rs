@@ -50,10 +50,7 @@ impl Frontend for TgiFrontend {
     }
 
     fn routes(&self, handle: EngineHandle, config: &HttpConfig) -> Router {
-        let state = Arc::new(routes::AppState {
-            handle,
-            config: config.clone(),
-        });
+        let state = Arc::new(routes::AppState::new(handle, config.clone()));
         Router::new()
             .route("/generate", post(routes::generate))
             .route("/generate_stream", post(routes::generate_stream))

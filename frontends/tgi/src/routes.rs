@@ -8,13 +8,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use kiln_engine_api::EngineHandle;
 use kiln_http::stream::Framing;
 use kiln_http::{
-    ApiError, ApiJson, Collected, Dialect, HttpConfig, RequestId, TgiDialect, collect,
-    rank_by_likelihood, stream_response,
+    ApiError, ApiJson, Collected, DialectState, RequestId, TgiDialect, collect, rank_by_likelihood,
+    stream_response,
 };
-use kiln_protocol::{EngineError, PromptInput};
+use kiln_protocol::PromptInput;
 use serde_json::{Value, json};
 
 use crate::request::GenerateIn;
@@ -22,19 +21,7 @@ use crate::response::{Prefill, ResponseOptions, TgiStream, generate_response};
 use crate::validate::{self, MAX_BEST_OF, MAX_STOP_SEQUENCES, Route};
 
 /// What every handler holds.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The engine.
-    pub handle: EngineHandle,
-    /// HTTP settings.
-    pub config: HttpConfig,
-}
-
-impl AppState {
-    fn engine_error(&self, e: &EngineError) -> ApiError {
-        ApiError::from_engine(Dialect::Tgi, e, self.config.retry_after_seconds)
-    }
-}
+pub type AppState = DialectState<TgiDialect>;
 
 /// `POST /generate`.
 pub async fn generate(
@@ -98,8 +85,7 @@ async fn run(
     if let Some(keep) = plan.truncate {
         request.prompt = truncated_prompt(st, &body.inputs, keep)?;
     }
-    let stream =
-        kiln_http::submit(&st.handle, &st.config, request).map_err(|e| st.engine_error(&e))?;
+    let stream = st.submit(request)?;
     let options = ResponseOptions {
         details: plan.details,
         decoder_input_details: plan.decoder_input_details,

@@ -24,7 +24,7 @@ use kiln_http::{ApiError, ApiJson, OpenAiDialect, RequestId, collect, stream_res
 use kiln_protocol::{EngineError, PromptInput};
 
 use crate::convert::{self, StreamMode};
-use crate::routes::{AppState, render_chat, request_id};
+use crate::routes::{AppState, OpenAiState, render_chat, request_id};
 use crate::tools::ToolExtraction;
 use output::{ResponseEcho, ResponseUsage, output_items, split_output, status_of, usage_json};
 use request::{ResponsesRequest, chat_request, responses_param};
