@@ -98,23 +98,7 @@ fn f32_model_dir(gguf: &Path, dir: &Path) {
     kiln_models::convert::gguf_to_safetensors_f32(gguf, dir).expect("convert");
     let g = kiln_models::weights::gguf::GgufFile::open(gguf).unwrap();
     let md = g.tokenizer_metadata().unwrap();
-    let tok = kiln_tokenizer::Tokenizer::from_gguf(kiln_tokenizer::GgufTokenizerSpec {
-        model: md.model,
-        pre: md.pre,
-        tokens: md.tokens,
-        token_types: md.token_types,
-        merges: md.merges,
-        scores: md.scores,
-        bos_token_id: md.bos_token_id,
-        eos_token_id: md.eos_token_id,
-        unknown_token_id: md.unknown_token_id,
-        padding_token_id: md.padding_token_id,
-        add_bos_token: md.add_bos_token,
-        add_eos_token: md.add_eos_token,
-        add_space_prefix: md.add_space_prefix,
-        chat_template: md.chat_template,
-    })
-    .unwrap();
+    let tok = kiln_tokenizer::Tokenizer::from_gguf(md).unwrap();
     tok.save_tokenizer_json(&dir.join("tokenizer.json"))
         .unwrap();
     let src = fixtures().join("smollm2-135m-f32");

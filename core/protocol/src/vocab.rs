@@ -6,7 +6,8 @@
 /// `tokenizer.chat_template`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GgufTokenizerSpec {
-    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece).
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE), `llama`
+    /// (SentencePiece), `gemma4` or `bert` (WordPiece).
     pub model: String,
     /// `tokenizer.ggml.pre`: selects the split regex of a `gpt2` vocabulary.
     pub pre: Option<String>,
@@ -27,6 +28,15 @@ pub struct GgufTokenizerSpec {
     pub unknown_token_id: Option<u32>,
     /// `tokenizer.ggml.padding_token_id`.
     pub padding_token_id: Option<u32>,
+    /// `tokenizer.ggml.cls_token_id` (WordPiece: what starts an input).
+    pub cls_token_id: Option<u32>,
+    /// `tokenizer.ggml.seperator_token_id` (sic; WordPiece: what ends one).
+    pub separator_token_id: Option<u32>,
+    /// `tokenizer.ggml.normalizer.lowercase` (WordPiece).
+    pub normalizer_lowercase: Option<bool>,
+    /// `tokenizer.ggml.normalizer.strip_accents` (WordPiece; default: as
+    /// lowercase).
+    pub normalizer_strip_accents: Option<bool>,
     /// `tokenizer.ggml.add_bos_token`: prepend BOS when encoding with special
     /// tokens (default: true for `llama`, false for `gpt2`).
     pub add_bos_token: Option<bool>,

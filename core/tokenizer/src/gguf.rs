@@ -10,7 +10,9 @@
 //!   and transformers' legacy Llama tokenizer do), and the matching decoder;
 //! - `gemma4`: the same BPE over `▁`-spelled text from the file's merges,
 //!   with no `▁` prefix, runs of line breaks cut apart from the text around
-//!   them and BOS always added, as llama.cpp does.
+//!   them and BOS always added, as llama.cpp does;
+//! - `bert`: WordPiece ([`crate::wordpiece`]), `[CLS] … [SEP]` around every
+//!   input (CLS counts as BOS).
 //!
 //! Control tokens (type 3) and the BOS/EOS/UNK/PAD tokens become special
 //! added tokens, user-defined ones (type 4) plain added tokens matched in
@@ -32,6 +34,7 @@ use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 use crate::merges::merges_from_scores;
 use crate::pre::{adds_bos_by_default, ignores_merges, line_break_runs, pre_split, pre_tokenizer};
+use crate::wordpiece;
 use crate::{TokenizerError, bos_eos_processor};
 pub use kiln_protocol::GgufTokenizerSpec;
 
@@ -40,6 +43,10 @@ pub(crate) struct Built {
     pub tokenizer: HfTokenizer,
     /// Ids of the special tokens (skipped by `decode(.., skip_special_tokens)`).
     pub special: HashSet<u32>,
+    /// What starts an encoded input (`bos_token_id`, or WordPiece's CLS).
+    pub bos_token_id: Option<u32>,
+    /// What ends a sequence (`eos_token_id`, or WordPiece's separator).
+    pub eos_token_id: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,7 @@ enum Kind {
     ByteLevel,
     SentencePiece,
     Gemma4,
+    WordPiece,
 }
 
 const CONTROL: i32 = 3;
@@ -63,9 +71,10 @@ fn validate(spec: &GgufTokenizerSpec) -> Result<Kind, TokenizerError> {
         "gpt2" => Kind::ByteLevel,
         "llama" => Kind::SentencePiece,
         "gemma4" => Kind::Gemma4,
+        "bert" => Kind::WordPiece,
         other => {
             return Err(TokenizerError::Invalid(format!(
-                "GGUF tokenizer model `{other}` is not supported (supported: gpt2, llama, gemma4)"
+                "GGUF tokenizer model `{other}` is not supported (supported: gpt2, llama, gemma4, bert)"
             )));
         }
     };
@@ -94,6 +103,8 @@ fn validate(spec: &GgufTokenizerSpec) -> Result<Kind, TokenizerError> {
         ("eos_token_id", spec.eos_token_id),
         ("unknown_token_id", spec.unknown_token_id),
         ("padding_token_id", spec.padding_token_id),
+        ("cls_token_id", spec.cls_token_id),
+        ("seperator_token_id", spec.separator_token_id),
     ];
     for (key, id) in named {
         if let Some(id) = id
@@ -113,19 +124,36 @@ pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<Built, TokenizerError> {
     let (mut tokenizer, vocab) = match kind {
         Kind::ByteLevel => byte_level(spec)?,
         Kind::SentencePiece | Kind::Gemma4 => (sentencepiece(spec, kind)?, spec.tokens.clone()),
+        Kind::WordPiece => {
+            let vocab = wordpiece::vocab(spec);
+            (wordpiece::tokenizer(spec, &vocab)?, vocab)
+        }
     };
-    let special = add_tokens(&mut tokenizer, spec, kind, &vocab)?;
+    let mut special = add_tokens(&mut tokenizer, spec, kind, &vocab)?;
+    let (bos, eos) = match kind {
+        Kind::WordPiece => (
+            spec.bos_token_id.or(spec.cls_token_id),
+            spec.eos_token_id.or(spec.separator_token_id),
+        ),
+        _ => (spec.bos_token_id, spec.eos_token_id),
+    };
+    special.extend(bos.into_iter().chain(eos));
     let named = |id: Option<u32>| id.map(|i| (i, vocab[i as usize].clone()));
-    let add_bos = kind == Kind::Gemma4
+    let add_bos = matches!(kind, Kind::Gemma4 | Kind::WordPiece)
         || spec
             .add_bos_token
             .unwrap_or(kind == Kind::SentencePiece || adds_bos_by_default(spec.pre.as_deref()));
-    let add_eos = spec.add_eos_token.unwrap_or(false);
+    let add_eos = kind == Kind::WordPiece || spec.add_eos_token.unwrap_or(false);
     tokenizer.with_post_processor(Some(bos_eos_processor(
-        named(spec.bos_token_id).filter(|_| add_bos),
-        named(spec.eos_token_id).filter(|_| add_eos),
+        named(bos).filter(|_| add_bos),
+        named(eos).filter(|_| add_eos),
     )?));
-    Ok(Built { tokenizer, special })
+    Ok(Built {
+        tokenizer,
+        special,
+        bos_token_id: bos,
+        eos_token_id: eos,
+    })
 }
 
 /// GPT-2's byte alphabet: byte → the printable character that spells it.

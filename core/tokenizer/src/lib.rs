@@ -36,6 +36,7 @@ mod gguf;
 mod merges;
 mod pre;
 mod pyjson;
+mod wordpiece;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -196,11 +197,11 @@ impl Tokenizer {
             shared: Arc::new(Shared {
                 special: built.special.clone(),
                 vocab_size: spec.tokens.len(),
-                bos: named(spec.bos_token_id),
-                eos: named(spec.eos_token_id),
+                bos: named(built.bos_token_id),
+                eos: named(built.eos_token_id),
                 unk: named(spec.unknown_token_id),
                 pad: named(spec.padding_token_id),
-                eos_ids: spec.eos_token_id.into_iter().collect(),
+                eos_ids: built.eos_token_id.into_iter().collect(),
                 model_max_length: None,
                 chat_template,
                 named_templates: BTreeMap::new(),

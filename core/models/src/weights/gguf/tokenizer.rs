@@ -115,6 +115,11 @@ impl GgufFile {
             eos_token_id: self.optional_id("tokenizer.ggml.eos_token_id")?,
             unknown_token_id: self.optional_id("tokenizer.ggml.unknown_token_id")?,
             padding_token_id: self.optional_id("tokenizer.ggml.padding_token_id")?,
+            cls_token_id: self.optional_id("tokenizer.ggml.cls_token_id")?,
+            separator_token_id: self.optional_id("tokenizer.ggml.seperator_token_id")?,
+            normalizer_lowercase: self.optional_bool("tokenizer.ggml.normalizer.lowercase")?,
+            normalizer_strip_accents: self
+                .optional_bool("tokenizer.ggml.normalizer.strip_accents")?,
             add_bos_token: self.optional_bool("tokenizer.ggml.add_bos_token")?,
             add_eos_token: self.optional_bool("tokenizer.ggml.add_eos_token")?,
             add_space_prefix: self.optional_bool("tokenizer.ggml.add_space_prefix")?,
