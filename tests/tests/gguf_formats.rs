@@ -29,6 +29,7 @@ fn dtype_of(fmt: WeightFormat) -> WeightDType {
         WeightFormat::F32 => WeightDType::F32,
         WeightFormat::F16 => WeightDType::F16,
         WeightFormat::BF16 => WeightDType::BF16,
+        WeightFormat::F8_E4M3 => WeightDType::F8_E4M3,
         WeightFormat::Int { .. } => unreachable!("integer groups have no GGUF type"),
     }
 }

@@ -1,8 +1,11 @@
 //! Quantized safetensors checkpoints (GPTQ v1 with and without act-order,
 //! asymmetric, 2/4/8-bit, f16 and bf16 scales; AWQ GEMM; compressed-tensors
-//! pack-quantized W4A16/W8A16 and int-quantized W8A8) against transformers
-//! loading the same checkpoint in f32. Fixtures and the script that made
-//! them (gptqmodel, llmcompressor, and a numpy packer) live in
+//! pack-quantized W4A16/W8A16 and int-quantized W8A8; FP8 E4M3 as
+//! compressed-tensors float-quantized per channel and as `quant_method:
+//! "fp8"` per tensor) against transformers loading the same checkpoint in
+//! f32 (for FP8, a plain f32 Llama holding the dequantized weights
+//! `scale·e4m3(q)`: Kiln's W8A16 math). Fixtures and the script that made
+//! them (gptqmodel, llmcompressor, and a numpy/torch packer) live in
 //! `tests/fixtures/quantized/`.
 //!
 //! For every checkpoint and prompt: the last-position logits are within
@@ -67,6 +70,8 @@ fn every_scheme_has_a_checkpoint() {
         "ct-w8a8",
         "rtn-gptq-b2",
         "rtn-gptq-bf16",
+        "rtn-ct-fp8-channel",
+        "rtn-fp8-tensor",
     ] {
         assert!(names.iter().any(|x| x == n), "no fixture {n}");
     }
@@ -113,6 +118,11 @@ fn greedy_continuations_match_transformers() {
                 name(&c.dir)
             );
             compared += decisive;
+        }
+        // The FP8 references have no near-tie (smallest margin 1.7e-3):
+        // every one of their tokens is compared.
+        if name(&c.dir).contains("fp8") {
+            assert_eq!(compared, 32 * c.prompts.len(), "{}", name(&c.dir));
         }
         eprintln!(
             "{:>18}: {compared} of {} greedy tokens compared, all equal",

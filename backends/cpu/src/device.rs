@@ -156,10 +156,7 @@ fn activation_kind(kind: i64) -> PluginResult<Activation> {
 fn int_groups(desc: &WeightDescRef<'_>) -> PluginResult<WeightMatrix> {
     let d = desc.desc;
     let name = desc.name();
-    let part = |role, what: &str| {
-        desc.part(role)
-            .ok_or_else(|| PluginError::invalid(format!("weight {name} has no {what} part")))
-    };
+    let part = |role, what: &str| desc.required_part(role, what);
     let (_, codes) = part(KILN_PART_DATA, "code")?;
     let (scale_part, scale_bytes) = part(KILN_PART_SCALES, "scale")?;
     let (_, zeros) = part(KILN_PART_ZEROS, "zero-point")?;
@@ -196,6 +193,27 @@ fn int_groups(desc: &WeightDescRef<'_>) -> PluginResult<WeightMatrix> {
         perm: perm.as_deref(),
     })
     .map_err(|e| PluginError::invalid(format!("weight {name}: {e}")))
+}
+
+/// A `KILN_WEIGHT_FP8_E4M3` weight from its parts.
+fn fp8_e4m3(desc: &WeightDescRef<'_>) -> PluginResult<WeightMatrix> {
+    let d = desc.desc;
+    let name = desc.name();
+    let part = |role, what: &str| desc.required_part(role, what);
+    let (_, codes) = part(KILN_PART_DATA, "code")?;
+    let (scale_part, scale_bytes) = part(KILN_PART_SCALES, "scale")?;
+    if scale_part.dtype != KILN_F32 {
+        return Err(PluginError::invalid(format!(
+            "weight {name}: FP8 row scales of dtype {} (f32 expected)",
+            scale_part.dtype
+        )));
+    }
+    let scales: Vec<f32> = scale_bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    WeightMatrix::from_fp8(d.rows as usize, d.cols as usize, codes, &scales)
+        .map_err(|e| PluginError::invalid(format!("weight {name}: {e}")))
 }
 
 /// Base pointer of a tensor, checked against its buffer.
@@ -808,8 +826,12 @@ impl DevicePlugin for CpuDevice {
     }
 
     fn prepare_weight(&mut self, desc: WeightDescRef<'_>) -> PluginResult<KilnWeight> {
-        if desc.desc.format == KILN_WEIGHT_INT_GROUPS {
-            let matrix = int_groups(&desc)?;
+        let parted = match desc.desc.format {
+            KILN_WEIGHT_INT_GROUPS => Some(int_groups(&desc)?),
+            KILN_WEIGHT_FP8_E4M3 => Some(fp8_e4m3(&desc)?),
+            _ => None,
+        };
+        if let Some(matrix) = parted {
             HELD_WEIGHT_BYTES.fetch_add(matrix.bytes() as u64, Ordering::Relaxed);
             let weight = CpuWeight::Matrix(matrix);
             return Ok(KilnWeight(Box::into_raw(Box::new(weight)) as *mut _));
@@ -844,6 +866,7 @@ impl DevicePlugin for CpuDevice {
     fn supports(&self, query: &KilnSupportQuery) -> bool {
         let weight_ok = query.weight_format == KILN_WEIGHT_NONE
             || query.weight_format == KILN_WEIGHT_INT_GROUPS
+            || query.weight_format == KILN_WEIGHT_FP8_E4M3
             || kernel_format(query.weight_format).is_ok();
         query.act_dtype == KILN_F32 && weight_ok && opcode_name(query.opcode) != "unknown"
     }

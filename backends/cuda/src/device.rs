@@ -1159,3 +1159,17 @@ impl CudaDevice {
         &self.log
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FP8 weights have no CUDA kernels yet: `supports()` says no, so the
+    /// engine refuses such a model at load, naming the format.
+    #[test]
+    fn fp8_weights_are_declined() {
+        assert!(!format_supported(KILN_WEIGHT_FP8_E4M3));
+        assert!(!moe::moe_format_supported(KILN_WEIGHT_FP8_E4M3));
+        assert_eq!(weight_bytes(KILN_WEIGHT_FP8_E4M3, 16, 32), None);
+    }
+}

@@ -12,6 +12,7 @@ use kiln_engine_api::{EngineHandle, EngineInfo};
 use kiln_models::decoder::{
     ActDType, Decoder, DecoderOptions, KvCache, LoadProgress, StepBuffers, StepCapacity,
 };
+use kiln_models::weights::quantize::QuantizeAtLoad;
 use kiln_plugin_abi::safe::{Device, DeviceInfo};
 use kiln_plugin_abi::{KILN_CAP_BF16, KILN_CAP_F16, KILN_DEVICE_CPU};
 use kiln_plugin_host::{BackendRegistry, LoadedBackend};
@@ -166,7 +167,13 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
             max_positions: sizes.max_model_len,
             progress: hooks.weight_progress,
             quantization: files.quant_scheme.clone(),
-            quantize_int8: config.quantization.as_deref() == Some("int8"),
+            // A checkpoint quantized its own way keeps it (checked against
+            // the flag in `check_quantization`).
+            quantize_at_load: config
+                .quantization
+                .as_deref()
+                .and_then(QuantizeAtLoad::from_flag)
+                .filter(|_| files.quant_scheme.is_none()),
         },
     )?;
     // The backend holds its own copy of every weight: unmap the checkpoint

@@ -12,6 +12,7 @@ use kiln_models::parts::DecoderVariant;
 use kiln_models::registry::{resolve, resolve_architecture};
 use kiln_models::weights::WeightSource;
 use kiln_models::weights::gguf::GgufFile;
+use kiln_models::weights::quantize::QuantizeAtLoad;
 use kiln_models::weights::quantized::{QUANTIZATION_NAMES, QuantScheme};
 use kiln_models::weights::safetensors::SafetensorsSource;
 use kiln_sampler::TokenDecoder;
@@ -87,16 +88,17 @@ pub fn check_quantization(requested: Option<&str>, files: &ModelFiles) -> Result
         (None, _) => None,
     };
     let known = QUANTIZATION_NAMES.contains(&requested) || requested == "gguf";
+    let at_load = QuantizeAtLoad::from_flag(requested).is_some();
     match has {
         Some(h) if h == requested => Ok(()),
         // In-flight quantization of float Linear weights (GGUF files keep
         // their quantized tensors and convert the float ones).
-        Some("gguf") | None if requested == "int8" => Ok(()),
-        Some(h) if requested == "int8" => Err(format!(
-            "--quantization int8 quantizes 16/32-bit weights at load; this checkpoint is already {h}"
+        Some("gguf") | None if at_load => Ok(()),
+        Some(h) if at_load => Err(format!(
+            "--quantization {requested} quantizes 16/32-bit weights at load; this checkpoint is already {h}"
         )),
         _ if !known => Err(format!(
-            "--quantization {requested} is not supported; Kiln runs checkpoints quantized as gguf, {}, and quantizes 16/32-bit ones at load with int8",
+            "--quantization {requested} is not supported; Kiln runs checkpoints quantized as gguf, {}, and quantizes 16/32-bit ones at load with int8 or fp8",
             QUANTIZATION_NAMES.join(", ")
         )),
         Some(h) => Err(format!(

@@ -99,6 +99,41 @@ fn quantized_checkpoints_fail_with_the_unsupported_format_error() {
 }
 
 #[test]
+fn fp8_weights_fail_naming_the_format() {
+    let Some(lib) = library() else { return };
+    let quantized = kiln_tests::fixtures().join("quantized");
+    let checkpoints = [
+        (
+            quantized.join("rtn-ct-fp8-channel"),
+            None,
+            "compressed-tensors-FP8 weight",
+        ),
+        (quantized.join("rtn-fp8-tensor"), None, "FP8 weight"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let f32_model = write_safetensors(dir.path(), &TinySpec::default(), WeightDType::F32);
+    let at_load = (
+        f32_model,
+        Some("fp8"),
+        "FP8 E4M3 (--quantization fp8) weight",
+    );
+    for (model, flag, what) in checkpoints.into_iter().chain([at_load]) {
+        let mut c = config(&model, BackendChoice::Path(lib.clone()));
+        c.max_model_len = Some(256);
+        c.quantization = flag.map(String::from);
+        let error = start_error(c);
+        let message = error.to_string();
+        assert!(matches!(error, StartError::Decoder(_)), "{message}");
+        assert!(
+            message.contains(&format!(
+                "is a {what}, which the example backend cannot run"
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn sixteen_bit_activations_are_refused_at_start_up() {
     let Some(lib) = library() else { return };
     let dir = tempfile::tempdir().unwrap();

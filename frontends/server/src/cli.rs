@@ -134,11 +134,12 @@ pub struct EngineArgs {
     /// Activation and KV-cache dtype
     #[arg(long, env = "KILN_DTYPE", value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,
-    /// Weight quantization. gguf, gptq, awq, compressed-tensors: the checkpoint's
-    /// own (detected from GGUF block types or config.json's quantization_config;
-    /// naming one makes a checkpoint of another kind an error). int8: quantize
-    /// the 16/32-bit Linear weights of an unquantized checkpoint to 8-bit
-    /// blocks at load, halving their memory [default: the checkpoint's]
+    /// Weight quantization. gguf, gptq, awq, compressed-tensors, fp8: the
+    /// checkpoint's own (detected from GGUF block types or config.json's
+    /// quantization_config; naming one makes a checkpoint of another kind an
+    /// error). int8 or fp8 on an unquantized checkpoint: quantize its 16/32-bit
+    /// Linear weights at load to 8-bit blocks, or to FP8 E4M3 with a scale per
+    /// row [default: the checkpoint's]
     #[arg(long, short = 'q', env = "KILN_QUANTIZATION", value_name = "METHOD")]
     pub quantization: Option<String>,
     /// Context length served, prompt plus output [default: the model's]

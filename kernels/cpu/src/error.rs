@@ -57,6 +57,12 @@ pub enum KernelError {
         /// What is wrong.
         what: String,
     },
+    /// The codes or scales of an FP8 weight are unusable.
+    #[error("F8_E4M3 weight: {what}")]
+    Fp8Parts {
+        /// What is wrong.
+        what: String,
+    },
     /// A mixture-of-experts layer's shapes disagree or do not fit the packing.
     #[error("mixture of experts: {what}")]
     Moe {

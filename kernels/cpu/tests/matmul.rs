@@ -1,7 +1,9 @@
 //! Matmul against an f64 reference, across ISAs, and batch invariance.
 //!
 //! Tolerances (per output `y = Σ_i w_i·x_i`, with `S = Σ_i |w_i·x_i|`):
-//! - float weights: `|err| ≤ 1.01·k·2⁻²⁴·S` (the worst case of an f32 FMA chain);
+//! - float weights: `|err| ≤ 1.01·k·2⁻²⁴·S` (the worst case of an f32 FMA chain),
+//!   plus, for FP8, the rounding of its row scale and of the reference's
+//!   own dequantized weight `scale·e4m3(q)` (`1.01·(k+2)·2⁻²⁴·S`);
 //! - block weights: the activation rounding bound `Σ_b amax_b/65024 · Σ_{i∈b} |w_i|`
 //!   (16-bit codes: ≈1.5e-5 of `S`) plus `4·(k/16+4)·2⁻²⁴·S'` for the f32 steps,
 //!   where `S'` also counts the minimums (|m| ≤ 0.05 in these weights), with
@@ -66,6 +68,8 @@ fn check_against_reference(w: &WeightMatrix, x: &[f32], n: usize, got: &[f32], w
                 let s_m: f64 = s + 0.05 * xr.iter().map(|v| v.abs() as f64).sum::<f64>();
                 // Up to two f32 steps per block (16-weight sub-blocks).
                 act * 1.01 + 4.0 * (k as f64 / 16.0 + 4.0) * u * s_m
+            } else if w.format() == WeightFormat::F8_E4M3 {
+                1.01 * (k + 2) as f64 * u * s
             } else {
                 1.01 * k as f64 * u * s
             } + 1e-30;
@@ -434,4 +438,36 @@ fn integer_group_parts_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("scales has 2 values"), "{e}");
+}
+
+#[test]
+fn every_fp8_code_widens_exactly_on_every_isa() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(23);
+    // Every finite code (subnormals and ±448 included) in every lane.
+    let finite: Vec<u8> = (0..=255u8).filter(|c| c & 0x7F != 0x7F).collect();
+    let (m, k, n) = (37, 254, 3);
+    let codes: Vec<u8> = (0..m * k).map(|i| finite[(i * 7 + i / k) % 254]).collect();
+    let scales: Vec<f32> = (0..m).map(|_| 0.001 + rng.f32().abs() * 0.01).collect();
+    let w = WeightMatrix::from_fp8(m, k, &codes, &scales).unwrap();
+    let x = rng.vec(n * k, 1.0);
+    let mut row = vec![0f32; k];
+    for r in 0..m {
+        w.dequantize_row(r, &mut row);
+        for (c, v) in row.iter().enumerate() {
+            let want = kiln_kernels_cpu::weights::fp8::e4m3_to_f32(codes[r * k + c]) * scales[r];
+            assert_eq!(v.to_bits(), want.to_bits(), "row {r}, column {c}");
+        }
+    }
+    let base = run(&pool, Isa::Scalar, &w, &x, n, None, None);
+    check_against_reference(&w, &x, n, &base, "F8_E4M3 scalar, every code");
+    for isa in isas() {
+        let got = run(&pool, isa, &w, &x, n, None, None);
+        assert_eq!(bits(&got), bits(&base), "F8_E4M3 {isa:?}");
+    }
+    // The NaN codes are refused with where they are.
+    let mut bad = codes.clone();
+    bad[k + 3] = 0x7F;
+    let e = WeightMatrix::from_fp8(m, k, &bad, &scales).unwrap_err();
+    assert!(e.to_string().contains("row 1, column 3"), "{e}");
 }

@@ -173,7 +173,8 @@ extern "C" {
 //   rows have another size.
 // - 1.2: `KILN_OP_MOE` (fused mixture-of-experts feed-forward) and its routing
 //   modes `KILN_MOE_ROUTING_SOFTMAX_TOPK`, `KILN_MOE_ROUTING_SOFTMAX_TOPK_RENORM`.
-#define KILN_ABI_MINOR 2
+// - 1.3: `KILN_WEIGHT_FP8_E4M3` (FP8 E4M3 codes with a scale per row).
+#define KILN_ABI_MINOR 3
 
 // `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 #define KILN_ABI_VERSION ((KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR)
@@ -603,6 +604,13 @@ typedef const char *(*KilnLastErrorFn)(void);
 // (act-order; the backend gathers activations to match). `group_size` is a
 // multiple of 32 dividing `cols`; `bits` is 2, 3, 4 or 8.
 #define KILN_WEIGHT_INT_GROUPS 23
+
+// FP8 E4M3 weights (`e4m3fn`: no infinities, `0x7F`/`0xFF` are NaN and
+// never appear) with one scale per output row:
+// `W[r, c] = s[r]·e4m3(q[r, c])`. Parts: `KILN_PART_DATA` u8 codes
+// `[rows, cols]`, `KILN_PART_SCALES` f32 `[rows]` (a per-tensor scale is
+// the same value on every row). Activations stay in the op's dtype.
+#define KILN_WEIGHT_FP8_E4M3 24
 
 // No weight: the `weight_format` of a `KilnSupportQuery` for an
 // operation without a weight operand.

@@ -178,6 +178,18 @@ impl<'a> WeightDescRef<'a> {
             (p, bytes)
         })
     }
+
+    /// [`part`](Self::part), or an error naming the weight and the missing
+    /// part (`what`: "scale").
+    pub fn required_part(
+        &self,
+        role: KilnPartRole,
+        what: &str,
+    ) -> PluginResult<(&'a KilnWeightPart, &'a [u8])> {
+        self.part(role).ok_or_else(|| {
+            PluginError::invalid(format!("weight {} has no {what} part", self.name()))
+        })
+    }
 }
 
 /// An open device.

@@ -28,7 +28,8 @@ pub const KILN_ABI_MAJOR: u32 = 1;
 ///   rows have another size.
 /// - 1.2: `OP_MOE` (fused mixture-of-experts feed-forward) and its routing
 ///   modes `MOE_ROUTING_SOFTMAX_TOPK`, `MOE_ROUTING_SOFTMAX_TOPK_RENORM`.
-pub const KILN_ABI_MINOR: u32 = 2;
+/// - 1.3: `KILN_WEIGHT_FP8_E4M3` (FP8 E4M3 codes with a scale per row).
+pub const KILN_ABI_MINOR: u32 = 3;
 /// `(major << 16) | minor`, what `kiln_plugin_abi_version` returns.
 pub const KILN_ABI_VERSION: u32 = (KILN_ABI_MAJOR << 16) | KILN_ABI_MINOR;
 /// The oldest version of the current major this host still loads: a plugin
@@ -144,6 +145,12 @@ pub const KILN_WEIGHT_INT8: KilnWeightFormat = 22;
 /// (act-order; the backend gathers activations to match). `group_size` is a
 /// multiple of 32 dividing `cols`; `bits` is 2, 3, 4 or 8.
 pub const KILN_WEIGHT_INT_GROUPS: KilnWeightFormat = 23;
+/// FP8 E4M3 weights (`e4m3fn`: no infinities, `0x7F`/`0xFF` are NaN and
+/// never appear) with one scale per output row:
+/// `W[r, c] = s[r]·e4m3(q[r, c])`. Parts: `KILN_PART_DATA` u8 codes
+/// `[rows, cols]`, `KILN_PART_SCALES` f32 `[rows]` (a per-tensor scale is
+/// the same value on every row). Activations stay in the op's dtype.
+pub const KILN_WEIGHT_FP8_E4M3: KilnWeightFormat = 24;
 
 /// No weight: the `weight_format` of a [`KilnSupportQuery`] for an
 /// operation without a weight operand.

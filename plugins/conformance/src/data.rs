@@ -2,6 +2,7 @@
 //! format the suite covers.
 
 use half::{bf16, f16};
+use kiln_plugin_abi::safe::{WeightPartSpec, WeightSpec};
 use kiln_plugin_abi::*;
 
 /// A small deterministic generator (LCG), so every run checks the same inputs.
@@ -149,6 +150,69 @@ fn random_blocks(layout: BlockLayout, v: &[f32]) -> Vec<u8> {
         }
     }
     raw
+}
+
+/// An FP8 E4M3 weight of `rows` rows from `v`: codes taken from bits of
+/// each value (every finite code occurs, the NaN codes become zero) and a
+/// positive f32 scale per row that keeps weights near `v`'s magnitude.
+/// Returns the codes and the scales' bytes.
+fn fp8_parts(v: &[f32], rows: usize) -> (Vec<u8>, Vec<u8>) {
+    let codes = v
+        .iter()
+        .map(|x| match (x.to_bits() >> 8) as u8 {
+            c if c & 0x7F == 0x7F => 0,
+            c => c,
+        })
+        .collect();
+    let scales: Vec<f32> = (0..rows)
+        .map(|r| 0.2 / 448.0 * (1.0 + (r % 7) as f32 / 8.0))
+        .collect();
+    (codes, to_bytes(KILN_F32, &scales))
+}
+
+/// A weight's bytes in some format: the data part and, for the formats
+/// that carry them (FP8), its f32 row scales.
+pub struct WeightData {
+    raw: Vec<u8>,
+    row_scales: Option<Vec<u8>>,
+}
+
+impl WeightData {
+    /// `v` (`rows` rows) as a weight in `format`.
+    pub fn new(format: KilnWeightFormat, v: &[f32], rows: usize) -> WeightData {
+        if format == KILN_WEIGHT_FP8_E4M3 {
+            let (raw, scales) = fp8_parts(v, rows);
+            return WeightData {
+                raw,
+                row_scales: Some(scales),
+            };
+        }
+        WeightData {
+            raw: weight_bytes(format, v),
+            row_scales: None,
+        }
+    }
+
+    /// The weight as `[rows, cols]` in `format`, for `prepare_weight`.
+    pub fn spec<'a>(
+        &'a self,
+        name: &'a str,
+        format: KilnWeightFormat,
+        rows: u64,
+        cols: u64,
+    ) -> WeightSpec<'a> {
+        let mut spec = WeightSpec::single(name, format, rows, cols, &self.raw);
+        if let Some(scales) = &self.row_scales {
+            spec.parts[0].dims = vec![rows, cols];
+            spec.parts.push(WeightPartSpec {
+                role: KILN_PART_SCALES,
+                dtype: KILN_F32,
+                dims: vec![rows],
+                data: scales,
+            });
+        }
+        spec
+    }
 }
 
 /// `v` as the bytes of a weight in `format`.

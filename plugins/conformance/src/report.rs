@@ -228,6 +228,7 @@ pub fn weight_format_name(format: KilnWeightFormat) -> &'static str {
         KILN_WEIGHT_AWQ => "awq",
         KILN_WEIGHT_INT8 => "int8",
         KILN_WEIGHT_INT_GROUPS => "int_groups",
+        KILN_WEIGHT_FP8_E4M3 => "fp8_e4m3",
         _ => "?",
     }
 }

@@ -35,6 +35,13 @@ fn the_suite_passes_on_the_cpu_reference_itself() {
         "{:?}",
         r.skipped().collect::<Vec<_>>()
     );
+    // FP8 weights run through both the linear and the mixture-of-experts cases.
+    for case in ["linear fp8_e4m3 rows independent", "moe fp8_e4m3"] {
+        assert!(
+            r.passed().any(|c| c.name.starts_with(case)),
+            "no passed case named {case}…"
+        );
+    }
 }
 
 /// The CUDA backend library, when built and runnable here.

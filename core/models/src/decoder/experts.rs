@@ -18,6 +18,7 @@ use super::DecoderError;
 use super::loader::{Loader, TensorRef, to_q8_0};
 use crate::names::{Role, hf_expert_name, hf_fused_expert_names};
 use crate::weights::dequant::dequantize_view;
+use crate::weights::quantize::QuantizeAtLoad;
 use crate::weights::{TensorView, WeightDType};
 
 /// The sizes of one layer's experts.
@@ -62,13 +63,22 @@ pub(crate) fn load_experts(
             None => per_expert(l, layer, d)?,
         },
     };
-    let (gate_up, down) = match l.quantize_int8 {
-        true => (to_q8_0(gate_up, d.hidden), to_q8_0(down, d.inter)),
-        false => (gate_up, down),
-    };
-    Ok(ExpertStacks {
-        gate_up: l.prepare(gate_up, &[2 * d.count * d.inter, d.hidden])?,
-        down: l.prepare(down, &[d.count * d.hidden, d.inter])?,
+    let gate_up_shape = [2 * d.count * d.inter, d.hidden];
+    let down_shape = [d.count * d.hidden, d.inter];
+    // FP8's scales are per row, so the stacks quantize as their experts would.
+    Ok(match l.quantize_at_load {
+        Some(QuantizeAtLoad::Int8) => ExpertStacks {
+            gate_up: l.prepare(to_q8_0(gate_up, d.hidden), &gate_up_shape)?,
+            down: l.prepare(to_q8_0(down, d.inter), &down_shape)?,
+        },
+        Some(QuantizeAtLoad::Fp8) => ExpertStacks {
+            gate_up: l.prepare_as_fp8(gate_up, &gate_up_shape)?,
+            down: l.prepare_as_fp8(down, &down_shape)?,
+        },
+        None => ExpertStacks {
+            gate_up: l.prepare(gate_up, &gate_up_shape)?,
+            down: l.prepare(down, &down_shape)?,
+        },
     })
 }
 

@@ -13,6 +13,8 @@ use super::dtype::{ActDType, weight_format};
 use crate::names::{Part, Role, hf_name};
 use crate::registry::Family;
 use crate::weights::dequant::dequantize_view;
+use crate::weights::fp8::Fp8Linear;
+use crate::weights::quantize::QuantizeAtLoad;
 use crate::weights::quantized::{QuantScheme, QuantizedLinears};
 use crate::weights::{TensorView, WeightDType, WeightSource};
 
@@ -79,7 +81,7 @@ pub(crate) struct Loader<'a, 'p> {
     pub source: &'a dyn WeightSource,
     pub progress: Option<&'p mut dyn LoadProgress>,
     pub quantization: Option<QuantScheme>,
-    pub quantize_int8: bool,
+    pub quantize_at_load: Option<QuantizeAtLoad>,
     pub done: u64,
     pub total: u64,
     pub summary: WeightSummary,
@@ -127,12 +129,47 @@ impl<'a> Loader<'a, '_> {
             return Ok(weight);
         }
         let view = self.view(t)?;
-        let view = if self.quantize_int8 && is_linear(t.role) {
-            to_q8_0(view, cols)
-        } else {
-            view
+        match self.quantize_at_load {
+            Some(QuantizeAtLoad::Int8) if is_linear(t.role) => {
+                self.prepare(to_q8_0(view, cols), &[rows, cols])
+            }
+            Some(QuantizeAtLoad::Fp8) if is_linear(t.role) => {
+                self.prepare_as_fp8(view, &[rows, cols])
+            }
+            _ => self.prepare(view, &[rows, cols]),
+        }
+    }
+
+    /// [`Loader::prepare`], with a 16/32-bit float `[rows, cols]` matrix
+    /// quantized to FP8 E4M3 first (`--quantization fp8`); other views
+    /// (already quantized) as they are.
+    pub fn prepare_as_fp8(
+        &mut self,
+        view: TensorView<'a>,
+        shape: &[usize; 2],
+    ) -> Result<Weight, DecoderError> {
+        let float = matches!(
+            view.dtype,
+            WeightDType::F32 | WeightDType::F16 | WeightDType::BF16
+        );
+        let values = match (float && view.shape == shape).then(|| dequantize_view(&view)) {
+            Some(Some(values)) => values,
+            _ => return self.prepare(view, shape),
         };
-        self.prepare(view, &[rows, cols])
+        let linear = Fp8Linear::quantize(&values, shape[0], shape[1]);
+        let weight = linear.prepare(self.device, &view.name).map_err(|e| {
+            if e.is_unsupported() {
+                DecoderError::UnsupportedScheme {
+                    name: view.name.clone(),
+                    scheme: "FP8 E4M3 (--quantization fp8)".into(),
+                    backend: self.device.backend().name(),
+                }
+            } else {
+                DecoderError::Backend(e)
+            }
+        })?;
+        self.account_bytes(view.data.len() as u64, WeightDType::F8_E4M3.name().into());
+        Ok(weight)
     }
 
     /// The Linear `t` of a quantized checkpoint, when the checkpoint stores
@@ -164,7 +201,7 @@ impl<'a> Loader<'a, '_> {
                 DecoderError::Backend(e)
             }
         })?;
-        self.account_bytes(linear.checkpoint_bytes, scheme.label());
+        self.account_bytes(linear.checkpoint_bytes(), scheme.label());
         Ok(Some(weight))
     }
 
@@ -365,7 +402,7 @@ impl<'a> Loader<'a, '_> {
 }
 
 /// The projections of attention and MLP blocks (what `--quantization int8`
-/// quantizes; vLLM likewise leaves embeddings and the LM head alone).
+/// and `fp8` quantize; vLLM likewise leaves embeddings and the LM head alone).
 fn is_linear(role: Role) -> bool {
     matches!(
         role,

@@ -32,6 +32,7 @@ use crate::config::{HiddenAct, ModelConfig};
 use crate::names::Role;
 use crate::parts::{DecoderVariant, Mlp, Norm};
 use crate::rope::RopeTables;
+use crate::weights::quantize::QuantizeAtLoad;
 use crate::weights::quantized::QuantScheme;
 use crate::weights::{WeightDType, WeightSource};
 use graph::Graph;
@@ -68,7 +69,8 @@ pub enum DecoderError {
         /// The backend.
         backend: String,
     },
-    /// The backend cannot hold a quantized checkpoint's integer weights.
+    /// The backend cannot hold a quantized weight (a checkpoint's integer or
+    /// FP8 weights, or FP8 from `--quantization fp8`).
     #[error(
         "tensor `{name}` is a {scheme} weight, which the {backend} backend cannot run; \
          the cpu backend runs it"
@@ -122,9 +124,9 @@ pub struct DecoderOptions<'a> {
     /// How the checkpoint's Linear weights are quantized (safetensors
     /// `quantization_config`); `None` for float and GGUF checkpoints.
     pub quantization: Option<QuantScheme>,
-    /// Quantize float Linear weights to Q8_0 blocks at load
-    /// (`--quantization int8`); embeddings, the LM head and vectors stay.
-    pub quantize_int8: bool,
+    /// Quantize float Linear weights at load (`--quantization int8` or
+    /// `fp8`); embeddings, the LM head and vectors stay.
+    pub quantize_at_load: Option<QuantizeAtLoad>,
 }
 
 /// Where a format the backend refused does run: every type with an ABI
@@ -232,7 +234,7 @@ impl Decoder {
             source,
             progress: options.progress,
             quantization: options.quantization,
-            quantize_int8: options.quantize_int8,
+            quantize_at_load: options.quantize_at_load,
             done: 0,
             total: source.total_bytes(),
             summary: WeightSummary::default(),

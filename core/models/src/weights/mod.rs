@@ -7,6 +7,7 @@
 //! [`dequant`] module turns any supported type into f32 for tests and tools.
 
 pub mod dequant;
+pub mod fp8;
 pub mod gguf;
 pub mod quantize;
 pub mod quantized;
@@ -37,6 +38,9 @@ pub enum WeightDType {
     I64,
     /// Unsigned 8-bit integer.
     U8,
+    /// FP8 E4M3 (`e4m3fn`: no infinities, `0x7F`/`0xFF` NaN), as safetensors'
+    /// `F8_E4M3`.
+    F8_E4M3,
     /// GGUF Q4_0: 32 weights in 18 bytes (`d f16, qs[16]`).
     Q4_0,
     /// GGUF Q4_1: 32 weights in 20 bytes (`d f16, m f16, qs[16]`).
@@ -111,7 +115,7 @@ const fn info(
 
 impl WeightDType {
     /// Every storage type Kiln knows.
-    pub const ALL: [WeightDType; 33] = [
+    pub const ALL: [WeightDType; 34] = [
         WeightDType::F32,
         WeightDType::F16,
         WeightDType::BF16,
@@ -121,6 +125,7 @@ impl WeightDType {
         WeightDType::I32,
         WeightDType::I64,
         WeightDType::U8,
+        WeightDType::F8_E4M3,
         WeightDType::Q4_0,
         WeightDType::Q4_1,
         WeightDType::Q5_0,
@@ -159,6 +164,7 @@ impl WeightDType {
             I32 => info("I32", Some(26), 1, 4),
             I64 => info("I64", Some(27), 1, 8),
             U8 => info("U8", None, 1, 1),
+            F8_E4M3 => info("F8_E4M3", None, 1, 1),
             Q4_0 => info("Q4_0", Some(2), 32, 18),
             Q4_1 => info("Q4_1", Some(3), 32, 20),
             Q5_0 => info("Q5_0", Some(6), 32, 22),

@@ -1,8 +1,31 @@
-//! Quantization of float weights at load time (`--quantization int8`): a
-//! 16- or 32-bit Linear weight becomes GGUF Q8_0 blocks, halving (or
-//! quartering) its memory, with llama.cpp's own rounding
-//! (`quantize_row_q8_0_ref`): per block of 32, `d = amax / 127` stored as
-//! f16, `q = roundf(x / d)` (half away from zero).
+//! Quantization of float weights at load time (`--quantization int8` and
+//! `fp8`). With `int8` a 16- or 32-bit Linear weight becomes GGUF Q8_0
+//! blocks, halving (or quartering) its memory, with llama.cpp's own
+//! rounding (`quantize_row_q8_0_ref`): per block of 32, `d = amax / 127`
+//! stored as f16, `q = roundf(x / d)` (half away from zero). With `fp8` it
+//! becomes E4M3 codes with a scale per output row
+//! ([`crate::weights::fp8::Fp8Linear::quantize`]).
+
+/// What `--quantization` does to the 16/32-bit Linear weights of an
+/// unquantized checkpoint at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizeAtLoad {
+    /// GGUF Q8_0 blocks (`int8`).
+    Int8,
+    /// FP8 E4M3 with one scale per output row, `amax / 448` (`fp8`).
+    Fp8,
+}
+
+impl QuantizeAtLoad {
+    /// The scheme a `--quantization` value names, if it is one of these.
+    pub fn from_flag(value: &str) -> Option<QuantizeAtLoad> {
+        match value {
+            "int8" => Some(QuantizeAtLoad::Int8),
+            "fp8" => Some(QuantizeAtLoad::Fp8),
+            _ => None,
+        }
+    }
+}
 
 /// Q8_0 blocks of `values` (a multiple of 32 of them, row after row).
 ///

@@ -13,6 +13,10 @@
 //! `KILN_WEIGHT_INT_GROUPS`: one code per byte, 16-bit scales and one zero
 //! per group, and, for act-order, the permutation that makes every group a
 //! run of consecutive columns.
+//!
+//! FP8 checkpoints (compressed-tensors `float-quantized`, `quant_method:
+//! "fp8"`) keep their E4M3 codes and per-tensor or per-channel scales
+//! instead ([`Fp8Linear`], `KILN_WEIGHT_FP8_E4M3`).
 
 use kiln_plugin_abi::safe::{AbiResult, Device, Weight, WeightPartSpec, WeightSpec};
 use kiln_plugin_abi::{
@@ -20,6 +24,7 @@ use kiln_plugin_abi::{
     KILN_PART_ZEROS, KILN_U8, KILN_WEIGHT_INT_GROUPS,
 };
 
+use super::fp8::Fp8Linear;
 use super::{TensorView, WeightDType, WeightError, WeightSource};
 
 /// How a checkpoint's Linear weights are quantized (`quantization_config`).
@@ -53,10 +58,26 @@ pub enum QuantScheme {
         /// Symmetric (no zero-point tensors).
         symmetric: bool,
     },
+    /// FP8 E4M3 weights with a per-tensor or per-channel `weight_scale`
+    /// (read from the scale's shape), run with 16/32-bit activations.
+    Fp8 {
+        /// Which configuration declared it.
+        config: Fp8Config,
+    },
+}
+
+/// The `quantization_config` an FP8 checkpoint comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp8Config {
+    /// compressed-tensors `format: "float-quantized"` (llm-compressor's
+    /// FP8 and FP8_DYNAMIC schemes).
+    CompressedTensors,
+    /// `quant_method: "fp8"` (vLLM's and transformers' own).
+    Fp8,
 }
 
 /// vLLM's `--quantization` names of the schemes Kiln reads.
-pub const QUANTIZATION_NAMES: [&str; 3] = ["gptq", "awq", "compressed-tensors"];
+pub const QUANTIZATION_NAMES: [&str; 4] = ["gptq", "awq", "compressed-tensors", "fp8"];
 
 impl QuantScheme {
     /// vLLM's `--quantization` name of the scheme.
@@ -64,7 +85,13 @@ impl QuantScheme {
         match self {
             QuantScheme::Gptq { .. } => "gptq",
             QuantScheme::Awq { .. } => "awq",
-            QuantScheme::CompressedTensors { .. } => "compressed-tensors",
+            QuantScheme::CompressedTensors { .. }
+            | QuantScheme::Fp8 {
+                config: Fp8Config::CompressedTensors,
+            } => "compressed-tensors",
+            QuantScheme::Fp8 {
+                config: Fp8Config::Fp8,
+            } => "fp8",
         }
     }
 
@@ -89,6 +116,12 @@ impl QuantScheme {
                     format!("compressed-tensors-W{bits}A16-{}", g(*group_size))
                 }
             }
+            QuantScheme::Fp8 {
+                config: Fp8Config::CompressedTensors,
+            } => "compressed-tensors-FP8".into(),
+            QuantScheme::Fp8 {
+                config: Fp8Config::Fp8,
+            } => "FP8".into(),
         }
     }
 
@@ -169,11 +202,79 @@ impl QuantScheme {
                 })
             }
             "compressed-tensors" => compressed_tensors(q, group),
+            "fp8" => fp8_method(q),
             other => Err(format!(
                 "quantization method {other:?} is not supported; Kiln reads {}",
                 QUANTIZATION_NAMES.join(", ")
             )),
         }
+    }
+}
+
+/// `quant_method: "fp8"`: per-tensor or per-channel E4M3 weights; the
+/// activation scheme (dynamic or static) only concerns activations, which
+/// Kiln keeps in 16/32 bits.
+fn fp8_method(q: &serde_json::Value) -> Result<QuantScheme, String> {
+    if q.get("weight_block_size").is_some_and(|b| !b.is_null()) {
+        return Err(
+            "quantization_config.weight_block_size: block-wise FP8 scales are not supported \
+             (Kiln reads per-tensor and per-channel weight_scale)"
+                .into(),
+        );
+    }
+    match q.get("fmt").and_then(|f| f.as_str()).unwrap_or("e4m3") {
+        "e4m3" => Ok(QuantScheme::Fp8 {
+            config: Fp8Config::Fp8,
+        }),
+        other => Err(format!(
+            "quantization_config.fmt {other:?} is not supported (e4m3)"
+        )),
+    }
+}
+
+/// The one `config_groups.*.weights` object of a compressed-tensors config.
+fn compressed_tensors_weights(q: &serde_json::Value) -> Result<&serde_json::Value, String> {
+    let groups = q
+        .get("config_groups")
+        .and_then(|g| g.as_object())
+        .ok_or("quantization_config.config_groups is missing")?;
+    if groups.len() != 1 {
+        return Err(format!(
+            "quantization_config.config_groups has {} groups; Kiln reads one scheme for all Linear layers",
+            groups.len()
+        ));
+    }
+    groups
+        .values()
+        .next()
+        .and_then(|g| g.get("weights"))
+        .ok_or_else(|| "quantization_config.config_groups.*.weights is missing".into())
+}
+
+/// compressed-tensors `float-quantized`: 8-bit float weights, one scale per
+/// tensor or per output channel. Input activations (dynamic per token or
+/// static) are not emulated: they stay in 16/32 bits.
+fn compressed_tensors_fp8(weights: &serde_json::Value) -> Result<QuantScheme, String> {
+    let field = |key: &str| weights.get(key).and_then(|v| v.as_str());
+    if field("type") != Some("float") {
+        return Err("config_groups.*.weights.type must be \"float\" for float-quantized".into());
+    }
+    match weights.get("num_bits").and_then(|b| b.as_i64()) {
+        Some(8) => {}
+        other => {
+            return Err(format!(
+                "config_groups.*.weights.num_bits {other:?} is not supported for float-quantized (8)"
+            ));
+        }
+    }
+    match field("strategy").unwrap_or("tensor") {
+        "tensor" | "channel" => Ok(QuantScheme::Fp8 {
+            config: Fp8Config::CompressedTensors,
+        }),
+        other => Err(format!(
+            "config_groups.*.weights.strategy {other:?} is not supported for float-quantized \
+             (tensor or channel)"
+        )),
     }
 }
 
@@ -185,21 +286,10 @@ fn compressed_tensors(
         .get("format")
         .and_then(|f| f.as_str())
         .ok_or("quantization_config.format is missing")?;
-    let groups = q
-        .get("config_groups")
-        .and_then(|g| g.as_object())
-        .ok_or("quantization_config.config_groups is missing")?;
-    if groups.len() != 1 {
-        return Err(format!(
-            "quantization_config.config_groups has {} groups; Kiln reads one scheme for all Linear layers",
-            groups.len()
-        ));
+    let weights = compressed_tensors_weights(q)?;
+    if format == "float-quantized" {
+        return compressed_tensors_fp8(weights);
     }
-    let weights = groups
-        .values()
-        .next()
-        .and_then(|g| g.get("weights"))
-        .ok_or("quantization_config.config_groups.*.weights is missing")?;
     let bits = weights
         .get("num_bits")
         .and_then(|b| b.as_i64())
@@ -411,7 +501,7 @@ impl<'a> QuantizedLinears<'a> {
         weight_name: &str,
         rows: usize,
         cols: usize,
-    ) -> Result<Option<IntLinear>, WeightError> {
+    ) -> Result<Option<QuantizedLinear>, WeightError> {
         let Some(prefix) = weight_name.strip_suffix(".weight") else {
             return Ok(None);
         };
@@ -443,7 +533,7 @@ impl<'a> QuantizedLinears<'a> {
                     scales: &get("scales")?.ok_or_else(|| fail("scales", "is missing".into()))?,
                     g_idx: get("g_idx")?.as_ref(),
                 })
-                .map(Some)
+                .map(|l| Some(QuantizedLinear::Int(l)))
                 .map_err(|(t, why)| fail(t, why))
             }
             QuantScheme::Awq { bits, group_size } => {
@@ -459,7 +549,7 @@ impl<'a> QuantizedLinears<'a> {
                     &get("qzeros")?.ok_or_else(|| fail("qzeros", "is missing".into()))?,
                     &get("scales")?.ok_or_else(|| fail("scales", "is missing".into()))?,
                 )
-                .map(Some)
+                .map(|l| Some(QuantizedLinear::Int(l)))
                 .map_err(|(t, why)| fail(t, why))
             }
             QuantScheme::CompressedTensors {
@@ -496,9 +586,48 @@ impl<'a> QuantizedLinears<'a> {
                     scale: &scale,
                     zero: zero.as_ref(),
                 })
-                .map(Some)
+                .map(|l| Some(QuantizedLinear::Int(l)))
                 .map_err(|(t, why)| fail(t, why))
             }
+            QuantScheme::Fp8 { .. } => {
+                // Layers the config ignores (the LM head) stay 16/32-bit.
+                let Some(weight) = get("weight")?.filter(|w| w.dtype == WeightDType::F8_E4M3)
+                else {
+                    return Ok(None);
+                };
+                let scale = get("weight_scale")?
+                    .ok_or_else(|| fail("weight_scale", "is missing".into()))?;
+                Fp8Linear::from_checkpoint(&weight, &scale, rows, cols)
+                    .map(|l| Some(QuantizedLinear::Fp8(l)))
+                    .map_err(|(t, why)| fail(t, why))
+            }
+        }
+    }
+}
+
+/// A quantized checkpoint's Linear weight, in the form a backend receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantizedLinear {
+    /// Integer codes in groups (`KILN_WEIGHT_INT_GROUPS`).
+    Int(IntLinear),
+    /// FP8 E4M3 codes with row scales (`KILN_WEIGHT_FP8_E4M3`).
+    Fp8(Fp8Linear),
+}
+
+impl QuantizedLinear {
+    /// Hand the weight to a device in its format.
+    pub fn prepare(&self, device: &Device, name: &str) -> AbiResult<Weight> {
+        match self {
+            QuantizedLinear::Int(l) => l.prepare(device, name),
+            QuantizedLinear::Fp8(l) => l.prepare(device, name),
+        }
+    }
+
+    /// Bytes the weight took in the checkpoint.
+    pub fn checkpoint_bytes(&self) -> u64 {
+        match self {
+            QuantizedLinear::Int(l) => l.checkpoint_bytes,
+            QuantizedLinear::Fp8(l) => l.checkpoint_bytes,
         }
     }
 }
@@ -1049,6 +1178,40 @@ mod tests {
                 int_quantized: false,
                 symmetric: true
             }))
+        );
+    }
+
+    #[test]
+    fn fp8_configs_and_their_refusals() {
+        let parse = |s: &str| QuantScheme::from_config_json(s);
+        let ct = |strategy: &str| {
+            format!(
+                r#"{{"quantization_config": {{"quant_method": "compressed-tensors", "format": "float-quantized",
+                "config_groups": {{"group_0": {{"targets": ["Linear"],
+                "weights": {{"num_bits": 8, "type": "float", "symmetric": true, "strategy": "{strategy}", "dynamic": false}},
+                "input_activations": {{"num_bits": 8, "type": "float", "strategy": "token", "dynamic": true}}}}}},
+                "ignore": ["lm_head"]}}}}"#
+            )
+        };
+        let ct_fp8 = QuantScheme::Fp8 {
+            config: Fp8Config::CompressedTensors,
+        };
+        assert_eq!(parse(&ct("channel")), Ok(Some(ct_fp8.clone())));
+        assert_eq!(parse(&ct("tensor")), Ok(Some(ct_fp8.clone())));
+        assert_eq!(ct_fp8.name(), "compressed-tensors");
+        let e = parse(&ct("block")).unwrap_err();
+        assert!(e.contains("strategy \"block\""), "{e}");
+        let hf =
+            r#"{"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic"}}"#;
+        let fp8 = parse(hf).unwrap().unwrap();
+        assert_eq!((fp8.name(), fp8.label().as_str()), ("fp8", "FP8"));
+        let e = parse(
+            r#"{"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("quantization_config.weight_block_size:"),
+            "{e}"
         );
     }
 

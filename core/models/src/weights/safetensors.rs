@@ -50,6 +50,7 @@ fn map_dtype(d: Dtype) -> Option<WeightDType> {
         Dtype::I32 => WeightDType::I32,
         Dtype::I64 => WeightDType::I64,
         Dtype::U8 => WeightDType::U8,
+        Dtype::F8_E4M3 => WeightDType::F8_E4M3,
         _ => return None,
     })
 }

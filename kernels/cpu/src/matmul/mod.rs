@@ -5,6 +5,9 @@
 //! all of them bit for bit):
 //!
 //! - float weights: `acc = fma(w[j, i], x[i], acc)` for `i = 0..k` in order;
+//!   FP8 E4M3 weights do the same with `w` the exact f16 form of each code
+//!   (its value / 256), then `y = acc · s_j` with `s_j` the row's scale
+//!   times 256 (see [`crate::weights::fp8`]);
 //! - block weights: per block `b`, the exact integer `D_b = Σ code·q − c·S_b`
 //!   (activation codes `q` from [`crate::quant`], offset `c` = 8 for Q4_0,
 //!   128 for Q8_0, 0 for Q4_1), then `acc = fma(f32(D_b), d_w·d_x, acc)` and,

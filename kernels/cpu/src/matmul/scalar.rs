@@ -6,6 +6,7 @@ use half::{bf16, f16};
 
 use super::{Cols, GROUP_ROWS, Store, WeightFormat, WeightMatrix};
 use crate::quant::QuantizedActs;
+use crate::weights::fp8::e4m3_f16_bits;
 use crate::weights::{IQ4_CODES, MinKind, block_codes, sub_factors};
 
 #[inline(always)]
@@ -93,6 +94,9 @@ fn float_at(fmt: WeightFormat, group: &[u8], i: usize, lane: usize) -> f32 {
             f32::from_le_bytes([group[o], group[o + 1], group[o + 2], group[o + 3]])
         }
         WeightFormat::F16 => f16_at(group, (i * GROUP_ROWS + lane) * 2),
+        WeightFormat::F8_E4M3 => {
+            f16::from_bits(e4m3_f16_bits(group[i * GROUP_ROWS + lane])).to_f32()
+        }
         _ => {
             let o = (i * GROUP_ROWS + lane) * 2;
             bf16::from_le_bytes([group[o], group[o + 1]]).to_f32()
@@ -100,7 +104,10 @@ fn float_at(fmt: WeightFormat, group: &[u8], i: usize, lane: usize) -> f32 {
     }
 }
 
-/// Groups `groups` of a float matrix against f32 activation rows `rows`.
+/// Groups `groups` of a float matrix against f32 activation rows `rows`:
+/// `acc = fma(w, x, acc)` along the row, then for FP8 `y = acc·scale`
+/// (the f16 form of a code and the folded row scale, see
+/// [`crate::weights::fp8`]).
 ///
 /// # Safety
 /// The `(rows, groups)` tile of the output belongs to the caller.
@@ -121,6 +128,13 @@ pub(crate) unsafe fn float_groups(
             for (i, &xv) in xr.iter().enumerate() {
                 for (lane, a) in acc.iter_mut().enumerate() {
                     *a = float_at(fmt, group, i, lane).mul_add(xv, *a);
+                }
+            }
+            if fmt == WeightFormat::F8_E4M3 {
+                let at = w.row_scale_offset();
+                for (lane, a) in acc.iter_mut().enumerate() {
+                    let s = &group[at + lane * 4..][..4];
+                    *a *= f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 }
             }
             // SAFETY: the tile is the caller's.

@@ -339,6 +339,13 @@ unsafe fn load_w8(fmt: WeightFormat, group: *const u8, i: usize, h: usize) -> __
             WeightFormat::F16 => {
                 _mm256_cvtph_ps(_mm_loadu_si128(group.add(i * 32 + h * 16) as *const __m128i))
             }
+            WeightFormat::F8_E4M3 => {
+                let b =
+                    _mm_cvtepu8_epi16(_mm_loadl_epi64(group.add(i * 16 + h * 8) as *const __m128i));
+                let sign = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8);
+                let rest = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7F)), 7);
+                _mm256_cvtph_ps(_mm_or_si128(sign, rest))
+            }
             _ => _mm256_castsi256_ps(_mm256_slli_epi32(
                 _mm256_cvtepu16_epi32(
                     _mm_loadu_si128(group.add(i * 32 + h * 16) as *const __m128i),
@@ -404,6 +411,16 @@ unsafe fn float_rows<const T: usize>(
                 let xb = _mm256_set1_ps(*xp.add((t0 + t) * k + i));
                 acc[0][t] = _mm256_fmadd_ps(w0, xb, acc[0][t]);
                 acc[1][t] = _mm256_fmadd_ps(w1, xb, acc[1][t]);
+            }
+        }
+    }
+    if fmt == WeightFormat::F8_E4M3 {
+        for (h, acc_h) in acc.iter_mut().enumerate() {
+            // SAFETY: the group's 16 row scales follow its codes.
+            let scale =
+                unsafe { _mm256_loadu_ps(gp.add(w.row_scale_offset() + h * 32) as *const f32) };
+            for a in acc_h.iter_mut() {
+                *a = _mm256_mul_ps(*a, scale);
             }
         }
     }

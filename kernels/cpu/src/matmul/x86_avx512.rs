@@ -510,6 +510,7 @@ unsafe fn quant_rows<const F: u8, const T: usize>(
 const F32: u8 = 0;
 const F16: u8 = 1;
 const BF16: u8 = 2;
+const F8_E4M3: u8 = 3;
 
 /// Column `i` of a packed float group as 16 f32 lanes.
 #[inline(always)]
@@ -520,6 +521,12 @@ unsafe fn load_w<const E: u8>(group: *const u8, i: usize) -> __m512 {
         match E {
             F32 => _mm512_loadu_ps(group.add(i * 64) as *const f32),
             F16 => _mm512_cvtph_ps(_mm256_loadu_si256(group.add(i * 32) as *const __m256i)),
+            F8_E4M3 => {
+                let b = _mm256_cvtepu8_epi16(_mm_loadu_si128(group.add(i * 16) as *const __m128i));
+                let sign = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8);
+                let rest = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7F)), 7);
+                _mm512_cvtph_ps(_mm256_or_si256(sign, rest))
+            }
             _ => _mm512_castsi512_ps(_mm512_slli_epi32(
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(group.add(i * 32) as *const __m256i)),
                 16,
@@ -546,6 +553,7 @@ pub(crate) unsafe fn float_groups(
         match w.format() {
             WeightFormat::F32 => float_fmt::<F32>(w, groups, x, rows, store),
             WeightFormat::F16 => float_fmt::<F16>(w, groups, x, rows, store),
+            WeightFormat::F8_E4M3 => float_fmt::<F8_E4M3>(w, groups, x, rows, store),
             _ => float_fmt::<BF16>(w, groups, x, rows, store),
         }
     }
@@ -623,6 +631,15 @@ unsafe fn float_rows<const E: u8, const G: usize, const T: usize>(
                 for gi in 0..G {
                     acc[gi][t] = _mm512_fmadd_ps(wv[gi], xb, acc[gi][t]);
                 }
+            }
+        }
+    }
+    if E == F8_E4M3 {
+        for gi in 0..G {
+            // SAFETY: the group's 16 row scales follow its codes.
+            let scale = unsafe { _mm512_loadu_ps(gp[gi].add(w.row_scale_offset()) as *const f32) };
+            for a in acc[gi].iter_mut() {
+                *a = _mm512_mul_ps(*a, scale);
             }
         }
     }

@@ -18,6 +18,10 @@ pub enum WeightFormat {
     F16,
     /// bfloat16.
     BF16,
+    /// FP8 E4M3 codes with one f32 scale per row: `x = scale·e4m3(q)`
+    /// (see [`crate::weights::fp8`]; built by
+    /// [`crate::weights::WeightMatrix::from_fp8`]).
+    F8_E4M3,
     /// GGUF Q4_0: blocks of 32 as `d: f16, qs[16]`; `x = d·(q − 8)`.
     Q4_0,
     /// GGUF Q4_1: blocks of 32 as `d: f16, m: f16, qs[16]`; `x = d·q + m`.
@@ -134,7 +138,7 @@ pub(crate) enum MinKind {
 
 impl WeightFormat {
     /// Every format.
-    pub const ALL: [WeightFormat; 15] = [
+    pub const ALL: [WeightFormat; 16] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::BF16,
@@ -150,6 +154,7 @@ impl WeightFormat {
         WeightFormat::Q6_K,
         WeightFormat::IQ4_NL,
         WeightFormat::IQ4_XS,
+        WeightFormat::F8_E4M3,
     ];
 
     /// Name as GGUF spells it.
@@ -158,6 +163,7 @@ impl WeightFormat {
             WeightFormat::F32 => "F32",
             WeightFormat::F16 => "F16",
             WeightFormat::BF16 => "BF16",
+            WeightFormat::F8_E4M3 => "F8_E4M3",
             WeightFormat::Q4_0 => "Q4_0",
             WeightFormat::Q4_1 => "Q4_1",
             WeightFormat::Q8_0 => "Q8_0",
@@ -177,18 +183,24 @@ impl WeightFormat {
         }
     }
 
-    /// True for the block formats.
+    /// True for the block formats (FP8 is a float format: its kernels
+    /// multiply f32 activations by widened weights, like f16's).
     pub fn is_quantized(self) -> bool {
-        !matches!(
+        !self.is_float()
+    }
+
+    /// True for the formats the float kernels run.
+    pub(crate) fn is_float(self) -> bool {
+        matches!(
             self,
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::F8_E4M3
         )
     }
 
     /// Weights per source block (1 for float formats, 32 or 256 otherwise).
     pub fn block_size(self) -> usize {
         match self {
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::F8_E4M3 => 1,
             WeightFormat::Q2_K
             | WeightFormat::Q3_K
             | WeightFormat::Q4_K
@@ -209,6 +221,7 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 => 4,
             WeightFormat::F16 | WeightFormat::BF16 => 2,
+            WeightFormat::F8_E4M3 => 1,
             WeightFormat::Q4_0 | WeightFormat::IQ4_NL => 18,
             WeightFormat::Q4_1 => 20,
             WeightFormat::Q5_0 => 22,
@@ -241,6 +254,7 @@ impl WeightFormat {
             WeightFormat::F32
             | WeightFormat::F16
             | WeightFormat::BF16
+            | WeightFormat::F8_E4M3
             | WeightFormat::Int { .. } => &[],
             WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => {
                 &[0, 2]
@@ -252,9 +266,18 @@ impl WeightFormat {
         }
     }
 
+    /// Bytes of per-row scales after a packed group's elements (FP8: 16 f32).
+    pub(crate) fn row_scale_bytes(self) -> usize {
+        if self == WeightFormat::F8_E4M3 { 64 } else { 0 }
+    }
+
     /// Bytes per element (float formats).
     pub(crate) fn elem_bytes(self) -> usize {
-        if self == WeightFormat::F32 { 4 } else { 2 }
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F8_E4M3 => 1,
+            _ => 2,
+        }
     }
 
     /// The kernels' view of a block format (`None` for float formats).
@@ -284,7 +307,9 @@ impl WeightFormat {
             min,
         };
         Some(match self {
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => return None,
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::F8_E4M3 => {
+                return None;
+            }
             WeightFormat::Q4_0 => legacy(4, 0, 8, MinKind::None),
             WeightFormat::Q4_1 => legacy(4, 0, 0, MinKind::Add),
             WeightFormat::Q8_0 => legacy(8, 0, 128, MinKind::None),

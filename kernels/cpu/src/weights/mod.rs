@@ -5,7 +5,9 @@
 //! At construction the rows are interleaved in groups of [`GROUP_ROWS`] so a
 //! SIMD lane holds one output row and no kernel needs a horizontal sum.
 //!
-//! Float formats: per group, `[cols][16]` elements in the source type.
+//! Float formats: per group, `[cols][16]` elements in the source type;
+//! FP8 E4M3 adds the group's 16 row scales as f32 (multiplied by 256, see
+//! [`fp8`]) after its codes.
 //!
 //! Block formats are seen by the kernels in blocks of 32 columns (a 256-weight
 //! K-quant super-block is 8 of them sharing `d`/`dmin`). Per group, in order:
@@ -33,6 +35,7 @@
 //! +2.3%, Q3_K +3.6%, IQ4_XS +1.5%).
 
 pub mod format;
+pub mod fp8;
 mod source;
 
 use half::{bf16, f16};
@@ -146,6 +149,11 @@ impl WeightMatrix {
                 format: format.name(),
             });
         }
+        if format == WeightFormat::F8_E4M3 {
+            return Err(KernelError::Fp8Parts {
+                what: "codes alone have no row scales (build it with from_fp8)".into(),
+            });
+        }
         let row_bytes = format.row_bytes(cols).ok_or(KernelError::PartialBlock {
             format: format.name(),
             block: format.block_size(),
@@ -248,8 +256,52 @@ impl WeightMatrix {
         Ok(w)
     }
 
+    /// Build an FP8 E4M3 matrix from `codes[rows, cols]` (one E4M3 code per
+    /// byte) and one f32 `scales[rows]` per row: `W[r, c] = scales[r]·e4m3(codes[r, c])`.
+    /// NaN codes (`0x7F`, `0xFF`) and non-finite scales are refused.
+    pub fn from_fp8(
+        rows: usize,
+        cols: usize,
+        codes: &[u8],
+        scales: &[f32],
+    ) -> Result<WeightMatrix, KernelError> {
+        let bad = |what: String| KernelError::Fp8Parts { what };
+        let need = rows
+            .checked_mul(cols)
+            .ok_or(KernelError::TooLarge { rows, cols })?;
+        if codes.len() != need || scales.len() != rows {
+            return Err(bad(format!(
+                "[{rows}, {cols}] needs {need} codes and {rows} scales, got {} and {}",
+                codes.len(),
+                scales.len()
+            )));
+        }
+        if let Some(i) = codes.iter().position(|&c| fp8::is_e4m3_nan(c)) {
+            return Err(bad(format!(
+                "row {}, column {} holds the NaN code {:#04x}",
+                i / cols,
+                i % cols,
+                codes[i]
+            )));
+        }
+        if let Some(r) = scales.iter().position(|s| !s.is_finite()) {
+            return Err(bad(format!("row {r} has the scale {}", scales[r])));
+        }
+        let mut w = WeightMatrix::zeroed(WeightFormat::F8_E4M3, rows, cols, 1)?;
+        let scale_off = w.row_scale_offset();
+        for r in 0..rows {
+            w.pack_row(r, &codes[r * cols..(r + 1) * cols]);
+            let gb = w.group_bytes;
+            let group = &mut w.data.as_mut_slice()[r / GROUP_ROWS * gb..][..gb];
+            let folded = scales[r] * fp8::F16_FOLD;
+            group[scale_off + (r % GROUP_ROWS) * 4..][..4].copy_from_slice(&folded.to_le_bytes());
+        }
+        Ok(w)
+    }
+
     /// Quantize or convert f32 values `[rows, cols]` into `format` (the GGUF
-    /// reference rounding for block formats), then pack. Formats without an
+    /// reference rounding for block formats; for FP8 a scale of `amax/448`
+    /// per row and codes rounded to nearest even), then pack. Formats without an
     /// encoder here (the K-quants, Q5 and IQ4) are refused: they come from
     /// checkpoints.
     pub fn from_f32(
@@ -258,7 +310,7 @@ impl WeightMatrix {
         cols: usize,
         values: &[f32],
     ) -> Result<WeightMatrix, KernelError> {
-        if !ENCODABLE.contains(&format) {
+        if format != WeightFormat::F8_E4M3 && !ENCODABLE.contains(&format) {
             return Err(KernelError::NoEncoder {
                 format: format.name(),
             });
@@ -271,6 +323,12 @@ impl WeightMatrix {
                 expected: rows.saturating_mul(cols).saturating_mul(4),
                 got: values.len().saturating_mul(4),
             });
+        }
+        if format == WeightFormat::F8_E4M3 {
+            let (codes, mut scales) = fp8::quantize_rows(values, cols);
+            // A zero-width row has no values to give it a scale.
+            scales.resize(rows, 1.0);
+            return WeightMatrix::from_fp8(rows, cols, &codes, &scales);
         }
         let mut raw = Vec::new();
         for row in values.chunks_exact(cols.max(1)).take(rows) {
@@ -292,7 +350,9 @@ impl WeightMatrix {
         let groups = rows.div_ceil(GROUP_ROWS);
         let group_bytes = match format.packing() {
             Some(p) => QuantLayout::new(&p, cols, unit_blocks).map(|l| l.end),
-            None => cols.checked_mul(GROUP_ROWS * format.elem_bytes()),
+            None => cols
+                .checked_mul(GROUP_ROWS * format.elem_bytes())
+                .and_then(|b| b.checked_add(format.row_scale_bytes())),
         }
         .and_then(|b| b.checked_next_multiple_of(64))
         .ok_or(too_large.clone())?;
@@ -376,6 +436,13 @@ impl WeightMatrix {
     /// Bytes the matrix occupies in its source format (what a matmul streams).
     pub fn source_bytes(&self) -> usize {
         self.rows * self.format.row_bytes(self.cols).unwrap_or(0)
+            + self.format.row_scale_bytes() / GROUP_ROWS * self.rows
+    }
+
+    /// Offset inside a packed FP8 group of its 16 f32 row scales (each
+    /// multiplied by [`fp8::F16_FOLD`], for the f16 form of the codes).
+    pub(crate) fn row_scale_offset(&self) -> usize {
+        self.cols * GROUP_ROWS
     }
 
     /// Number of 16-row groups.
@@ -451,6 +518,15 @@ impl WeightMatrix {
                 for (kk, o) in out.iter_mut().enumerate() {
                     let e = elem(kk, 2);
                     *o = bf16::from_le_bytes([e[0], e[1]]).to_f32();
+                }
+            }
+            WeightFormat::F8_E4M3 => {
+                let at = self.row_scale_offset() + lane * 4;
+                let scale =
+                    f32::from_le_bytes([group[at], group[at + 1], group[at + 2], group[at + 3]]);
+                for (kk, o) in out.iter_mut().enumerate() {
+                    let code = elem(kk, 1)[0];
+                    *o = f16::from_bits(fp8::e4m3_f16_bits(code)).to_f32() * scale;
                 }
             }
             _ => {

@@ -171,7 +171,11 @@ pub(crate) fn decode(fmt: WeightFormat, blk: &[u8]) -> Decoded {
                 nibbles(&qs[16 * ib..16 * ib + 16], &mut c[32 * ib..32 * ib + 32]);
             }
         }
-        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::Int { .. } => {
+        WeightFormat::F32
+        | WeightFormat::F16
+        | WeightFormat::BF16
+        | WeightFormat::F8_E4M3
+        | WeightFormat::Int { .. } => {
             panic!("decode: {} has no GGUF blocks", fmt.name())
         }
     }

@@ -5,12 +5,12 @@ use kiln_plugin_abi::ops::{self, Accumulate};
 use kiln_plugin_abi::safe::{AbiResult, WeightSpec};
 use kiln_plugin_abi::*;
 
-use crate::data::{random_block_layout, to_bytes, weight_bytes};
+use crate::data::{WeightData, random_block_layout, to_bytes};
 use crate::report::weight_format_name;
 use crate::run::Run;
 use crate::side::Side;
 
-pub(crate) const FORMATS: [KilnWeightFormat; 15] = [
+pub(crate) const FORMATS: [KilnWeightFormat; 16] = [
     KILN_WEIGHT_F32,
     KILN_WEIGHT_F16,
     KILN_WEIGHT_BF16,
@@ -26,6 +26,7 @@ pub(crate) const FORMATS: [KilnWeightFormat; 15] = [
     KILN_WEIGHT_GGUF_Q5_K,
     KILN_WEIGHT_GGUF_Q6_K,
     KILN_WEIGHT_GGUF_IQ4_XS,
+    KILN_WEIGHT_FP8_E4M3,
 ];
 
 pub(crate) fn cases(run: &mut Run<'_>) {
@@ -41,11 +42,11 @@ pub(crate) fn cases(run: &mut Run<'_>) {
             continue;
         }
         let w = run.rng.vec(m * k, 0.2);
-        let raw = weight_bytes(format, &w);
+        let weight = WeightData::new(format, &w, m);
         let bias = run.rng.vec(m, 0.1);
         let lin = LinearCase {
             format,
-            raw: &raw,
+            weight: &weight,
             bias: &bias,
             m,
             k,
@@ -99,7 +100,7 @@ pub(crate) fn cases(run: &mut Run<'_>) {
 /// One weight (and bias) run through [`ops::linear`] on either side.
 struct LinearCase<'a> {
     format: KilnWeightFormat,
-    raw: &'a [u8],
+    weight: &'a WeightData,
     bias: &'a [f32],
     m: usize,
     k: usize,
@@ -116,13 +117,9 @@ impl LinearCase<'_> {
     ) -> AbiResult<Vec<f32>> {
         let (m, k) = (self.m, self.k);
         let n = x.len() / k;
-        let wt = s.dev.prepare_weight(&WeightSpec::single(
-            "w",
-            self.format,
-            m as u64,
-            k as u64,
-            self.raw,
-        ))?;
+        let wt = s
+            .dev
+            .prepare_weight(&self.weight.spec("w", self.format, m as u64, k as u64))?;
         let bt = s.dev.prepare_weight(&WeightSpec::single(
             "b",
             KILN_WEIGHT_F32,

@@ -13,7 +13,7 @@ use kiln_plugin_abi::safe::AbiResult;
 use kiln_plugin_abi::*;
 
 use crate::cases::linear::FORMATS;
-use crate::data::{Rng, random_block_layout, weight_bytes};
+use crate::data::{Rng, WeightData, random_block_layout};
 use crate::report::weight_format_name;
 use crate::run::Run;
 use crate::side::Side;
@@ -59,8 +59,8 @@ struct MoeCase {
     format: KilnWeightFormat,
     hidden: usize,
     intermediate: usize,
-    gate_up: Vec<u8>,
-    down: Vec<u8>,
+    gate_up: WeightData,
+    down: WeightData,
 }
 
 /// `rows` rows of router logits: each a permutation of distinct multiples of
@@ -111,8 +111,8 @@ pub(crate) fn cases(run: &mut Run<'_>) {
             format,
             hidden,
             intermediate,
-            gate_up: weight_bytes(format, &gate_up),
-            down: weight_bytes(format, &down),
+            gate_up: WeightData::new(format, &gate_up, EXPERTS * 2 * intermediate),
+            down: WeightData::new(format, &down, EXPERTS * hidden),
         };
         let variants = [
             Variant {
@@ -239,20 +239,15 @@ impl MoeCase {
     fn run(&self, s: &Side<'_>, inputs: &Inputs, v: Variant) -> AbiResult<Vec<f32>> {
         let (n, h, i) = (v.rows as u64, self.hidden as u64, self.intermediate as u64);
         let e = EXPERTS as u64;
-        let gate_up = s.dev.prepare_weight(&safe::WeightSpec::single(
+        let gate_up = s.dev.prepare_weight(&self.gate_up.spec(
             "experts.gate_up",
             self.format,
             e * 2 * i,
             h,
-            &self.gate_up,
         ))?;
-        let down = s.dev.prepare_weight(&safe::WeightSpec::single(
-            "experts.down",
-            self.format,
-            e * h,
-            i,
-            &self.down,
-        ))?;
+        let down = s
+            .dev
+            .prepare_weight(&self.down.spec("experts.down", self.format, e * h, i))?;
         let xb = s.acts(&inputs.x)?;
         let lb = s.acts(&inputs.logits)?;
         let sb = s.acts(&inputs.shared_out)?;
