@@ -1,7 +1,8 @@
 //! Embeddings through the whole engine against transformers (fixtures and
 //! the script that made them in `tests/fixtures/embeddings/`): a tiny
 //! random-weight BERT and the families' tiny Llama (mean and last-token
-//! pooling) on token ids, and the real all-MiniLM-L6-v2 on text. Every
+//! pooling) on token ids, the real all-MiniLM-L6-v2 on text, and a tiny
+//! BERT GGUF from llama.cpp's converter on text. Every
 //! vector's cosine similarity with the reference is at least 0.9999, and
 //! inputs batched together give what they give alone.
 
@@ -203,4 +204,31 @@ fn embeddings_share_steps_with_generation() {
         token_ids(generated_alone[0].as_ref().unwrap())
     );
     assert_eq!(embedded.unwrap().vector, embedded_alone[0].vector);
+}
+
+/// A BERT GGUF from llama.cpp's converter (WordPiece vocabulary in its `▁`
+/// spelling, F16 weights): Kiln's tokenizer gives transformers' ids for
+/// each sentence and the mean-pooled vectors match.
+#[test]
+fn a_bert_gguf_embeds_text_like_transformers() {
+    let f = fixture("bert-wordpiece.json");
+    let model = fixtures().join("embeddings/bert-wordpiece.gguf");
+    let llm = start(config(&model, Some(Pooling::Mean)));
+    let handle = llm.handle();
+    let sentences = f["sentences"].as_array().unwrap();
+    let inputs: Vec<PromptInput> = sentences
+        .iter()
+        .map(|s| PromptInput::Text(s["text"].as_str().unwrap().to_string()))
+        .collect();
+    let got = embed_all(&llm, inputs);
+    let mut worst = 1f64;
+    for (s, e) in sentences.iter().zip(&got) {
+        let text = s["text"].as_str().unwrap();
+        let ids = handle.tokenize(text, true).unwrap();
+        assert_eq!(ids, json_ids(&s["ids"]), "{text}: token ids");
+        let c = cosine(&e.vector, &floats(&s["mean"]));
+        worst = worst.min(c);
+        assert!(c >= MIN_COSINE, "{text}: cosine {c}");
+    }
+    eprintln!("BERT GGUF: worst cosine {worst:.10}");
 }

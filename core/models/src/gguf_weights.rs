@@ -11,9 +11,11 @@ use crate::weights::gguf::{GgufFile, unpermute_rows};
 use crate::weights::{TensorView, WeightError, WeightSource};
 
 /// Every role a decoder may ask for.
-const ROLES: [Role; 27] = [
+const ROLES: [Role; 29] = [
     Role::Embed,
     Role::Positions,
+    Role::TokenTypes,
+    Role::EmbedNorm,
     Role::FinalNorm,
     Role::LmHead,
     Role::AttnNorm,

@@ -383,9 +383,12 @@ pub fn gguf_name(family: Family, role: Role, layer: Option<usize>, part: Part) -
         Role::O => "attn_output",
         Role::QNorm => "attn_q_norm",
         Role::KNorm => "attn_k_norm",
+        // BERT's norms after each residual add have names of their own.
+        Role::PostAttnNorm if family == Family::Bert => "attn_output_norm",
         Role::PostAttnNorm => "post_attention_norm",
         // OLMo 2 has no pre-MLP norm; Gemma 2/3's `pre_feedforward_layernorm` is ffn_norm.
         Role::FfnNorm => "ffn_norm",
+        Role::PostFfnNorm if family == Family::Bert => "layer_output_norm",
         Role::PostFfnNorm => "post_ffw_norm",
         Role::Gate => "ffn_gate",
         Role::Up | Role::GateUp => "ffn_up",
@@ -470,6 +473,18 @@ mod tests {
         assert_eq!(
             gg(Family::Gpt2, Role::Positions, None),
             "position_embd.weight"
+        );
+        assert_eq!(
+            gg(Family::Bert, Role::PostAttnNorm, Some(1)),
+            "blk.1.attn_output_norm.weight"
+        );
+        assert_eq!(
+            gg(Family::Bert, Role::TokenTypes, None),
+            "token_types.weight"
+        );
+        assert_eq!(
+            gg(Family::Bert, Role::EmbedNorm, None),
+            "token_embd_norm.weight"
         );
     }
 

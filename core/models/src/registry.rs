@@ -134,8 +134,8 @@ impl Family {
             Family::Phi2 => "phi2",
             Family::GptNeoX => "gptneox",
             Family::Gpt2 => "gpt2",
-            // llama.cpp's BERT GGUFs name their tensors in a way Kiln does not read yet.
-            Family::Opt | Family::Bert => return None,
+            Family::Bert => "bert",
+            Family::Opt => return None,
             Family::Starcoder2 => "starcoder2",
             Family::Olmo2 => "olmo2",
             Family::Granite => "granite",

@@ -20,7 +20,7 @@ impl ModelConfig {
         let keys = GgufKeys { g, arch };
         let expert_count = keys.positive("expert_count")?;
         let family = registry::family_of_gguf_experts(arch, expert_count.is_some());
-        let learned_positions = family == Some(Family::Gpt2);
+        let learned_positions = matches!(family, Some(Family::Gpt2 | Family::Bert));
         let shape = keys.attention_shape()?;
         let rotary_dim = match learned_positions {
             true => 0,
@@ -84,7 +84,7 @@ impl ModelConfig {
                     HiddenAct::GeluTanh
                 }
                 Some(Family::Phi2 | Family::Gpt2) => HiddenAct::GeluTanh,
-                Some(Family::GptNeoX) => HiddenAct::Gelu,
+                Some(Family::GptNeoX | Family::Bert) => HiddenAct::Gelu,
                 Some(Family::Opt) => HiddenAct::Relu,
                 _ => HiddenAct::Silu,
             },
