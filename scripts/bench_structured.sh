@@ -11,9 +11,8 @@
 #               constrained to an array of at least 200 strings (no output of
 #               OUTPUT_LEN tokens completes it, so every request generates
 #               exactly OUTPUT_LEN tokens either way); the figure is the
-#               constrained output tok/s as a share of the free one.
-#               Each kind runs REPEATS times, alternating; the best of each
-#               is compared.
+#               constrained output tok/s as a share of the free one
+#               (the median over REPEATS back-to-back pairs).
 #   TTFT:       one request at a time, free and constrained to an object with
 #               50 required properties; the figure is the growth of TTFT p50 in
 #               ms. The warm-up request compiles the grammar (compiled grammars
@@ -21,7 +20,7 @@
 #               reported beside it, includes that compilation once.
 #
 # Settings (environment): THREADS (2), CONCURRENCY (32), NUM_PROMPTS (64),
-# INPUT_LEN (128), OUTPUT_LEN (64), TTFT_PROMPTS (16), REPEATS (2), GGUF (default: the
+# INPUT_LEN (128), OUTPUT_LEN (64), TTFT_PROMPTS (16), REPEATS (4), GGUF (default: the
 # default model, pulled into the Kiln cache), KILN_BIN (target/release/kiln,
 # built when missing), PORT (18090), STARTUP_TIMEOUT seconds (300), OUT_DIR
 # (target/bench-structured). Results: $OUT_DIR/*.json and logs.
@@ -34,7 +33,7 @@ NUM_PROMPTS="${NUM_PROMPTS:-64}"
 INPUT_LEN="${INPUT_LEN:-128}"
 OUTPUT_LEN="${OUTPUT_LEN:-64}"
 TTFT_PROMPTS="${TTFT_PROMPTS:-16}"
-REPEATS="${REPEATS:-2}"
+REPEATS="${REPEATS:-4}"
 KILN_BIN="${KILN_BIN:-target/release/kiln}"
 PORT="${PORT:-18090}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-300}"
@@ -95,14 +94,16 @@ bench() {
         --json "$OUT_DIR/$name.json" | tee "$OUT_DIR/$name.txt"
 }
 
-# Free and constrained runs alternate, REPEATS times each (fresh prompts every
-# run); the best run of each kind is compared, so a moment of load from
-# elsewhere on the machine does not decide the figure.
+# Free and constrained runs come in pairs, REPEATS pairs (fresh prompts every
+# run), in the order free-constrained, constrained-free, ... so that a drift
+# of the machine's speed during the runs does not favour either kind; each
+# pair gives a ratio and the median ratio is the figure.
 for r in $(seq 1 "$REPEATS"); do
-    bench free-c"$CONCURRENCY"-$r $((10 * r + 1)) "$CONCURRENCY" "$NUM_PROMPTS" "$OUTPUT_LEN" 1
-    bench json-c"$CONCURRENCY"-$r $((10 * r + 2)) "$CONCURRENCY" "$NUM_PROMPTS" "$OUTPUT_LEN" 1 "$OUT_DIR/array.schema.json"
-    bench free-ttft-$r $((10 * r + 3)) 1 "$TTFT_PROMPTS" 16 1
-    bench json-ttft-$r $((10 * r + 4)) 1 "$TTFT_PROMPTS" 16 1 "$OUT_DIR/props50.schema.json"
+    free_run() { bench free-c"$CONCURRENCY"-$r $((10 * r + 1)) "$CONCURRENCY" "$NUM_PROMPTS" "$OUTPUT_LEN" 1; }
+    json_run() { bench json-c"$CONCURRENCY"-$r $((10 * r + 2)) "$CONCURRENCY" "$NUM_PROMPTS" "$OUTPUT_LEN" 1 "$OUT_DIR/array.schema.json"; }
+    free_ttft() { bench free-ttft-$r $((10 * r + 3)) 1 "$TTFT_PROMPTS" 16 1; }
+    json_ttft() { bench json-ttft-$r $((10 * r + 4)) 1 "$TTFT_PROMPTS" 16 1 "$OUT_DIR/props50.schema.json"; }
+    if (( r % 2 )); then free_run; json_run; free_ttft; json_ttft; else json_run; free_run; json_ttft; free_ttft; fi
 done
 # A schema the server has not compiled yet: the first request pays for it.
 python3 - "$OUT_DIR" <<'EOF'
@@ -118,21 +119,32 @@ bench free-ttft-single 6 1 1 16 0
 stop_server
 
 python3 - "$OUT_DIR" "$CONCURRENCY" "$REPEATS" <<'EOF'
-import json, sys
+import json, statistics, sys
 out, conc, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def run(name):
     r = json.load(open(f"{out}/{name}.json"))["runs"][0]
     if r["failed"] or r["short_outputs"]:
         sys.exit(f"{name}: {r['failed']} failed, {r['short_outputs']} short outputs: {r['errors'][:3]}")
     return r
-def best(kind, key):
-    runs = [run(f"{kind}-{i}") for i in range(1, repeats + 1)]
-    return max(r["output_throughput"] for r in runs) if key == "tput" else min(r["ttft_ms"]["p50"] for r in runs)
-free, constrained = best(f"free-c{conc}", "tput"), best(f"json-c{conc}", "tput")
-t0, t1 = best("free-ttft", "ttft"), best("json-ttft", "ttft")
+def pairs(kind, key):
+    """Per pair, (free, constrained) figures."""
+    out = []
+    for i in range(1, repeats + 1):
+        a, b = run(f"free-{kind}-{i}"), run(f"json-{kind}-{i}")
+        out.append((a["output_throughput"], b["output_throughput"]) if key == "tput"
+                   else (a["ttft_ms"]["p50"], b["ttft_ms"]["p50"]))
+    return out
+tput = pairs(f"c{conc}", "tput")
+ttft = pairs("ttft", "ttft")
+share = statistics.median(b / a for a, b in tput)
+growth = statistics.median(b - a for a, b in ttft)
+free, constrained = statistics.median(a for a, _ in tput), statistics.median(b for _, b in tput)
+t0, t1 = statistics.median(a for a, _ in ttft), statistics.median(b for _, b in ttft)
 cold, single = run("json-ttft-cold")["ttft_ms"]["p50"], run("free-ttft-single")["ttft_ms"]["p50"]
-print(f"\n| measure (best of {repeats}) | free | JSON Schema | figure |\n|---|---|---|---|")
-print(f"| output tok/s at {conc} concurrent | {free:.1f} | {constrained:.1f} | {100 * constrained / free:.1f}% of free |")
-print(f"| TTFT p50, 50-property schema (compiled) | {t0:.1f} ms | {t1:.1f} ms | {t1 - t0:+.1f} ms |")
+print(f"\n| measure (median of {repeats} pairs) | free | JSON Schema | figure |\n|---|---|---|---|")
+print(f"| output tok/s at {conc} concurrent | {free:.1f} | {constrained:.1f} | {100 * share:.1f}% of free |")
+print(f"| TTFT p50, 50-property schema (compiled) | {t0:.1f} ms | {t1:.1f} ms | {growth:+.1f} ms |")
 print(f"| TTFT, 50-property schema first seen (one request each) | {single:.1f} ms | {cold:.1f} ms | {cold - single:+.1f} ms |")
+print("pairs, output tok/s (free, JSON Schema): " + ", ".join(f"({a:.1f}, {b:.1f})" for a, b in tput)
+      + f"; lowest share {100 * min(b / a for a, b in tput):.1f}%")
 EOF
