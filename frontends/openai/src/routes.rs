@@ -226,11 +226,14 @@ pub fn render_chat(handle: &EngineHandle, plan: &convert::ChatPlan) -> Result<St
     Ok(rendered)
 }
 
-async fn run_chat(st: &AppState, req: ChatRequest, rid: RequestId) -> Result<Response, ApiError> {
-    let plan = convert::chat_plan(&req)?;
-    let tools = st.tool_responder(&plan.tools, &rid)?;
-    let prompt = render_chat(&st.handle, &plan).map_err(|e| st.engine_error(&e))?;
-    let meta = st.meta("chatcmpl", req.model.as_deref(), &rid);
+/// The engine request of a chat plan over its rendered prompt: special
+/// tokens stay in the text when the tool-call parser reads them.
+pub(crate) fn chat_engine_request(
+    plan: &convert::ChatPlan,
+    tools: &ToolResponder,
+    prompt: String,
+    rid: &RequestId,
+) -> kiln_protocol::GenerateRequest {
     let mut request = plan.request.clone();
     if let ToolExtraction::Parse(parser) = &tools.extraction
         && parser.needs_special_tokens()
@@ -239,7 +242,15 @@ async fn run_chat(st: &AppState, req: ChatRequest, rid: RequestId) -> Result<Res
     }
     request.prompt = PromptInput::Text(prompt);
     request.tag = Some(rid.0.clone());
-    let stream = st.submit(request)?;
+    request
+}
+
+async fn run_chat(st: &AppState, req: ChatRequest, rid: RequestId) -> Result<Response, ApiError> {
+    let plan = convert::chat_plan(&req)?;
+    let tools = st.tool_responder(&plan.tools, &rid)?;
+    let prompt = render_chat(&st.handle, &plan).map_err(|e| st.engine_error(&e))?;
+    let meta = st.meta("chatcmpl", req.model.as_deref(), &rid);
+    let stream = st.submit(chat_engine_request(&plan, &tools, prompt, &rid))?;
     match plan.stream {
         StreamMode::On {
             include_usage,

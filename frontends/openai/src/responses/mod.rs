@@ -21,11 +21,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use kiln_http::stream::Framing;
 use kiln_http::{ApiError, ApiJson, OpenAiDialect, RequestId, collect, stream_response};
-use kiln_protocol::{EngineError, PromptInput};
+use kiln_protocol::EngineError;
 
 use crate::convert::{self, StreamMode};
-use crate::routes::{AppState, OpenAiState, render_chat, request_id};
-use crate::tools::ToolExtraction;
+use crate::routes::{AppState, OpenAiState, chat_engine_request, render_chat, request_id};
 use output::{ResponseEcho, ResponseUsage, output_items, split_output, status_of, usage_json};
 use request::{ResponsesRequest, chat_request, responses_param};
 use stream::ResponseStream;
@@ -50,15 +49,9 @@ async fn run(st: &AppState, req: ResponsesRequest, rid: RequestId) -> Result<Res
     let prompt = render_chat(&st.handle, &plan).map_err(|e| st.engine_error(&e))?;
     let meta = st.meta("resp", req.model.as_deref(), &rid);
     let echo = ResponseEcho::new(&req, &rid.0, meta.created, meta.model);
-    let mut request = plan.request.clone();
-    if let ToolExtraction::Parse(parser) = &tools.extraction
-        && parser.needs_special_tokens()
-    {
-        request.stopping.skip_special_tokens = false;
-    }
-    request.prompt = PromptInput::Text(prompt);
-    request.tag = Some(rid.0.clone());
-    let stream = st.submit(request).map_err(responses_param)?;
+    let stream = st
+        .submit(chat_engine_request(&plan, &tools, prompt, &rid))
+        .map_err(responses_param)?;
     if let StreamMode::On { .. } = plan.stream {
         let prompt_tokens = stream.prompt_token_ids().len() as u32;
         return Ok(stream_response(
