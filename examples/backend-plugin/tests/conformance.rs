@@ -52,10 +52,11 @@ fn the_conformance_suite_passes_and_skips_only_what_it_declines() {
             .iter()
             .any(|op| c.starts_with(op))
     };
-    // Every quantized linear case (GGUF block types) is declined too.
+    // Every quantized linear case (GGUF block types, FP8) is declined too.
     let declined = |c: &&str| {
         c.starts_with("linear q")
             || c.starts_with("linear iq")
+            || c.starts_with("linear fp8")
             || c.contains("q8_0")
             || c.starts_with("sample")
             || family_op(c)
