@@ -2,26 +2,15 @@
 //! the SSE event order and sequence numbers, structured outputs and tool
 //! calls through the chat machinery, and errors in OpenAI's shape.
 
+mod common;
+
 use kiln_frontend_openai::OpenAiFrontend;
 use kiln_http::testing::ScriptedConfig;
 use kiln_http::testing::app::{TestApp, TestResponse, golden_config};
-use kiln_http::tool_calls::ToolCallSettings;
 use serde_json::{Value, json};
 
 fn app() -> TestApp {
-    let mut config = golden_config();
-    config.tool_calls = ToolCallSettings {
-        parser: None,
-        auto_tool_choice: true,
-    };
-    TestApp::new(
-        ScriptedConfig {
-            max_model_len: 1024,
-            ..ScriptedConfig::default()
-        },
-        config,
-        &[Box::new(OpenAiFrontend)],
-    )
+    common::tool_calling_app()
 }
 
 async fn create(app: &TestApp, body: Value) -> TestResponse {

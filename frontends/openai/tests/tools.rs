@@ -2,26 +2,15 @@
 //! calls follow the tool's schema, auto calls are parsed from scripted
 //! output, and both come back in OpenAI's JSON and SSE shapes.
 
+mod common;
+
 use kiln_frontend_openai::OpenAiFrontend;
 use kiln_http::testing::ScriptedConfig;
 use kiln_http::testing::app::{TestApp, golden_config};
-use kiln_http::tool_calls::ToolCallSettings;
 use serde_json::{Value, json};
 
 fn app() -> TestApp {
-    let mut config = golden_config();
-    config.tool_calls = ToolCallSettings {
-        parser: None,
-        auto_tool_choice: true,
-    };
-    TestApp::new(
-        ScriptedConfig {
-            max_model_len: 1024,
-            ..ScriptedConfig::default()
-        },
-        config,
-        &[Box::new(OpenAiFrontend)],
-    )
+    common::tool_calling_app()
 }
 
 fn weather_tool() -> Value {
