@@ -9,8 +9,9 @@ use std::path::Path;
 use kiln_engine::load_model;
 use kiln_tests::{cpu_config, fixtures, greedy, json_ids, last_logits, start};
 
-/// Held while a test measures `held_weight_bytes`, a process-wide count
-/// that a model loading in a parallel test would otherwise move.
+/// Held by a test for as long as it has models loaded while it measures
+/// `held_weight_bytes`, a process-wide count that a model loading or
+/// dropped in a parallel test would otherwise move.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Largest last-position logit change `--quantization fp8` may make on
@@ -39,13 +40,14 @@ fn int8_at_load_halves_linear_weights_and_stays_close() {
     .unwrap();
     let prompts = v["prompts"].as_array().unwrap();
 
-    let measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    // Held to the end: the models loaded here must also be dropped before
+    // another test measures.
+    let _measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let before = kiln_backend_cpu::held_weight_bytes();
     let mut f16 = load_model(&config(&gguf, false)).unwrap();
     let f16_bytes = kiln_backend_cpu::held_weight_bytes() - before;
     let mut int8 = load_model(&config(&gguf, true)).unwrap();
     let int8_bytes = kiln_backend_cpu::held_weight_bytes() - before - f16_bytes;
-    drop(measuring);
     eprintln!("weights held: F16 {f16_bytes} bytes, int8 at load {int8_bytes} bytes");
     // The Linear layers shrink from 2 to 34/32 bytes per weight; the
     // embeddings and LM head stay F16.
@@ -142,13 +144,14 @@ fn fp8_at_load_quarters_linear_weights_and_stays_close() {
         c.quantization = fp8.then(|| "fp8".to_string());
         c
     };
-    let measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    // Held to the end: the models loaded here must also be dropped before
+    // another test measures.
+    let _measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let before = kiln_backend_cpu::held_weight_bytes();
     let mut f32_model = load_model(&fp8_config(false)).unwrap();
     let f32_bytes = kiln_backend_cpu::held_weight_bytes() - before;
     let mut fp8_model = load_model(&fp8_config(true)).unwrap();
     let fp8_bytes = kiln_backend_cpu::held_weight_bytes() - before - f32_bytes;
-    drop(measuring);
     eprintln!("weights held: f32 {f32_bytes} bytes, fp8 at load {fp8_bytes} bytes");
     let (h, i, kv) = (
         spec.hidden,
