@@ -98,6 +98,16 @@ struct Partial {
     finished: Option<Finished>,
 }
 
+impl Collected {
+    /// The request's first sequence; a finished request without one is an
+    /// engine bug, reported as an internal error.
+    pub fn first_sequence(&self) -> Result<&SequenceOutput, EngineError> {
+        self.sequences
+            .first()
+            .ok_or_else(|| EngineError::Internal("the engine returned no sequence".into()))
+    }
+}
+
 /// Folds [`TokenEvent`]s into per-sequence outputs (pure).
 #[derive(Debug, Default)]
 pub struct Collector {

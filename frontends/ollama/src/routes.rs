@@ -15,7 +15,7 @@ use kiln_http::{
     ApiError, ApiJson, Dialect, DialectState, HttpConfig, OllamaDialect, RequestId, collect,
     stream_response,
 };
-use kiln_protocol::{EngineError, GenerateRequest, PromptInput, TokenId};
+use kiln_protocol::{GenerateRequest, PromptInput, TokenId};
 use serde_json::{Value, json};
 
 use crate::convert::{self, KeepAlive, PromptPlan, Unsupported};
@@ -337,11 +337,9 @@ async fn answer(st: &AppState, p: Prepared) -> Result<Response, ApiError> {
     let collected = collect(stream, st.config.clock.as_ref())
         .await
         .map_err(|e| st.engine_error(&e))?;
-    let Some(seq) = collected.sequences.first() else {
-        return Err(st.engine_error(&EngineError::Internal(
-            "the engine returned no sequence".into(),
-        )));
-    };
+    let seq = collected
+        .first_sequence()
+        .map_err(|e| st.engine_error(&e))?;
     if crate::response::done_reason(&seq.finished).is_none() {
         return Err(aborted(&seq.finished));
     }

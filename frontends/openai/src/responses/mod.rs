@@ -21,7 +21,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use kiln_http::stream::Framing;
 use kiln_http::{ApiError, ApiJson, OpenAiDialect, RequestId, collect, stream_response};
-use kiln_protocol::EngineError;
 
 use crate::convert::{self, StreamMode};
 use crate::routes::{AppState, OpenAiState, chat_engine_request, render_chat, request_id};
@@ -63,11 +62,9 @@ async fn run(st: &AppState, req: ResponsesRequest, rid: RequestId) -> Result<Res
     let collected = collect(stream, st.config.clock.as_ref())
         .await
         .map_err(|e| st.engine_error(&e))?;
-    let Some(seq) = collected.sequences.first() else {
-        return Err(st.engine_error(&EngineError::Internal(
-            "the engine returned no sequence".into(),
-        )));
-    };
+    let seq = collected
+        .first_sequence()
+        .map_err(|e| st.engine_error(&e))?;
     let status = status_of(&seq.finished);
     let (content, calls) = split_output(&tools, &seq.text);
     let items = output_items(&echo, content.as_deref(), &calls, status);
