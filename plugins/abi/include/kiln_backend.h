@@ -234,7 +234,8 @@ typedef uint32_t KilnWeightFormat;
 // Role of one part of a weight.
 typedef uint32_t KilnPartRole;
 
-// Kind of device.
+// What hardware a device is (`KILN_DEVICE_*`); the host picks defaults
+// from it, such as f32 activations on a CPU.
 typedef uint32_t KilnDeviceKind;
 
 // Static facts about one device.
@@ -309,7 +310,7 @@ typedef struct KilnWeightDesc {
   uint64_t rows;
   // Input features.
   uint64_t cols;
-  // The parts.
+  // `n_parts` parts in host memory, valid only during `prepare_weight`.
   const struct KilnWeightPart *parts;
   // Number of parts.
   uint32_t n_parts;
@@ -374,7 +375,8 @@ typedef struct KilnDeviceVtable {
   KilnStatus (*memory_info)(void *dev, uint64_t *free, uint64_t *total);
   // Allocate `bytes` of device memory, zero-filled.
   KilnStatus (*alloc_buffer)(void *dev, uint64_t bytes, KilnBuffer *out);
-  // Free a buffer.
+  // Free a buffer from `alloc_buffer`; the handle is dead afterwards.
+  // Returns no status: the host treats the buffer as gone either way.
   void (*free_buffer)(void *dev, KilnBuffer buf);
   // Copy `len` bytes from host memory into the buffer at `offset` (host → device).
   KilnStatus (*write_buffer)(void *dev, KilnBuffer buf, uint64_t offset, const uint8_t *src, uint64_t len);
@@ -619,16 +621,18 @@ typedef const char *(*KilnLastErrorFn)(void);
 // The main data (raw blocks, packed ints or plain values).
 #define KILN_PART_DATA 0
 
-// Scales.
+// Dequantization scales, per row or per group (shape and dtype per format).
 #define KILN_PART_SCALES 1
 
-// Zero points.
+// Zero points, one per scale (packed in GPTQ/AWQ `qzeros`, u8 in
+// `KILN_WEIGHT_INT_GROUPS`).
 #define KILN_PART_ZEROS 2
 
 // Group index per input channel (GPTQ act-order).
 #define KILN_PART_GROUP_INDEX 3
 
-// A CPU.
+// The host's own processor (buffers usually in host memory, see
+// `KILN_CAP_HOST_MEMORY`).
 #define KILN_DEVICE_CPU 0
 
 // A discrete or integrated GPU.

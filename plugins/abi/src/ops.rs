@@ -1,5 +1,6 @@
-//! Operation codes and their slot layouts. [`views`] holds one typed view
-//! per operation (`encode` for the host, `decode` for backends); the
+//! Operation codes and their slot layouts. `views` (re-exported here)
+//! holds one typed view per operation, such as [`Linear`] (`encode` for
+//! the host, `decode` for backends), and [`Op`] decodes any of them; the
 //! builder functions below are shorthands for `View { .. }.encode()`.
 //!
 //! Activations are row-major `[rows, features]` tensors in the device's

@@ -327,7 +327,8 @@ pub struct WeightSpec<'a> {
     pub group_size: u32,
     /// `KILN_WEIGHT_FLAG_*`.
     pub flags: u32,
-    /// The parts.
+    /// Data, scales, zero points and so on, as the format requires
+    /// (`KILN_WEIGHT_*` lists them); borrowed only for the upload.
     pub parts: Vec<WeightPartSpec<'a>>,
 }
 

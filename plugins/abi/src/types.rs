@@ -160,16 +160,19 @@ pub const KILN_WEIGHT_NONE: KilnWeightFormat = u32::MAX;
 pub type KilnPartRole = u32;
 /// The main data (raw blocks, packed ints or plain values).
 pub const KILN_PART_DATA: KilnPartRole = 0;
-/// Scales.
+/// Dequantization scales, per row or per group (shape and dtype per format).
 pub const KILN_PART_SCALES: KilnPartRole = 1;
-/// Zero points.
+/// Zero points, one per scale (packed in GPTQ/AWQ `qzeros`, u8 in
+/// [`KILN_WEIGHT_INT_GROUPS`]).
 pub const KILN_PART_ZEROS: KilnPartRole = 2;
 /// Group index per input channel (GPTQ act-order).
 pub const KILN_PART_GROUP_INDEX: KilnPartRole = 3;
 
-/// Kind of device.
+/// What hardware a device is (`KILN_DEVICE_*`); the host picks defaults
+/// from it, such as f32 activations on a CPU.
 pub type KilnDeviceKind = u32;
-/// A CPU.
+/// The host's own processor (buffers usually in host memory, see
+/// [`KILN_CAP_HOST_MEMORY`]).
 pub const KILN_DEVICE_CPU: KilnDeviceKind = 0;
 /// A discrete or integrated GPU.
 pub const KILN_DEVICE_GPU: KilnDeviceKind = 1;
@@ -312,7 +315,8 @@ pub struct KilnDeviceVtable {
     /// Allocate `bytes` of device memory, zero-filled.
     pub alloc_buffer:
         unsafe extern "C" fn(dev: *mut c_void, bytes: u64, out: *mut KilnBuffer) -> KilnStatus,
-    /// Free a buffer.
+    /// Free a buffer from `alloc_buffer`; the handle is dead afterwards.
+    /// Returns no status: the host treats the buffer as gone either way.
     pub free_buffer: unsafe extern "C" fn(dev: *mut c_void, buf: KilnBuffer),
     /// Copy `len` bytes from host memory into the buffer at `offset` (host → device).
     pub write_buffer: unsafe extern "C" fn(
@@ -416,7 +420,7 @@ pub struct KilnWeightDesc {
     pub rows: u64,
     /// Input features.
     pub cols: u64,
-    /// The parts.
+    /// `n_parts` parts in host memory, valid only during `prepare_weight`.
     pub parts: *const KilnWeightPart,
     /// Number of parts.
     pub n_parts: u32,
