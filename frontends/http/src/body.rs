@@ -184,9 +184,17 @@ pub fn parse_json(dialect: Dialect, bytes: &[u8]) -> Result<Value, ApiError> {
 /// Deserializes a parsed body into `T`; a wrong type or a missing field is
 /// the dialect's error naming the field's dotted path.
 pub fn from_value<T: DeserializeOwned>(dialect: Dialect, value: Value) -> Result<T, ApiError> {
+    let object = value.as_object().cloned();
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
         let inner = e.into_inner();
+        if path == "."
+            && let Some(key) = object
+                .as_ref()
+                .and_then(|o| flattened_culprit::<T>(o, &inner.to_string()))
+        {
+            path = key;
+        }
         let located = if path == "." {
             inner.to_string()
         } else {
@@ -206,6 +214,31 @@ pub fn from_value<T: DeserializeOwned>(dialect: Dialect, value: Value) -> Result
             (_, Some(field)) => error.with_param(format!("{path}.{field}")),
             (_, None) => error.with_param(path),
         }
+    })
+}
+
+/// serde reports an error inside a `#[serde(flatten)]` field at the root
+/// (`.`), without the key. The key at fault is the one whose removal lets
+/// `T` deserialize, or changes the error to anything but that key missing.
+/// Runs on the error path only, once per top-level key.
+fn flattened_culprit<T: DeserializeOwned>(
+    object: &serde_json::Map<String, Value>,
+    message: &str,
+) -> Option<String> {
+    if message.starts_with("missing field `") {
+        return None;
+    }
+    object.keys().find_map(|key| {
+        let mut without = object.clone();
+        without.remove(key);
+        let blamed = match serde_json::from_value::<T>(Value::Object(without)) {
+            Ok(_) => true,
+            Err(e) => {
+                let other = e.to_string();
+                other != message && missing_field(&other) != Some(key.as_str())
+            }
+        };
+        blamed.then(|| key.clone())
     })
 }
 
@@ -312,6 +345,30 @@ mod tests {
         let nested = from_value::<Req>(Dialect::Ollama, serde_json::json!({"n": 1, "inner": {}}))
             .unwrap_err();
         assert_eq!(nested.param.as_deref(), Some("inner.x"));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Outer {
+        n: u32,
+        #[serde(flatten)]
+        shared: Shared,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Shared {
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+    }
+
+    #[test]
+    fn wrong_types_inside_flattened_fields_name_the_key() {
+        let body = serde_json::json!({"n": 1, "temperature": 0.5, "top_p": "high"});
+        let e = from_value::<Outer>(Dialect::OpenAi, body).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_p"));
+        assert!(e.message.contains("`top_p`: invalid type"), "{}", e.message);
+        let missing = from_value::<Outer>(Dialect::OpenAi, serde_json::json!({"top_p": 1.0}));
+        assert_eq!(missing.unwrap_err().param.as_deref(), Some("n"));
     }
 
     #[tokio::test]
