@@ -9,7 +9,9 @@ use kiln_protocol::{
 };
 use serde_json::{Value, json};
 
-use crate::request::{ChatMessageIn, ChatRequest, CompletionRequest, StreamOptions, VllmExtras};
+use crate::request::{
+    ChatMessageIn, ChatRequest, CompletionRequest, SamplingFields, StreamOptions, VllmExtras,
+};
 use crate::structured::structured_output;
 use crate::tools::{ToolPlan, chat_tools, check_tool_message, template_tool_calls};
 use kiln_http::tool_calls::forced_calls_constraint;
@@ -142,74 +144,48 @@ pub fn parse_truncation(value: Option<i64>, max_model_len: u32) -> Result<Option
     }
 }
 
-/// The scalar knobs both endpoints share.
-#[derive(Debug, Clone, Copy)]
-pub struct Knobs<'a> {
-    /// `temperature`.
-    pub temperature: Option<f32>,
-    /// `top_p`.
-    pub top_p: Option<f32>,
-    /// `n`.
-    pub n: Option<u32>,
-    /// `seed`.
-    pub seed: Option<i64>,
-    /// `presence_penalty`.
-    pub presence_penalty: Option<f32>,
-    /// `frequency_penalty`.
-    pub frequency_penalty: Option<f32>,
-    /// `logit_bias`.
-    pub logit_bias: Option<&'a BTreeMap<String, f32>>,
-    /// `stop`.
-    pub stop: Option<&'a Value>,
-    /// Top alternatives per token, when log-probabilities are wanted.
-    pub logprobs: Option<u32>,
-    /// Resolved `max_tokens` (`None`: the rest of the context).
-    pub max_tokens: Option<u32>,
-    /// vLLM extras.
-    pub extra: &'a VllmExtras,
-    /// Chat's `response_format` (`None` on completions).
-    pub response_format: Option<&'a Value>,
-}
-
-/// Sampling and stopping parameters (the prompt is filled in later).
+/// The engine request a chat or completions body asks for, before the
+/// prompt, `logprobs` and `max_tokens` (which the endpoints spell
+/// differently) are filled in; `response_format` is chat's.
 pub fn generate_request(
-    k: &Knobs<'_>,
+    fields: &SamplingFields,
+    extra: &VllmExtras,
+    response_format: Option<&Value>,
     add_special_tokens: bool,
 ) -> Result<GenerateRequest, ApiError> {
-    check_unsupported_extras(k.extra)?;
+    check_unsupported_extras(extra)?;
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
-        n: k.n.unwrap_or(1),
-        temperature: k.temperature.unwrap_or(defaults.temperature),
-        top_k: parse_top_k(k.extra.top_k)?,
-        top_p: k.top_p.unwrap_or(defaults.top_p),
-        min_p: k.extra.min_p.unwrap_or(defaults.min_p),
-        repetition_penalty: k
-            .extra
+        n: fields.n.unwrap_or(1),
+        temperature: fields.temperature.unwrap_or(defaults.temperature),
+        top_k: parse_top_k(fields.top_k)?,
+        top_p: fields.top_p.unwrap_or(defaults.top_p),
+        min_p: fields.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: fields
             .repetition_penalty
             .unwrap_or(defaults.repetition_penalty),
-        presence_penalty: k.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: k.frequency_penalty.unwrap_or(0.0),
-        logit_bias: parse_logit_bias(k.logit_bias)?,
-        seed: k.seed.map(|s| s as u64),
-        logprobs: k.logprobs,
-        prompt_logprobs: parse_prompt_logprobs(k.extra.prompt_logprobs.as_ref())?,
-        structured: structured_output(k.response_format, k.extra)?,
+        presence_penalty: fields.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
+        logit_bias: parse_logit_bias(fields.logit_bias.as_ref())?,
+        seed: fields.seed.map(|s| s as u64),
+        logprobs: None,
+        prompt_logprobs: parse_prompt_logprobs(extra.prompt_logprobs.as_ref())?,
+        structured: structured_output(response_format, extra)?,
     };
     let stopping = StoppingCriteria {
-        max_tokens: k.max_tokens,
-        min_tokens: k.extra.min_tokens.unwrap_or(0),
-        stop: parse_stop(k.stop)?,
-        stop_token_ids: k.extra.stop_token_ids.clone().unwrap_or_default(),
-        ignore_eos: k.extra.ignore_eos.unwrap_or(false),
-        include_stop_str_in_output: k.extra.include_stop_str_in_output.unwrap_or(false),
-        skip_special_tokens: k.extra.skip_special_tokens.unwrap_or(true),
+        max_tokens: None,
+        min_tokens: extra.min_tokens.unwrap_or(0),
+        stop: parse_stop(fields.stop.as_ref())?,
+        stop_token_ids: extra.stop_token_ids.clone().unwrap_or_default(),
+        ignore_eos: extra.ignore_eos.unwrap_or(false),
+        include_stop_str_in_output: extra.include_stop_str_in_output.unwrap_or(false),
+        skip_special_tokens: extra.skip_special_tokens.unwrap_or(true),
     };
     Ok(GenerateRequest {
         prompt: PromptInput::default(),
         sampling,
         stopping,
-        add_special_tokens: k.extra.add_special_tokens.unwrap_or(add_special_tokens),
+        add_special_tokens: extra.add_special_tokens.unwrap_or(add_special_tokens),
         tag: None,
     })
 }
@@ -308,7 +284,7 @@ pub fn completion_plan(
             "`suffix` (fill-in-the-middle) is not supported: remove it",
         ));
     }
-    let n = req.n.unwrap_or(1);
+    let n = req.sampling.n.unwrap_or(1);
     let best_of = match req.best_of {
         Some(b) if b < n => {
             return Err(bad(
@@ -336,21 +312,9 @@ pub fn completion_plan(
         }
     };
     let echo = req.echo.unwrap_or(false);
-    let knobs = Knobs {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        n: req.n,
-        seed: req.seed,
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.as_ref(),
-        stop: req.stop.as_ref(),
-        logprobs,
-        max_tokens: Some(req.max_tokens.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS)),
-        extra: &req.extra,
-        response_format: None,
-    };
-    let mut request = generate_request(&knobs, true)?;
+    let mut request = generate_request(&req.sampling, &req.extra, None, true)?;
+    request.sampling.logprobs = logprobs;
+    request.stopping.max_tokens = Some(req.max_tokens.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS));
     if let Some(b) = best_of {
         // Rank the `best_of` sequences by their tokens' log-probabilities.
         request.sampling.n = b;
@@ -494,27 +458,20 @@ pub fn chat_plan(req: &ChatRequest) -> Result<ChatPlan, ApiError> {
         ));
     }
     let messages = template_messages(&req.messages)?;
-    let knobs = Knobs {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        n: req.n,
-        seed: req.seed,
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.as_ref(),
-        stop: req.stop.as_ref(),
-        logprobs: top_logprobs,
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        extra: &req.extra,
-        response_format: req.response_format.as_ref(),
-    };
     if parse_truncation(req.extra.truncate_prompt_tokens, u32::MAX)?.is_some() {
         return Err(bad(
             "truncate_prompt_tokens",
             "`truncate_prompt_tokens` is supported on /v1/completions only",
         ));
     }
-    let mut request = generate_request(&knobs, false)?;
+    let mut request = generate_request(
+        &req.sampling,
+        &req.extra,
+        req.response_format.as_ref(),
+        false,
+    )?;
+    request.sampling.logprobs = top_logprobs;
+    request.stopping.max_tokens = req.max_completion_tokens.or(req.max_tokens);
     if let ToolPlan::Forced(forced) = &tools.plan {
         if request.sampling.structured.is_some() {
             return Err(bad(

@@ -16,15 +16,10 @@ pub struct StreamOptions {
     pub continuous_usage_stats: Option<bool>,
 }
 
-/// vLLM's extra sampling and output parameters, accepted on both endpoints.
+/// vLLM's extra stopping, prompt and output parameters, accepted on both
+/// endpoints (its extra sampling parameters are in [`SamplingFields`]).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct VllmExtras {
-    /// Keep the `top_k` most likely tokens; 0 or -1: off.
-    pub top_k: Option<i64>,
-    /// Minimum probability relative to the most likely token.
-    pub min_p: Option<f32>,
-    /// HF-style repetition penalty (1.0: off).
-    pub repetition_penalty: Option<f32>,
     /// EOS and stop tokens are ignored before this many tokens.
     pub min_tokens: Option<u32>,
     /// Keep generating past EOS.
@@ -41,7 +36,8 @@ pub struct VllmExtras {
     pub use_beam_search: Option<bool>,
     /// Keep only the last N prompt tokens (-1: the context length).
     pub truncate_prompt_tokens: Option<i64>,
-    /// Prompt log-probabilities (not supported: rejected when set).
+    /// Log-probabilities of the prompt's tokens: null or the number of
+    /// alternatives per token (0..=20).
     pub prompt_logprobs: Option<Value>,
     /// Whether to add the tokenizer's special tokens (BOS) to the prompt.
     pub add_special_tokens: Option<bool>,
@@ -57,6 +53,37 @@ pub struct VllmExtras {
     pub guided_grammar: Option<Value>,
 }
 
+/// The sampling fields (and `stop`) of chat, completions and Responses,
+/// OpenAI's and vLLM's: flattened into each body and read only by
+/// `convert::generate_request`. The one wire form of sampling parameters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SamplingFields {
+    /// Softmax temperature (0: greedy; default 1).
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass in (0, 1] (default 1: off).
+    pub top_p: Option<f32>,
+    /// Sequences per prompt (chat: choices).
+    pub n: Option<u32>,
+    /// Seed of the request's random stream (any i64; reinterpreted as u64).
+    pub seed: Option<i64>,
+    /// Subtracted from the logit of every token already generated, once.
+    pub presence_penalty: Option<f32>,
+    /// Subtracted from a generated token's logit once per occurrence.
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a decimal string) → bias added to its logit.
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// A stop string or a list of them.
+    pub stop: Option<Value>,
+    /// vLLM: keep the `top_k` most likely tokens; 0 or -1: off.
+    pub top_k: Option<i64>,
+    /// vLLM: drop tokens less likely than `min_p` × the most likely one's
+    /// probability (0..=1; 0: off).
+    pub min_p: Option<f32>,
+    /// vLLM: HF-style repetition penalty, dividing positive logits of
+    /// tokens seen in the prompt or output (1.0: off).
+    pub repetition_penalty: Option<f32>,
+}
+
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct CompletionRequest {
@@ -66,36 +93,23 @@ pub struct CompletionRequest {
     pub prompt: Option<Value>,
     /// Most new tokens (default 16).
     pub max_tokens: Option<u32>,
-    /// Sampling temperature (0: greedy).
-    pub temperature: Option<f32>,
-    /// Nucleus sampling mass.
-    pub top_p: Option<f32>,
-    /// Completions per prompt.
-    pub n: Option<u32>,
     /// Stream SSE chunks.
     pub stream: Option<bool>,
     /// Streaming options (only with `stream: true`).
     pub stream_options: Option<StreamOptions>,
-    /// A stop string or a list of them.
-    pub stop: Option<Value>,
-    /// Sampling seed.
-    pub seed: Option<i64>,
     /// Prepend the prompt to the output.
     pub echo: Option<bool>,
     /// Top log-probabilities per token (0..=20).
     pub logprobs: Option<i64>,
-    /// Token id (as a string) → bias.
-    pub logit_bias: Option<BTreeMap<String, f32>>,
-    /// OpenAI presence penalty.
-    pub presence_penalty: Option<f32>,
-    /// OpenAI frequency penalty.
-    pub frequency_penalty: Option<f32>,
     /// Insertion suffix (not supported: rejected when set).
     pub suffix: Option<String>,
     /// Candidates per prompt (only `n` is supported).
     pub best_of: Option<u32>,
     /// Accepted and ignored.
     pub user: Option<String>,
+    /// Sampling parameters and `stop`.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     /// vLLM extras.
     #[serde(flatten)]
     pub extra: VllmExtras,
@@ -128,30 +142,14 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Most new tokens (default: the rest of the context).
     pub max_completion_tokens: Option<u32>,
-    /// Sampling temperature (0: greedy).
-    pub temperature: Option<f32>,
-    /// Nucleus sampling mass.
-    pub top_p: Option<f32>,
-    /// Choices.
-    pub n: Option<u32>,
     /// Stream SSE chunks.
     pub stream: Option<bool>,
     /// Streaming options (only with `stream: true`).
     pub stream_options: Option<StreamOptions>,
-    /// A stop string or a list of them.
-    pub stop: Option<Value>,
-    /// Sampling seed.
-    pub seed: Option<i64>,
     /// Return log-probabilities of the output tokens.
     pub logprobs: Option<bool>,
     /// Alternatives per token (0..=20, needs `logprobs`).
     pub top_logprobs: Option<u32>,
-    /// OpenAI presence penalty.
-    pub presence_penalty: Option<f32>,
-    /// OpenAI frequency penalty.
-    pub frequency_penalty: Option<f32>,
-    /// Token id (as a string) → bias.
-    pub logit_bias: Option<BTreeMap<String, f32>>,
     /// `text`, `json_object`, or `json_schema` with `{name, schema, strict}`.
     pub response_format: Option<Value>,
     /// Function tools the model may call.
@@ -172,6 +170,9 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     /// Not supported for chat (rejected when true).
     pub echo: Option<bool>,
+    /// Sampling parameters and `stop`.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     /// vLLM extras.
     #[serde(flatten)]
     pub extra: VllmExtras,

@@ -44,11 +44,11 @@ impl ResponseEcho {
             "parallel_tool_calls": req.parallel_tool_calls.unwrap_or(true),
             "previous_response_id": null,
             "store": false,
-            "temperature": req.temperature.unwrap_or(1.0),
+            "temperature": req.sampling.temperature.unwrap_or(1.0),
             "text": {"format": format},
             "tool_choice": req.tool_choice.clone().filter(|c| !c.is_null()).unwrap_or_else(|| json!("auto")),
             "tools": req.tools.clone().unwrap_or_default(),
-            "top_p": req.top_p.unwrap_or(1.0),
+            "top_p": req.sampling.top_p.unwrap_or(1.0),
             "truncation": "disabled",
             "user": req.user,
         });

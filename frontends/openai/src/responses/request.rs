@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use kiln_http::{ApiError, Dialect};
 
-use crate::request::{ChatMessageIn, ChatRequest, VllmExtras};
+use crate::request::{ChatMessageIn, ChatRequest, SamplingFields, VllmExtras};
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(Dialect::OpenAi, param, message)
@@ -33,10 +33,6 @@ pub struct ResponsesRequest {
     pub instructions: Option<String>,
     /// Most new tokens (default: the rest of the context).
     pub max_output_tokens: Option<u32>,
-    /// Sampling temperature (0: greedy).
-    pub temperature: Option<f32>,
-    /// Nucleus sampling mass.
-    pub top_p: Option<f32>,
     /// Stream SSE events.
     pub stream: Option<bool>,
     /// `{"format": {"type": "text" | "json_object" | "json_schema", ...}}`.
@@ -59,7 +55,10 @@ pub struct ResponsesRequest {
     pub background: Option<bool>,
     /// Echoed back.
     pub user: Option<String>,
-    /// vLLM extras (`top_k`, `min_p`, `repetition_penalty`, ...).
+    /// `temperature`, `top_p`, and vLLM's `top_k`, `min_p`, ... as in chat.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// vLLM extras (`stop_token_ids`, `ignore_eos`, ...).
     #[serde(flatten)]
     pub extra: VllmExtras,
 }
@@ -330,13 +329,18 @@ pub fn check_stateless(req: &ResponsesRequest) -> Result<(), ApiError> {
 /// The chat request that computes this response.
 pub fn chat_request(req: &ResponsesRequest) -> Result<ChatRequest, ApiError> {
     check_stateless(req)?;
+    if req.sampling.n.is_some_and(|n| n != 1) {
+        return Err(bad(
+            "n",
+            "a response has one output: remove `n` (or send several requests)",
+        ));
+    }
     let tools = req.tools.as_deref().map(chat_tools).transpose()?;
     Ok(ChatRequest {
         model: req.model.clone(),
         messages: chat_messages(req.instructions.as_deref(), req.input.as_ref())?,
         max_completion_tokens: req.max_output_tokens,
-        temperature: req.temperature,
-        top_p: req.top_p,
+        sampling: req.sampling.clone(),
         stream: req.stream,
         response_format: response_format(req.text.as_ref())?,
         tools: tools.filter(|t| !t.is_empty()),
@@ -375,6 +379,16 @@ mod tests {
 
     fn request(body: Value) -> Result<ChatRequest, ApiError> {
         chat_request(&serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn several_outputs_are_refused_and_vllm_sampling_reaches_chat() {
+        let user = json!("hi");
+        let e = request(json!({"input": user, "n": 2})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("n"));
+        let chat = request(json!({"input": user, "top_k": 5, "temperature": 0.5})).unwrap();
+        assert_eq!(chat.sampling.top_k, Some(5));
+        assert_eq!(chat.sampling.temperature, Some(0.5));
     }
 
     #[test]
