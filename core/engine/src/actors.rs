@@ -8,7 +8,7 @@
 //! | [`SamplerActor`] | `kiln_sampler::SamplerCore` | the engine arbiter |
 //! | [`RunnerActor`] | [`ModelRunner`] | its own thread (`SyncArbiter`): device work blocks |
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -21,9 +21,9 @@ use kiln_protocol::step::{
 };
 use kiln_protocol::{
     Embedding, EngineError, EngineEvent, FinishReason, RequestId, RequestMetrics, SeqId, StepStats,
-    TokenEvent, TokenId,
+    TokenEvent,
 };
-use kiln_sampler::{SamplerCore, SequenceGroup};
+use kiln_sampler::{SamplerCore, SequenceGroup, StepDraws};
 use kiln_scheduler::{BlockManager, NewRequest, Scheduler};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -206,17 +206,9 @@ impl Handler<Register> for SamplerActor {
     }
 }
 
-/// What the sampler returns for a step.
-pub struct SampleReply {
-    /// Tokens for the scheduler.
-    pub output: StepOutput,
-    /// The next device-side draw of each sequence that goes on.
-    pub next_rows: Vec<(SeqId, RowSampling)>,
-}
-
 /// Sample a step's logits.
 #[derive(Message)]
-#[rtype(result = "SampleReply")]
+#[rtype(result = "StepOutput")]
 pub struct Sample {
     /// The logits.
     pub logits: StepLogits,
@@ -237,10 +229,21 @@ impl Handler<Sample> for SamplerActor {
             let _ = self.events.send(EngineEvent::SequenceFinished(m));
         }
         self.route(result.events);
-        MessageResult(SampleReply {
-            output: result.output,
-            next_rows: result.next_rows,
-        })
+        MessageResult(result.output)
+    }
+}
+
+/// How to draw the rows of a planned step, given as `(sequence, samples)`:
+/// the device draws come from the sampler's state, so that the scheduler
+/// keeps none.
+#[derive(Message)]
+#[rtype(result = "StepDraws")]
+pub struct PlanDraws(pub Vec<(SeqId, u32)>);
+
+impl Handler<PlanDraws> for SamplerActor {
+    type Result = MessageResult<PlanDraws>;
+    fn handle(&mut self, msg: PlanDraws, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.step_draws(&msg.0))
     }
 }
 
@@ -315,10 +318,6 @@ pub struct SchedulerActor {
     next_seq: SeqId,
     arrivals: u64,
     last_alloc: StepAllocation,
-    sampling: DeviceSampling,
-    /// Sequences (forks not started yet included) of live requests with
-    /// structured outputs, and their request.
-    constrained: HashMap<SeqId, RequestId>,
     /// Embedding requests not answered yet, by request.
     embeddings: HashMap<RequestId, PendingEmbedding>,
 }
@@ -357,23 +356,6 @@ impl PendingEmbedding {
     }
 }
 
-/// What the scheduler actor keeps for device-side sampling: the next draw of
-/// every live sequence (built by the sampler's rules), handed to the runner
-/// with each plan.
-pub struct DeviceSampling {
-    /// False when the backend cannot sample (every row goes to the host sampler).
-    pub enabled: bool,
-    /// Whether device draws honour grammar masks; without, constrained
-    /// rows are drawn on the host.
-    pub masks: bool,
-    /// The model's EOS ids.
-    pub eos_token_ids: Vec<TokenId>,
-    /// `--seed`.
-    pub default_seed: Option<u64>,
-    /// Next draw per sequence.
-    pub rows: HashMap<SeqId, RowSampling>,
-}
-
 /// Construction parameters of [`SchedulerActor`].
 pub struct SchedulerParts {
     /// The pure scheduler.
@@ -388,8 +370,6 @@ pub struct SchedulerParts {
     pub clock: Clock,
     /// KV blocks in the pool (for usage before the first step).
     pub num_blocks: u32,
-    /// Device-side sampling state (empty `rows`).
-    pub sampling: DeviceSampling,
 }
 
 impl SchedulerActor {
@@ -409,8 +389,6 @@ impl SchedulerActor {
                 num_total_blocks: p.num_blocks,
                 ..Default::default()
             },
-            sampling: p.sampling,
-            constrained: HashMap::new(),
             embeddings: HashMap::new(),
         }
     }
@@ -459,20 +437,6 @@ impl SchedulerActor {
         }
     }
 
-    /// The plan's single-sample rows with a device-side draw (constrained
-    /// rows only when the device applies masks).
-    fn device_rows(&self, plan: &StepPlan) -> Vec<(SeqId, RowSampling)> {
-        if !self.sampling.enabled {
-            return Vec::new();
-        }
-        plan.seqs
-            .iter()
-            .filter(|s| s.num_samples == 1)
-            .filter(|s| self.sampling.masks || !self.constrained.contains_key(&s.seq_id))
-            .filter_map(|s| Some((s.seq_id, self.sampling.rows.get(&s.seq_id)?.clone())))
-            .collect()
-    }
-
     fn kick(&mut self, ctx: &mut Context<Self>) {
         if !self.in_flight {
             self.begin(ctx);
@@ -518,40 +482,14 @@ impl SchedulerActor {
             .map(|s| (s.seq_id, s.num_computed_tokens))
             .collect();
         let batched = plan.num_batched_tokens() as u32;
-        let mut sampling = self.device_rows(&plan);
-        let constrained: Vec<SeqId> = plan
-            .seqs
-            .iter()
-            .filter(|s| s.num_samples > 0 && self.constrained.contains_key(&s.seq_id))
-            .map(|s| s.seq_id)
-            .collect();
-        if !constrained.is_empty() {
-            let (deferred, now): (Vec<_>, Vec<_>) = sampling
-                .into_iter()
-                .partition(|(seq, _)| self.constrained.contains_key(seq));
-            sampling = now;
-            let actors = (self.peers.runner.clone(), self.peers.sampler.clone());
-            let step = run_with_masks(actors, plan, sampling, deferred, constrained);
-            ctx.spawn(step.into_actor(self).map(move |res, act, ctx| match res {
-                Ok(logits) => act.sample(logits, scheduled, batched, started, ctx),
-                Err(StepError::Device(message)) => act.step_failed(message, ctx),
-                Err(StepError::Stopped(message)) => act.fatal(message),
-            }));
-            return;
-        }
+        let actors = (self.peers.runner.clone(), self.peers.sampler.clone());
         ctx.spawn(
-            self.peers
-                .runner
-                .send(Execute {
-                    plan,
-                    sampling,
-                    deferred: Vec::new(),
-                })
+            run_step(actors, plan)
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
-                    Ok(Ok(logits)) => act.sample(logits, scheduled, batched, started, ctx),
-                    Ok(Err(message)) => act.step_failed(message, ctx),
-                    Err(e) => act.fatal(format!("the model runner stopped: {e}")),
+                    Ok(logits) => act.sample(logits, scheduled, batched, started, ctx),
+                    Err(StepError::Device(message)) => act.step_failed(message, ctx),
+                    Err(StepError::Stopped(message)) => act.fatal(message),
                 }),
         );
     }
@@ -585,10 +523,7 @@ impl SchedulerActor {
                 .send(Sample { logits, scheduled })
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
-                    Ok(reply) => {
-                        act.sampling.rows.extend(reply.next_rows);
-                        act.finish(reply.output, batched, started, ctx)
-                    }
+                    Ok(output) => act.finish(output, batched, started, ctx),
                     Err(e) => act.fatal(format!("the sampler stopped: {e}")),
                 }),
         );
@@ -597,7 +532,6 @@ impl SchedulerActor {
     /// Phase 4: apply the output, publish stats, loop.
     fn finish(&mut self, out: StepOutput, batched: u32, started: Instant, ctx: &mut Context<Self>) {
         self.core.on_step_output(out);
-        self.forget_ended_rows();
         self.in_flight = false;
         self.publish_stats(StepStats {
             num_batched_tokens: batched,
@@ -605,19 +539,6 @@ impl SchedulerActor {
             ..Default::default()
         });
         self.begin(ctx);
-    }
-
-    /// Drops the device-side draws of sequences that ended.
-    fn forget_ended_rows(&mut self) {
-        let core = &self.core;
-        self.sampling
-            .rows
-            .retain(|seq, _| core.tokens(*seq).is_some());
-        if !self.constrained.is_empty() {
-            let active: HashSet<RequestId> = core.active_requests().into_iter().collect();
-            self.constrained
-                .retain(|_, request| active.contains(request));
-        }
     }
 
     fn fail_rejected(&mut self) {
@@ -706,25 +627,43 @@ enum StepError {
     Stopped(String),
 }
 
-/// One step with constrained rows: the forward pass (drawing the rows that
-/// need no mask) and the masks of the constrained rows run at the same
-/// time, on the runner's thread and the sampler's; then the `deferred`
-/// rows are drawn on the device with their masks. Constrained rows drawn
-/// on the host find their masks in the sampler.
-async fn run_with_masks(
+/// Runs one step: asks the sampler how its rows are drawn, then runs the
+/// forward pass, drawing on the device the rows that need no grammar mask.
+/// With constrained rows, their masks are computed on the sampler's thread
+/// while the forward pass runs on the runner's; then the `deferred` rows
+/// are drawn on the device with their masks. Constrained rows drawn on the
+/// host find their masks in the sampler.
+async fn run_step(
     (runner, sampler): (Addr<RunnerActor>, Addr<SamplerActor>),
     plan: StepPlan,
-    sampling: Vec<(SeqId, RowSampling)>,
-    deferred: Vec<(SeqId, RowSampling)>,
-    constrained: Vec<SeqId>,
 ) -> Result<StepLogits, StepError> {
     let stopped =
         |who: &str, e: MailboxError| StepError::Stopped(format!("the {who} stopped: {e}"));
+    let rows = plan
+        .seqs
+        .iter()
+        .map(|s| (s.seq_id, s.num_samples))
+        .collect();
+    let draws = sampler
+        .send(PlanDraws(rows))
+        .await
+        .map_err(|e| stopped("sampler", e))?;
+    let StepDraws {
+        device,
+        deferred,
+        constrained,
+    } = draws;
     let execute = runner.send(Execute {
         plan,
-        sampling,
+        sampling: device,
         deferred: deferred.iter().map(|(seq, _)| *seq).collect(),
     });
+    if constrained.is_empty() {
+        return execute
+            .await
+            .map_err(|e| stopped("model runner", e))?
+            .map_err(StepError::Device);
+    }
     let (logits, masks) = futures::join!(execute, sampler.send(ComputeMasks(constrained)));
     let mut logits = logits
         .map_err(|e| stopped("model runner", e))?
@@ -771,11 +710,7 @@ impl Handler<Submit> for SchedulerActor {
         self.next_seq += n;
         self.arrivals += 1;
         let prompt_tokens = r.prompt_token_ids.len() as u32;
-        if r.request.sampling.structured.is_some() {
-            self.constrained
-                .extend(seq_ids.iter().map(|&seq| (seq, r.id)));
-        }
-        let mut group = SequenceGroup {
+        let group = SequenceGroup {
             request_id: r.id,
             seq_ids: seq_ids.clone(),
             prompt_token_ids: r.prompt_token_ids.clone(),
@@ -784,14 +719,6 @@ impl Handler<Submit> for SchedulerActor {
             max_tokens: r.max_tokens,
             arrival_seconds: self.clock.now(),
         };
-        if self.sampling.enabled {
-            // One seed for host and device draws of this request.
-            let seed =
-                kiln_sampler::resolve_seed(&group.sampling, r.id, self.sampling.default_seed);
-            group.sampling.seed = Some(seed);
-            let first = kiln_sampler::initial_row_sampling(&group, &self.sampling.eos_token_ids);
-            self.sampling.rows.insert(seq_ids[0], first);
-        }
         self.peers.sampler.do_send(Register {
             group,
             events: msg.events,
@@ -872,7 +799,6 @@ impl Handler<Abort> for SchedulerActor {
         if let Some(p) = self.embeddings.remove(&msg.0) {
             self.embedding_ended(msg.0, &p, FinishReason::Abort, None);
         }
-        self.forget_ended_rows();
         self.peers.sampler.do_send(AbortRequest(msg.0));
         self.kick(ctx);
     }

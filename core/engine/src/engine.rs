@@ -2,7 +2,6 @@
 //! cache → actors. Every failure is an [`StartError`] that says what to change.
 
 use crate::embedding_config::embedding_spec;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,14 +15,14 @@ use kiln_models::weights::quantize::QuantizeAtLoad;
 use kiln_plugin_abi::safe::{Device, DeviceInfo};
 use kiln_plugin_abi::{KILN_CAP_BF16, KILN_CAP_F16, KILN_DEVICE_CPU};
 use kiln_plugin_host::{BackendRegistry, LoadedBackend};
-use kiln_sampler::SamplerCore;
+use kiln_sampler::{DeviceDraws, SamplerCore};
 use kiln_scheduler::{BlockManager, BlockManagerConfig, Scheduler, SchedulerConfig};
 use kiln_structured::{Grammars, Limits, Vocabulary};
 use tokio::sync::broadcast;
 
 use crate::actors::{
-    BlockManagerActor, Clock, DeviceSampling, Peers, RunnerActor, SamplerActor, SchedulerActor,
-    SchedulerParts, Shared,
+    BlockManagerActor, Clock, Peers, RunnerActor, SamplerActor, SchedulerActor, SchedulerParts,
+    Shared,
 };
 use crate::config::{BackendChoice, DTypeChoice, EngineConfig};
 use crate::memory::{KvBudget, KvPlan, cpu_kv_budget, gpu_kv_budget, human_bytes, plan_kv_cache};
@@ -608,13 +607,11 @@ fn spawn_actors(
     }
     let grammars = structured_outputs(&files)?;
     sampler_core.set_constraint_factory(grammars.clone());
-    let device_sampling = DeviceSampling {
-        enabled: config.device_sampling && runner.samples_on_device(),
-        masks: runner.masks_on_device(),
-        eos_token_ids: files.eos_token_ids.clone(),
-        default_seed: config.seed,
-        rows: HashMap::new(),
-    };
+    if config.device_sampling && runner.samples_on_device() {
+        sampler_core.set_device_draws(DeviceDraws {
+            masks: runner.masks_on_device(),
+        });
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let (events_tx, shared_tx) = (events.clone(), shared.clone());
     let thread = std::thread::Builder::new()
@@ -640,7 +637,6 @@ fn spawn_actors(
                     shared: shared_tx,
                     clock,
                     num_blocks: kv.num_blocks as u32,
-                    sampling: device_sampling,
                 })
                 .start();
                 let _ = tx.send((scheduler, System::current()));

@@ -7,11 +7,73 @@
 
 use std::collections::BTreeMap;
 
-use kiln_protocol::TokenId;
 use kiln_protocol::step::{LogitAdjustment, RowSampling};
+use kiln_protocol::{SeqId, TokenId};
 
+use crate::SamplerCore;
 use crate::draw::mix64;
 use crate::sequence::{Group, Seq};
+
+/// What a backend can draw: set once at start-up with
+/// [`SamplerCore::set_device_draws`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceDraws {
+    /// The device applies grammar masks, so constrained rows are drawn
+    /// there too (after their masks are computed); without, they are drawn
+    /// on the host.
+    pub masks: bool,
+}
+
+/// How the rows of one step are drawn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepDraws {
+    /// Rows the device draws during the forward pass.
+    pub device: Vec<(SeqId, RowSampling)>,
+    /// Constrained rows the device draws once their masks are computed
+    /// (`allowed` is filled in then).
+    pub deferred: Vec<(SeqId, RowSampling)>,
+    /// Rows that follow a grammar: their masks are computed while the
+    /// forward pass runs.
+    pub constrained: Vec<SeqId>,
+}
+
+impl SamplerCore {
+    /// Lets the device draw single-sample rows (default: every row is
+    /// drawn on the host).
+    pub fn set_device_draws(&mut self, draws: DeviceDraws) {
+        self.device_draws = Some(draws);
+    }
+
+    /// How to draw a step's rows, given as `(sequence, samples)`: a row
+    /// with one sample is drawn on the device when the device can, a row
+    /// that forks (`n > 1`) on the host, and a row with no sample is only
+    /// computed. Sequences unknown here are drawn on the host, which skips
+    /// them.
+    pub fn step_draws(&self, rows: &[(SeqId, u32)]) -> StepDraws {
+        let mut out = StepDraws::default();
+        for &(seq_id, samples) in rows {
+            let constrained = samples > 0 && self.is_constrained(seq_id);
+            if constrained {
+                out.constrained.push(seq_id);
+            }
+            let Some(draws) = self.device_draws.filter(|_| samples == 1) else {
+                continue;
+            };
+            if constrained && !draws.masks {
+                continue;
+            }
+            let Some(row) = self.row_sampling(seq_id) else {
+                continue;
+            };
+            if constrained {
+                out.deferred.push((seq_id, row));
+            } else {
+                out.device.push((seq_id, row));
+            }
+        }
+        out
+    }
+}
 
 /// The seed of sequence `index`'s device stream for a request seeded with `seed`.
 pub fn device_stream_seed(seed: u64, index: u32) -> u64 {

@@ -94,6 +94,7 @@ use kiln_protocol::{
 
 pub use constraint::{ConstraintFactory, TokenConstraint};
 pub use detok::{IncrementalDecoder, SpecialTokens, TokenDecoder};
+pub use device::{DeviceDraws, StepDraws};
 use draw::{DrawScratch, entropy_seed, mix64};
 use kernels::{log_sum_exp, top_n_into};
 use metrics::{FinishedSequence, finished_metrics};
@@ -132,9 +133,6 @@ pub struct SampleResult {
     /// ended by [`SamplerCore::abort`] / [`SamplerCore::fail`] since the
     /// last step and not taken with [`SamplerCore::take_finished_metrics`].
     pub finished_metrics: Vec<RequestMetrics>,
-    /// The next draw, in device form, of every sequence that received a
-    /// token in this step and goes on.
-    pub next_rows: Vec<(SeqId, RowSampling)>,
 }
 
 /// Log-probability data shared by every draw from one row.
@@ -164,6 +162,8 @@ pub struct SamplerCore {
     groups: HashMap<RequestId, Group>,
     seqs: HashMap<SeqId, Seq>,
     default_seed: Option<u64>,
+    /// `None`: every row is drawn on the host.
+    device_draws: Option<DeviceDraws>,
     scratch: Scratch,
     /// Metrics of sequences ended outside `sample`.
     pending_metrics: Vec<RequestMetrics>,
@@ -182,6 +182,7 @@ impl SamplerCore {
             groups: HashMap::new(),
             seqs: HashMap::new(),
             default_seed: None,
+            device_draws: None,
             scratch: Scratch::default(),
             pending_metrics: Vec::new(),
             constraints: None,
@@ -218,7 +219,7 @@ impl SamplerCore {
         if group.seq_ids.is_empty() {
             return;
         }
-        let seed = self.resolve_seed(&group);
+        let seed = resolve_seed(&group.sampling, group.request_id, self.default_seed);
         let state = Group::new(GroupInit {
             request_id: group.request_id,
             prompt: &group.prompt_token_ids,
@@ -289,11 +290,6 @@ impl SamplerCore {
             .is_some_and(|s| s.constraint.is_some() || s.constraint_error.is_some())
     }
 
-    /// The seed a request draws from (see [`resolve_seed`]).
-    pub fn resolve_seed(&self, group: &SequenceGroup) -> u64 {
-        resolve_seed(&group.sampling, group.request_id, self.default_seed)
-    }
-
     /// The next draw of `seq_id` in device form (`None` when unknown).
     pub fn row_sampling(&self, seq_id: SeqId) -> Option<RowSampling> {
         let seq = self.seqs.get(&seq_id)?;
@@ -332,7 +328,6 @@ impl SamplerCore {
             },
             events: Vec::with_capacity(logits.rows.len() * 2),
             finished_metrics: std::mem::take(&mut self.pending_metrics),
-            next_rows: Vec::new(),
         };
         let v = logits.vocab_size;
         for rows in &logits.prompt {
@@ -367,13 +362,6 @@ impl SamplerCore {
         for drawn in &logits.sampled {
             self.accept_device_sample(drawn, now_seconds, &mut out);
         }
-        out.next_rows = out
-            .output
-            .tokens
-            .iter()
-            .filter(|t| t.finished.is_none())
-            .filter_map(|t| Some((t.seq_id, self.row_sampling(t.seq_id)?)))
-            .collect();
         out.finished_metrics.append(&mut self.pending_metrics);
         out
     }
@@ -662,10 +650,9 @@ fn fork_targets(group: &Group, seqs: &HashMap<SeqId, Seq>, row: LogitsRow) -> Ve
 }
 
 /// The seed a request draws from: its own, else one derived from the
-/// default seed (`--seed`) and the request id, else OS entropy. An engine
-/// that samples on a device resolves the seed once, before registering, and
-/// stores it in `sampling.seed` so that host and device draws share it.
-pub fn resolve_seed(
+/// default seed (`--seed`) and the request id, else OS entropy. Resolved
+/// once, at registration: host and device draws of the request share it.
+fn resolve_seed(
     sampling: &SamplingParams,
     request_id: RequestId,
     default_seed: Option<u64>,
@@ -674,25 +661,6 @@ pub fn resolve_seed(
         Some(base) => mix64(base ^ mix64(request_id)),
         None => entropy_seed(),
     })
-}
-
-/// The first draw of a request's first sequence in device form, before it is
-/// registered; `group.sampling.seed` must hold the resolved seed (see
-/// [`resolve_seed`]), and `eos` the model's EOS ids.
-pub fn initial_row_sampling(group: &SequenceGroup, eos: &[TokenId]) -> RowSampling {
-    let state = Group::new(GroupInit {
-        request_id: group.request_id,
-        prompt: &group.prompt_token_ids,
-        sampling: group.sampling.clone(),
-        stopping: group.stopping.clone(),
-        eos,
-        max_tokens: group.max_tokens,
-        arrival: group.arrival_seconds,
-        seq_ids: group.seq_ids.clone(),
-    });
-    let seed = group.sampling.seed.unwrap_or_default();
-    let seq = Seq::new(&state, 0, &group.prompt_token_ids, seed);
-    device::row_sampling(&state, &seq)
 }
 
 /// Log-softmax normalizer of the raw row and its `n` most likely tokens.

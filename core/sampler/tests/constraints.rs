@@ -8,7 +8,8 @@ use kiln_protocol::{
     EngineError, FinishReason, SamplingParams, StoppingCriteria, StructuredOutput, TokenEvent,
 };
 use kiln_sampler::{
-    ConstraintFactory, SampleResult, SamplerCore, SequenceGroup, TokenConstraint, TokenDecoder,
+    ConstraintFactory, DeviceDraws, SampleResult, SamplerCore, SequenceGroup, TokenConstraint,
+    TokenDecoder,
 };
 use proptest::prelude::*;
 
@@ -223,9 +224,9 @@ fn masks_reach_the_device_form_and_device_draws_advance_the_grammar() {
         }],
         ..Default::default()
     };
-    let r = s.sample(&draw(3), 0.0);
+    s.sample(&draw(3), 0.0);
     // The next draw's mask is not known until computed again.
-    assert_eq!(r.next_rows[0].1.allowed, None);
+    assert_eq!(s.row_sampling(1).unwrap().allowed, None);
     let next: Vec<u32> = s.compute_masks(&ids)[0].1.iter().collect();
     assert_eq!(next, vec![14]); // 'o'
     // A device draw outside the grammar fails the request.
@@ -268,4 +269,71 @@ fn an_unsupported_constraint_fails_at_the_first_draw() {
     let r = s.sample(&step, 0.0);
     assert!(matches!(&r.events[..], [(1, TokenEvent::Failed { .. })]));
     assert_eq!(r.output.tokens.len(), 1);
+}
+
+/// Registers request `id` with `n` sequences starting at `first_seq`,
+/// constrained or not.
+fn register_request(s: &mut SamplerCore, id: u64, first_seq: u64, n: u32, constrained: bool) {
+    s.register(SequenceGroup {
+        request_id: id,
+        seq_ids: (first_seq..first_seq + u64::from(n)).collect(),
+        prompt_token_ids: vec![0],
+        sampling: SamplingParams {
+            n,
+            temperature: 0.7,
+            structured: constrained.then(|| StructuredOutput::Choice(words())),
+            ..Default::default()
+        },
+        stopping: StoppingCriteria::default(),
+        max_tokens: 8,
+        arrival_seconds: 0.0,
+    });
+}
+
+proptest! {
+    /// Every row of a step is drawn in exactly one place: single-sample
+    /// rows on the device when it can (constrained ones only when it
+    /// applies masks, after their masks), the rest on the host; rows
+    /// without a sample are drawn nowhere, and only sampled constrained
+    /// rows get masks.
+    #[test]
+    fn step_draws_place_every_row_once(
+        requests in proptest::collection::vec((1u32..=3, any::<bool>()), 1..5),
+        samples in proptest::collection::vec(0u32..=3, 12),
+        device in proptest::option::of(any::<bool>()),
+    ) {
+        let mut s = sampler();
+        if let Some(masks) = device {
+            s.set_device_draws(DeviceDraws { masks });
+        }
+        let mut constrained_seqs = Vec::new();
+        let mut next_seq = 1;
+        for (id, &(n, constrained)) in requests.iter().enumerate() {
+            register_request(&mut s, id as u64 + 1, next_seq, n, constrained);
+            if constrained {
+                constrained_seqs.extend(next_seq..next_seq + u64::from(n));
+            }
+            next_seq += u64::from(n);
+        }
+        // Some rows name sequences the sampler does not know.
+        let rows: Vec<(u64, u32)> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (i as u64 + 1, k))
+            .collect();
+        let draws = s.step_draws(&rows);
+        for &(seq, k) in &rows {
+            let known = seq < next_seq;
+            let constrained = constrained_seqs.contains(&seq);
+            let on_device = draws.device.iter().any(|(q, _)| *q == seq);
+            let deferred = draws.deferred.iter().any(|(q, _)| *q == seq);
+            prop_assert_eq!(draws.constrained.contains(&seq), constrained && k > 0);
+            let device_draws = known && k == 1 && device.is_some();
+            prop_assert_eq!(on_device, device_draws && !constrained);
+            prop_assert_eq!(deferred, device_draws && constrained && device == Some(true));
+        }
+        for (seq, row) in draws.device.iter().chain(&draws.deferred) {
+            prop_assert_eq!(Some(row.clone()), s.row_sampling(*seq));
+        }
+    }
 }
