@@ -59,7 +59,6 @@ pub struct Shared {
 
 // ---------------------------------------------------------------- block manager
 
-/// The block-manager actor.
 pub struct BlockManagerActor {
     core: BlockManager,
 }
@@ -121,7 +120,6 @@ impl Actor for RunnerActor {
 #[derive(Message)]
 #[rtype(result = "Result<StepLogits, String>")]
 pub struct Execute {
-    /// The plan.
     pub plan: StepPlan,
     /// Device-side draws of the plan's single-sample rows that have one.
     pub sampling: Vec<(SeqId, RowSampling)>,
@@ -210,7 +208,6 @@ impl Handler<Register> for SamplerActor {
 #[derive(Message)]
 #[rtype(result = "StepOutput")]
 pub struct Sample {
-    /// The logits.
     pub logits: StepLogits,
     /// Sequences computed in this step, each with the tokens its KV cache
     /// held before it (first-scheduling times and prefix-cache hits).
@@ -299,11 +296,8 @@ impl Handler<FailRequests> for SamplerActor {
 
 /// Addresses of the other actors.
 pub struct Peers {
-    /// Block manager.
     pub block_manager: Addr<BlockManagerActor>,
-    /// Model runner.
     pub runner: Addr<RunnerActor>,
-    /// Sampler.
     pub sampler: Addr<SamplerActor>,
 }
 
@@ -695,7 +689,6 @@ async fn run_step(
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Submit {
-    /// The request.
     pub request: AdmittedRequest,
     /// Where its events go.
     pub events: mpsc::UnboundedSender<TokenEvent>,

@@ -27,11 +27,8 @@ pub enum DTypeChoice {
     /// float32 on CPU; bfloat16 on GPUs that support it, else float16.
     #[default]
     Auto,
-    /// float32.
     Float32,
-    /// float16.
     Float16,
-    /// bfloat16.
     BFloat16,
 }
 
@@ -58,7 +55,7 @@ pub struct EngineConfig {
     /// Names the model answers to; the first is the primary (`--served-model-name`).
     /// Empty: derived from the model path.
     pub served_model_names: Vec<String>,
-    /// Backend (`--backend`).
+    /// `--backend`: a backend by name, a library path, or automatic by score.
     pub backend: BackendChoice,
     /// Extra places to look for backend libraries (`--backend-path`).
     pub backend_search_paths: Vec<PathBuf>,

@@ -4,7 +4,7 @@
 /// Defaults of the scheduling flags for one kind of device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceDefaults {
-    /// `--max-num-seqs`.
+    /// `--max-num-seqs`: sequences in one step, decoding or prefilling.
     pub max_num_seqs: usize,
     /// `--max-num-batched-tokens`: tokens per step, prefill chunks plus decodes.
     pub max_num_batched_tokens: usize,

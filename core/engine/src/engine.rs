@@ -239,7 +239,6 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
 pub struct LoadedModel {
     /// The runner (execute step plans directly).
     pub runner: ModelRunner,
-    /// The tokenizer.
     pub tokenizer: kiln_tokenizer::Tokenizer,
     /// Start-up decisions.
     pub summary: StartupSummary,

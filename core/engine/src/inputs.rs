@@ -69,7 +69,7 @@ pub enum PlanError {
     MissingBlock {
         /// The sequence.
         seq: SeqId,
-        /// The position.
+        /// Token position, counted from the start of the sequence.
         position: usize,
         /// Blocks in its table.
         blocks: usize,

@@ -76,7 +76,7 @@ impl LLM {
         LLM { engine }
     }
 
-    /// The engine.
+    /// The engine behind this handle, for what `LLM` does not wrap.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -28,9 +28,8 @@ pub struct ModelFiles {
     pub variant: DecoderVariant,
     /// Family for Ollama's `details.family` (`llama`, `qwen2`, ...).
     pub family: String,
-    /// The weights.
+    /// Tensors by name, read lazily (safetensors or GGUF, memory-mapped).
     pub weights: Box<dyn WeightSource>,
-    /// The tokenizer.
     pub tokenizer: Tokenizer,
     /// The chat template (override, or the model's).
     pub chat_template: Option<ChatTemplate>,

@@ -146,12 +146,10 @@ impl ModelRunner {
         Ok(self.graphs.len())
     }
 
-    /// The decoder.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
 
-    /// The KV cache.
     pub fn kv_cache(&self) -> &KvCache {
         &self.kv
     }

@@ -104,7 +104,6 @@ use sequence::{Finish, Group, GroupInit, Seq};
 /// A request's sampling state, registered before its first step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceGroup {
-    /// The request.
     pub request_id: RequestId,
     /// Its `n` sequences: `seq_ids[0]` is prefilled and sampled first; the
     /// others start when a row of it draws `num_samples = n`.

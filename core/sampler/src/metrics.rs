@@ -26,13 +26,12 @@ impl TokenTimes {
 /// Everything [`finished_metrics`] combines.
 #[derive(Debug, Clone)]
 pub struct FinishedSequence<'a> {
-    /// The request.
     pub request_id: RequestId,
     /// The sequence's index in the request.
     pub index: u32,
     /// Why it ended.
     pub reason: FinishReason,
-    /// Tokens in the prompt.
+    /// Tokens in the prompt, cached ones included.
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub generation_tokens: u32,

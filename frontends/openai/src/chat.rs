@@ -90,7 +90,7 @@ pub struct ChatStreamConfig {
     pub include_usage: bool,
     /// Usage on every chunk.
     pub continuous_usage: bool,
-    /// Prompt tokens.
+    /// For `usage.prompt_tokens` in chunks and the final body.
     pub prompt_tokens: u32,
     /// Tool calls; when on, each choice's text is held back until it
     /// finishes and then sent as content or as `delta.tool_calls`.

@@ -46,7 +46,8 @@ use axum::routing::{get, post};
 use kiln_engine_api::EngineHandle;
 use kiln_http::{Dialect, Frontend, HttpConfig, SharedRoute};
 
-/// The OpenAI frontend.
+/// The OpenAI-compatible API (`/v1/*` plus vLLM's `/tokenize` and
+/// `/detokenize`), mounted with `--frontend openai`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenAiFrontend;
 

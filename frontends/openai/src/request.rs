@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// `stream_options`.
+/// `stream_options`: only valid with `stream: true`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct StreamOptions {
     /// Send a final chunk with `choices: []` and the usage.

@@ -60,7 +60,8 @@ fn present(v: &Option<Value>) -> Option<&Value> {
     v.as_ref().filter(|v| !v.is_null())
 }
 
-/// `response_format`.
+/// Chat's `response_format` (`text`, `json_object`, `json_schema`) as a
+/// structured output; `text` and null are none.
 fn response_format_spec(format: Option<&Value>) -> Result<Option<StructuredOutput>, ApiError> {
     let Some(format) = format.filter(|f| !f.is_null()) else {
         return Ok(None);
