@@ -19,11 +19,10 @@ pub struct TinySpec {
     pub hidden: usize,
     /// MLP size.
     pub intermediate: usize,
-    /// Layers.
     pub layers: usize,
     /// Query heads.
     pub heads: usize,
-    /// KV heads.
+    /// Key/value heads; fewer than `heads` makes it grouped-query attention.
     pub kv_heads: usize,
     /// q/k/v biases (Qwen2).
     pub qkv_bias: bool,

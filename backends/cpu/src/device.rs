@@ -104,7 +104,7 @@ pub fn held_weight_bytes() -> u64 {
     HELD_WEIGHT_BYTES.load(Ordering::Relaxed)
 }
 
-/// The CPU device.
+/// A device whose operations run on its own thread pool, over host memory.
 pub struct CpuDevice {
     pool: ThreadPool,
 }

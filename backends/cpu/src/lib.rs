@@ -35,7 +35,8 @@ use kiln_plugin_abi::{
 
 pub use device::{CpuDevice, held_weight_bytes};
 
-/// The CPU backend.
+/// Registered as `cpu`; each opened device is a [`CpuDevice`] with its own
+/// pool of `threads` (a device parameter; default: every available core).
 pub struct CpuBackend {
     log: HostLogger,
 }

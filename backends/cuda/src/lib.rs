@@ -31,7 +31,8 @@ use kiln_plugin_abi::{
 
 use crate::device::CudaDevice;
 
-/// The CUDA backend.
+/// Registered as `cuda`; keeps one CUDA context per device index, shared
+/// by every device opened on it.
 pub struct CudaBackend {
     log: HostLogger,
     contexts: Mutex<HashMap<u32, Arc<CudaContext>>>,

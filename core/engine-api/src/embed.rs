@@ -21,7 +21,7 @@ pub type EmbeddingReply = Result<Embedding, EngineError>;
 /// An embedding input after tokenization and truncation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmittedEmbedding {
-    /// Its id.
+    /// Assigned at admission by `next_request_id`.
     pub id: RequestId,
     /// `[tokens]` the model runs on, all in one step.
     pub prompt_token_ids: Vec<TokenId>,

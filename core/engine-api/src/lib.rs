@@ -79,13 +79,14 @@ pub struct EngineInfo {
     pub device: String,
     /// Bytes of weights on the device.
     pub weights_bytes: u64,
-    /// Bytes of KV cache.
+    /// Bytes the KV-cache pool takes on the device (all its blocks).
     pub kv_cache_bytes: u64,
     /// Vocabulary size.
     pub vocab_size: u32,
-    /// BOS token id.
+    /// The tokenizer's beginning-of-sequence token; `None` when it names none.
     pub bos_token_id: Option<TokenId>,
-    /// EOS token ids.
+    /// Every id that ends generation: the tokenizer's EOS and those of
+    /// `generation_config.json` and `config.json`.
     pub eos_token_ids: Vec<TokenId>,
     /// The chat template in use, if any.
     pub chat_template: Option<String>,
@@ -183,7 +184,7 @@ pub trait EngineService: Send + Sync + 'static {
 /// A request after validation and tokenization.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmittedRequest {
-    /// Its id.
+    /// Assigned at admission by `next_request_id`.
     pub id: RequestId,
     /// `[prompt_len]` token ids.
     pub prompt_token_ids: Vec<TokenId>,

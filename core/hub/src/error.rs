@@ -155,7 +155,6 @@ pub enum HubError {
     /// HTTP 401/403 from the hub.
     #[error("{}", unauthorized_message(repo, *status, *token_set))]
     Unauthorized {
-        /// The repository.
         repo: String,
         /// 401 or 403.
         status: u16,
@@ -165,9 +164,8 @@ pub enum HubError {
     /// HTTP 404 from the hub.
     #[error("{}", not_found_message(repo, revision, file.as_deref()))]
     NotFound {
-        /// The repository.
         repo: String,
-        /// The revision.
+        /// Branch, tag or commit asked for.
         revision: String,
         /// The file, when a file (not the repository) was missing.
         file: Option<String>,
@@ -175,9 +173,8 @@ pub enum HubError {
     /// Any other HTTP error status.
     #[error("GET {url} failed with HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
     HttpStatus {
-        /// The URL.
         url: String,
-        /// The status.
+        /// HTTP status code (404 is `NotFound`).
         status: u16,
         /// The start of the response body.
         body: String,
@@ -187,7 +184,6 @@ pub enum HubError {
         "cannot reach {url}: {reason}. Check the network (or HF_ENDPOINT), then run the command again: partial downloads resume"
     )]
     Network {
-        /// The URL.
         url: String,
         /// What failed.
         reason: String,
@@ -195,7 +191,6 @@ pub enum HubError {
     /// The hub answered something unexpected.
     #[error("unexpected answer from {url}: {reason}")]
     Protocol {
-        /// The URL.
         url: String,
         /// What is wrong.
         reason: String,
@@ -206,9 +201,8 @@ pub enum HubError {
         files.join(", ")
     )]
     NoWeights {
-        /// The repository.
         repo: String,
-        /// Its files.
+        /// Paths of every file it has, none of them a weight file.
         files: Vec<String>,
     },
     /// Several GGUF files and none chosen.
@@ -217,7 +211,6 @@ pub enum HubError {
         ggufs.join(", ")
     )]
     AmbiguousGguf {
-        /// The repository.
         repo: String,
         /// The GGUF files.
         ggufs: Vec<String>,
@@ -225,9 +218,8 @@ pub enum HubError {
     /// A chosen file is not in the repository.
     #[error("{repo} (revision {revision}) has no file `{file}`{}", if candidates.is_empty() { String::new() } else { format!("; GGUF files there: {}", candidates.join(", ")) })]
     FileNotInRepo {
-        /// The repository.
         repo: String,
-        /// The revision.
+        /// Branch, tag or commit asked for.
         revision: String,
         /// The requested file.
         file: String,
@@ -238,10 +230,7 @@ pub enum HubError {
     #[error(
         "{repo} has no config.json; `kiln plan` needs it, or the weights: run `kiln pull {repo}` first"
     )]
-    NoConfig {
-        /// The repository.
-        repo: String,
-    },
+    NoConfig { repo: String },
     /// A hub GGUF must be downloaded before it can be inspected.
     #[error(
         "{spec} is not in the cache yet; GGUF files carry their config inside, so run `kiln pull {spec}` first"

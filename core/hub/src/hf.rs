@@ -40,7 +40,7 @@ pub struct RepoFile {
 pub struct RepoInfo {
     /// The commit the revision resolved to.
     pub commit: Option<String>,
-    /// Its files.
+    /// Every file at that revision.
     pub files: Vec<RepoFile>,
 }
 
@@ -196,7 +196,7 @@ impl HfClient {
         }
     }
 
-    /// The endpoint.
+    /// Base URL requests go to, as given to [`HfClient::new`].
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -16,7 +16,7 @@ use crate::progress::ProgressMode;
 use crate::select::{self, Entry, INDEX_FILE};
 use crate::spec::{FileChoice, HubRef, ModelSpec};
 
-/// The default revision.
+/// Revision a hub id resolves at when none is given.
 pub const DEFAULT_REVISION: &str = "main";
 
 /// Settings of a [`Hub`].
@@ -171,7 +171,7 @@ impl Hub {
         }
     }
 
-    /// The cache.
+    /// The local cache downloads go into.
     pub fn cache(&self) -> &Cache {
         &self.config.cache
     }

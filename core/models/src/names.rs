@@ -82,9 +82,9 @@ impl Role {
 /// A weight or its bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
-    /// `.weight`.
+    /// The `<prefix>.weight` tensor.
     Weight,
-    /// `.bias`.
+    /// The `<prefix>.bias` tensor.
     Bias,
 }
 

@@ -22,7 +22,7 @@ pub enum Norm {
 /// Normalization of queries and keys before RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkNorm {
-    /// None.
+    /// Queries and keys reach RoPE unnormalized.
     None,
     /// RMSNorm over each head, one `[head_dim]` weight (Qwen3, Gemma 3).
     PerHead,
@@ -43,7 +43,7 @@ pub enum QkvLayout {
     FusedPerHead,
 }
 
-/// The MLP.
+/// The dense feed-forward of a layer (sparse layers use [`Experts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mlp {
     /// `down(act(gate(x)) · up(x))`: SwiGLU, GeGLU.
@@ -71,9 +71,9 @@ pub enum Routing {
 /// by `sigmoid(shared_gate·x)`. The other layers keep the dense [`Mlp`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Experts {
-    /// E.
+    /// Experts per sparse layer (E).
     pub count: usize,
-    /// k.
+    /// Experts each token is routed to (k).
     pub top_k: usize,
     /// Inner width of one expert.
     pub intermediate: usize,

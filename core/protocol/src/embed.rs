@@ -95,7 +95,8 @@ pub struct EmbedRequest {
 /// The pooled, not yet normalized vector of one input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Embedding {
-    /// The vector.
+    /// Full width, as pooled; each frontend shortens (`dimensions`) and
+    /// normalizes it as its API asks.
     pub vector: Vec<f32>,
     /// Tokens the input had after tokenization and truncation.
     pub prompt_tokens: u32,

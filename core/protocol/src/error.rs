@@ -19,7 +19,7 @@ pub enum EngineError {
         prompt_tokens + max_new_tokens
     )]
     ContextLengthExceeded {
-        /// Tokens in the prompt.
+        /// Length of the prompt after tokenization, special tokens included.
         prompt_tokens: u32,
         /// Tokens asked for the completion (0 when only the prompt is too long).
         max_new_tokens: u32,

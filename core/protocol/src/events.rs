@@ -89,7 +89,7 @@ pub struct PromptToken {
 /// Token counts of one sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Usage {
-    /// Tokens in the prompt.
+    /// Length of the prompt after tokenization, cached tokens included.
     pub prompt_tokens: u32,
     /// Tokens generated for this sequence.
     pub completion_tokens: u32,
@@ -155,13 +155,14 @@ pub struct StepStats {
 /// Everything metrics need about a finished sequence. Durations in seconds.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RequestMetrics {
-    /// The request.
+    /// The request the sequence belongs to; `index` tells its sequences apart.
     pub request_id: RequestId,
     /// Sequence index within the request.
     pub index: u32,
     /// Why it ended.
     pub reason: Option<FinishReason>,
-    /// Tokens in the prompt.
+    /// Length of the prompt after tokenization, the same for each of the
+    /// request's sequences.
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub generation_tokens: u32,
@@ -188,13 +189,13 @@ pub struct RequestMetrics {
 pub enum EngineEvent {
     /// A request entered the waiting queue.
     RequestArrived {
-        /// The request.
+        /// Id the request's later events carry.
         request_id: RequestId,
-        /// Tokens in its prompt.
+        /// Length of the prompt after tokenization.
         prompt_tokens: u32,
     },
     /// A step finished.
     Step(StepStats),
-    /// A sequence finished.
+    /// A sequence ended: one event per sequence, not per request.
     SequenceFinished(RequestMetrics),
 }

@@ -48,7 +48,7 @@ pub struct Fork {
 /// One sequence's need for KV slots this step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockDemand {
-    /// The sequence.
+    /// The sequence that needs the slots.
     pub seq_id: SeqId,
     /// What it needs.
     pub kind: DemandKind,
@@ -98,7 +98,7 @@ pub struct StepAllocation {
 /// The outcome of one [`BlockDemand`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockGrant {
-    /// The sequence.
+    /// The sequence of the demand this answers.
     pub seq_id: SeqId,
     /// `None` when denied (not enough free blocks); the sequence holds
     /// exactly what it held before.
@@ -158,7 +158,7 @@ impl StepPlan {
 /// One sequence's share of a step.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ScheduledSeq {
-    /// The sequence.
+    /// The sequence that runs this step.
     pub seq_id: SeqId,
     /// [num_scheduled_tokens] tokens computed this step: a prompt chunk, a
     /// recomputed history, or the last sampled token.
@@ -274,7 +274,7 @@ impl TokenMask {
 /// One token's logit adjustment (see [`RowSampling`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LogitAdjustment {
-    /// The token.
+    /// The token whose logit changes.
     pub token: TokenId,
     /// Added first (logit bias, or `-inf` to mask it).
     pub add_before: f32,
@@ -287,9 +287,9 @@ pub struct LogitAdjustment {
 /// A token drawn on the device.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct DeviceSample {
-    /// The sequence.
+    /// The sequence the token was drawn for.
     pub seq_id: SeqId,
-    /// The token.
+    /// The token drawn for `seq_id`.
     pub token_id: TokenId,
     /// Its log-probability under the raw distribution (when asked for).
     pub logprob: Option<f32>,
@@ -323,7 +323,7 @@ pub struct StepLogits {
 /// One sequence's prompt rows of a step.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PromptLogits {
-    /// The sequence.
+    /// The sequence the rows belong to.
     pub seq_id: SeqId,
     /// Position of the first row's token; row `j` predicts the prompt token
     /// at `first_position + j + 1`.
@@ -335,7 +335,7 @@ pub struct PromptLogits {
 /// The pooled hidden states of one embedding sequence (not normalized).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SeqEmbedding {
-    /// The sequence.
+    /// The sequence that was pooled.
     pub seq_id: SeqId,
     /// `[hidden]` f32.
     pub vector: Vec<f32>,
@@ -351,7 +351,7 @@ impl StepLogits {
 /// Which sequence a logits row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogitsRow {
-    /// The sequence.
+    /// The sequence that owns the row.
     pub seq_id: SeqId,
     /// Samples to draw (see [`ScheduledSeq::num_samples`]).
     pub num_samples: u32,
@@ -373,7 +373,7 @@ pub struct StepOutput {
 pub struct SampledToken {
     /// The sequence that gets the token.
     pub seq_id: SeqId,
-    /// The token.
+    /// The token appended to `seq_id`.
     pub token_id: TokenId,
     /// Set when the sequence ended with this token.
     pub finished: Option<FinishReason>,

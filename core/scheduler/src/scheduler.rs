@@ -1119,7 +1119,8 @@ impl Scheduler {
         std::mem::take(&mut self.stats.preemptions_untaken)
     }
 
-    /// Preemptions in the last step.
+    /// Preemptions made by the latest [`begin_step`](Self::begin_step); reset
+    /// there, not by reading (unlike [`take_preemptions`](Self::take_preemptions)).
     pub fn last_step_preemptions(&self) -> usize {
         self.stats.preemptions_last_step
     }

@@ -57,7 +57,6 @@ pub struct SimConfig {
     pub max_num_seqs: usize,
     /// Context length.
     pub max_model_len: usize,
-    /// Prefix caching.
     pub enable_prefix_caching: bool,
 }
 
@@ -142,7 +141,6 @@ enum Kind {
     Embed,
 }
 
-/// The simulator.
 pub struct Sim {
     /// The scheduler under test.
     pub scheduler: Scheduler,

@@ -251,7 +251,7 @@ impl Tokenizer {
         self.shared.vocab_size
     }
 
-    /// BOS id.
+    /// Id of the beginning-of-sequence token; `None` when the tokenizer names none.
     pub fn bos_token_id(&self) -> Option<u32> {
         self.shared.bos.as_ref().map(|t| t.id)
     }
@@ -272,12 +272,13 @@ impl Tokenizer {
         self.shared.eos.as_ref().map(|t| t.text.as_str())
     }
 
-    /// PAD id.
+    /// Id of the padding token; `None` when the tokenizer names none.
     pub fn pad_token_id(&self) -> Option<u32> {
         self.shared.pad.as_ref().map(|t| t.id)
     }
 
-    /// UNK id.
+    /// Id that text outside the vocabulary maps to; `None` when the tokenizer
+    /// names none.
     pub fn unk_token_id(&self) -> Option<u32> {
         self.shared.unk.as_ref().map(|t| t.id)
     }

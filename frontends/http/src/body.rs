@@ -20,7 +20,7 @@ pub struct BodyLimit(pub usize);
 
 /// A marker type naming a dialect at compile time (for [`ApiJson`]).
 pub trait DialectTag: Send + Sync + 'static {
-    /// The dialect.
+    /// Whose error shape rejections take.
     const DIALECT: Dialect;
 }
 

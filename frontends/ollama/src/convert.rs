@@ -131,11 +131,11 @@ pub fn parse_keep_alive(v: Option<&Value>) -> Result<KeepAlive, ApiError> {
 /// Features Kiln does not have, rejected as Ollama does for models without them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unsupported<'a> {
-    /// `think`.
+    /// The request's `think`; anything but absent, `null` or `false` is rejected.
     pub think: Option<&'a Value>,
     /// Whether any images were sent.
     pub images: bool,
-    /// `top_logprobs`.
+    /// The request's `top_logprobs`; above `MAX_TOP_LOGPROBS` is rejected.
     pub top_logprobs: Option<u32>,
 }
 

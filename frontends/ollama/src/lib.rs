@@ -44,7 +44,8 @@ use axum::routing::{delete, get, post};
 use kiln_engine_api::EngineHandle;
 use kiln_http::{Dialect, Frontend, HttpConfig};
 
-/// The Ollama frontend.
+/// Selected by `--frontend ollama` (on by default); errors on its routes use
+/// Ollama's error dialect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OllamaFrontend;
 

@@ -142,7 +142,6 @@ async fn blocking<T: Send + 'static>(
 /// A cached model (or copy), and whether its files are the served model's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedEntry {
-    /// The model.
     pub model: StoredModel,
     /// Whether it names the files the engine loaded.
     pub served: bool,

@@ -26,13 +26,13 @@ pub struct Options {
     pub top_k: i64,
     /// Nucleus mass.
     pub top_p: f32,
-    /// Min-p.
+    /// Drops tokens below `min_p` × the top probability; in [0, 1] (0: off).
     pub min_p: f32,
-    /// Repetition penalty.
+    /// Multiplicative, > 0 (1: off).
     pub repeat_penalty: f32,
-    /// Presence penalty.
+    /// Additive, in [-2, 2] (0: off).
     pub presence_penalty: f32,
-    /// Frequency penalty.
+    /// Scaled by a token's count so far, in [-2, 2] (0: off).
     pub frequency_penalty: f32,
     /// Seed (negative: random).
     pub seed: i64,

@@ -13,7 +13,7 @@ use crate::units::{parse_bytes, parse_duration};
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, propagate_version = true, max_term_width = 110)]
 pub struct Cli {
-    /// Logging.
+    /// `--log-level` and `--log-format`, accepted by every subcommand.
     #[command(flatten)]
     pub logging: LogArgs,
     /// What to do.
@@ -219,10 +219,10 @@ pub struct EngineArgs {
 /// `kiln serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The model.
+    /// Which model to serve: MODEL or `--model`, and `--revision`.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Engine settings.
+    /// `--dtype`, `--max-model-len` and the other engine flags shared with `generate`.
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Address to listen on
@@ -266,7 +266,7 @@ pub struct ServeArgs {
 /// `kiln pull`.
 #[derive(Debug, Clone, Args)]
 pub struct PullArgs {
-    /// The model.
+    /// Which model to download: MODEL or `--model`, and `--revision`.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Print only the local path of the model on stdout (for scripts)
@@ -290,7 +290,7 @@ pub struct ListArgs {
 pub enum PlanDevice {
     /// NVIDIA GPUs
     Cuda,
-    /// The CPU
+    /// The CPU, planned against system RAM
     Cpu,
 }
 
@@ -382,13 +382,13 @@ pub struct SamplingArgs {
 /// `kiln generate`.
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// The model.
+    /// Which model to run: MODEL or `--model`, and `--revision`.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Engine settings.
+    /// `--dtype`, `--max-model-len` and the other engine flags shared with `serve`.
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Sampling.
+    /// Sampling flags: the defaults for every prompt, which JSONL fields override per prompt.
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// A prompt (repeatable)

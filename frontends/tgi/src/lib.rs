@@ -36,7 +36,8 @@ use axum::routing::{get, post};
 use kiln_engine_api::EngineHandle;
 use kiln_http::{Dialect, Frontend, HttpConfig, SharedRoute};
 
-/// The TGI frontend.
+/// Selected by `--frontend tgi` (on by default); errors on its routes use
+/// TGI's error dialect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TgiFrontend;
 

@@ -22,7 +22,7 @@ pub enum Activation {
     Relu,
 }
 
-/// `√(2/π)`.
+/// `√(2/π)`, the scale inside the tanh approximation of GELU.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
 /// `erf(x)` (Abramowitz–Stegun 7.1.26 on |x|, absolute error below 1.5e-7).

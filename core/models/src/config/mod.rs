@@ -113,7 +113,7 @@ pub enum HiddenAct {
     GeluTanh,
     /// `gelu`: exact (erf).
     Gelu,
-    /// `relu`.
+    /// `relu`: `max(0, x)`.
     Relu,
 }
 
@@ -253,7 +253,8 @@ pub struct ModelConfig {
     /// Attention and MLP read the same residual and add to it together
     /// (GPT-NeoX `use_parallel_residual`; always for Phi-2).
     pub use_parallel_residual: bool,
-    /// BOS token id.
+    /// `bos_token_id` (the first, if a list) or GGUF's
+    /// `tokenizer.ggml.bos_token_id`; `None` when the checkpoint has none.
     pub bos_token_id: Option<u32>,
     /// EOS token ids (`eos_token_id` may be one id or a list).
     pub eos_token_ids: Vec<u32>,

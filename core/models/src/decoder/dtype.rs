@@ -13,11 +13,8 @@ use crate::weights::WeightDType;
 /// Activation dtype of a decoder on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActDType {
-    /// f32.
     F32,
-    /// f16.
     F16,
-    /// bf16.
     BF16,
 }
 

@@ -66,7 +66,6 @@ pub enum DecoderError {
         name: String,
         /// Its storage type.
         dtype: WeightDType,
-        /// The backend.
         backend: String,
     },
     /// The backend cannot hold a quantized weight (a checkpoint's integer or
@@ -80,14 +79,12 @@ pub enum DecoderError {
         name: String,
         /// The checkpoint's scheme label.
         scheme: String,
-        /// The backend.
         backend: String,
     },
     /// A sparse layer's experts cannot be stacked into the one weight per
     /// projection the backend runs them from.
     #[error("the experts of layer {layer} cannot be stacked: {reason}")]
     ExpertStack {
-        /// The layer.
         layer: usize,
         /// What stands in the way.
         reason: String,
@@ -95,9 +92,7 @@ pub enum DecoderError {
     /// The backend lacks an operation the model needs.
     #[error("the {backend} backend cannot run {family} models: it lacks the `{op}` operation")]
     MissingOp {
-        /// The backend.
         backend: String,
-        /// The family.
         family: String,
         /// The operation's name.
         op: &'static str,

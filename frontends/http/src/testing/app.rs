@@ -29,9 +29,7 @@ pub fn golden_config() -> HttpConfig {
 /// A response read to the end.
 #[derive(Debug, Clone)]
 pub struct TestResponse {
-    /// Status.
     pub status: StatusCode,
-    /// Headers.
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,

@@ -25,7 +25,6 @@ pub fn mix(mut x: u64) -> u64 {
 /// What one step of a sequence produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutput {
-    /// The token.
     pub token: GeneratedToken,
     /// Set when the sequence ended with it.
     pub finished: Option<Finished>,

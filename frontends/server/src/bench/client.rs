@@ -26,7 +26,7 @@ impl TokenizeRoute {
         TokenizeRoute::ExtrasCount,
     ];
 
-    /// Its path.
+    /// Path appended to the server's base URL.
     pub fn path(self) -> &'static str {
         match self {
             TokenizeRoute::Tokenize | TokenizeRoute::TokenizeContent => "/tokenize",
@@ -89,7 +89,7 @@ pub struct Client {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{url}: {reason}")]
 pub struct ClientError {
-    /// The URL.
+    /// Full URL of the request: the base URL plus the route's path.
     pub url: String,
     /// What failed.
     pub reason: String,

@@ -79,9 +79,7 @@ pub struct RunOutcome {
 /// The server under test and the model name to send it.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    /// The client.
     pub client: &'a Client,
-    /// The model name.
     pub model: &'a str,
 }
 

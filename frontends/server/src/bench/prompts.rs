@@ -355,7 +355,7 @@ pub struct SyntheticSpec {
     pub input_len: usize,
     /// `max_tokens` each.
     pub output_len: usize,
-    /// Seed.
+    /// Seeds the word choice; the same seed gives the same prompts.
     pub seed: u64,
 }
 

@@ -66,7 +66,7 @@ pub struct RunSummary {
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {
-    /// Schema version.
+    /// [`SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
     /// Server URL.
     pub url: String,
@@ -82,7 +82,7 @@ pub struct BenchReport {
     pub output_len: usize,
     /// Dataset path, when one was used.
     pub dataset: Option<String>,
-    /// Seed.
+    /// `--seed`, of the synthetic prompts and the arrival times.
     pub seed: u64,
     /// How prompt tokens were counted.
     pub token_counting: String,

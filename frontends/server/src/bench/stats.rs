@@ -7,7 +7,6 @@ use serde::Serialize;
 pub struct Summary {
     /// Number of values.
     pub count: usize,
-    /// Mean.
     pub mean: f64,
     /// Median.
     pub p50: f64,

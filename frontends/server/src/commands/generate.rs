@@ -81,31 +81,23 @@ pub enum Prompt {
     TokenIds(Vec<u32>),
 }
 
-/// Per-prompt sampling overrides (JSONL fields).
+/// Per-prompt sampling overrides: JSONL fields named as the `kiln generate`
+/// flags (`max_tokens` for `--max-tokens`). `None` keeps the flag's value.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
-    /// `max_tokens`.
     pub max_tokens: Option<u32>,
-    /// `min_tokens`.
     pub min_tokens: Option<u32>,
-    /// `temperature`.
     pub temperature: Option<f32>,
-    /// `top_p`.
     pub top_p: Option<f32>,
-    /// `top_k`.
     pub top_k: Option<u32>,
-    /// `min_p`.
     pub min_p: Option<f32>,
-    /// `seed`.
+    /// Seed of this prompt's sampling (no flag); `None` leaves it to the
+    /// engine's `--seed`.
     pub seed: Option<u64>,
-    /// `stop`.
     pub stop: Option<Vec<String>>,
-    /// `n`.
     pub n: Option<u32>,
-    /// `ignore_eos`.
     pub ignore_eos: Option<bool>,
-    /// `logprobs`.
     pub logprobs: Option<u32>,
 }
 
@@ -114,7 +106,6 @@ pub struct Overrides {
 pub struct GenerateItem {
     /// Its id in the output.
     pub id: Value,
-    /// The prompt.
     pub prompt: Prompt,
     /// Per-prompt overrides.
     pub overrides: Overrides,

@@ -17,7 +17,7 @@ use crate::startup::{Listening, summary_lines};
 pub struct HttpSettings {
     /// Address to bind (`--host`).
     pub host: String,
-    /// Port (`--port`).
+    /// TCP port to listen on (`--port`).
     pub port: u16,
     /// Bearer key required on API routes (`--api-key`).
     pub api_key: Option<String>,
@@ -33,9 +33,7 @@ pub struct HttpSettings {
 /// What `kiln serve` starts.
 #[derive(Debug, Clone)]
 pub struct ServeLaunch {
-    /// The engine.
     pub engine: EngineConfig,
-    /// The HTTP server.
     pub http: HttpSettings,
 }
 

@@ -319,7 +319,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, FactsError> {
 pub struct HeaderTensor {
     /// Dtype name (`BF16`).
     pub dtype: String,
-    /// Shape.
+    /// Dimension sizes, outermost first.
     pub shape: Vec<u64>,
     /// Bytes of data.
     pub bytes: u64,

@@ -27,7 +27,6 @@ pub const TP_SIZES: [usize; 4] = [1, 2, 4, 8];
 pub struct ModelShape {
     /// Decoder layers.
     pub layers: usize,
-    /// Hidden size.
     pub hidden_size: usize,
     /// Query heads.
     pub attention_heads: usize,
@@ -37,7 +36,6 @@ pub struct ModelShape {
     pub head_dim: usize,
     /// MLP inner size.
     pub intermediate_size: usize,
-    /// Vocabulary size.
     pub vocab_size: usize,
     /// Native context length.
     pub max_position_embeddings: usize,
@@ -77,7 +75,6 @@ pub enum Device {
 /// Settings the plan is made for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlanSettings {
-    /// Device.
     pub device: Device,
     /// Bytes per activation and KV element (4 for float32, 2 for 16-bit).
     pub dtype_bytes: u64,
@@ -119,7 +116,7 @@ pub struct TpOption {
     pub fits: bool,
     /// Why it does not fit or is invalid.
     pub reason: Option<String>,
-    /// Weight bytes per GPU.
+    /// `ceil(sharded / n) + replicated`.
     pub weight_bytes_per_gpu: u64,
     /// Per-step buffer bytes per GPU.
     pub activation_bytes_per_gpu: u64,
@@ -131,7 +128,7 @@ pub struct TpOption {
     pub kv_budget_bytes_per_gpu: u64,
     /// KV heads each GPU holds.
     pub kv_heads_per_gpu: usize,
-    /// KV bytes per token per GPU.
+    /// `2 × layers × kv_heads_per_gpu × head_dim × dtype_bytes`.
     pub kv_bytes_per_token_per_gpu: u64,
     /// KV blocks in the pool.
     pub kv_blocks: u64,

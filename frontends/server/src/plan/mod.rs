@@ -32,32 +32,31 @@ pub enum PlanError {
 pub enum DtypeRequest {
     /// float32 on CPU, bfloat16 on GPU (what the engine picks on GPUs that have it).
     Auto,
-    /// float32.
+    /// 4 bytes per element.
     Float32,
-    /// float16.
+    /// 2 bytes per element (IEEE half precision).
     Float16,
-    /// bfloat16.
+    /// 2 bytes per element (float32's exponent range).
     BFloat16,
 }
 
-/// What the user asked to plan for.
+/// What the user asked to plan for: the `kiln plan` flags of the same names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanRequest {
     /// How the model was named (for the recommended command).
     pub model_name: String,
-    /// Device.
+    /// `--device`, with `--gpu-memory` or the detected memory.
     pub device: Device,
-    /// `--dtype`.
     pub dtype: DtypeRequest,
     /// `--max-model-len`; `None`: the model's.
     pub max_model_len: Option<usize>,
-    /// `--tensor-parallel-size`.
+    /// GPUs the model is split over.
     pub tensor_parallel_size: usize,
-    /// `--gpu-memory-utilization`.
+    /// Fraction of each GPU's memory to use, in (0, 1].
     pub gpu_memory_utilization: f64,
-    /// `--kv-cache-memory-bytes`.
+    /// KV-cache bytes per device; `None`: what is left after weights and buffers.
     pub kv_cache_memory_bytes: Option<u64>,
-    /// `--block-size`.
+    /// Tokens per KV block.
     pub block_size: usize,
     /// `--max-num-seqs`; `None`: the device default.
     pub max_num_seqs: Option<usize>,
@@ -75,12 +74,12 @@ pub struct ModelReport {
     /// Dimensions.
     #[serde(flatten)]
     pub shape: ModelShape,
-    /// Parameters.
+    /// Parameter count (embeddings counted once when tied).
     pub parameters: u64,
     /// Parameters one token computes with (fewer than `parameters` for a
     /// mixture of experts).
     pub active_parameters: u64,
-    /// Weight format.
+    /// `GGUF Q4_1`, `safetensors BF16`, `bfloat16 (estimated)`…
     pub weight_format: String,
     /// Total weight bytes.
     pub weight_bytes: u64,
@@ -97,7 +96,7 @@ pub struct SettingsReport {
     pub device: &'static str,
     /// Memory per device (`null` for CPU when unknown).
     pub device_memory_bytes: Option<u64>,
-    /// Utilization (GPU).
+    /// Fraction of GPU memory used, in (0, 1]; ignored on CPU.
     pub gpu_memory_utilization: f64,
     /// Activation and KV dtype.
     pub dtype: &'static str,
@@ -137,11 +136,12 @@ pub struct Recommendation {
 /// The whole plan (`kiln plan --json`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
-    /// Schema version.
+    /// [`SCHEMA_VERSION`] of the writer (see `PLAN_SCHEMA.md`).
     pub schema_version: u32,
-    /// The model.
+    /// The model's shape, parameter counts and weight bytes.
     pub model: ModelReport,
-    /// The settings.
+    /// The settings after device defaults and the model's context length fill in
+    /// what the flags left out.
     pub settings: SettingsReport,
     /// KV bytes per token on one device holding every KV head.
     pub kv_bytes_per_token: u64,

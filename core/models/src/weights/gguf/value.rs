@@ -2,19 +2,12 @@
 
 /// GGUF metadata value type ids (the `u32` before every value).
 pub mod type_id {
-    /// u8.
     pub const U8: u32 = 0;
-    /// i8.
     pub const I8: u32 = 1;
-    /// u16.
     pub const U16: u32 = 2;
-    /// i16.
     pub const I16: u32 = 3;
-    /// u32.
     pub const U32: u32 = 4;
-    /// i32.
     pub const I32: u32 = 5;
-    /// f32.
     pub const F32: u32 = 6;
     /// bool (one byte, 0 or 1).
     pub const BOOL: u32 = 7;
@@ -22,42 +15,28 @@ pub mod type_id {
     pub const STRING: u32 = 8;
     /// Array: element type id, length, elements.
     pub const ARRAY: u32 = 9;
-    /// u64.
     pub const U64: u32 = 10;
-    /// i64.
     pub const I64: u32 = 11;
-    /// f64.
     pub const F64: u32 = 12;
 }
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GgufValue {
-    /// u8.
     U8(u8),
-    /// i8.
     I8(i8),
-    /// u16.
     U16(u16),
-    /// i16.
     I16(i16),
-    /// u32.
     U32(u32),
-    /// i32.
     I32(i32),
-    /// f32.
     F32(f32),
-    /// bool.
     Bool(bool),
     /// UTF-8 string.
     String(String),
     /// Array; every element has the same type (arrays may nest).
     Array(Vec<GgufValue>),
-    /// u64.
     U64(u64),
-    /// i64.
     I64(i64),
-    /// f64.
     F64(f64),
 }
 
