@@ -27,6 +27,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod e4m3;
 pub mod ops;
 pub mod plugin;
 pub mod safe;

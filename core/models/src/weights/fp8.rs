@@ -9,14 +9,12 @@
 //! `torch.float8_e4m3fn`): bias 7, 3 mantissa bits, subnormals, no
 //! infinities, `0x7F`/`0xFF` NaN, largest magnitude 448.
 
+use kiln_plugin_abi::e4m3::{is_e4m3_nan, quantize_rows};
 use kiln_plugin_abi::safe::{AbiResult, Device, Weight, WeightPartSpec, WeightSpec};
 use kiln_plugin_abi::{KILN_F32, KILN_PART_DATA, KILN_PART_SCALES, KILN_U8, KILN_WEIGHT_FP8_E4M3};
 
 use super::dequant::dequantize_view;
 use super::{TensorView, WeightDType};
-
-/// The largest finite E4M3 magnitude.
-pub const E4M3_MAX: f32 = 448.0;
 
 /// A Linear weight as E4M3 codes `[rows, cols]` and an f32 scale per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,46 +31,6 @@ pub struct Fp8Linear {
     pub checkpoint_bytes: u64,
 }
 
-/// True for the two NaN codes.
-fn is_nan_code(code: u8) -> bool {
-    code & 0x7F == 0x7F
-}
-
-/// The value of a finite code.
-pub fn e4m3_value(code: u8) -> f32 {
-    let (exp, mant) = (i32::from((code >> 3) & 15), f32::from(code & 7));
-    let mag = if exp == 0 {
-        mant / 8.0 * 2f32.powi(-6)
-    } else {
-        (1.0 + mant / 8.0) * 2f32.powi(exp - 7)
-    };
-    if code & 0x80 != 0 { -mag } else { mag }
-}
-
-/// The nearest code to `v`, ties to even, saturating at ±448 (vLLM clamps
-/// before casting, and the cast rounds to nearest even).
-pub fn e4m3_code(v: f32) -> u8 {
-    if v.is_nan() {
-        return 0;
-    }
-    let sign = if v.is_sign_negative() { 0x80u8 } else { 0 };
-    let a = v.abs().min(E4M3_MAX);
-    // Below the smallest normal, 2^-6, codes are multiples of 2^-9; 8 of
-    // them is exactly code 0x08, the smallest normal.
-    if a < 2f32.powi(-6) {
-        return sign | (a * 512.0).round_ties_even() as u8;
-    }
-    let exp = ((a.to_bits() >> 23) as i32) - 127;
-    // `a` in steps of 2^(exp-3): between 8 and 16 of them (the scaling is exact).
-    let steps = (a * 2f32.powi(3 - exp)).round_ties_even() as u32;
-    let (exp, steps) = if steps == 16 {
-        (exp + 1, 8)
-    } else {
-        (exp, steps)
-    };
-    sign | (((exp + 7) as u8) << 3) | (steps - 8) as u8
-}
-
 impl Fp8Linear {
     /// Quantize `values` (`[rows, cols]`): each row's scale is its largest
     /// magnitude over 448 (1 for an all-zero row), each code the value over
@@ -83,14 +41,7 @@ impl Fp8Linear {
             rows * cols,
             "FP8 quantization of [{rows}, {cols}]"
         );
-        let mut codes = Vec::with_capacity(values.len());
-        let mut scales = Vec::with_capacity(rows);
-        for row in values.chunks_exact(cols.max(1)).take(rows) {
-            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
-            codes.extend(row.iter().map(|&v| e4m3_code(v / scale)));
-            scales.push(scale);
-        }
+        let (codes, mut scales) = quantize_rows(values, cols);
         scales.resize(rows, 1.0);
         Fp8Linear {
             rows,
@@ -120,7 +71,7 @@ impl Fp8Linear {
                 format!("has shape {:?}, expected [{rows}, {cols}]", weight.shape),
             ));
         }
-        if let Some(i) = weight.data.iter().position(|&c| is_nan_code(c)) {
+        if let Some(i) = weight.data.iter().position(|&c| is_e4m3_nan(c)) {
             return Err((
                 "weight",
                 format!(
@@ -213,21 +164,6 @@ mod tests {
     }
 
     #[test]
-    fn codes_round_trip_and_round_to_nearest_even() {
-        for code in (0..=255u8).filter(|&c| !is_nan_code(c)) {
-            assert_eq!(e4m3_code(e4m3_value(code)), code, "{code:#04x}");
-        }
-        assert_eq!(e4m3_value(0x7E), 448.0);
-        assert_eq!(e4m3_value(0x01), 2f32.powi(-9));
-        // 1.0625 is halfway between 1.0 (even) and 1.125: to 1.0.
-        assert_eq!(e4m3_code(1.0625), 0x38);
-        // 1.1875 is halfway between 1.125 and 1.25 (even): to 1.25.
-        assert_eq!(e4m3_code(1.1875), 0x3A);
-        assert_eq!(e4m3_code(-1e9), 0xFE);
-        assert_eq!(e4m3_code(2f32.powi(-10)), 0);
-    }
-
-    #[test]
     fn quantized_rows_stay_within_half_a_step() {
         let values: Vec<f32> = (0..96)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
@@ -238,7 +174,7 @@ mod tests {
             let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
             assert_eq!(w.scales[r], amax / 448.0);
             for (c, &v) in row.iter().enumerate() {
-                let back = e4m3_value(w.codes[r * 32 + c]) * w.scales[r];
+                let back = kiln_plugin_abi::e4m3::e4m3_value(w.codes[r * 32 + c]) * w.scales[r];
                 // Three mantissa bits: half a step is at most 1/16 of the value.
                 assert!((back - v).abs() <= v.abs() / 16.0 + 1e-6, "{v} vs {back}");
             }
