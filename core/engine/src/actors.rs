@@ -103,12 +103,18 @@ impl Handler<ResetPrefixCache> for BlockManagerActor {
 /// The model-runner actor.
 pub struct RunnerActor {
     runner: ModelRunner,
+    /// Dropped with the runner, which tells a stopping engine that the
+    /// runner's memory is free (nothing is ever sent).
+    _alive: std::sync::mpsc::Sender<()>,
 }
 
 impl RunnerActor {
-    /// Wrap a runner.
-    pub fn new(runner: ModelRunner) -> Self {
-        RunnerActor { runner }
+    /// Wraps a runner; `alive` disconnects when the actor is dropped.
+    pub fn new(runner: ModelRunner, alive: std::sync::mpsc::Sender<()>) -> Self {
+        RunnerActor {
+            runner,
+            _alive: alive,
+        }
     }
 }
 

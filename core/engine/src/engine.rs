@@ -65,8 +65,15 @@ pub struct Engine {
     handle: EngineHandle,
     system: System,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnects when the runner actor (weights, KV cache) is dropped,
+    /// on its own thread, after the engine thread ends.
+    runner_dropped: std::sync::mpsc::Receiver<()>,
     summary: StartupSummary,
 }
+
+/// How long stopping waits for the runner to let go of its memory (a step
+/// in flight finishes first).
+const RUNNER_DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What start-up decided, for the summary the `kiln` command prints.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +100,7 @@ impl Engine {
     pub fn start_with(config: EngineConfig, hooks: StartHooks<'_>) -> Result<Engine, StartError> {
         let p = prepare(&config, hooks)?;
         let summary = p.summary.clone();
-        let (handle, system, thread) = spawn_actors(
+        let (handle, system, thread, runner_dropped) = spawn_actors(
             &config,
             p.files,
             p.runner,
@@ -105,6 +112,7 @@ impl Engine {
             handle,
             system,
             thread: Some(thread),
+            runner_dropped,
             summary,
         })
     }
@@ -124,10 +132,19 @@ impl Engine {
         self.stop();
     }
 
+    /// Stops the actors and returns once the model's weights and KV cache
+    /// are freed, so that a model loaded next finds the memory.
     fn stop(&mut self) {
         self.system.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            let waited = self.runner_dropped.recv_timeout(RUNNER_DROP_WAIT);
+            if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                tracing::warn!(
+                    "the model runner still holds its memory {}s after the engine stopped",
+                    RUNNER_DROP_WAIT.as_secs()
+                );
+            }
         }
     }
 }
@@ -553,7 +570,12 @@ fn engine_info(
     }
 }
 
-type Spawned = (EngineHandle, System, std::thread::JoinHandle<()>);
+type Spawned = (
+    EngineHandle,
+    System,
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Receiver<()>,
+);
 
 /// The structured-output compiler over the model's vocabulary.
 fn structured_outputs(files: &ModelFiles) -> Result<Arc<Grammars>, StartError> {
@@ -612,6 +634,7 @@ fn spawn_actors(
         });
     }
     let (tx, rx) = std::sync::mpsc::channel();
+    let (alive, runner_dropped) = std::sync::mpsc::channel::<()>();
     let (events_tx, shared_tx) = (events.clone(), shared.clone());
     let thread = std::thread::Builder::new()
         .name("kiln-engine".into())
@@ -620,10 +643,11 @@ fn spawn_actors(
             system.block_on(async move {
                 let block_manager = BlockManagerActor::new(BlockManager::new(block_config)).start();
                 let sampler = SamplerActor::new(sampler_core, events_tx.clone(), clock).start();
-                let slot = Mutex::new(Some(runner));
+                let slot = Mutex::new(Some((runner, alive)));
                 let runner = SyncArbiter::start(1, move || {
-                    let runner = slot.lock().ok().and_then(|mut s| s.take());
-                    RunnerActor::new(runner.expect("the model runner is started exactly once"))
+                    let parts = slot.lock().ok().and_then(|mut s| s.take());
+                    let (runner, alive) = parts.expect("the model runner is started exactly once");
+                    RunnerActor::new(runner, alive)
                 });
                 let scheduler = SchedulerActor::new(SchedulerParts {
                     core: Scheduler::new(scheduler_config),
@@ -656,5 +680,10 @@ fn spawn_actors(
         shared,
         next_id: AtomicU64::new(1),
     };
-    Ok((EngineHandle::new(Arc::new(engine)), system, thread))
+    Ok((
+        EngineHandle::new(Arc::new(engine)),
+        system,
+        thread,
+        runner_dropped,
+    ))
 }
