@@ -266,3 +266,20 @@ fn a_llama_file_with_experts_is_mixtral() {
     let msg = with_experts(5).unwrap_err().to_string();
     assert!(msg.contains("`llama.expert_used_count`"), "{msg}");
 }
+
+/// A corrupt layer count is refused before any per-layer table is sized
+/// from it (a fuzzed file with 385,875,969 layers once exhausted memory).
+#[test]
+fn an_absurd_layer_count_is_refused() {
+    let mut w = GgufWriter::new();
+    w.metadata("general.architecture", GgufValue::String("llama".into()))
+        .metadata("llama.embedding_length", GgufValue::U32(64))
+        .metadata("llama.attention.head_count", GgufValue::U32(4))
+        .metadata("llama.feed_forward_length", GgufValue::U32(128))
+        .metadata("llama.block_count", GgufValue::U32(0x1700_0001));
+    let e = config_of(&w).unwrap_err().to_string();
+    assert!(
+        e.contains("`llama.block_count`") && e.contains("385875969 layers"),
+        "{e}"
+    );
+}

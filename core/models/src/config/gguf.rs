@@ -4,7 +4,7 @@
 
 use super::{
     AttentionShape, ConfigError, HiddenAct, ModelConfig, MoeConfig, Multipliers, RopeScaling,
-    check_window, default_head_dim, invalid,
+    check_window, checked_layer_count, default_head_dim, invalid,
 };
 use crate::registry::{self, Family};
 use crate::weights::gguf::GgufFile;
@@ -29,7 +29,7 @@ impl ModelConfig {
         let rope_theta = keys.positive_f32("rope.freq_base")?.unwrap_or(10000.0);
         let rope_scaling = keys.rope_scaling(rotary_dim.max(2), rope_theta)?;
         let has = |name: &str| g.tensor_info(name).is_some();
-        let layers = keys.required("block_count")?;
+        let layers = checked_layer_count(keys.required("block_count")?, &keys.key("block_count"))?;
         let context = keys.positive("context_length")?.unwrap_or(2048);
         // llama.cpp writes 0 for "no window" (Phi-3 without one).
         let sliding_window = match g.get_u64(&keys.key("attention.sliding_window")) {

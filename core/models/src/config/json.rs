@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AttentionShape, ConfigError, HiddenAct, ModelConfig, MoeConfig, Multipliers, RopeScaling,
-    check_window, default_head_dim, invalid, rotary_dim_of,
+    check_window, checked_layer_count, default_head_dim, invalid, rotary_dim_of,
 };
 use crate::registry::{self, Family};
 use crate::rope::yarn_mscale;
@@ -663,7 +663,9 @@ impl ModelConfig {
                 _ => shape.head_dim,
             },
         };
-        let num_hidden_layers = f.required(f.first(&["num_hidden_layers", "n_layer"]))?;
+        let layers_field = f.first(&["num_hidden_layers", "n_layer"]);
+        let num_hidden_layers =
+            checked_layer_count(f.required(layers_field)?, &f.path(layers_field))?;
         let (attention_bias, mlp_bias) = hf_biases(&f, family)?;
         let intermediate_size = match family {
             Some(Family::Gpt2) => f.positive("n_inner")?.unwrap_or(4 * shape.hidden_size),
@@ -775,6 +777,19 @@ mod tests {
             r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_attention_heads":4,
                "intermediate_size":8,"num_hidden_layers":1,"vocab_size":8{extra}}}"#
         ))
+    }
+
+    #[test]
+    fn an_absurd_layer_count_is_refused() {
+        let e = ModelConfig::from_hf_json(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_attention_heads":4,
+               "intermediate_size":8,"num_hidden_layers":5000000,"vocab_size":8}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("`num_hidden_layers`") && e.to_string().contains("at most 1024"),
+            "{e}"
+        );
     }
 
     #[test]

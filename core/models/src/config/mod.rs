@@ -29,6 +29,24 @@ pub enum ConfigError {
     },
 }
 
+/// Most decoder layers a config may declare. Published models have under
+/// 200; a larger count is a corrupt file, refused before per-layer tables
+/// are sized from it.
+pub const MAX_LAYERS: usize = 1024;
+
+/// `layers`, or the error naming `field` when it exceeds [`MAX_LAYERS`].
+pub(crate) fn checked_layer_count(layers: usize, field: &str) -> Result<usize, ConfigError> {
+    if layers > MAX_LAYERS {
+        return Err(invalid(
+            field,
+            format!(
+                "{layers} layers is more than any model has (at most {MAX_LAYERS}); the file is corrupt"
+            ),
+        ));
+    }
+    Ok(layers)
+}
+
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
