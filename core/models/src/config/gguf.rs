@@ -54,7 +54,7 @@ impl ModelConfig {
                 })?,
         };
         let gemma3 = family == Some(Family::Gemma3);
-        Ok(ModelConfig {
+        ModelConfig {
             architecture: family.map_or(arch.to_string(), |fam| fam.hf_architecture().to_string()),
             model_type: arch.to_string(),
             hidden_size: shape.hidden_size,
@@ -116,7 +116,8 @@ impl ModelConfig {
                 Some(n) => Some(keys.moe(family, n, layers)?),
                 None => None,
             },
-        })
+        }
+        .within_limits()
     }
 }
 

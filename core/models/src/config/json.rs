@@ -702,7 +702,7 @@ impl ModelConfig {
                 None => Ok(default),
             }
         };
-        Ok(ModelConfig {
+        ModelConfig {
             sliding_layers: match sliding_window {
                 Some(_) => sliding_layers,
                 None => vec![false; num_hidden_layers],
@@ -758,7 +758,8 @@ impl ModelConfig {
             moe: hf_moe(&f, family, num_hidden_layers, intermediate_size)?,
             architecture,
             model_type,
-        })
+        }
+        .within_limits()
     }
 }
 
@@ -777,6 +778,18 @@ mod tests {
             r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_attention_heads":4,
                "intermediate_size":8,"num_hidden_layers":1,"vocab_size":8{extra}}}"#
         ))
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_sized_from_them() {
+        let e = ModelConfig::from_hf_json(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":1099511627776,
+               "num_attention_heads":4,"intermediate_size":8,"num_hidden_layers":1,"vocab_size":8}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`hidden_size`"), "{e}");
+        let e = with(r#","max_position_embeddings":1000000000000"#).unwrap_err();
+        assert!(e.to_string().contains("`max_position_embeddings`"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,50 @@ pub enum ConfigError {
 /// are sized from it.
 pub const MAX_LAYERS: usize = 1024;
 
+/// The largest width, vocabulary, context and expert count a config may
+/// declare, far above any published model's. With them (and
+/// [`MAX_LAYERS`]) every size derived from a config — a parameter count,
+/// a weight's bytes — fits in a u64; a larger value is a corrupt file.
+const SIZE_LIMITS: [(&str, usize); 8] = [
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 19),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 14),
+    ("vocab_size", 1 << 24),
+    ("max_position_embeddings", 1 << 27),
+    ("num_experts", 1 << 10),
+];
+
+impl ModelConfig {
+    /// This config, or the error naming the first size above its limit.
+    pub(crate) fn within_limits(self) -> Result<ModelConfig, ConfigError> {
+        let moe = self.moe.as_ref();
+        let sizes = [
+            self.hidden_size,
+            self.intermediate_size.max(moe.map_or(0, |m| {
+                m.expert_intermediate_size
+                    .max(m.shared_expert_intermediate_size.unwrap_or(0))
+            })),
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.max_position_embeddings,
+            moe.map_or(0, |m| m.num_experts),
+        ];
+        for ((field, limit), value) in SIZE_LIMITS.into_iter().zip(sizes) {
+            if value > limit {
+                return Err(invalid(
+                    field,
+                    format!("{value} is above any model's (at most {limit}); the file is corrupt"),
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// `layers`, or the error naming `field` when it exceeds [`MAX_LAYERS`].
 pub(crate) fn checked_layer_count(layers: usize, field: &str) -> Result<usize, ConfigError> {
     if layers > MAX_LAYERS {
