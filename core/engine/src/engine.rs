@@ -67,7 +67,8 @@ pub struct Engine {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Disconnects when the runner actor (weights, KV cache) is dropped,
     /// on its own thread, after the engine thread ends.
-    runner_dropped: std::sync::mpsc::Receiver<()>,
+    /// (In a mutex only so that `Engine` stays `Sync`.)
+    runner_dropped: Mutex<std::sync::mpsc::Receiver<()>>,
     summary: StartupSummary,
 }
 
@@ -112,7 +113,7 @@ impl Engine {
             handle,
             system,
             thread: Some(thread),
-            runner_dropped,
+            runner_dropped: Mutex::new(runner_dropped),
             summary,
         })
     }
@@ -138,7 +139,11 @@ impl Engine {
         self.system.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            let waited = self.runner_dropped.recv_timeout(RUNNER_DROP_WAIT);
+            let dropped = self
+                .runner_dropped
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner());
+            let waited = dropped.recv_timeout(RUNNER_DROP_WAIT);
             if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                 tracing::warn!(
                     "the model runner still holds its memory {}s after the engine stopped",
@@ -686,4 +691,14 @@ fn spawn_actors(
         thread,
         runner_dropped,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The Python binding shares an engine between threads.
+    #[test]
+    fn an_engine_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::Engine>();
+    }
 }
