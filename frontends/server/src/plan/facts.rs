@@ -74,6 +74,33 @@ pub struct ModelFacts {
     pub weight_origin: WeightOrigin,
     /// `GGUF Q4_1`, `safetensors BF16`, `bfloat16 (estimated)`…
     pub weight_format: String,
+    /// The stored bytes of each tensor format (GGUF type or safetensors
+    /// dtype), most bytes first; empty when the bytes are estimated.
+    pub bytes_by_format: Vec<FormatBytes>,
+}
+
+/// The tensors of one stored format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FormatBytes {
+    /// `Q4_K`, `Q6_K`, `F32` (GGUF) or `BF16`, `I32` (safetensors).
+    pub format: String,
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+/// Adds `bytes` of one tensor stored as `format`.
+fn tally(by: &mut Vec<FormatBytes>, format: &str, bytes: u64) {
+    match by.iter_mut().find(|f| f.format == format) {
+        Some(f) => {
+            f.tensors += 1;
+            f.bytes += bytes;
+        }
+        None => by.push(FormatBytes {
+            format: format.to_string(),
+            tensors: 1,
+            bytes,
+        }),
+    }
 }
 
 /// Dimensions from a parsed config.
@@ -119,7 +146,9 @@ fn facts(
     weights: WeightSplit,
     origin: WeightOrigin,
     format: String,
+    mut bytes_by_format: Vec<FormatBytes>,
 ) -> ModelFacts {
+    bytes_by_format.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.format.cmp(&b.format)));
     ModelFacts {
         architecture: config.architecture.clone(),
         shape: shape_of(config),
@@ -128,6 +157,7 @@ fn facts(
         weights,
         weight_origin: origin,
         weight_format: format,
+        bytes_by_format,
     }
 }
 
@@ -144,12 +174,14 @@ fn gguf_facts(path: &Path) -> Result<ModelFacts, FactsError> {
         sharded: 0,
         replicated: 0,
     };
+    let mut by_format = Vec::new();
     for t in g.tensors() {
         if t.ne.iter().filter(|&&d| d > 1).count() >= 2 {
             split.sharded += t.size;
         } else {
             split.replicated += t.size;
         }
+        tally(&mut by_format, t.dtype.name(), t.size);
     }
     let label = g
         .quantization_label()
@@ -160,6 +192,7 @@ fn gguf_facts(path: &Path) -> Result<ModelFacts, FactsError> {
         split,
         WeightOrigin::GgufTensors,
         format!("GGUF {label}"),
+        by_format,
     ))
 }
 
@@ -174,7 +207,7 @@ fn directory_facts(dir: &Path) -> Result<ModelFacts, FactsError> {
         sharded: 0,
         replicated: 0,
     };
-    let mut dtypes: Vec<(String, u64)> = Vec::new();
+    let mut by_format = Vec::new();
     for f in &files {
         for t in read_safetensors_header(f)? {
             if t.shape.iter().filter(|&&d| d > 1).count() >= 2 {
@@ -182,19 +215,20 @@ fn directory_facts(dir: &Path) -> Result<ModelFacts, FactsError> {
             } else {
                 split.replicated += t.bytes;
             }
-            match dtypes.iter_mut().find(|(d, _)| *d == t.dtype) {
-                Some((_, b)) => *b += t.bytes,
-                None => dtypes.push((t.dtype, t.bytes)),
-            }
+            tally(&mut by_format, &t.dtype, t.bytes);
         }
     }
-    dtypes.sort_by_key(|d| std::cmp::Reverse(d.1));
-    let dominant = dtypes.first().map(|(d, _)| d.clone()).unwrap_or_default();
+    let dominant = by_format
+        .iter()
+        .max_by_key(|f| f.bytes)
+        .map(|f| f.format.clone())
+        .unwrap_or_default();
     Ok(facts(
         &config,
         split,
         WeightOrigin::SafetensorsHeaders,
         format!("safetensors {dominant}"),
+        by_format,
     ))
 }
 
@@ -243,6 +277,7 @@ fn estimated(c: &ModelConfig, known_total: Option<u64>) -> ModelFacts {
             split,
             WeightOrigin::FileSizes,
             format!("safetensors {dtype}"),
+            Vec::new(),
         );
     }
     let params = c.num_parameters();
@@ -274,7 +309,13 @@ fn estimated(c: &ModelConfig, known_total: Option<u64>) -> ModelFacts {
         sharded: linear_bytes + (embed + head) * bytes,
         replicated: norms,
     };
-    facts(c, split, WeightOrigin::ParametersTimesDtype, format)
+    facts(
+        c,
+        split,
+        WeightOrigin::ParametersTimesDtype,
+        format,
+        Vec::new(),
+    )
 }
 
 /// The safetensors files of a directory: the index's shards, else

@@ -8,7 +8,7 @@ pub mod render;
 
 use serde::Serialize;
 
-use facts::{ModelFacts, WeightOrigin};
+use facts::{FormatBytes, ModelFacts, WeightOrigin};
 use math::{
     CPU_DEFAULTS, Device, GPU_DEFAULTS, ModelShape, PlanSettings, TP_SIZES, TpOption, WeightSplit,
 };
@@ -81,6 +81,8 @@ pub struct ModelReport {
     pub active_parameters: u64,
     /// `GGUF Q4_1`, `safetensors BF16`, `bfloat16 (estimated)`…
     pub weight_format: String,
+    /// Stored bytes per tensor format, most first (empty when estimated).
+    pub bytes_by_format: Vec<FormatBytes>,
     /// Total weight bytes.
     pub weight_bytes: u64,
     /// Split by tensor parallelism.
@@ -245,6 +247,7 @@ pub fn build_plan(facts: &ModelFacts, request: &PlanRequest) -> Result<Plan, Pla
             parameters: facts.parameters,
             active_parameters: facts.active_parameters,
             weight_format: facts.weight_format.clone(),
+            bytes_by_format: facts.bytes_by_format.clone(),
             weight_bytes: facts.weights.total(),
             weight_split: facts.weights,
             weight_bytes_origin: facts.weight_origin,

@@ -59,6 +59,18 @@ pub fn to_text(plan: &Plan) -> String {
         m.weight_format,
         origin(m.weight_bytes_origin)
     );
+    if m.bytes_by_format.len() > 1 {
+        let formats: Vec<String> = m
+            .bytes_by_format
+            .iter()
+            .map(|f| {
+                let plural = if f.tensors == 1 { "" } else { "s" };
+                let (name, bytes, n) = (&f.format, size(f.bytes), f.tensors);
+                format!("{name} {bytes} ({n} tensor{plural})")
+            })
+            .collect();
+        let _ = writeln!(out, "          by format: {}", formats.join(", "));
+    }
     let _ = writeln!(
         out,
         "Shape     {} layers, hidden {}, {} heads / {} KV heads × {}, FFN {}, vocab {}, context {}",
