@@ -19,6 +19,11 @@ fn target_dir() -> PathBuf {
 fn the_cpu_backend_loads_from_its_library_and_runs_a_model() {
     let lib = target_dir().join(libloading_name());
     if !lib.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing: the test script builds it before the tests",
+            lib.display()
+        );
         eprintln!(
             "skipping: {} not built (run `cargo build --release -p kiln-backend-cpu` first; the test script does)",
             lib.display()

@@ -18,6 +18,10 @@ fn model() -> Option<GgufFile> {
     if p.exists() {
         Some(GgufFile::open(&p).expect("open the default model"))
     } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the default model is missing: CI sets KILN_TEST_GGUF after `kiln pull`"
+        );
         eprintln!(
             "skipping: default model not found at {} (set KILN_TEST_GGUF)",
             p.display()

@@ -167,6 +167,10 @@ mod tests {
             "What is the capital of France?",
         ]);
         if !args.model.exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the default model is missing: CI sets KILN_TEST_GGUF after `kiln pull`"
+            );
             eprintln!(
                 "skipping: {} is absent (set KILN_TEST_GGUF)",
                 args.model.display()

@@ -366,6 +366,10 @@ fn real_smollm2_gguf() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/work/models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
     if !path.is_file() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the default model is missing: CI sets KILN_TEST_GGUF after `kiln pull`"
+        );
         eprintln!("skipping: the default model is not available (set KILN_TEST_GGUF)");
         return;
     }
@@ -387,4 +391,22 @@ fn real_smollm2_gguf() {
     );
     assert_eq!(facts.weight_format, "GGUF Q4_1");
     assert_eq!(facts.shape, shape_of(&config("smollm2")));
+    let by_format: Vec<(&str, usize, u64)> = facts
+        .bytes_by_format
+        .iter()
+        .map(|f| (f.format.as_str(), f.tensors, f.bytes))
+        .collect();
+    assert_eq!(
+        by_format,
+        vec![
+            ("Q4_1", 210, 66_355_200),
+            ("Q8_0", 1, 30_081_024),
+            ("F32", 61, 140_544)
+        ]
+    );
+    let text = render::to_text(&build_plan(&facts, &gpu("m", 24 * GIB)).unwrap());
+    assert!(
+        text.contains("by format: Q4_1 63.3 MiB (210 tensors), Q8_0 28.7 MiB (1 tensor)"),
+        "{text}"
+    );
 }
