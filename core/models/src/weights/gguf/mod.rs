@@ -268,19 +268,6 @@ impl GgufFile {
         v
     }
 
-    /// Tensor count and bytes of each stored type, most bytes first (ties by type).
-    pub fn bytes_by_type(&self) -> Vec<(WeightDType, usize, u64)> {
-        let mut by: BTreeMap<WeightDType, (usize, u64)> = BTreeMap::new();
-        for t in &self.tensors {
-            let e = by.entry(t.dtype).or_default();
-            e.0 += 1;
-            e.1 += t.size;
-        }
-        let mut v: Vec<_> = by.into_iter().map(|(d, (n, b))| (d, n, b)).collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-        v
-    }
-
     /// The file's quantization as Ollama and llama.cpp name it: the
     /// `general.file_type` mix (`Q4_K_M`, whose matrices are mostly Q4_K
     /// with some Q6_K and Q5_0), else the type of most matrices (`Q4_1`);
