@@ -77,8 +77,17 @@ if [[ "${KILN_PEERS_CONVERT_DEPS:-0}" == 1 ]]; then
     "$PY" -m pip install -q torch transformers safetensors sentencepiece
 fi
 
-echo "== cmake + ninja (Release, native, static)"
+# On CPUs with AMX, -march=native also compiles ggml's AMX matmul, which
+# crashes (SIGSEGV in ggml_backend_amx_mul_mat) on the KVM guests this was
+# measured on. Kiln does not use AMX either, so both engines run their
+# AVX-512 VNNI kernels.
+NO_AMX=""
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+echo "== cmake + ninja (Release, native${NO_AMX:+, without AMX}, static)"
 cmake -S "$LLAMA" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
     -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF
 ninja -C "$BUILD" "${TOOLS[@]}"
 
