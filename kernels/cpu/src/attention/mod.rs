@@ -51,6 +51,22 @@ impl KvCache<'_> {
         self.len() == 0
     }
 
+    /// Bytes per element.
+    fn elem_bytes(&self) -> usize {
+        match self {
+            KvCache::F32(_) => 4,
+            KvCache::F16(_) => 2,
+        }
+    }
+
+    /// The first element's address.
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            KvCache::F32(s) => s.as_ptr() as *const u8,
+            KvCache::F16(s) => s.as_ptr() as *const u8,
+        }
+    }
+
     /// Copy `out.len()` values from element `base` into `out` as f32.
     #[inline]
     pub(crate) fn read(&self, base: usize, out: &mut [f32]) {
@@ -204,6 +220,32 @@ impl Ctx<'_> {
             }
             (p, base)
         })
+    }
+
+    /// Ask the cache hierarchy for the key and value rows of positions
+    /// `keys.0..keys.1` of the item's KV head (a hint; no effect on results).
+    #[inline]
+    pub(crate) fn prefetch_keys(&self, item: &Item, keys: (usize, usize)) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            for (_, base) in self.kv_bases(item, keys) {
+                for cache in [&self.k, &self.v] {
+                    let (at, es) = (cache.as_ptr(), cache.elem_bytes());
+                    for line in (0..self.shape.head_dim * es).step_by(64) {
+                        // SAFETY: prefetching never faults; the address is
+                        // only computed, not dereferenced.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                at.wrapping_add(base * es + line) as *const i8
+                            )
+                        };
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (item, keys);
     }
 
     /// First key position row at position `p` attends to.

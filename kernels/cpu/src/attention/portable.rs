@@ -45,6 +45,11 @@ pub(crate) struct Rows<'a> {
     pub acc: &'a mut [f32],
 }
 
+/// Chunks ahead of the current one whose keys and values are prefetched:
+/// a sequence's cache rows of one KV head lie `kv_heads·head_dim` elements
+/// apart, a stride the hardware prefetchers do not follow far enough.
+const PREFETCH_CHUNKS: usize = 2;
+
 /// Run one item: every (token, head) row of it over its causal key range.
 #[inline(always)]
 pub(crate) fn drive<K: ChunkKernel>(ctx: &Ctx<'_>, item: &Item, scratch: &mut Vec<f32>) {
@@ -79,6 +84,10 @@ pub(crate) fn drive<K: ChunkKernel>(ctx: &Ctx<'_>, item: &Item, scratch: &mut Ve
     for c in first / CHUNK..=last / CHUNK {
         let base = c * CHUNK;
         let keys = (base.max(first), (base + CHUNK).min(last + 1));
+        let ahead = base + PREFETCH_CHUNKS * CHUNK;
+        if ahead <= last {
+            ctx.prefetch_keys(item, (ahead, (ahead + CHUNK).min(last + 1)));
+        }
         // SAFETY: the caller picked a kernel this CPU supports.
         unsafe { K::load(ctx, item, c, keys, (&mut *kbuf, &mut *vbuf)) };
         for ti in 0..ntok {
