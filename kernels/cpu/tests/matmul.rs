@@ -111,7 +111,8 @@ fn isas_agree_bit_for_bit_with_bias_and_accumulation() {
     let pool = ThreadPool::new(2);
     let mut rng = Rng(11);
     for fmt in WeightFormat::ALL {
-        for (m, k, n) in [(19, 64usize, 3), (50, 160, 9), (16, 32, 1)] {
+        // 37 rows: nine 4-row tiles and a tail.
+        for (m, k, n) in [(19, 64usize, 3), (50, 160, 9), (16, 32, 1), (33, 96, 37)] {
             let k = k.next_multiple_of(fmt.block_size());
             let w = random_weight(fmt, m, k, &mut rng);
             let x = rng.vec(n * k, 1.0);
