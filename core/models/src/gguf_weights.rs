@@ -157,4 +157,8 @@ impl WeightSource for GgufWeights {
     fn total_bytes(&self) -> u64 {
         self.file.total_bytes()
     }
+
+    fn release(&self, data: &[u8]) {
+        self.file.release(data);
+    }
 }

@@ -379,6 +379,9 @@ impl<'a> Loader<'a, '_> {
                 false => DecoderError::Backend(e),
             })?;
         self.account(&view);
+        if let Cow::Borrowed(bytes) = &view.data {
+            self.source.release(bytes);
+        }
         Ok(weight)
     }
 

@@ -323,6 +323,40 @@ pub trait WeightSource: Send + Sync {
     fn tensor_names(&self) -> Vec<String>;
     /// Total bytes of tensor data.
     fn total_bytes(&self) -> u64;
+    /// The loader is done with `data`, bytes this source lent out: a
+    /// memory-mapped source drops their pages from the process's resident
+    /// set, so peak memory during load is the prepared weights, not the
+    /// prepared weights plus the whole mapped file.
+    fn release(&self, _data: &[u8]) {}
+}
+
+/// Granularity of [`release_mapped`]: a multiple of every page size Linux
+/// uses for file mappings (4 KiB x86-64, up to 64 KiB aarch64).
+const RELEASE_ALIGN: usize = 1 << 16;
+
+/// Drop the whole `RELEASE_ALIGN`-aligned pages of `data` that lie inside
+/// `map` from this process's resident set (`MADV_DONTNEED`). The file's
+/// page cache keeps them, so reading the range again faults the same bytes
+/// back in. Bytes outside `map` are left alone.
+pub(crate) fn release_mapped(map: &memmap2::Mmap, data: &[u8]) {
+    let base = map.as_ptr() as usize;
+    let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+    if start < base || end > base + map.len() {
+        return;
+    }
+    let first = (start - base).next_multiple_of(RELEASE_ALIGN);
+    let last = (end - base) / RELEASE_ALIGN * RELEASE_ALIGN;
+    if last <= first {
+        return;
+    }
+    #[cfg(unix)]
+    // SAFETY: `Mmap` is a read-only mapping, so MADV_DONTNEED only drops
+    // page-table entries: no byte can change or be lost, and later reads
+    // of the range (a tied embedding read twice) see the file's bytes again.
+    // The range lies inside the map. Failure only means the pages stay.
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+    };
 }
 
 #[cfg(test)]

@@ -225,4 +225,10 @@ impl WeightSource for SafetensorsSource {
     fn total_bytes(&self) -> u64 {
         self.total
     }
+
+    fn release(&self, data: &[u8]) {
+        for map in &self.maps {
+            super::release_mapped(map, data);
+        }
+    }
 }

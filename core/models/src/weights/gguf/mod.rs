@@ -376,6 +376,12 @@ impl WeightSource for GgufFile {
         v
     }
 
+    fn release(&self, data: &[u8]) {
+        if let Storage::Mmap(map) = &self.storage {
+            super::release_mapped(map, data);
+        }
+    }
+
     fn total_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.size).sum()
     }
