@@ -1059,20 +1059,14 @@ fn time_big_batch(params: &SamplingParams) -> std::time::Duration {
     best
 }
 
-#[test]
-fn greedy_over_a_big_batch_is_fast() {
-    let greedy = time_big_batch(&SamplingParams::greedy());
-    eprintln!("256 × 49152 greedy: {greedy:?}");
-    #[cfg(not(debug_assertions))]
-    assert!(greedy < std::time::Duration::from_millis(20), "{greedy:?}");
-}
-
-/// Timings of the other paths (printed, not asserted); run with
-/// `--release --ignored --nocapture`.
+/// Timings of every sampling path (printed, not asserted: speed is a
+/// benchmark's business, and a busy machine would fail a timed test); run
+/// with `--release --ignored --nocapture`.
 #[test]
 #[ignore = "timing report"]
 fn sampling_timings() {
     let cases = [
+        ("greedy", SamplingParams::greedy()),
         (
             "temperature 0.8",
             SamplingParams {
