@@ -79,6 +79,8 @@ pub struct EngineInfo {
     pub device: String,
     /// Bytes of weights on the device.
     pub weights_bytes: u64,
+    /// The checkpoint's weight bytes per storage format, most bytes first.
+    pub weights_by_format: Vec<kiln_protocol::FormatBytes>,
     /// Bytes the KV-cache pool takes on the device (all its blocks).
     pub kv_cache_bytes: u64,
     /// Vocabulary size.

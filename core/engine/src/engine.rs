@@ -556,6 +556,11 @@ fn engine_info(
         backend: backend.backend.name(),
         device: format!("{} ({})", device.info().name, device.info().description),
         weights_bytes: decoder.weight_summary().bytes,
+        weights_by_format: {
+            let mut by = decoder.weight_summary().formats.clone();
+            kiln_protocol::FormatBytes::sort(&mut by);
+            by
+        },
         kv_cache_bytes: kv.total_bytes(),
         vocab_size: files.config.vocab_size as u32,
         bos_token_id: files.tokenizer.bos_token_id(),

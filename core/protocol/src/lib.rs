@@ -29,6 +29,7 @@ mod request;
 pub mod step;
 mod structured;
 mod vocab;
+mod weights;
 
 pub use embed::{EmbedRequest, Embedding, EmbeddingSpec, Pooling, finish_embedding};
 pub use error::EngineError;
@@ -42,6 +43,7 @@ pub use request::{
 };
 pub use structured::StructuredOutput;
 pub use vocab::GgufTokenizerSpec;
+pub use weights::FormatBytes;
 
 /// Engine-assigned identifier of one client request (which may own `n` sequences).
 pub type RequestId = u64;

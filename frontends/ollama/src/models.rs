@@ -140,7 +140,9 @@ fn parameter_pairs(info: &EngineInfo, stops: &[String]) -> Vec<(&'static str, St
     pairs
 }
 
-/// `POST /api/show`; `model_info` is always present. `stops` are the texts
+/// `POST /api/show`; `model_info` is always present, and beside the GGUF-style
+/// keys it holds `kiln.weight_bytes_by_format` (stored bytes per tensor
+/// format, e.g. `{"Q4_K": …, "Q6_K": …, "F32": …}`). `stops` are the texts
 /// of the end-of-sequence tokens. `parameters` is laid out as Ollama does
 /// (names padded to 30 columns); `modelfile` holds `FROM`, `TEMPLATE` (a
 /// Jinja chat template) and `PARAMETER` lines.
@@ -162,13 +164,20 @@ pub fn show(info: &EngineInfo, stops: &[String]) -> Value {
     for (k, v) in &pairs {
         modelfile.push_str(&format!("PARAMETER {k} {v}\n"));
     }
+    let mut model_info = info.model_info.clone();
+    let by_format: serde_json::Map<String, Value> = info
+        .weights_by_format
+        .iter()
+        .map(|f| (f.format.clone(), f.bytes.into()))
+        .collect();
+    model_info.insert("kiln.weight_bytes_by_format".into(), by_format.into());
     json!({
         "license": "",
         "modelfile": modelfile,
         "parameters": parameters.join("\n"),
         "template": info.chat_template.clone().unwrap_or_default(),
         "details": details(info),
-        "model_info": info.model_info,
+        "model_info": model_info,
         "capabilities": capabilities(info),
         "modified_at": rfc3339_seconds(Duration::from_secs(info.created)),
     })
@@ -229,6 +238,23 @@ mod tests {
         assert_eq!(d.len(), 64);
         assert!(d.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(d, model_digest(&info));
+    }
+
+    #[test]
+    fn show_reports_weight_bytes_per_format() {
+        let info = EngineInfo {
+            weights_by_format: vec![kiln_protocol::FormatBytes {
+                format: "Q4_K".into(),
+                tensors: 169,
+                bytes: 900,
+            }],
+            ..Default::default()
+        };
+        let v = show(&info, &[]);
+        assert_eq!(
+            v["model_info"]["kiln.weight_bytes_by_format"],
+            json!({"Q4_K": 900})
+        );
     }
 
     #[test]

@@ -15,6 +15,19 @@ pub struct Listening {
     pub api_key: bool,
 }
 
+/// ` (Q4_K 700.0 MiB, Q6_K 200.0 MiB, F32 35.0 MiB)` when the weights mix
+/// formats; nothing for a single format (the model line names it).
+fn by_format(formats: &[kiln_protocol::FormatBytes]) -> String {
+    if formats.len() < 2 {
+        return String::new();
+    }
+    let parts: Vec<String> = formats
+        .iter()
+        .map(|f| format!("{} {}", f.format, human_bytes(f.bytes)))
+        .collect();
+    format!(" ({})", parts.join(", "))
+}
+
 /// The summary lines, in order.
 pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
     let i = &s.info;
@@ -45,8 +58,9 @@ pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
             i.backend, s.device.description, s.backend_source
         ),
         format!(
-            "memory: weights {}, step buffers {}, {}",
+            "memory: weights {}{}, step buffers {}, {}",
             human_bytes(i.weights_bytes),
+            by_format(&i.weights_by_format),
             human_bytes(s.activation_bytes),
             s.kv.log_line()
         ),
@@ -68,4 +82,28 @@ pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
             listening.routes.join("; ")
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::FormatBytes;
+
+    #[test]
+    fn mixed_formats_are_listed_and_a_single_one_is_not() {
+        let f = |format: &str, bytes| FormatBytes {
+            format: format.into(),
+            tensors: 1,
+            bytes,
+        };
+        assert_eq!(by_format(&[f("Q8_0", 1 << 20)]), "");
+        assert_eq!(
+            by_format(&[f("Q4_K", 700 << 20), f("F32", 1 << 20)]),
+            format!(
+                " (Q4_K {}, F32 {})",
+                human_bytes(700 << 20),
+                human_bytes(1 << 20)
+            )
+        );
+    }
 }

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use kiln_plugin_abi::safe::{Device, Weight, WeightSpec};
+use kiln_protocol::FormatBytes;
 
 use super::DecoderError;
 use super::dtype::{ActDType, weight_format};
@@ -37,8 +38,9 @@ pub struct WeightSummary {
     pub bytes: u64,
     /// Tensors uploaded.
     pub tensors: usize,
-    /// Storage types and how many tensors use each.
-    pub formats: Vec<(String, usize)>,
+    /// Tensors and bytes of each storage type (or quantization scheme),
+    /// in the order first seen.
+    pub formats: Vec<FormatBytes>,
 }
 
 /// Which tensor: role, layer (for per-layer roles), weight or bias.
@@ -394,10 +396,7 @@ impl<'a> Loader<'a, '_> {
         self.done += bytes;
         self.summary.bytes += bytes;
         self.summary.tensors += 1;
-        match self.summary.formats.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => self.summary.formats.push((key, 1)),
-        }
+        FormatBytes::tally(&mut self.summary.formats, &key, bytes);
         if let Some(p) = self.progress.as_deref_mut() {
             p.advance(self.done, self.total);
         }

@@ -218,6 +218,18 @@ fn scripted_info(config: &ScriptedConfig) -> EngineInfo {
         backend: "scripted".into(),
         device: "none (scripted test engine)".into(),
         weights_bytes: 1 << 20,
+        weights_by_format: vec![
+            kiln_protocol::FormatBytes {
+                format: "Q4_1".into(),
+                tensors: 7,
+                bytes: 3 << 18,
+            },
+            kiln_protocol::FormatBytes {
+                format: "F32".into(),
+                tensors: 3,
+                bytes: 1 << 18,
+            },
+        ],
         kv_cache_bytes: 1 << 20,
         vocab_size: vocab::vocab_size(),
         bos_token_id: Some(vocab::BOS),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_hub::{ModelFormat, ResolvedModel};
 use kiln_models::config::ModelConfig;
 use kiln_models::weights::gguf::GgufFile;
+use kiln_protocol::FormatBytes;
 use serde::Serialize;
 
 use super::math::{ModelShape, WeightSplit};
@@ -79,30 +80,6 @@ pub struct ModelFacts {
     pub bytes_by_format: Vec<FormatBytes>,
 }
 
-/// The tensors of one stored format.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FormatBytes {
-    /// `Q4_K`, `Q6_K`, `F32` (GGUF) or `BF16`, `I32` (safetensors).
-    pub format: String,
-    pub tensors: usize,
-    pub bytes: u64,
-}
-
-/// Adds `bytes` of one tensor stored as `format`.
-fn tally(by: &mut Vec<FormatBytes>, format: &str, bytes: u64) {
-    match by.iter_mut().find(|f| f.format == format) {
-        Some(f) => {
-            f.tensors += 1;
-            f.bytes += bytes;
-        }
-        None => by.push(FormatBytes {
-            format: format.to_string(),
-            tensors: 1,
-            bytes,
-        }),
-    }
-}
-
 /// Dimensions from a parsed config.
 pub fn shape_of(c: &ModelConfig) -> ModelShape {
     ModelShape {
@@ -148,7 +125,7 @@ fn facts(
     format: String,
     mut bytes_by_format: Vec<FormatBytes>,
 ) -> ModelFacts {
-    bytes_by_format.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.format.cmp(&b.format)));
+    FormatBytes::sort(&mut bytes_by_format);
     ModelFacts {
         architecture: config.architecture.clone(),
         shape: shape_of(config),
@@ -181,7 +158,7 @@ fn gguf_facts(path: &Path) -> Result<ModelFacts, FactsError> {
         } else {
             split.replicated += t.size;
         }
-        tally(&mut by_format, t.dtype.name(), t.size);
+        FormatBytes::tally(&mut by_format, t.dtype.name(), t.size);
     }
     let label = g
         .quantization_label()
@@ -215,7 +192,7 @@ fn directory_facts(dir: &Path) -> Result<ModelFacts, FactsError> {
             } else {
                 split.replicated += t.bytes;
             }
-            tally(&mut by_format, &t.dtype, t.bytes);
+            FormatBytes::tally(&mut by_format, &t.dtype, t.bytes);
         }
     }
     let dominant = by_format

@@ -8,7 +8,8 @@ pub mod render;
 
 use serde::Serialize;
 
-use facts::{FormatBytes, ModelFacts, WeightOrigin};
+use facts::{ModelFacts, WeightOrigin};
+use kiln_protocol::FormatBytes;
 use math::{
     CPU_DEFAULTS, Device, GPU_DEFAULTS, ModelShape, PlanSettings, TP_SIZES, TpOption, WeightSplit,
 };
