@@ -15,7 +15,7 @@ pub struct Listening {
     pub api_key: bool,
 }
 
-/// ` (Q4_K 700.0 MiB, Q6_K 200.0 MiB, F32 35.0 MiB)` when the weights mix
+/// ` (Q4_K 721.72 MiB, Q6_K 337.61 MiB, F32 566.00 KiB)` when the weights mix
 /// formats; nothing for a single format (the model line names it).
 fn by_format(formats: &[kiln_protocol::FormatBytes]) -> String {
     if formats.len() < 2 {

@@ -51,7 +51,6 @@ impl KvCache<'_> {
         self.len() == 0
     }
 
-    /// Bytes per element.
     fn elem_bytes(&self) -> usize {
         match self {
             KvCache::F32(_) => 4,
@@ -59,7 +58,6 @@ impl KvCache<'_> {
         }
     }
 
-    /// The first element's address.
     fn as_ptr(&self) -> *const u8 {
         match self {
             KvCache::F32(s) => s.as_ptr() as *const u8,
