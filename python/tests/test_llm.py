@@ -273,8 +273,12 @@ def test_unloadable_model_is_an_engine_error(tmp_path):
 def test_ctrl_c_cancels_a_batch_cleanly():
     # A child process runs a long batch; SIGINT must raise KeyboardInterrupt
     # promptly, abort the requests, and leave the engine serving.
+    # The child installs Python's own Ctrl-C handler: a shell that starts the
+    # suite in the background hands its children SIGINT ignored, and Python
+    # keeps an inherited SIG_IGN, so the signal would never arrive.
     script = textwrap.dedent(f"""
-        import sys, time, kiln
+        import signal, sys, time, kiln
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         llm = kiln.LLM(**{dict(max_model_len=2048, kv_cache_memory_bytes=256 << 20)!r})
         print("ready", flush=True)
         params = kiln.SamplingParams(max_tokens=1500, ignore_eos=True)
