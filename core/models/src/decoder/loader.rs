@@ -170,7 +170,7 @@ impl<'a> Loader<'a, '_> {
                 DecoderError::Backend(e)
             }
         })?;
-        self.account_bytes(view.data.len() as u64, WeightDType::F8_E4M3.name().into());
+        self.account_bytes(view.data.len() as u64, WeightDType::F8_E4M3.name());
         Ok(weight)
     }
 
@@ -203,7 +203,7 @@ impl<'a> Loader<'a, '_> {
                 DecoderError::Backend(e)
             }
         })?;
-        self.account_bytes(linear.checkpoint_bytes(), scheme.label());
+        self.account_bytes(linear.checkpoint_bytes(), &scheme.label());
         Ok(Some(weight))
     }
 
@@ -388,15 +388,15 @@ impl<'a> Loader<'a, '_> {
     }
 
     fn account(&mut self, view: &TensorView<'_>) {
-        self.account_bytes(view.data.len() as u64, format!("{:?}", view.dtype));
+        self.account_bytes(view.data.len() as u64, view.dtype.name());
     }
 
     /// Count `bytes` of checkpoint data prepared as one tensor of format `key`.
-    fn account_bytes(&mut self, bytes: u64, key: String) {
+    fn account_bytes(&mut self, bytes: u64, key: &str) {
         self.done += bytes;
         self.summary.bytes += bytes;
         self.summary.tensors += 1;
-        FormatBytes::tally(&mut self.summary.formats, &key, bytes);
+        FormatBytes::tally(&mut self.summary.formats, key, bytes);
         if let Some(p) = self.progress.as_deref_mut() {
             p.advance(self.done, self.total);
         }
