@@ -8,6 +8,13 @@
 // to a workspace and `attention_reduce_*` merges the partitions. The split of
 // a row depends only on its own context length, so results do not depend on
 // what else is in the batch.
+//
+// Sliding windows: each row loads keys and values from max(0, pos - window
+// + 1) on, never before (a decode partition wholly before that returns
+// without loading). The host frees the blocks behind a sequence's window
+// and passes a placeholder id for them (a valid block, another sequence's
+// or garbage, NaN included): weighting such keys by 0 would still poison
+// the row, so they must never be loaded.
 
 #define ATT_MAX_HD 256
 #define ATT_PART 256

@@ -632,6 +632,8 @@ impl CpuDevice {
             seq_lens: i32s(&a.seq_lens)?,
             query_start_loc: i32s(&a.query_start_loc)?,
         };
+        // Every entry is a block of the cache, placeholders for blocks freed
+        // behind a sliding window included (the kernel never reads those).
         let blocks = a.k_cache.dims[0] as i64;
         if batch
             .block_tables

@@ -509,21 +509,23 @@ impl ExampleDevice {
         Ok(())
     }
 
-    /// The keys (or values) of positions `0..len` of one sequence, `[len,
-    /// kv_dim]`, read through its block table from a cache `[blocks,
-    /// block_size, kv_heads, hd]`.
+    /// The keys (or values) of positions `from..len` of one sequence,
+    /// `[len − from, kv_dim]`, read through its block table from a cache
+    /// `[blocks, block_size, kv_heads, hd]`. Blocks before `from` are never
+    /// touched: with a sliding window they may be another sequence's now.
     fn gather_context(
         &self,
         cache: &KilnTensor,
         table: &[i32],
+        from: usize,
         len: usize,
     ) -> PluginResult<Vec<f32>> {
         require_f32(cache)?;
         let (blocks, block_size) = (dim(cache, 0), dim(cache, 1));
         let width = dim(cache, 2) * dim(cache, 3);
         let bytes = self.bytes(cache)?;
-        let mut out = Vec::with_capacity(len * width);
-        for p in 0..len {
+        let mut out = Vec::with_capacity(len.saturating_sub(from) * width);
+        for p in from..len {
             let entry = table
                 .get(p / block_size)
                 .ok_or_else(|| PluginError::invalid("a sequence is longer than its block table"))?;
@@ -580,11 +582,14 @@ impl ExampleDevice {
                 )));
             }
             let table = &tables[s * max_blocks..(s + 1) * max_blocks];
-            let keys = self.gather_context(k_cache, table, context)?;
-            let values = self.gather_context(v_cache, table, context)?;
+            let first_pos = context - rows.len();
+            let keys_from = shape.first_key(first_pos);
+            let keys = self.gather_context(k_cache, table, keys_from, context)?;
+            let values = self.gather_context(v_cache, table, keys_from, context)?;
             let seq = Sequence {
                 queries: &q[rows.start * width..rows.end * width],
-                first_pos: context - rows.len(),
+                first_pos,
+                keys_from,
                 keys: &keys,
                 values: &values,
             };

@@ -169,18 +169,32 @@ pub struct AttentionShape {
 }
 
 /// One sequence of an attention batch, its keys and values gathered from
-/// the paged cache in position order.
+/// the paged cache in position order, from the first position any of its
+/// rows sees (with a sliding window, the blocks before it may have been
+/// freed and reused: they are not gathered).
 #[derive(Debug, Clone, Copy)]
 pub struct Sequence<'a> {
     /// `[q_len, heads·head_dim]` queries (RoPE applied).
     pub queries: &'a [f32],
     /// Position of the first query row; row `j` sits at `first_pos + j`.
     pub first_pos: usize,
-    /// `[context, kv_heads·head_dim]` keys of positions `0..context`
-    /// (`context ≥ first_pos + q_len`).
+    /// Position of `keys[0]`: the first key the first row sees.
+    pub keys_from: usize,
+    /// `[context − keys_from, kv_heads·head_dim]` keys of positions
+    /// `keys_from..context` (`context ≥ first_pos + q_len`).
     pub keys: &'a [f32],
-    /// `[context, kv_heads·head_dim]` values.
+    /// `[context − keys_from, kv_heads·head_dim]` values.
     pub values: &'a [f32],
+}
+
+impl AttentionShape {
+    /// The first key position a query at `pos` sees.
+    pub fn first_key(&self, pos: usize) -> usize {
+        match self.window {
+            0 => 0,
+            w => (pos + 1).saturating_sub(w),
+        }
+    }
 }
 
 /// Causal attention for one sequence: writes `out` `[q_len, heads·head_dim]`.
@@ -198,14 +212,12 @@ pub fn attention(seq: &Sequence<'_>, shape: &AttentionShape, out: &mut [f32]) {
         .zip(out.chunks_exact_mut(width));
     for (j, (q_row, out_row)) in rows.enumerate() {
         let pos = seq.first_pos + j;
-        let first_key = match shape.window {
-            0 => 0,
-            w => (pos + 1).saturating_sub(w),
-        };
+        let first_key = shape.first_key(pos).max(seq.keys_from);
         for h in 0..shape.heads {
             let column = (h / group) * hd;
-            let key = |p: usize| &seq.keys[p * kv_width + column..][..hd];
-            let value = |p: usize| &seq.values[p * kv_width + column..][..hd];
+            let row = |p: usize| (p - seq.keys_from) * kv_width + column;
+            let key = |p: usize| &seq.keys[row(p)..][..hd];
+            let value = |p: usize| &seq.values[row(p)..][..hd];
             let q = &q_row[h * hd..(h + 1) * hd];
             let scores: Vec<f32> = (first_key..=pos)
                 .map(|p| soft_cap(dot(q, key(p)) * shape.scale, shape.softcap))
@@ -351,6 +363,7 @@ mod tests {
         let seq = Sequence {
             queries: &queries,
             first_pos: 0,
+            keys_from: 0,
             keys: &keys,
             values: &values,
         };
@@ -368,6 +381,7 @@ mod tests {
         let seq = Sequence {
             queries: &queries,
             first_pos: 2,
+            keys_from: 0,
             keys: &keys,
             values: &values,
         };
@@ -375,6 +389,16 @@ mod tests {
         attention(&seq, &shape(2, 0.0), &mut out);
         let e = 1f32.exp();
         assert!(close(&out, &[e / (e + 1.0), 1.0 / (e + 1.0), 0.5, 0.5]));
+        // Keys gathered from position 1 on give the same rows.
+        let gathered = Sequence {
+            keys_from: 1,
+            keys: &keys[2..],
+            values: &values[2..],
+            ..seq
+        };
+        let mut from_one = [0.0; 4];
+        attention(&gathered, &shape(2, 0.0), &mut from_one);
+        assert_eq!(from_one, out);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use kiln_kernels_cpu::isa::Isa;
 use kiln_kernels_cpu::pool::ThreadPool;
 
 /// A cache with random contents and a scrambled block table per sequence.
+#[derive(Clone)]
 struct World {
     shape: AttentionShape,
     k: Vec<f32>,
@@ -302,6 +303,46 @@ fn isas_agree_with_the_scalar_path() {
                         "variant {vi} {isa:?} [{i}]: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The blocks wholly behind the window of a sequence's first row are never
+/// read: with NaN in them and their table entries outside the cache, no
+/// output bit changes.
+#[test]
+fn blocks_behind_the_window_are_never_read() {
+    let pool = ThreadPool::new(2);
+    let windowed = variants().into_iter().filter(|sh| sh.window > 0);
+    for (vi, sh) in windowed.enumerate() {
+        let world = World::new(sh, 3, 80, 70 + vi as u64);
+        let q = queries(&sh, 80 + vi as u64);
+        // A chunk and a decode far past the window, next to a prefill from 0.
+        let parts = [(0usize, 0usize, 9usize), (1, 50, 6), (2, 77, 1)];
+        let mut holed = world.clone();
+        let per_block = sh.block_size * sh.kv_heads * sh.head_dim;
+        let mut holes = 0;
+        for &(s, p0, _) in &parts {
+            let behind = (p0 + 1).saturating_sub(sh.window) / sh.block_size;
+            for col in 0..behind {
+                let entry = &mut holed.tables[s * holed.max_blocks + col];
+                let at = *entry as usize * per_block..(*entry as usize + 1) * per_block;
+                holed.k[at.clone()].fill(f32::NAN);
+                holed.v[at.clone()].fill(f32::NAN);
+                holed.k16[at.clone()].fill(f16::NAN.to_bits());
+                holed.v16[at].fill(f16::NAN.to_bits());
+                *entry = if col % 2 == 0 { -1 } else { i32::MAX };
+                holes += 1;
+            }
+        }
+        assert!(holes >= 2, "variant {vi}: the test must make holes");
+        for ct in [CacheType::F32, CacheType::F16] {
+            for isa in isas() {
+                let want = world.run(&pool, isa, ct, &q, &parts);
+                let got = holed.run(&pool, isa, ct, &q, &parts);
+                assert!(got.iter().all(|x| x.is_finite()), "variant {vi} {isa:?}");
+                assert_eq!(bits(&got), bits(&want), "variant {vi} {isa:?}");
             }
         }
     }

@@ -55,7 +55,13 @@ pub const OP_KV_WRITE: u32 = 8;
 /// (0: none). `i0` heads, `i1` kv heads, `i2` head_dim, `i3` block_size, `i4`
 /// sliding window (0: none), `i5` max query length in the batch, `i6` max seq
 /// len in the batch. Query row `j` of sequence `s` sits at position
-/// `seq_len[s] - q_len[s] + j` and attends to positions ≤ its own.
+/// `seq_len[s] - q_len[s] + j` and attends to positions ≤ its own (with a
+/// window `w`, to positions `p - w + 1 ..= p` only). Every block-table
+/// entry is a block of the cache, but with a window the entries wholly
+/// before the window of a sequence's first row are placeholders: the host
+/// freed those blocks and another sequence may have written anything there,
+/// NaN included. A backend must never load keys or values outside a row's
+/// window; weighting them by 0 is not enough (0 × NaN is NaN).
 pub const OP_ATTENTION: u32 = 9;
 /// Select rows: `t0` x `[n, h]`, `t1` indices `[m]` i32, `t2` out `[m, h]`.
 pub const OP_GATHER_ROWS: u32 = 10;

@@ -76,6 +76,9 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// With a sliding window, the table entries before a sequence's window
+    /// are placeholders for freed blocks: the kernels start each row at the
+    /// first key of its window and never load them (see attention.cu).
     pub(super) fn attention(&mut self, a: &Attention) -> PluginResult<()> {
         let (q, kc, vc, tables, seq_lens, qsl, out) = (
             a.q,

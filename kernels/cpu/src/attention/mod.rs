@@ -13,6 +13,12 @@
 //! depends only on its own query, position and keys: chunked prefill equals
 //! unchunked prefill and a decode equals the same row inside a prefill, bit
 //! for bit, for any thread count.
+//!
+//! With a sliding window, a row's keys start at the first position its
+//! window holds: nothing before it is loaded, not even to be weighted by 0
+//! (a reused block may hold NaN). The block-table entries wholly before the
+//! window of a sequence's first row are never read, so they may be holes
+//! whatever their value (the engine frees those blocks).
 
 use std::cell::RefCell;
 
@@ -381,8 +387,13 @@ fn sequences<'a>(
                 used <= batch.max_blocks,
                 "attention: sequence {i} needs {used} blocks"
             );
+            let pos0 = (len - (b - a)) as usize;
+            let first_read = match shape.window {
+                0 => 0,
+                w => (pos0 + 1).saturating_sub(w) / shape.block_size,
+            };
             assert!(
-                table[..used]
+                table[first_read.min(used)..used]
                     .iter()
                     .all(|&b| b >= 0 && (b as usize) < cache_blocks),
                 "attention: sequence {i} has a block outside the cache of {cache_blocks}"
@@ -390,7 +401,7 @@ fn sequences<'a>(
             Seq {
                 q_start: a as usize,
                 q_len: (b - a) as usize,
-                pos0: (len - (b - a)) as usize,
+                pos0,
                 table,
             }
         })

@@ -419,7 +419,8 @@ pub struct Attention {
     pub k_cache: KilnTensor,
     /// Value cache.
     pub v_cache: KilnTensor,
-    /// `[seqs, max_blocks]` i32.
+    /// `[seqs, max_blocks]` i32 (with a sliding window, entries before a
+    /// sequence's window are placeholders: never read them; see [`OP_ATTENTION`]).
     pub block_tables: KilnTensor,
     /// `[seqs]` i32 context lengths.
     pub seq_lens: KilnTensor,

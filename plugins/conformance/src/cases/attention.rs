@@ -1,6 +1,8 @@
 //! Paged attention over scrambled block tables: a batch mixing prefills
-//! and decodes, and one with a sliding window and a logit soft-cap after
-//! writing this step's keys and values.
+//! and decodes, one with a sliding window and a logit soft-cap after
+//! writing this step's keys and values, and the same window with every
+//! block-table entry behind a sequence's window pointing at a block of NaN
+//! (a host frees those blocks, so a backend must never load them).
 
 use kiln_plugin_abi::ops;
 use kiln_plugin_abi::safe::AbiResult;
@@ -21,17 +23,31 @@ struct Batch {
     context: Vec<usize>,
     window: i64,
     softcap: f32,
+    /// Entries wholly behind the window of each sequence's first row point
+    /// at block [`STALE_BLOCK`], which holds NaN.
+    stale_behind_window: bool,
 }
+
+/// The block a freed table entry points at (real entries count down from
+/// the last block and never reach it).
+const STALE_BLOCK: i32 = 0;
 
 impl Batch {
     fn tables(&self) -> Vec<i32> {
         let mut tables = vec![0i32; self.context.len() * self.max_blocks];
         let mut next = 0i32;
-        for (s, &c) in self.context.iter().enumerate() {
+        for (s, (&q, &c)) in self.q_lens.iter().zip(&self.context).enumerate() {
+            let behind = match (self.stale_behind_window, self.window) {
+                (true, w) if w > 0 => (c - q + 1).saturating_sub(w as usize) / self.block_size,
+                _ => 0,
+            };
             for b in 0..c.div_ceil(self.block_size) {
-                tables[s * self.max_blocks + b] =
-                    (self.blocks as i32 - 1 - next) % self.blocks as i32;
-                next += 1;
+                tables[s * self.max_blocks + b] = if b < behind {
+                    STALE_BLOCK
+                } else {
+                    next += 1;
+                    self.blocks as i32 - next
+                };
             }
         }
         tables
@@ -139,6 +155,7 @@ pub(crate) fn cases(run: &mut Run<'_>) {
         context: vec![30, 300, 17, 5],
         window: 0,
         softcap: 0.0,
+        stale_behind_window: false,
     };
     let windowed = Batch {
         heads: 4,
@@ -151,6 +168,7 @@ pub(crate) fn cases(run: &mut Run<'_>) {
         context: vec![30, 45, 3],
         window: 12,
         softcap: 2.0,
+        stale_behind_window: false,
     };
     let name = "paged attention (prefill + decode)";
     if run.dut_supports(ops::OP_ATTENTION, None, name) {
@@ -179,6 +197,30 @@ pub(crate) fn cases(run: &mut Run<'_>) {
         );
         run.compare(
             ops::OP_KV_WRITE,
+            None,
+            name.into(),
+            got,
+            want,
+            run.tolerance,
+        );
+    }
+    let freed = Batch {
+        stale_behind_window: true,
+        ..windowed
+    };
+    let name = "attention never reads blocks behind a sliding window";
+    if run.dut_supports(ops::OP_ATTENTION, None, name) {
+        let mut inputs = inputs(run, &freed, false);
+        let per_block = freed.block_size * freed.kv_heads * freed.hd;
+        let stale = STALE_BLOCK as usize * per_block..(STALE_BLOCK as usize + 1) * per_block;
+        inputs.k_cache[stale.clone()].fill(f32::NAN);
+        inputs.v_cache[stale].fill(f32::NAN);
+        let (got, want) = (
+            exec(&run.dut, &freed, &inputs),
+            exec(&run.reference, &freed, &inputs),
+        );
+        run.compare(
+            ops::OP_ATTENTION,
             None,
             name.into(),
             got,
