@@ -210,6 +210,9 @@ fn prepare(config: &EngineConfig, hooks: StartHooks<'_>) -> Result<Prepared, Sta
         act,
     )?;
     tracing::info!("{}", kv_plan.log_line());
+    if let Some(line) = kv_plan.window_line() {
+        tracing::info!("{line}");
+    }
     let info = engine_info(
         config, &files, &backend, &device, &decoder, &sizes, &kv_plan,
     );
@@ -468,6 +471,8 @@ fn size_kv(
         bytes_per_block,
         block_size: config.block_size,
         max_model_len: sizes.max_model_len,
+        max_num_batched_tokens: sizes.max_num_batched_tokens,
+        window: decoder.variant().window_layout(),
         budget_source: source,
         free_bytes: Some(free),
     })
@@ -625,11 +630,13 @@ fn spawn_actors(
         block_size: sizes.block_size,
         num_blocks: kv.num_blocks,
         enable_prefix_caching: config.enable_prefix_caching,
+        sliding_window: kv.window.freeing_window(),
     };
     let block_config = BlockManagerConfig {
         num_blocks: kv.num_blocks,
         block_size: sizes.block_size,
         enable_prefix_caching: config.enable_prefix_caching,
+        sliding_window: kv.window.freeing_window(),
     };
     let decoder = Arc::new(TokenizerDecoder::new(files.tokenizer.clone()));
     let mut sampler_core = SamplerCore::new(decoder, files.eos_token_ids.clone());

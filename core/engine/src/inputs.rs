@@ -4,11 +4,26 @@
 //! from the plan's diffs) and this module derives positions, KV slots,
 //! sequence lengths, query offsets, padded block tables and the rows whose
 //! logits are sampled.
+//!
+//! # Holes
+//! For a model whose every layer slides, the leading entries of a table may
+//! be holes ([`NO_BLOCK`]): their blocks fell behind the window and went
+//! back to the pool, where another sequence may already have written them.
+//! A hole reaches the backend as [`HOLE_PLACEHOLDER`], a valid block id
+//! whose content is never used: every attention kernel starts each row at
+//! the first key of its window, and [`build_batch`] refuses a plan where a
+//! hole lies within the window of a sequence's first row. The valid id only
+//! keeps a backend that checks or prefetches whole tables in bounds.
 
 use std::collections::HashMap;
 
 use kiln_protocol::step::{LogitsRow, ScheduledSeq, StepPlan};
-use kiln_protocol::{BlockId, SeqId};
+use kiln_protocol::{BlockId, NO_BLOCK, SeqId};
+use kiln_scheduler::window::blocks_behind_window;
+
+/// The block id a hole is given in the tables a backend reads (see the
+/// module docs). Padding columns get it too.
+pub const HOLE_PLACEHOLDER: i32 = 0;
 
 /// The host-side arrays of one step (see `kiln_models::decoder::BatchInputs`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,6 +89,20 @@ pub enum PlanError {
         /// Blocks in its table.
         blocks: usize,
     },
+    /// A hole where a row of the step can see, or more holes than blocks.
+    #[error(
+        "sequence {seq} has {holes} holes in a {blocks}-block table, but its rows from position {position} see more of it"
+    )]
+    HoleInWindow {
+        /// The sequence.
+        seq: SeqId,
+        /// Leading holes of its table.
+        holes: u32,
+        /// Blocks in its table.
+        blocks: usize,
+        /// The position of its first row this step.
+        position: usize,
+    },
     /// Block-table update keeps more than exists.
     #[error("sequence {seq} keeps {keep} blocks of a {len}-block table")]
     BadTableKeep {
@@ -109,6 +138,8 @@ impl BlockTables {
             }
             table.truncate(s.table_keep as usize);
             table.extend_from_slice(&s.new_blocks);
+            let holes = (s.table_holes as usize).min(table.len());
+            table[..holes].fill(NO_BLOCK);
         }
         Ok(())
     }
@@ -140,11 +171,14 @@ pub fn batch_order(plan: &StepPlan) -> Vec<&ScheduledSeq> {
     order
 }
 
-/// Build the arrays for `plan` (after [`BlockTables::apply`]).
+/// Build the arrays for `plan` (after [`BlockTables::apply`]); `window` is
+/// the window of every layer of the model, when all of them slide (the
+/// only case where a table may have holes).
 pub fn build_batch(
     plan: &StepPlan,
     tables: &BlockTables,
     block_size: usize,
+    window: Option<usize>,
 ) -> Result<HostBatch, PlanError> {
     let mut b = HostBatch {
         query_start_loc: vec![0],
@@ -156,6 +190,16 @@ pub fn build_batch(
             .get(s.seq_id)
             .ok_or(PlanError::UnknownSequence(s.seq_id))?;
         let start = s.num_computed_tokens as usize;
+        let holes = table.iter().take_while(|&&b| b == NO_BLOCK).count();
+        let out_of_sight = window.map_or(0, |w| blocks_behind_window(start, w, block_size));
+        if holes > out_of_sight || holes < s.table_holes as usize {
+            return Err(PlanError::HoleInWindow {
+                seq: s.seq_id,
+                holes: s.table_holes,
+                blocks: table.len(),
+                position: start,
+            });
+        }
         if s.embed {
             b.embed_rows
                 .push((s.seq_id, b.token_ids.len(), s.token_ids.len()));
@@ -170,11 +214,14 @@ pub fn build_batch(
         }
         for (j, &tok) in s.token_ids.iter().enumerate() {
             let pos = start + j;
-            let block = *table.get(pos / block_size).ok_or(PlanError::MissingBlock {
-                seq: s.seq_id,
-                position: pos,
-                blocks: table.len(),
-            })?;
+            let block = *table
+                .get(pos / block_size)
+                .filter(|&&b| b != NO_BLOCK)
+                .ok_or(PlanError::MissingBlock {
+                    seq: s.seq_id,
+                    position: pos,
+                    blocks: table.len(),
+                })?;
             b.token_ids.push(tok as i32);
             b.positions.push(pos as i32);
             b.slot_mapping
@@ -200,14 +247,16 @@ pub fn build_batch(
         }
     }
     b.blocks_per_seq = b.max_seq_len.div_ceil(block_size).max(1);
-    b.block_tables = vec![0; order.len() * b.blocks_per_seq];
+    b.block_tables = vec![HOLE_PLACEHOLDER; order.len() * b.blocks_per_seq];
     for (row, s) in order.iter().enumerate() {
         let table = tables.get(s.seq_id).unwrap_or(&[]);
         let used = (b.seq_lens[row] as usize)
             .div_ceil(block_size)
             .min(table.len());
         for (col, &blk) in table[..used].iter().enumerate() {
-            b.block_tables[row * b.blocks_per_seq + col] = blk as i32;
+            if blk != NO_BLOCK {
+                b.block_tables[row * b.blocks_per_seq + col] = blk as i32;
+            }
         }
     }
     Ok(b)
@@ -233,8 +282,7 @@ mod tests {
             table_keep: keep,
             new_blocks: new.to_vec(),
             num_samples: samples,
-            embed: false,
-            prompt_logprob_rows: 0,
+            ..ScheduledSeq::default()
         }
     }
 
@@ -250,7 +298,7 @@ mod tests {
             ..Default::default()
         };
         tables.apply(&plan).unwrap();
-        let b = build_batch(&plan, &tables, 4).unwrap();
+        let b = build_batch(&plan, &tables, 4, None).unwrap();
         assert_eq!(b.token_ids, vec![10, 11, 12, 13, 14, 20, 21]);
         assert_eq!(b.positions, vec![0, 1, 2, 3, 4, 0, 1]);
         // Seq 1: positions 0..3 in block 7, position 4 in block 3. Seq 2 in block 5.
@@ -279,7 +327,7 @@ mod tests {
         };
         tables.apply(&plan2).unwrap();
         assert!(tables.get(2).is_none());
-        let b = build_batch(&plan2, &tables, 4).unwrap();
+        let b = build_batch(&plan2, &tables, 4, None).unwrap();
         assert_eq!(b.positions, vec![5]);
         assert_eq!(b.slot_mapping, vec![13]);
         assert_eq!(b.seq_lens, vec![6]);
@@ -298,7 +346,7 @@ mod tests {
             ..Default::default()
         };
         tables.apply(&plan).unwrap();
-        let b = build_batch(&plan, &tables, 4).unwrap();
+        let b = build_batch(&plan, &tables, 4, None).unwrap();
         assert_eq!(b.token_ids, vec![20, 40, 10, 11, 12, 30, 31]);
         assert_eq!((b.decode_rows, b.decode_logits_rows), (2, 2));
         assert_eq!(b.seq_lens, vec![5, 1, 3, 2]);
@@ -334,7 +382,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            build_batch(&plan, &tables, 16),
+            build_batch(&plan, &tables, 16, None),
             Err(PlanError::UnknownSequence(3))
         );
         let mut tables = BlockTables::default();
@@ -344,7 +392,7 @@ mod tests {
         };
         tables.apply(&plan).unwrap();
         assert!(matches!(
-            build_batch(&plan, &tables, 2),
+            build_batch(&plan, &tables, 2, None),
             Err(PlanError::MissingBlock { position: 2, .. })
         ));
         let bad = StepPlan {
@@ -355,5 +403,53 @@ mod tests {
             tables.apply(&bad),
             Err(PlanError::BadTableKeep { .. })
         ));
+    }
+
+    #[test]
+    fn holes_reach_the_backend_as_a_placeholder_and_never_in_sight() {
+        let mut tables = BlockTables::default();
+        tables
+            .apply(&StepPlan {
+                seqs: vec![seq(1, &[1, 2, 3, 4, 5, 6, 7, 8, 9], 0, 0, &[4, 6, 2], 1)],
+                ..Default::default()
+            })
+            .unwrap();
+        // Window 4: the row at 9 sees 6..=9, so block 0 (positions 0..=3) is a hole.
+        let step = StepPlan {
+            seqs: vec![ScheduledSeq {
+                table_holes: 1,
+                ..seq(1, &[10], 9, 3, &[], 1)
+            }],
+            ..Default::default()
+        };
+        tables.apply(&step).unwrap();
+        assert_eq!(tables.get(1), Some(&[NO_BLOCK, 6, 2][..]));
+        let b = build_batch(&step, &tables, 4, Some(4)).unwrap();
+        assert_eq!(b.block_tables, vec![HOLE_PLACEHOLDER, 6, 2]);
+        assert_eq!(b.slot_mapping, vec![2 * 4 + 1]);
+        // With a window of 8 the row at 9 sees position 2: a plan holing
+        // block 0 is a scheduler bug, reported instead of run.
+        assert!(matches!(
+            build_batch(&step, &tables, 4, Some(8)),
+            Err(PlanError::HoleInWindow { holes: 1, .. })
+        ));
+        assert!(matches!(
+            build_batch(&step, &tables, 4, None),
+            Err(PlanError::HoleInWindow { .. })
+        ));
+    }
+
+    #[test]
+    fn a_slot_in_a_hole_is_an_error() {
+        let mut tables = BlockTables::default();
+        let plan = StepPlan {
+            seqs: vec![ScheduledSeq {
+                table_holes: 2,
+                ..seq(1, &[1, 2], 4, 0, &[NO_BLOCK, NO_BLOCK], 1)
+            }],
+            ..Default::default()
+        };
+        tables.apply(&plan).unwrap();
+        assert!(build_batch(&plan, &tables, 4, Some(1)).is_err());
     }
 }

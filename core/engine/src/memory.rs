@@ -1,5 +1,13 @@
 //! KV-cache sizing: from a memory budget to a number of blocks, and the
 //! explanation users get when a model does not fit.
+//!
+//! How many blocks one sequence holds at most is
+//! [`blocks_per_sequence`]: its whole length, or for a model whose every
+//! layer slides, its window plus a prefill chunk and a block (the
+//! scheduler admits requests and the block manager frees blocks by the same
+//! rule, `kiln_scheduler::window`). `kiln plan` uses these functions too.
+
+use kiln_models::config::WindowLayout;
 
 /// Default KV budget on CPU when `--kv-cache-memory-bytes` is not given.
 pub const CPU_DEFAULT_KV_BYTES: u64 = 4 << 30;
@@ -17,6 +25,51 @@ pub struct KvPlan {
     pub bytes_per_block: u64,
     /// The served context length.
     pub max_model_len: usize,
+    /// The most blocks one sequence holds at once ([`blocks_per_sequence`]).
+    pub blocks_per_sequence: usize,
+    /// How the model's layers slide.
+    pub window: WindowLayout,
+}
+
+/// The most KV blocks one sequence of `max_model_len` tokens holds at once
+/// when steps compute at most `max_num_batched_tokens` tokens.
+pub fn blocks_per_sequence(
+    max_model_len: usize,
+    block_size: usize,
+    window: WindowLayout,
+    max_num_batched_tokens: usize,
+) -> usize {
+    kiln_scheduler::window::max_blocks_per_sequence(
+        max_model_len,
+        block_size,
+        window.freeing_window(),
+        max_num_batched_tokens,
+    )
+}
+
+/// What a sliding window does to the KV of one sequence, in words (`None`
+/// for a model without one).
+pub fn window_note(
+    window: WindowLayout,
+    block_size: usize,
+    blocks_per_sequence: usize,
+    max_model_len: usize,
+) -> Option<String> {
+    let whole = max_model_len.div_ceil(block_size.max(1));
+    match window {
+        WindowLayout::None => None,
+        WindowLayout::All { window, layers } => Some(format!(
+            "sliding window {window} on all {layers} layers: a sequence holds at most {blocks_per_sequence} KV blocks ({} tokens) of the {whole} its {max_model_len} tokens fill",
+            blocks_per_sequence * block_size
+        )),
+        WindowLayout::Some {
+            window,
+            sliding,
+            layers,
+        } => Some(format!(
+            "sliding window {window} on {sliding} of {layers} layers: the KV behind the window is not freed yet (the other layers see the whole context), so a sequence holds up to {whole} KV blocks"
+        )),
+    }
 }
 
 impl KvPlan {
@@ -32,7 +85,20 @@ impl KvPlan {
 
     /// How many sequences of `max_model_len` tokens fit at once.
     pub fn max_concurrency(&self) -> f64 {
-        self.total_tokens() as f64 / self.max_model_len.max(1) as f64
+        match self.window.freeing_window() {
+            Some(_) => self.num_blocks as f64 / self.blocks_per_sequence.max(1) as f64,
+            None => self.total_tokens() as f64 / self.max_model_len.max(1) as f64,
+        }
+    }
+
+    /// What the model's sliding window does to each sequence's KV.
+    pub fn window_line(&self) -> Option<String> {
+        window_note(
+            self.window,
+            self.block_size,
+            self.blocks_per_sequence,
+            self.max_model_len,
+        )
     }
 
     /// The start-up log line.
@@ -65,6 +131,10 @@ pub struct KvBudget {
     pub block_size: usize,
     /// The served context length.
     pub max_model_len: usize,
+    /// Most tokens one step computes (a prefill chunk's most).
+    pub max_num_batched_tokens: usize,
+    /// How the model's layers slide.
+    pub window: WindowLayout,
     /// Where the budget came from, for the error message (e.g. `--kv-cache-memory-bytes 64MiB`).
     pub budget_source: &'static str,
     /// Device memory still free for it, when known (an explicit budget above
@@ -73,7 +143,8 @@ pub struct KvBudget {
 }
 
 /// Size the pool: as many whole blocks as the budget holds; at least one
-/// full-length sequence must fit.
+/// full-length sequence must fit (for a model whose every layer slides, what
+/// such a sequence holds at once).
 pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
     if b.block_size == 0 || b.bytes_per_block == 0 {
         return Err(KvPlanError(
@@ -95,12 +166,24 @@ pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
         )));
     }
     let num_blocks = (b.budget_bytes / b.bytes_per_block) as usize;
-    let needed_blocks = b.max_model_len.div_ceil(b.block_size);
+    let needed_blocks = blocks_per_sequence(
+        b.max_model_len,
+        b.block_size,
+        b.window,
+        b.max_num_batched_tokens,
+    );
     if num_blocks < needed_blocks {
         let needed = needed_blocks as u64 * b.bytes_per_block;
         let tokens_that_fit = num_blocks * b.block_size;
+        let windowed = match b.window.freeing_window() {
+            Some(w) => format!(
+                " (its sliding window of {w} tokens plus a prefill chunk of up to {}: lowering --max-num-batched-tokens helps too)",
+                b.max_num_batched_tokens
+            ),
+            None => String::new(),
+        };
         return Err(KvPlanError(format!(
-            "the KV cache does not fit one full-length sequence: max_model_len {} needs {} blocks × {} = {}, but {} gives {} for KV ({} blocks = {} tokens). \
+            "the KV cache does not fit one full-length sequence: max_model_len {} needs {} blocks × {} = {}{windowed}, but {} gives {} for KV ({} blocks = {} tokens). \
              Raise --kv-cache-memory-bytes to at least {} (or --gpu-memory-utilization on GPUs), or lower --max-model-len to {} or less.",
             b.max_model_len,
             needed_blocks,
@@ -119,6 +202,8 @@ pub fn plan_kv_cache(b: KvBudget) -> Result<KvPlan, KvPlanError> {
         block_size: b.block_size,
         bytes_per_block: b.bytes_per_block,
         max_model_len: b.max_model_len,
+        blocks_per_sequence: needed_blocks,
+        window: b.window,
     })
 }
 
@@ -169,8 +254,57 @@ mod tests {
             bytes_per_block: 1000,
             block_size: 16,
             max_model_len: len,
+            max_num_batched_tokens: 64,
+            window: WindowLayout::None,
             budget_source: "--kv-cache-memory-bytes",
         }
+    }
+
+    #[test]
+    fn a_window_on_every_layer_caps_what_a_sequence_holds() {
+        let mut b = budget(20_000, 4096);
+        // 256 blocks for 4096 tokens: 20 do not hold one sequence.
+        assert!(plan_kv_cache(b).is_err());
+        b.window = WindowLayout::All {
+            window: 128,
+            layers: 32,
+        };
+        // ceil((128 + 64 - 1) / 16) + 1 = 13 blocks per sequence.
+        let plan = plan_kv_cache(b).unwrap();
+        assert_eq!((plan.num_blocks, plan.blocks_per_sequence), (20, 13));
+        assert_eq!(plan.max_concurrency(), 20.0 / 13.0);
+        assert_eq!(
+            plan.window_line().unwrap(),
+            "sliding window 128 on all 32 layers: a sequence holds at most 13 KV blocks (208 tokens) of the 256 its 4096 tokens fill"
+        );
+        b.budget_bytes = 12_999;
+        let err = plan_kv_cache(b).unwrap_err().0;
+        assert!(err.contains("needs 13 blocks"), "{err}");
+    }
+
+    #[test]
+    fn a_window_on_some_layers_frees_nothing() {
+        let mut b = budget(300_000, 4096);
+        b.window = WindowLayout::Some {
+            window: 128,
+            sliding: 16,
+            layers: 32,
+        };
+        let plan = plan_kv_cache(b).unwrap();
+        assert_eq!(plan.blocks_per_sequence, 256);
+        assert_eq!(plan.max_concurrency(), 300.0 * 16.0 / 4096.0);
+        let line = plan.window_line().unwrap();
+        assert!(
+            line.starts_with("sliding window 128 on 16 of 32 layers"),
+            "{line}"
+        );
+        assert!(line.contains("not freed"), "{line}");
+        assert!(
+            plan_kv_cache(budget(300_000, 4096))
+                .unwrap()
+                .window_line()
+                .is_none()
+        );
     }
 
     #[test]

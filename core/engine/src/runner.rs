@@ -185,7 +185,8 @@ impl ModelRunner {
                 ..Default::default()
             });
         }
-        let batch = build_batch(plan, &self.tables, self.kv.block_size)?;
+        let window = self.decoder.variant().window_layout().freeing_window();
+        let batch = build_batch(plan, &self.tables, self.kv.block_size, window)?;
         if !self.replay_graph(plan, &batch)? {
             self.forward(&batch)?;
         }

@@ -4,7 +4,7 @@
 //! [`describe`]. The decoder ([`crate::decoder`]) builds every family from
 //! these parts; nothing there is written per model.
 
-use crate::config::{ConfigError, HiddenAct, ModelConfig, invalid};
+use crate::config::{ConfigError, HiddenAct, ModelConfig, WindowLayout, invalid};
 use crate::registry::{Family, family_of_hf};
 
 /// The normalization every norm of the model uses.
@@ -172,6 +172,11 @@ pub struct DecoderVariant {
 }
 
 impl DecoderVariant {
+    /// How the layers slide (what the KV cache may free).
+    pub fn window_layout(&self) -> WindowLayout {
+        WindowLayout::of_layers(&self.layer_windows)
+    }
+
     /// Whether layer `i` uses the second (local) RoPE table.
     pub fn uses_local_rope(&self, layer: usize) -> bool {
         self.layer_rope.get(layer) == Some(&1)
@@ -232,7 +237,7 @@ pub fn describe(family: Family, c: &ModelConfig) -> Result<DecoderVariant, Confi
         _ => QkNorm::None,
     };
     let layer_windows: Vec<Option<usize>> = (0..c.num_hidden_layers)
-        .map(|i| c.is_sliding(i).then_some(c.sliding_window).flatten())
+        .map(|i| c.layer_window(i))
         .collect();
     let layer_rope = (0..c.num_hidden_layers)
         .map(|i| usize::from(c.rope_local_theta.is_some() && c.is_sliding(i)))

@@ -51,5 +51,9 @@ pub type RequestId = u64;
 pub type SeqId = u64;
 /// Index of one block in the paged KV cache.
 pub type BlockId = u32;
+/// A hole in a block table: the block that held these positions fell out of
+/// the model's sliding window and went back to the pool. Holes are always a
+/// prefix of the table, and no attention row can see their positions.
+pub const NO_BLOCK: BlockId = BlockId::MAX;
 /// A token id in the model's vocabulary.
 pub type TokenId = u32;

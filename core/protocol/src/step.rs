@@ -19,9 +19,12 @@ use crate::{BlockId, FinishReason, SeqId, TokenId};
 /// Scheduler → block manager, once per step.
 ///
 /// Processed as: `forks` (so that a parent finishing in the step that
-/// forks it still hands its blocks over), then `releases`, then `demands` in
-/// order. A demand that cannot be met is denied; later `Admit` demands are
-/// then denied too (no admission may overtake another: FCFS).
+/// forks it still hands its blocks over), then `releases`, then, when every
+/// layer of the model slides, the blocks of every sequence that fell behind
+/// its window (the KV of every slot granted so far has been computed by
+/// now), then `demands` in order. A demand that cannot be met is denied;
+/// later `Admit` demands are then denied too (no admission may overtake
+/// another: FCFS).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct AllocateForStep {
     /// Step counter (for logs and matching replies).
@@ -116,8 +119,14 @@ pub struct Granted {
     /// Block-table update: keep the first `table_keep` entries of the
     /// sequence's table, then append `new_blocks`.
     pub table_keep: u32,
-    /// Blocks appended to the table.
+    /// Blocks appended to the table ([`NO_BLOCK`](crate::NO_BLOCK) for an
+    /// `Admit`'s cache hits that already lie behind the sliding window).
     pub new_blocks: Vec<BlockId>,
+    /// Leading entries of the sequence's table that are holes after this
+    /// grant (blocks behind the sliding window, back in the pool); 0 for
+    /// models without a window on every layer.
+    #[serde(default)]
+    pub table_holes: u32,
 }
 
 /// Copy the contents of one KV block into another (all layers, K and V).
@@ -169,6 +178,13 @@ pub struct ScheduledSeq {
     pub table_keep: u32,
     /// Blocks appended to the table.
     pub new_blocks: Vec<BlockId>,
+    /// The first `table_holes` entries of the table are now holes
+    /// ([`NO_BLOCK`](crate::NO_BLOCK)): their blocks fell behind the sliding
+    /// window and may already hold another sequence's KV. No row of this
+    /// step can see their positions (they all lie before
+    /// `num_computed_tokens + 1 − window`).
+    #[serde(default)]
+    pub table_holes: u32,
     /// Samples drawn from the logits after the last token: 0 for a prefill
     /// chunk that does not reach the end of the known tokens, 1 normally, `n`
     /// when an `n > 1` request forks.

@@ -32,13 +32,31 @@
 //! [`BlockManager::reset_prefix_cache`] when a step failed (its KV may be
 //! garbage). An identity is dropped only when its block is taken from the
 //! free list for a new allocation.
+//!
+//! # Sliding windows
+//! With [`BlockManagerConfig::sliding_window`] set (every attention layer of
+//! the model slides), `allocate_for_step` first returns, for every
+//! sequence, the blocks that lie wholly behind the window of its next row
+//! (see [`crate::window`]); by then the KV of every slot granted so far has
+//! been computed, so the next row is at the sequence's token count. Those
+//! table entries become holes ([`NO_BLOCK`]), always a prefix of the table.
+//! The block manager is the only one that frees them (the scheduler mirrors
+//! the same rule); each goes to the free list like any freed block, cached
+//! ones at the tail (LRU). The sequence keeps every block's cache identity,
+//! so the full blocks it registers later still chain onto their parents.
+//! An admission's cache hits that already lie behind the window of its
+//! first computed row are not taken at all: they enter the table as holes.
+//! A lookup still only returns a chain of resident blocks from the root: a
+//! hole in one sequence's table is never part of another's hit.
 
 use std::collections::HashMap;
 
 use kiln_protocol::step::{
     AllocateForStep, BlockCopy, BlockDemand, BlockGrant, DemandKind, Fork, Granted, StepAllocation,
 };
-use kiln_protocol::{BlockId, SeqId, TokenId};
+use kiln_protocol::{BlockId, NO_BLOCK, SeqId, TokenId};
+
+use crate::window::blocks_behind_window;
 
 /// Block manager settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +67,10 @@ pub struct BlockManagerConfig {
     pub block_size: usize,
     /// Automatic prefix caching.
     pub enable_prefix_caching: bool,
+    /// The window of every attention layer in tokens, when all of them slide
+    /// (the largest, should they differ): blocks behind it are freed. `None`
+    /// when any layer sees the whole context.
+    pub sliding_window: Option<usize>,
 }
 
 /// Free-list link meaning "none".
@@ -101,8 +123,13 @@ struct Identity {
 
 #[derive(Debug, Clone, Default)]
 struct SeqBlocks {
-    /// [ceil(num_tokens / block_size)] block ids.
+    /// [ceil(num_tokens / block_size)] block ids; the first `holes` are [`NO_BLOCK`].
     table: Vec<BlockId>,
+    /// Leading entries of `table` whose blocks went back to the pool.
+    holes: usize,
+    /// Position of the earliest row that may still be computed, as of the
+    /// last sweep or admission: every block it can see is resident.
+    rows_from: usize,
     /// Token slots allocated.
     num_tokens: usize,
     /// [num_tokens / block_size] cache identity of each full block's content.
@@ -135,6 +162,7 @@ impl BlockManager {
         let config = BlockManagerConfig {
             num_blocks: config.num_blocks.min(NIL as usize - 1),
             block_size: config.block_size.max(1),
+            sliding_window: config.sliding_window.filter(|&w| w > 0),
             ..config
         };
         let n = config.num_blocks;
@@ -187,9 +215,15 @@ impl BlockManager {
         self.cache.len()
     }
 
-    /// A sequence's block table (`None` for sequences holding nothing).
+    /// A sequence's block table (`None` for sequences holding nothing);
+    /// holes are [`NO_BLOCK`].
     pub fn block_table(&self, seq: SeqId) -> Option<&[BlockId]> {
         self.seqs.get(&seq).map(|s| s.table.as_slice())
+    }
+
+    /// Blocks a sequence holds (its table without the holes).
+    pub fn num_resident_blocks(&self, seq: SeqId) -> Option<usize> {
+        self.seqs.get(&seq).map(|s| s.table.len() - s.holes)
     }
 
     /// Token slots a sequence holds.
@@ -304,10 +338,30 @@ impl BlockManager {
     /// unknown sequence does nothing.
     pub fn release(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.remove(&seq) {
-            for &b in s.table.iter().rev() {
+            for &b in s.table[s.holes..].iter().rev() {
                 self.drop_ref(b);
             }
         }
+    }
+
+    /// Return every sequence's blocks that its next row cannot see (see
+    /// the module docs); they become holes.
+    fn free_behind_windows(&mut self) {
+        let Some(window) = self.config.sliding_window else {
+            return;
+        };
+        let bs = self.config.block_size;
+        let mut seqs = std::mem::take(&mut self.seqs);
+        for s in seqs.values_mut() {
+            let behind = blocks_behind_window(s.num_tokens, window, bs).min(s.table.len());
+            for i in s.holes..behind {
+                self.drop_ref(s.table[i]);
+                s.table[i] = NO_BLOCK;
+            }
+            s.holes = s.holes.max(behind);
+            s.rows_from = s.num_tokens;
+        }
+        self.seqs = seqs;
     }
 
     /// Forget every cached prefix: call it after a failed step. Blocks keep
@@ -329,14 +383,15 @@ impl BlockManager {
             return;
         };
         self.release(f.child);
-        for &b in &p.table {
+        for &b in &p.table[p.holes..] {
             self.blocks[b as usize].refs += 1;
         }
         self.seqs.insert(f.child, p);
     }
 
-    /// Process one step's message: `forks`, then `releases`, then `demands`
-    /// in order (see [`AllocateForStep`]).
+    /// Process one step's message: `forks`, then `releases`, then the
+    /// blocks behind each sequence's sliding window, then `demands` in order
+    /// (see [`AllocateForStep`]).
     pub fn allocate_for_step(&mut self, msg: AllocateForStep) -> StepAllocation {
         self.epoch += 1;
         for &f in &msg.forks {
@@ -345,6 +400,7 @@ impl BlockManager {
         for &seq in &msg.releases {
             self.release(seq);
         }
+        self.free_behind_windows();
         self.queries = 0;
         self.hits = 0;
         let mut copies = Vec::new();
@@ -431,7 +487,12 @@ impl BlockManager {
         let cached = hits.len() * bs;
         let new_tokens = req.max_new.min(req.tokens.len() - cached);
         let fresh = (cached + new_tokens).div_ceil(bs) - hits.len();
-        let touched_free = hits
+        // Hits the first computed row (at `cached`) cannot see stay where they are.
+        let behind = self
+            .config
+            .sliding_window
+            .map_or(0, |w| blocks_behind_window(cached, w, bs).min(hits.len()));
+        let touched_free = hits[behind..]
             .iter()
             .filter(|(b, _)| self.blocks[*b as usize].free)
             .count();
@@ -445,12 +506,18 @@ impl BlockManager {
         let mut s = SeqBlocks {
             caching: req.use_cache,
             num_tokens: cached,
+            holes: behind,
+            rows_from: cached,
             ..Default::default()
         };
         // Touch the hits first so that taking fresh blocks cannot evict them.
-        for &(b, id) in &hits {
-            self.touch(b);
-            s.table.push(b);
+        for (i, &(b, id)) in hits.iter().enumerate() {
+            if i < behind {
+                s.table.push(NO_BLOCK);
+            } else {
+                self.touch(b);
+                s.table.push(b);
+            }
             s.identities.push(id);
         }
         for _ in 0..fresh {
@@ -464,6 +531,7 @@ impl BlockManager {
             num_new_tokens: new_tokens as u32,
             table_keep: 0,
             new_blocks: table,
+            table_holes: behind as u32,
         })
     }
 
@@ -506,12 +574,14 @@ impl BlockManager {
         s.table.truncate(keep);
         s.table.extend_from_slice(&added);
         self.append_tokens(&mut s, tokens);
+        let holes = s.holes as u32;
         self.seqs.insert(seq, s);
         Some(Granted {
             num_cached_tokens: 0,
             num_new_tokens: tokens.len() as u32,
             table_keep: keep as u32,
             new_blocks: added,
+            table_holes: holes,
         })
     }
 
@@ -618,7 +688,8 @@ impl BlockManager {
                     s.num_tokens
                 ));
             }
-            for &b in &s.table {
+            self.check_holes(*id, s)?;
+            for &b in &s.table[s.holes..] {
                 let Some(r) = refs.get_mut(b as usize) else {
                     return Err(format!("seq {id} holds block {b}, outside the pool"));
                 };
@@ -626,6 +697,29 @@ impl BlockManager {
             }
         }
         Ok(refs)
+    }
+
+    /// Holes are exactly the blocks behind the window of the sequence's
+    /// earliest row still to compute: a prefix of the table, and every
+    /// position that row (or a later one) can see is in a resident block.
+    fn check_holes(&self, id: SeqId, s: &SeqBlocks) -> Result<(), String> {
+        let leading = s.table.iter().take_while(|&&b| b == NO_BLOCK).count();
+        let expected = self.config.sliding_window.map_or(0, |w| {
+            blocks_behind_window(s.rows_from, w, self.config.block_size).min(s.table.len())
+        });
+        if leading != s.holes || s.table[s.holes..].contains(&NO_BLOCK) {
+            return Err(format!(
+                "seq {id}: {} holes recorded but the table is {:?}",
+                s.holes, s.table
+            ));
+        }
+        if s.holes != expected || s.rows_from > s.num_tokens {
+            return Err(format!(
+                "seq {id}: {} holes, but its rows from position {} see all but {expected} blocks",
+                s.holes, s.rows_from
+            ));
+        }
+        Ok(())
     }
 
     fn check_free_list(&self) -> Result<(), String> {
@@ -673,6 +767,7 @@ mod tests {
             num_blocks: blocks,
             block_size: 4,
             enable_prefix_caching: true,
+            sliding_window: None,
         })
     }
 
@@ -986,6 +1081,7 @@ mod tests {
             num_blocks: 4,
             block_size: 4,
             enable_prefix_caching: false,
+            sliding_window: None,
         });
         run_one(&mut m, 1, &[1, 2, 3, 4, 5]);
         step(&mut m, vec![1], vec![], vec![]);
@@ -1015,8 +1111,135 @@ mod tests {
             num_blocks: 0,
             block_size: 0,
             enable_prefix_caching: true,
+            sliding_window: None,
         });
         assert_eq!((z.num_total_blocks(), z.config().block_size), (0, 1));
+    }
+
+    /// Blocks of 4 tokens, every layer sliding over 4 tokens.
+    fn windowed(blocks: usize) -> BlockManager {
+        BlockManager::new(BlockManagerConfig {
+            num_blocks: blocks,
+            block_size: 4,
+            enable_prefix_caching: true,
+            sliding_window: Some(4),
+        })
+    }
+
+    #[test]
+    fn blocks_behind_the_window_return_to_the_pool() {
+        let mut m = windowed(3);
+        let prompt: Vec<u32> = (0..7).collect();
+        let g = run_one(&mut m, 1, &prompt);
+        assert_eq!((g.new_blocks.len(), g.table_holes), (2, 0));
+        let first = g.new_blocks[0];
+        // The row at 7 sees 4..=7: block 0 goes back before the step's
+        // blocks are taken, so the pool of 3 keeps serving one sequence.
+        let a = step(&mut m, vec![], vec![], vec![extend(1, &[7, 8])]);
+        let g = granted(&a, 0);
+        assert_eq!((g.table_keep, g.table_holes, g.new_blocks.len()), (2, 1, 1));
+        assert_eq!(m.block_table(1).unwrap()[0], NO_BLOCK);
+        assert_eq!(m.ref_count(first), 0);
+        assert_eq!(m.num_resident_blocks(1), Some(2));
+        assert_eq!(m.num_free_blocks(), 1);
+        for t in 9..40 {
+            let a = step(&mut m, vec![], vec![], vec![extend(1, &[t])]);
+            assert!(a.grants[0].granted.is_some(), "token {t}");
+            assert!(m.num_resident_blocks(1).unwrap() <= 2);
+        }
+        assert_eq!(m.num_tokens(1), Some(40));
+        step(&mut m, vec![1], vec![], vec![]);
+        assert_eq!(m.num_free_blocks(), 3);
+    }
+
+    #[test]
+    fn no_window_keeps_every_block() {
+        let mut m = bm(16);
+        run_one(&mut m, 1, &(0..7).collect::<Vec<_>>());
+        for t in 7..40 {
+            step(&mut m, vec![], vec![], vec![extend(1, &[t])]);
+        }
+        assert_eq!(m.num_resident_blocks(1), Some(10));
+        assert!(!m.block_table(1).unwrap().contains(&NO_BLOCK));
+    }
+
+    #[test]
+    fn hits_behind_the_window_are_not_taken() {
+        let mut m = windowed(8);
+        let prompt: Vec<u32> = (0..13).collect();
+        run_one(&mut m, 1, &prompt);
+        step(&mut m, vec![1], vec![], vec![]);
+        assert_eq!(m.num_cached_blocks(), 3);
+        // 12 tokens hit; the row at 12 sees 9..=12, so blocks 0 and 1 stay free.
+        let a = step(&mut m, vec![], vec![], vec![admit(2, &prompt, 13)]);
+        let g = granted(&a, 0);
+        assert_eq!((g.num_cached_tokens, g.table_holes), (12, 2));
+        assert_eq!(&g.new_blocks[..2], &[NO_BLOCK, NO_BLOCK]);
+        assert_eq!(m.num_resident_blocks(2), Some(2));
+        assert_eq!(m.num_free_blocks(), 6);
+        // The holes keep their identities: the next full block chains onto
+        // them, so a longer prompt hits all four blocks.
+        step(&mut m, vec![], vec![], vec![extend(2, &[13, 14, 15])]);
+        step(&mut m, vec![2], vec![], vec![]);
+        let longer: Vec<u32> = (0..17).collect();
+        let a = step(&mut m, vec![], vec![], vec![admit(3, &longer, 17)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 16);
+    }
+
+    #[test]
+    fn freed_cached_blocks_wait_on_the_free_list_until_evicted() {
+        let mut m = windowed(5);
+        let prompt: Vec<u32> = (0..9).collect();
+        run_one(&mut m, 1, &prompt);
+        // Block 0 leaves the window; it stays cached on the free list.
+        step(&mut m, vec![], vec![], vec![extend(1, &[9])]);
+        assert_eq!(m.num_cached_blocks(), 2);
+        let a = step(&mut m, vec![], vec![], vec![admit(2, &prompt, 9)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 8);
+        step(&mut m, vec![2], vec![], vec![]);
+        // Filling the pool evicts block 0: the chain is broken at its root,
+        // so block 1 (still cached, still held by seq 1) is no hit either.
+        let a = step(&mut m, vec![], vec![], vec![admit(3, &[50; 9], 9)]);
+        assert!(a.grants[0].granted.is_some());
+        step(&mut m, vec![3], vec![], vec![]);
+        let a = step(&mut m, vec![], vec![], vec![admit(4, &prompt, 9)]);
+        assert_eq!(granted(&a, 0).num_cached_tokens, 0);
+    }
+
+    #[test]
+    fn forks_share_holes_and_resident_blocks() {
+        let mut m = windowed(8);
+        run_one(&mut m, 1, &(0..9).collect::<Vec<_>>());
+        let a = step(
+            &mut m,
+            vec![],
+            vec![fork(1, 2)],
+            vec![extend(1, &[9]), extend(2, &[10])],
+        );
+        assert_eq!(granted(&a, 0).table_holes, 1);
+        assert_eq!(granted(&a, 1).table_holes, 1);
+        let (t1, t2) = (m.block_table(1).unwrap(), m.block_table(2).unwrap());
+        assert_eq!((t1[0], t2[0]), (NO_BLOCK, NO_BLOCK));
+        assert_eq!(t1[1], t2[1]);
+        assert_eq!(m.ref_count(t1[1]), 2);
+        // Rows 10..=12 see 7..=12: blocks 1 to 3.
+        step(&mut m, vec![1], vec![], vec![extend(2, &[11, 12, 13])]);
+        assert_eq!(m.num_resident_blocks(2), Some(3));
+        step(&mut m, vec![2], vec![], vec![]);
+        assert_eq!(m.num_free_blocks(), 8);
+    }
+
+    #[test]
+    fn invariants_catch_a_hole_inside_the_window() {
+        let mut m = windowed(8);
+        run_one(&mut m, 1, &(0..9).collect::<Vec<_>>());
+        step(&mut m, vec![], vec![], vec![extend(1, &[9])]);
+        let s = m.seqs.get_mut(&1).unwrap();
+        let b = std::mem::replace(&mut s.table[1], NO_BLOCK);
+        s.holes = 2;
+        m.drop_ref(b);
+        let e = m.check_invariants().unwrap_err();
+        assert!(e.contains("holes"), "{e}");
     }
 
     #[test]

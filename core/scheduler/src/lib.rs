@@ -3,7 +3,9 @@
 //! Kiln's two scheduling state machines, pure, synchronous and deterministic:
 //! - [`BlockManager`]: the paged KV block pool — reference counts, automatic
 //!   prefix caching with exact (collision-proof) hits, LRU reuse of freed
-//!   cached blocks, copy-on-write for the forks of `n > 1` requests;
+//!   cached blocks, copy-on-write for the forks of `n > 1` requests, and
+//!   the return of blocks that fell behind a model's sliding window
+//!   ([`window`]);
 //! - [`Scheduler`]: continuous batching — one token budget per step shared by
 //!   prefill chunks and decodes, chunked prefill, preemption by recompute of
 //!   the newest sequences, first-come-first-served admission, failure instead
@@ -30,11 +32,13 @@
 //!     block_size: 4,
 //!     num_blocks: 16,
 //!     enable_prefix_caching: true,
+//!     sliding_window: None,
 //! });
 //! let mut blocks = BlockManager::new(BlockManagerConfig {
 //!     num_blocks: 16,
 //!     block_size: 4,
 //!     enable_prefix_caching: true,
+//!     sliding_window: None,
 //! });
 //! scheduler.add_request(NewRequest {
 //!     request_id: 1,
@@ -69,6 +73,7 @@
 pub mod block_manager;
 pub mod scheduler;
 pub mod sim;
+pub mod window;
 
 pub use block_manager::{BlockManager, BlockManagerConfig};
 pub use scheduler::{NewRequest, Scheduler, SchedulerConfig};

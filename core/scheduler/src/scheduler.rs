@@ -32,6 +32,14 @@
 //! blocks; prefix-cache hits on free blocks can make the block manager deny
 //! one, which is harmless (the sequence goes back to the front of the queue).
 //!
+//! With [`SchedulerConfig::sliding_window`] (every layer of the model
+//! slides), `begin_step` first turns into holes the blocks of every running
+//! sequence that lie behind its next row's window, exactly as the block
+//! manager does when it receives the message (see [`crate::window`]), and
+//! counts the blocks that frees. A sequence then never holds more than
+//! [`max_blocks_per_sequence`] blocks, which is what a request must fit in
+//! the pool to be accepted, whatever its length.
+//!
 //! # Lengths
 //! The engine resolves `max_tokens` so that prompt + `max_tokens` fits
 //! `max_model_len`, and the sampler ends a sequence with `Length` when it
@@ -75,7 +83,9 @@ use kiln_protocol::step::{
     AllocateForStep, BlockDemand, DemandKind, Fork, Granted, SampledToken, ScheduledSeq,
     StepAllocation, StepOutput, StepPlan,
 };
-use kiln_protocol::{BlockId, EngineError, RequestId, SeqId, TokenId};
+use kiln_protocol::{BlockId, EngineError, NO_BLOCK, RequestId, SeqId, TokenId};
+
+use crate::window::{blocks_behind_window, max_blocks_per_sequence};
 
 /// Scheduler settings. Values below 1 for the budgets and the block size are
 /// treated as 1 (see [`SchedulerConfig::validate`]).
@@ -94,6 +104,9 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     /// Look up and register prefix-cache blocks.
     pub enable_prefix_caching: bool,
+    /// The window of every attention layer, when all of them slide (must
+    /// match the block manager's): blocks behind it are freed.
+    pub sliding_window: Option<usize>,
 }
 
 impl SchedulerConfig {
@@ -160,8 +173,10 @@ struct Seq {
     tokens: Vec<TokenId>,
     /// Tokens whose KV is computed (or being computed by the current step).
     computed: usize,
-    /// Mirror of the block manager's table.
+    /// Mirror of the block manager's table; the first `holes` are [`NO_BLOCK`].
     table: Vec<BlockId>,
+    /// Leading entries of `table` behind the sliding window.
+    holes: usize,
     /// The model runner holds this sequence's table (plans send diffs).
     runner_knows: bool,
     status: Status,
@@ -258,6 +273,7 @@ impl Scheduler {
             max_num_seqs: config.max_num_seqs.max(1),
             max_model_len: config.max_model_len.max(1),
             block_size: config.block_size.max(1),
+            sliding_window: config.sliding_window.filter(|&w| w > 0),
             ..config
         };
         Scheduler {
@@ -308,6 +324,7 @@ impl Scheduler {
                 tokens: r.prompt_token_ids,
                 computed: 0,
                 table: Vec::new(),
+                holes: 0,
                 runner_knows: false,
                 status: Status::Waiting,
                 in_flight: None,
@@ -373,7 +390,7 @@ impl Scheduler {
         }
         // The last sampled token is never computed.
         let kv_tokens = prompt + r.max_tokens as usize - 1;
-        if self.blocks_for(kv_tokens) > c.num_blocks {
+        if self.most_blocks_held(kv_tokens) > c.num_blocks {
             return Err(EngineError::invalid(
                 "max_tokens",
                 format!(
@@ -414,7 +431,7 @@ impl Scheduler {
                 ),
             ));
         }
-        if self.blocks_for(tokens) > c.num_blocks {
+        if self.most_blocks_held(tokens) > c.num_blocks {
             return Err(EngineError::invalid(
                 "input",
                 format!(
@@ -489,6 +506,24 @@ impl Scheduler {
         tokens.div_ceil(self.config.block_size)
     }
 
+    /// The most blocks a sequence of `tokens` KV positions holds at once.
+    fn most_blocks_held(&self, tokens: usize) -> usize {
+        let c = &self.config;
+        max_blocks_per_sequence(
+            tokens,
+            c.block_size,
+            c.sliding_window,
+            c.max_num_batched_tokens,
+        )
+    }
+
+    /// Holes of a table of `len` blocks whose first row to compute is at `position`.
+    fn expected_holes(&self, position: usize, len: usize) -> usize {
+        self.config.sliding_window.map_or(0, |w| {
+            blocks_behind_window(position, w, self.config.block_size).min(len)
+        })
+    }
+
     // ---------------------------------------------------------------- mirror
 
     fn ref_mut(&mut self, b: BlockId) -> &mut u32 {
@@ -500,15 +535,15 @@ impl Scheduler {
     }
 
     fn acquire(&mut self, blocks: &[BlockId]) {
-        for &b in blocks {
+        for &b in blocks.iter().filter(|&&b| b != NO_BLOCK) {
             *self.ref_mut(b) += 1;
         }
     }
 
-    /// Drop references; returns how many blocks became free.
+    /// Drop references (holes hold none); returns how many blocks became free.
     fn drop_refs(&mut self, blocks: &[BlockId]) -> usize {
         let mut freed = 0;
-        for &b in blocks {
+        for &b in blocks.iter().filter(|&&b| b != NO_BLOCK) {
             let r = self.ref_mut(b);
             freed += usize::from(*r == 1);
             *r = r.saturating_sub(1);
@@ -524,6 +559,29 @@ impl Scheduler {
         }
     }
 
+    /// Mirror the block manager's first act on the next message: the blocks
+    /// of each running sequence that its next row (at `computed`: the
+    /// previous step has run) cannot see become holes.
+    fn free_behind_windows(&mut self) {
+        let Some(window) = self.config.sliding_window else {
+            return;
+        };
+        let bs = self.config.block_size;
+        let mut freed = Vec::new();
+        for s in self.seqs.values_mut() {
+            if s.status != Status::Running {
+                continue;
+            }
+            let behind = blocks_behind_window(s.computed, window, bs).min(s.table.len());
+            for i in s.holes..behind {
+                freed.push(s.table[i]);
+                s.table[i] = NO_BLOCK;
+            }
+            s.holes = s.holes.max(behind);
+        }
+        self.freed_since += self.drop_refs(&freed);
+    }
+
     // ---------------------------------------------------------------- phase 1
 
     /// Phase 1: decide what runs and ask for its KV slots. `None` when idle
@@ -533,6 +591,7 @@ impl Scheduler {
         if self.is_idle() {
             return None;
         }
+        self.free_behind_windows();
         self.step_id += 1;
         self.stats.preemptions_last_step = 0;
         let mut budget = Budget {
@@ -656,6 +715,7 @@ impl Scheduler {
             return;
         };
         let table = std::mem::take(&mut s.table);
+        s.holes = 0;
         s.status = Status::Waiting;
         s.computed = 0;
         s.runner_knows = false;
@@ -850,6 +910,7 @@ impl Scheduler {
             num_computed_tokens: start as u32,
             table_keep,
             new_blocks,
+            table_holes: s.holes as u32,
             num_samples,
             embed: s.embed,
             prompt_logprob_rows: prompt_logprob_rows as u32,
@@ -859,10 +920,12 @@ impl Scheduler {
     fn apply_admit(&mut self, id: SeqId, g: Granted) -> Option<ScheduledSeq> {
         self.acquire(&g.new_blocks);
         let bs = self.config.block_size;
+        let start = g.num_cached_tokens as usize;
+        let holes = self.expected_holes(start, g.new_blocks.len());
         let s = self.seqs.get_mut(&id)?;
         s.table = g.new_blocks;
+        s.holes = g.table_holes as usize;
         s.status = Status::Running;
-        let start = g.num_cached_tokens as usize;
         let end = start + g.num_new_tokens as usize;
         let whole = start == 0 && end == s.tokens.len();
         let valid = g.num_new_tokens > 0
@@ -870,7 +933,9 @@ impl Scheduler {
             && start.is_multiple_of(bs)
             && end <= s.tokens.len()
             && end <= self.config.max_model_len
-            && s.table.len() == end.div_ceil(bs);
+            && s.table.len() == end.div_ceil(bs)
+            && s.holes == holes
+            && table_has_holes(&s.table, holes);
         if !valid {
             let rid = s.request;
             s.computed = 0;
@@ -892,7 +957,10 @@ impl Scheduler {
         let valid = g.num_new_tokens as usize == n
             && keep <= s.table.len()
             && keep + 1 >= s.table.len()
-            && keep + g.new_blocks.len() == (start + n).div_ceil(bs);
+            && keep >= s.holes
+            && keep + g.new_blocks.len() == (start + n).div_ceil(bs)
+            && g.table_holes as usize == s.holes
+            && !g.new_blocks.contains(&NO_BLOCK);
         // Mirror the block manager: the copied-away block loses a reference
         // (already counted in the allocation's free count), new blocks gain one.
         let dropped_tail = s
@@ -1176,6 +1244,13 @@ impl Scheduler {
     }
 }
 
+/// The first `holes` entries of `table` are holes and no other is.
+fn table_has_holes(table: &[BlockId], holes: usize) -> bool {
+    holes <= table.len()
+        && table[..holes].iter().all(|&b| b == NO_BLOCK)
+        && !table[holes..].contains(&NO_BLOCK)
+}
+
 fn bad_grant(seq: SeqId) -> String {
     format!("the block manager's grant for sequence {seq} does not match its demand")
 }
@@ -1194,6 +1269,7 @@ mod tests {
             block_size: 4,
             num_blocks,
             enable_prefix_caching: true,
+            sliding_window: None,
         }
     }
 
@@ -1210,6 +1286,7 @@ mod tests {
                     num_blocks: c.num_blocks,
                     block_size: c.block_size,
                     enable_prefix_caching: c.enable_prefix_caching,
+                    sliding_window: c.sliding_window,
                 }),
             }
         }

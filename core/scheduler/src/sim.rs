@@ -13,7 +13,11 @@
 //! - every scheduled sequence computes exactly its own next known tokens, at
 //!   positions below `max_model_len`, its runner table equals the block
 //!   manager's, and the KV it attends to (positions `0..num_computed_tokens`,
-//!   prefix-cache hits and fork-shared blocks included) holds its own prefix;
+//!   or with a sliding window the positions its first row sees, prefix-cache
+//!   hits and fork-shared blocks included) holds its own prefix;
+//! - with a sliding window, no sequence holds more than
+//!   [`max_blocks_per_sequence`] blocks, holes are a prefix of each table and
+//!   no position a scheduled row sees is in one;
 //! - samples are drawn exactly when a chunk reaches the end of the known
 //!   tokens, `n` at once for the first sample of an `n > 1` request;
 //! - an embedding request is computed whole in one step, never sampled,
@@ -43,6 +47,8 @@ use kiln_protocol::{BlockId, EngineError, FinishReason, RequestId, SeqId, TokenI
 
 use crate::block_manager::{BlockManager, BlockManagerConfig};
 use crate::scheduler::{NewRequest, Scheduler, SchedulerConfig};
+use crate::window::max_blocks_per_sequence;
+use kiln_protocol::NO_BLOCK;
 
 /// Simulator settings (shared by the scheduler and the block manager).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,26 @@ pub struct SimConfig {
     /// Context length.
     pub max_model_len: usize,
     pub enable_prefix_caching: bool,
+    /// Every layer's sliding window (blocks behind it are freed).
+    pub sliding_window: Option<usize>,
+}
+
+impl SimConfig {
+    /// First position a row at `position` sees.
+    fn first_key(&self, position: usize) -> usize {
+        self.sliding_window
+            .map_or(0, |w| (position + 1).saturating_sub(w))
+    }
+
+    /// The most blocks a sequence may hold.
+    fn max_blocks_per_sequence(&self) -> usize {
+        max_blocks_per_sequence(
+            self.max_model_len,
+            self.block_size,
+            self.sliding_window,
+            self.max_num_batched_tokens,
+        )
+    }
 }
 
 impl Default for SimConfig {
@@ -69,6 +95,7 @@ impl Default for SimConfig {
             max_num_seqs: 8,
             max_model_len: 128,
             enable_prefix_caching: true,
+            sliding_window: None,
         }
     }
 }
@@ -174,11 +201,13 @@ impl Sim {
                 block_size: config.block_size,
                 num_blocks: config.num_blocks,
                 enable_prefix_caching: config.enable_prefix_caching,
+                sliding_window: config.sliding_window,
             }),
             blocks: BlockManager::new(BlockManagerConfig {
                 num_blocks: config.num_blocks,
                 block_size: config.block_size,
                 enable_prefix_caching: config.enable_prefix_caching,
+                sliding_window: config.sliding_window,
             }),
             config,
             seqs: HashMap::new(),
@@ -345,6 +374,15 @@ impl Sim {
         if let Err(e) = self.blocks.check_invariants() {
             panic!("block manager invariant broken at step {}: {e}", self.steps);
         }
+        let cap = self.config.max_blocks_per_sequence();
+        for id in self.blocks.sequences() {
+            let held = self.blocks.num_resident_blocks(id).unwrap_or(0);
+            assert!(
+                held <= cap,
+                "step {}: seq {id} holds {held} blocks, more than {cap}",
+                self.steps
+            );
+        }
         for (d, g) in msg.demands.iter().zip(&alloc.grants) {
             if matches!(d.kind, DemandKind::Extend { .. }) {
                 assert!(
@@ -443,6 +481,14 @@ impl Sim {
             );
             table.truncate(s.table_keep as usize);
             table.extend_from_slice(&s.new_blocks);
+            assert!(
+                s.table_holes as usize <= table.len(),
+                "seq {}: {} holes in a {}-block table",
+                s.seq_id,
+                s.table_holes,
+                table.len()
+            );
+            table[..s.table_holes as usize].fill(NO_BLOCK);
             let rows = self
                 .seqs
                 .get(&s.seq_id)
@@ -516,6 +562,12 @@ impl Sim {
             self.blocks.block_table(id),
             "seq {id}: the runner's table differs from the block manager's"
         );
+        let bs = self.config.block_size;
+        let seen = self.config.first_key(start)..end;
+        assert!(
+            seen.clone().all(|pos| table[pos / bs] != NO_BLOCK),
+            "seq {id}: a row of {start}..{end} sees positions {seen:?} in a hole: {table:?}"
+        );
         self.check_kv(id, start, "before computing");
         // An aborted request is forgotten here while its last step may still run.
         let embed = s.embed;
@@ -553,10 +605,11 @@ impl Sim {
         }
     }
 
+    /// The KV a row at `upto` sees is the sequence's own.
     fn check_kv(&self, id: SeqId, upto: usize, when: &str) {
         let sim = &self.seqs[&id];
         let table = &self.tables[&id];
-        for pos in 0..upto {
+        for pos in self.config.first_key(upto)..upto {
             assert_eq!(
                 self.kv[self.slot(table, pos)],
                 sim.prints[pos],

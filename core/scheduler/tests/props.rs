@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use kiln_protocol::{SeqId, TokenId};
 use kiln_scheduler::sim::{Sim, SimConfig};
+use kiln_scheduler::window::max_blocks_per_sequence;
 use proptest::prelude::*;
 
 /// A deterministic "model": the next token depends only on the history and
@@ -89,8 +90,28 @@ fn config() -> impl Strategy<Value = SimConfig> {
                 max_num_seqs: seqs,
                 max_model_len: MAX_MODEL_LEN,
                 enable_prefix_caching: cache,
+                sliding_window: None,
             }
         })
+}
+
+/// A model whose every layer slides over 1 to 24 tokens, with a pool that
+/// holds what one sequence keeps at most (sometimes barely), which is often
+/// less than a whole `MAX_MODEL_LEN` sequence.
+fn windowed_config() -> impl Strategy<Value = SimConfig> {
+    (config(), 1..24usize, 0..3usize).prop_map(|(cfg, window, pool)| {
+        let most = max_blocks_per_sequence(
+            MAX_MODEL_LEN,
+            cfg.block_size,
+            Some(window),
+            cfg.max_num_batched_tokens,
+        );
+        SimConfig {
+            num_blocks: [most, most + 2, most * 6][pool],
+            sliding_window: Some(window),
+            ..cfg
+        }
+    })
 }
 
 fn prompt(r: &Req) -> Vec<TokenId> {
@@ -233,6 +254,41 @@ proptest! {
         prop_assert_eq!(a.outputs, b.outputs);
     }
 
+    /// With a sliding window on every layer, the simulator also checks at
+    /// every step that no sequence holds more than its window's worth of
+    /// blocks, that holes are a prefix of each table, that every position a
+    /// scheduled row sees is in a resident block holding that sequence's
+    /// own KV, and the block manager's hole invariants; everything drains.
+    #[test]
+    fn windowed_workloads_drain(
+        cfg in windowed_config(),
+        reqs in prop::collection::vec(req(), 1..14),
+        eos in prop::sample::select(vec![0u32, 5, 13, 40]),
+    ) {
+        run(cfg, &reqs, eos);
+    }
+
+    /// Freeing blocks behind the window changes no output: a tight pool
+    /// with a window gives the tokens a roomy pool without one gives.
+    #[test]
+    fn windowed_outputs_do_not_depend_on_scheduling(
+        cfg in windowed_config(),
+        reqs in prop::collection::vec(req(), 1..10),
+    ) {
+        let reqs = without_aborts(reqs);
+        let roomy = SimConfig {
+            num_blocks: 4096,
+            max_num_batched_tokens: 4096,
+            max_num_seqs: 64,
+            enable_prefix_caching: !cfg.enable_prefix_caching,
+            sliding_window: None,
+            ..cfg
+        };
+        let a = run(cfg, &reqs, 13);
+        let b = run(roomy, &reqs, 13);
+        prop_assert_eq!(a.outputs, b.outputs);
+    }
+
     /// First come first served: a request is never first scheduled before an
     /// earlier one.
     #[test]
@@ -253,6 +309,7 @@ fn tight() -> SimConfig {
         max_num_seqs: 8,
         max_model_len: 64,
         enable_prefix_caching: false,
+        sliding_window: None,
     }
 }
 
@@ -306,6 +363,7 @@ fn prefix_cache_skips_shared_blocks() {
         max_num_seqs: 8,
         max_model_len: 128,
         enable_prefix_caching: true,
+        sliding_window: None,
     };
     let mut sim = Sim::new(cfg);
     let long: Vec<TokenId> = (1..=42).collect();
@@ -333,6 +391,7 @@ fn prefix_cache_with_chunked_prefill_and_a_tiny_budget() {
         max_num_seqs: 4,
         max_model_len: 64,
         enable_prefix_caching: true,
+        sliding_window: None,
     };
     let mut sim = Sim::new(cfg);
     let p: Vec<TokenId> = (1..=30).collect();
@@ -354,6 +413,7 @@ fn aborts_in_every_state_return_all_blocks() {
         max_num_seqs: 3,
         max_model_len: 64,
         enable_prefix_caching: true,
+        sliding_window: None,
     };
     for abort_step in 0..40 {
         let mut sim = Sim::new(cfg);
@@ -392,6 +452,7 @@ fn abort_with_an_allocation_in_flight_never_poisons_the_cache() {
         max_num_seqs: 4,
         max_model_len: 64,
         enable_prefix_caching: true,
+        sliding_window: None,
     };
     let mut sim = Sim::new(cfg);
     let mut sample = |s: SeqId, h: &[TokenId]| next_token(s, h, 0);
@@ -448,6 +509,7 @@ fn a_request_larger_than_the_pool_fails_instead_of_waiting_forever() {
         max_num_seqs: 4,
         max_model_len: 64,
         enable_prefix_caching: true,
+        sliding_window: None,
     };
     let mut sim = Sim::new(cfg);
     sim.add(1, vec![1; 20], 4, 1);
@@ -455,4 +517,83 @@ fn a_request_larger_than_the_pool_fails_instead_of_waiting_forever() {
     assert!(sim.failed().contains_key(&1));
     let out = sim.run_to_completion(|s, h| next_token(s, h, 0));
     assert_eq!(out[&2][0].len(), 4);
+}
+
+/// Window 8, blocks of 4, chunks of 4: a sequence holds at most
+/// ceil(11 / 4) + 1 = 4 blocks.
+fn small_window() -> SimConfig {
+    SimConfig {
+        num_blocks: 4,
+        block_size: 4,
+        max_num_batched_tokens: 4,
+        max_num_seqs: 4,
+        max_model_len: 64,
+        enable_prefix_caching: true,
+        sliding_window: Some(8),
+    }
+}
+
+#[test]
+fn a_window_lets_a_sequence_outgrow_the_pool() {
+    let cfg = small_window();
+    assert_eq!(max_blocks_per_sequence(64, 4, Some(8), 4), 4);
+    let mut sim = Sim::new(cfg);
+    // 60 tokens need 15 blocks without the window; the pool has 4.
+    sim.add(1, (1..=20).collect(), 40, 1);
+    assert!(sim.failed().is_empty(), "{:?}", sim.failed());
+    let out = sim.run_to_completion(|s, h| next_token(s, h, 0));
+    assert_eq!(out[&1][0].len(), 40);
+    // Without it, the same request can never run.
+    let mut sim = Sim::new(SimConfig {
+        sliding_window: None,
+        ..cfg
+    });
+    sim.add(1, (1..=20).collect(), 40, 1);
+    assert!(sim.failed().contains_key(&1));
+}
+
+#[test]
+fn windowed_sequences_share_a_small_pool_by_preemption() {
+    let cfg = SimConfig {
+        num_blocks: 8,
+        max_num_batched_tokens: 8,
+        max_num_seqs: 8,
+        ..small_window()
+    };
+    let reqs = crowd(1);
+    let constrained = run(cfg, &reqs, 0);
+    assert!(constrained.preemptions > 0, "the test must preempt");
+    let roomy = run(
+        SimConfig {
+            num_blocks: 1024,
+            max_num_batched_tokens: 64,
+            sliding_window: None,
+            ..cfg
+        },
+        &reqs,
+        0,
+    );
+    assert_eq!(constrained.outputs, roomy.outputs);
+}
+
+#[test]
+fn windowed_forks_and_prefix_hits() {
+    let cfg = SimConfig {
+        num_blocks: 24,
+        ..small_window()
+    };
+    let mut sim = Sim::new(cfg);
+    let mut sample = |s: SeqId, h: &[TokenId]| next_token(s, h, 0);
+    let p: Vec<TokenId> = (1..=30).collect();
+    sim.add(1, p.clone(), 12, 3);
+    sim.run_to_completion(&mut sample);
+    // The whole chain is still cached (nothing evicted it): 28 tokens hit,
+    // of which the blocks behind the first row's window are not taken.
+    sim.add(2, p, 12, 2);
+    let report = sim.step(&mut sample).unwrap();
+    assert_eq!(report.allocation.prefix_cache_hits, 28);
+    let seq = &report.plan.seqs[0];
+    assert_eq!((seq.num_computed_tokens, seq.table_holes), (28, 5));
+    let out = sim.run_to_completion(&mut sample);
+    assert_eq!(out[&2].len(), 2);
 }

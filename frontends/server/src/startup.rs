@@ -48,7 +48,7 @@ pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
         Some(q) => format!("{} weights, {} activations", q, i.dtype),
         None => format!("{} weights and activations", i.dtype),
     };
-    vec![
+    let mut lines = vec![
         format!(
             "model: {} ({}, {} parameters, {}, {} from {})",
             i.model_id, i.architecture, params, weights, i.format, i.model_path
@@ -64,6 +64,9 @@ pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
             human_bytes(s.activation_bytes),
             s.kv.log_line()
         ),
+    ];
+    lines.extend(s.kv.window_line());
+    lines.extend([
         format!(
             "scheduling: max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}, prefix caching {}",
             i.max_model_len,
@@ -81,7 +84,8 @@ pub fn summary_lines(s: &StartupSummary, listening: &Listening) -> Vec<String> {
             },
             listening.routes.join("; ")
         ),
-    ]
+    ]);
+    lines
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 
 mod gguf;
 mod json;
+mod window;
 
 use serde_json::Value;
+
+pub use window::WindowLayout;
 
 /// Errors reading a config. Each names the field or key at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
