@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use kiln_hub::{ModelFormat, ResolvedModel};
-use kiln_models::config::ModelConfig;
+use kiln_models::config::{ModelConfig, WindowLayout};
 use kiln_models::weights::gguf::GgufFile;
 use kiln_protocol::FormatBytes;
 use serde::Serialize;
@@ -64,6 +64,8 @@ pub struct ModelFacts {
     pub architecture: String,
     /// Dimensions.
     pub shape: ModelShape,
+    /// How the layers slide.
+    pub window: WindowLayout,
     /// Parameters (embeddings counted once when tied).
     pub parameters: u64,
     /// Parameters one token computes with (a mixture of experts uses k of
@@ -129,6 +131,7 @@ fn facts(
     ModelFacts {
         architecture: config.architecture.clone(),
         shape: shape_of(config),
+        window: config.window_layout(),
         parameters: config.num_parameters(),
         active_parameters: config.num_active_parameters(),
         weights,

@@ -10,9 +10,17 @@
 //! overhead        = 1 GiB per GPU (CUDA context, cuBLAS workspaces, kernels, graph pools); 0 on CPU
 //! kv_budget(n)    = --kv-cache-memory-bytes, else memory × utilization − weights(n) − activations(n) − overhead
 //! blocks          = floor(kv_budget / (kv_per_token(n) × block_size));  kv_tokens = blocks × block_size
-//! concurrency     = kv_tokens / max_model_len;  full-length sequences = floor(blocks / ceil(max_model_len / block_size))
+//! per_sequence    = ceil(max_model_len / block_size), or when every layer slides over w tokens
+//!                   min(that, ceil((w + max_num_batched_tokens − 1) / block_size) + 1)
+//! concurrency     = kv_tokens / max_model_len (every layer sliding: blocks / per_sequence)
+//! full-length sequences = floor(blocks / per_sequence)
 //! ```
+//!
+//! `per_sequence` and the concurrency are the engine's own functions
+//! (`kiln_engine::memory`), so the plan shows what the engine allocates.
 
+use kiln_engine::memory::KvPlan;
+use kiln_models::config::WindowLayout;
 use serde::Serialize;
 
 /// Bytes of the fixed per-GPU runtime overhead (an estimate).
@@ -90,6 +98,8 @@ pub struct PlanSettings {
     pub max_num_seqs: usize,
     /// Tokens per step (before the engine's `max(…, min(seqs, len))` rule).
     pub max_num_batched_tokens: usize,
+    /// How the model's layers slide.
+    pub window: WindowLayout,
 }
 
 impl PlanSettings {
@@ -99,9 +109,20 @@ impl PlanSettings {
             .max(self.max_num_seqs.min(self.max_model_len))
     }
 
-    /// Blocks one full-length sequence needs.
+    /// Columns of the engine's block tables: a full-length sequence's blocks.
     pub fn blocks_per_sequence(&self) -> usize {
         self.max_model_len.div_ceil(self.block_size.max(1))
+    }
+
+    /// KV blocks one full-length sequence holds at once (fewer than
+    /// [`blocks_per_sequence`](Self::blocks_per_sequence) when every layer slides).
+    pub fn kv_blocks_per_sequence(&self) -> usize {
+        kiln_engine::memory::blocks_per_sequence(
+            self.max_model_len,
+            self.block_size,
+            self.window,
+            self.effective_batched_tokens(),
+        )
     }
 }
 
@@ -134,7 +155,8 @@ pub struct TpOption {
     pub kv_blocks: u64,
     /// Tokens the pool holds.
     pub kv_tokens: u64,
-    /// `kv_tokens / max_model_len`.
+    /// `kv_tokens / max_model_len`, or with a window on every layer
+    /// `kv_blocks / kv_blocks_per_sequence`.
     pub max_concurrency: f64,
     /// Sequences of `max_model_len` tokens that fit at once.
     pub full_length_sequences: u64,
@@ -251,8 +273,16 @@ pub fn evaluate(
     let block_bytes = option.kv_bytes_per_token_per_gpu * settings.block_size as u64;
     option.kv_blocks = kv_budget.checked_div(block_bytes).unwrap_or(0);
     option.kv_tokens = option.kv_blocks * settings.block_size as u64;
-    option.max_concurrency = option.kv_tokens as f64 / settings.max_model_len.max(1) as f64;
-    option.full_length_sequences = option.kv_blocks / settings.blocks_per_sequence().max(1) as u64;
+    let kv = KvPlan {
+        num_blocks: option.kv_blocks as usize,
+        block_size: settings.block_size,
+        bytes_per_block: block_bytes,
+        max_model_len: settings.max_model_len,
+        blocks_per_sequence: settings.kv_blocks_per_sequence(),
+        window: settings.window,
+    };
+    option.max_concurrency = kv.max_concurrency();
+    option.full_length_sequences = option.kv_blocks / kv.blocks_per_sequence.max(1) as u64;
     let needed = fixed + overhead + kv_budget;
     option.reason = if fixed + overhead > usable {
         Some(format!(
@@ -265,6 +295,11 @@ pub fn evaluate(
             "with --kv-cache-memory-bytes the device needs {} but only {} is usable",
             kiln_hub::human_bytes(needed),
             kiln_hub::human_bytes(usable)
+        ))
+    } else if option.full_length_sequences == 0 && settings.window.freeing_window().is_some() {
+        Some(format!(
+            "the KV cache holds {} blocks, fewer than the {} one sequence of max_model_len {} holds at once",
+            option.kv_blocks, kv.blocks_per_sequence, settings.max_model_len
         ))
     } else if option.full_length_sequences == 0 {
         Some(format!(
@@ -344,6 +379,7 @@ mod tests {
                 block_size: 16,
                 max_num_seqs: 8,
                 max_num_batched_tokens: 64,
+                window: WindowLayout::None,
             };
             let o = evaluate(&s, &w, &settings, 1);
             assert!(o.kv_tokens >= prev);

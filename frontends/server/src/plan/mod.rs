@@ -9,6 +9,7 @@ pub mod render;
 use serde::Serialize;
 
 use facts::{ModelFacts, WeightOrigin};
+use kiln_models::config::WindowLayout;
 use kiln_protocol::FormatBytes;
 use math::{
     CPU_DEFAULTS, Device, GPU_DEFAULTS, ModelShape, PlanSettings, TP_SIZES, TpOption, WeightSplit,
@@ -80,6 +81,8 @@ pub struct ModelReport {
     /// Parameters one token computes with (fewer than `parameters` for a
     /// mixture of experts).
     pub active_parameters: u64,
+    /// The layers' sliding window, when any layer has one.
+    pub sliding_window: Option<WindowReport>,
     /// `GGUF Q4_1`, `safetensors BF16`, `bfloat16 (estimated)`…
     pub weight_format: String,
     /// Stored bytes per tensor format, most first (empty when estimated).
@@ -90,6 +93,44 @@ pub struct ModelReport {
     pub weight_split: WeightSplit,
     /// How the weight bytes were obtained.
     pub weight_bytes_origin: WeightOrigin,
+}
+
+/// Which layers slide, and whether the KV behind the window is freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WindowReport {
+    /// Tokens a row of a sliding layer sees, its own included.
+    pub window: usize,
+    /// Layers that slide.
+    pub sliding_layers: usize,
+    /// Attention layers.
+    pub layers: usize,
+    /// Whether blocks behind the window return to the pool (only when every
+    /// layer slides).
+    pub freed: bool,
+}
+
+impl WindowReport {
+    fn of(layout: WindowLayout) -> Option<WindowReport> {
+        match layout {
+            WindowLayout::None => None,
+            WindowLayout::All { window, layers } => Some(WindowReport {
+                window,
+                sliding_layers: layers,
+                layers,
+                freed: true,
+            }),
+            WindowLayout::Some {
+                window,
+                sliding,
+                layers,
+            } => Some(WindowReport {
+                window,
+                sliding_layers: sliding,
+                layers,
+                freed: false,
+            }),
+        }
+    }
 }
 
 /// Effective settings.
@@ -148,6 +189,11 @@ pub struct Plan {
     pub settings: SettingsReport,
     /// KV bytes per token on one device holding every KV head.
     pub kv_bytes_per_token: u64,
+    /// KV blocks one sequence of `max_model_len` tokens holds at once (its
+    /// whole length, or its sliding window's worth).
+    pub kv_blocks_per_sequence: usize,
+    /// What the sliding window does to each sequence's KV, in words.
+    pub window_note: Option<String>,
     /// One entry per tensor-parallel size (1, 2, 4, 8 on GPU; 1 on CPU).
     pub options: Vec<TpOption>,
     /// The suggestion.
@@ -165,6 +211,7 @@ fn dtype_for(request: DtypeRequest, device: &Device) -> (&'static str, u64) {
 fn settings_for(
     request: &PlanRequest,
     shape: &ModelShape,
+    window: WindowLayout,
 ) -> Result<(PlanSettings, &'static str), PlanError> {
     let bad = |m: String| Err(PlanError::Settings(m));
     let native = shape.max_position_embeddings;
@@ -212,13 +259,14 @@ fn settings_for(
             .max_num_batched_tokens
             .unwrap_or(defaults.max_num_batched_tokens)
             .max(1),
+        window,
     };
     Ok((settings, dtype_name))
 }
 
 /// Compute the plan.
 pub fn build_plan(facts: &ModelFacts, request: &PlanRequest) -> Result<Plan, PlanError> {
-    let (settings, dtype_name) = settings_for(request, &facts.shape)?;
+    let (settings, dtype_name) = settings_for(request, &facts.shape, facts.window)?;
     let sizes: Vec<usize> = match request.device {
         Device::Cuda { .. } => {
             let mut s = TP_SIZES.to_vec();
@@ -247,6 +295,7 @@ pub fn build_plan(facts: &ModelFacts, request: &PlanRequest) -> Result<Plan, Pla
             shape: facts.shape,
             parameters: facts.parameters,
             active_parameters: facts.active_parameters,
+            sliding_window: WindowReport::of(facts.window),
             weight_format: facts.weight_format.clone(),
             bytes_by_format: facts.bytes_by_format.clone(),
             weight_bytes: facts.weights.total(),
@@ -270,6 +319,13 @@ pub fn build_plan(facts: &ModelFacts, request: &PlanRequest) -> Result<Plan, Pla
             &facts.shape,
             facts.shape.kv_heads,
             settings.dtype_bytes,
+        ),
+        kv_blocks_per_sequence: settings.kv_blocks_per_sequence(),
+        window_note: kiln_engine::memory::window_note(
+            settings.window,
+            settings.block_size,
+            settings.kv_blocks_per_sequence(),
+            settings.max_model_len,
         ),
         options,
         recommendation,
@@ -409,6 +465,22 @@ fn flags_for(
         && matches!(request.device, Device::Cuda { .. })
     {
         flags.push(format!("--kv-cache-memory-bytes {}", size_flag(kv)));
+    }
+    // With a window on every layer, what a sequence holds depends on the
+    // step size: serve with the settings the plan was made for.
+    if settings.window.freeing_window().is_some() {
+        if request.block_size != 16 {
+            flags.push(format!("--block-size {}", request.block_size));
+        }
+        if let Some(n) = request.max_num_batched_tokens {
+            flags.push(format!("--max-num-batched-tokens {n}"));
+        }
+        if let Some(n) = request
+            .max_num_seqs
+            .filter(|&n| n <= chosen.kv_blocks as usize)
+        {
+            flags.push(format!("--max-num-seqs {n}"));
+        }
     }
     if (chosen.kv_blocks as usize) < settings.max_num_seqs {
         flags.push(format!("--max-num-seqs {}", chosen.kv_blocks.max(1)));

@@ -107,6 +107,9 @@ pub fn to_text(plan: &Plan) -> String {
         "Serving   max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}",
         s.max_model_len, s.max_num_seqs, s.max_num_batched_tokens
     );
+    if let Some(note) = &plan.window_note {
+        let _ = writeln!(out, "Window    {note}");
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -144,7 +147,16 @@ pub fn to_text(plan: &Plan) -> String {
             if o.fits { "yes" } else { "no" }
         );
     }
-    let _ = writeln!(out, "(per device; concurrency = KV tokens / max_model_len)");
+    let freed = plan.model.sliding_window.is_some_and(|w| w.freed);
+    if freed {
+        let _ = writeln!(
+            out,
+            "(per device; concurrency = KV blocks / the {} blocks a sequence holds at most)",
+            plan.kv_blocks_per_sequence
+        );
+    } else {
+        let _ = writeln!(out, "(per device; concurrency = KV tokens / max_model_len)");
+    }
     let _ = writeln!(out);
     let r = &plan.recommendation;
     if r.command.is_empty() {

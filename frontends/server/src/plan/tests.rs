@@ -18,11 +18,25 @@
 //! blocks       = floor(5,084,985,954 / (131,072 × 16)) = 2424 → 38,784 tokens
 //! concurrency  = 38,784 / 8192 = 4.734375; full-length sequences = 2424 / 512 = 4
 //! ```
+//!
+//! Mistral-7B-v0.1 (a 4096-token window on all 32 layers) on the same GPU,
+//! max_model_len 32768:
+//!
+//! ```text
+//! parameters   = 2 × 32000·4096 + 32 × 218,112,000 + 4096 = 7,241,732,096 → weights 14,483,464,192
+//! buffers      = 4 × (3·8192 + 256 + 257 + 256·2048 + 256)                  2,198,532
+//!              + 2 × (8192 × 47,104 + 256 × (2·4096 + 32000))            792,330,240
+//!              + 256 × 32000 × 4                                          32,768,000  = 827,296,772
+//! KV budget    = 23,192,823,398 − 14,483,464,192 − 827,296,772 − 1 GiB = 6,808,320,610
+//! blocks       = floor(6,808,320,610 / 2,097,152) = 3246 → 51,936 tokens
+//! per sequence = min(32768 / 16, ceil((4096 + 8192 − 1) / 16) + 1) = min(2048, 769) = 769
+//! concurrency  = 3246 / 769; full-length sequences = 4 (without freeing: 51,936 / 32768, and 1)
+//! ```
 
 use super::facts::{ModelFacts, WeightOrigin, read_facts, shape_of};
 use super::math::{Device, WeightSplit};
 use super::*;
-use kiln_models::config::ModelConfig;
+use kiln_models::config::{ModelConfig, WindowLayout};
 
 const GIB: u64 = 1 << 30;
 
@@ -31,6 +45,8 @@ fn config(name: &str) -> ModelConfig {
         "smollm2" => include_str!("../../tests/fixtures/configs/smollm2-135m.json"),
         "llama2" => include_str!("../../tests/fixtures/configs/llama-2-7b.json"),
         "llama3" => include_str!("../../tests/fixtures/configs/llama-3-8b.json"),
+        "mistral" => include_str!("../../tests/fixtures/configs/mistral-7b-v0.1.json"),
+        "gemma2" => include_str!("../../tests/fixtures/configs/gemma-2-9b.json"),
         other => panic!("no fixture {other}"),
     };
     ModelConfig::from_hf_json(text).unwrap()
@@ -44,6 +60,8 @@ fn config_facts(name: &str) -> ModelFacts {
         "smollm2" => include_str!("../../tests/fixtures/configs/smollm2-135m.json"),
         "llama2" => include_str!("../../tests/fixtures/configs/llama-2-7b.json"),
         "mixtral" => include_str!("../../tests/fixtures/configs/mixtral-8x7b.json"),
+        "mistral" => include_str!("../../tests/fixtures/configs/mistral-7b-v0.1.json"),
+        "gemma2" => include_str!("../../tests/fixtures/configs/gemma-2-9b.json"),
         _ => include_str!("../../tests/fixtures/configs/llama-3-8b.json"),
     };
     std::fs::write(&path, text).unwrap();
@@ -408,5 +426,164 @@ fn real_smollm2_gguf() {
     assert!(
         text.contains("by format: Q4_1 63.3 MiB (210 tensors), Q8_0 28.7 MiB (1 tensor)"),
         "{text}"
+    );
+}
+
+/// A window on every layer caps what a sequence holds at its window plus a
+/// prefill chunk and a block, so more full-length sequences fit.
+#[test]
+fn mistral_7b_frees_kv_behind_its_window() {
+    let facts = config_facts("mistral");
+    assert_eq!(config("mistral").num_parameters(), 7_241_732_096);
+    assert_eq!(
+        facts.window,
+        WindowLayout::All {
+            window: 4096,
+            layers: 32
+        }
+    );
+    let plan = build_plan(&facts, &gpu("mistralai/Mistral-7B-v0.1", 24 * GIB)).unwrap();
+    assert_eq!(plan.settings.max_model_len, 32_768);
+    assert_eq!(plan.kv_blocks_per_sequence, 769);
+    let o = option(&plan, 1);
+    assert_eq!(o.activation_bytes_per_gpu, 827_296_772);
+    assert_eq!(o.kv_budget_bytes_per_gpu, 6_808_320_610);
+    assert_eq!((o.kv_blocks, o.kv_tokens), (3246, 51_936));
+    assert_eq!(o.full_length_sequences, 4);
+    assert_eq!(o.max_concurrency, 3246.0 / 769.0);
+    assert!(o.fits);
+    let text = render::to_text(&plan);
+    assert!(
+        text.contains(
+            "Window    sliding window 4096 on all 32 layers: a sequence holds at most 769 KV blocks (12304 tokens) of the 2048 its 32768 tokens fill"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("concurrency = KV blocks / the 769 blocks a sequence holds at most"),
+        "{text}"
+    );
+    let v = serde_json::to_value(&plan).unwrap();
+    assert_eq!(v["kv_blocks_per_sequence"], 769);
+    assert_eq!(
+        v["model"]["sliding_window"],
+        serde_json::json!({"window": 4096, "sliding_layers": 32, "layers": 32, "freed": true})
+    );
+    // The same model without freeing: one full-length sequence at a time.
+    let mut kept = facts.clone();
+    kept.window = WindowLayout::None;
+    let plan = build_plan(&kept, &gpu("m", 24 * GIB)).unwrap();
+    let o = option(&plan, 1);
+    assert_eq!((o.kv_blocks, o.full_length_sequences), (3246, 1));
+    assert_eq!(o.max_concurrency, 51_936.0 / 32_768.0);
+    assert_eq!(plan.kv_blocks_per_sequence, 2048);
+    assert!(!render::to_text(&plan).contains("Window"));
+}
+
+/// Smaller chunks mean fewer blocks per sequence; a context shorter than
+/// the window holds its whole length.
+#[test]
+fn the_window_cap_follows_the_chunk_and_the_context() {
+    let facts = config_facts("mistral");
+    let mut req = gpu("m", 24 * GIB);
+    req.max_num_batched_tokens = Some(512);
+    // ceil((4096 + 512 − 1) / 16) + 1 = 289 (256 sequences × 1 token < 512).
+    assert_eq!(
+        build_plan(&facts, &req).unwrap().kv_blocks_per_sequence,
+        289
+    );
+    req.max_model_len = Some(2048);
+    let plan = build_plan(&facts, &req).unwrap();
+    assert_eq!(plan.kv_blocks_per_sequence, 128);
+    assert_eq!(
+        option(&plan, 1).max_concurrency,
+        option(&plan, 1).kv_blocks as f64 / 128.0
+    );
+}
+
+/// Gemma 2 slides on every other layer: nothing is freed, the numbers are
+/// full-length ones, and the plan says why.
+#[test]
+fn gemma2_windows_some_layers_and_frees_nothing() {
+    let facts = config_facts("gemma2");
+    assert_eq!(
+        facts.window,
+        WindowLayout::Some {
+            window: 4096,
+            sliding: 21,
+            layers: 42
+        }
+    );
+    let plan = build_plan(&facts, &gpu("google/gemma-2-9b", 80 * GIB)).unwrap();
+    assert_eq!(plan.kv_blocks_per_sequence, 512);
+    let o = option(&plan, 1);
+    assert_eq!(o.full_length_sequences, o.kv_blocks / 512);
+    assert_eq!(o.max_concurrency, o.kv_tokens as f64 / 8192.0);
+    let text = render::to_text(&plan);
+    assert!(
+        text.contains("Window    sliding window 4096 on 21 of 42 layers: the KV behind the window is not freed yet"),
+        "{text}"
+    );
+    assert!(
+        text.contains("concurrency = KV tokens / max_model_len"),
+        "{text}"
+    );
+    let v = serde_json::to_value(&plan).unwrap();
+    assert_eq!(v["model"]["sliding_window"]["freed"], false);
+    let dense = build_plan(&config_facts("llama3"), &gpu("m", 24 * GIB)).unwrap();
+    let v = serde_json::to_value(&dense).unwrap();
+    assert!(v["model"]["sliding_window"].is_null());
+    assert_eq!(v["kv_blocks_per_sequence"], 512);
+}
+
+/// The plan's numbers are the engine's: the same blocks per sequence and
+/// concurrency as the start-up summary computes for the same budget.
+#[test]
+fn the_plan_matches_the_engine_kv_plan() {
+    let facts = config_facts("mistral");
+    let plan = build_plan(&facts, &gpu("m", 24 * GIB)).unwrap();
+    let o = option(&plan, 1);
+    let engine = kiln_engine::memory::plan_kv_cache(kiln_engine::memory::KvBudget {
+        budget_bytes: o.kv_budget_bytes_per_gpu,
+        bytes_per_block: o.kv_bytes_per_token_per_gpu * 16,
+        block_size: 16,
+        max_model_len: 32_768,
+        max_num_batched_tokens: plan.settings.max_num_batched_tokens,
+        window: facts.window,
+        budget_source: "--kv-cache-memory-bytes",
+        free_bytes: None,
+    })
+    .unwrap();
+    assert_eq!(engine.num_blocks as u64, o.kv_blocks);
+    assert_eq!(engine.blocks_per_sequence, plan.kv_blocks_per_sequence);
+    assert_eq!(engine.max_concurrency(), o.max_concurrency);
+    assert_eq!(engine.window_line(), plan.window_note);
+}
+
+/// The recommendation for a windowed model repeats the settings its fit
+/// depends on: the tiny Mistral on CPU with a pool of 8 blocks of 4 tokens,
+/// which holds one sequence of 256 tokens (7 blocks) only with steps of 16.
+#[test]
+fn a_windowed_fit_recommends_the_step_size_it_needs() {
+    let mut facts = config_facts("mistral");
+    facts.shape.max_position_embeddings = 256;
+    facts.window = WindowLayout::All {
+        window: 8,
+        layers: 32,
+    };
+    let mut req = gpu("m", 0);
+    req.device = Device::Cpu { memory_bytes: None };
+    req.block_size = 4;
+    req.max_num_seqs = Some(8);
+    req.max_num_batched_tokens = Some(16);
+    req.kv_cache_memory_bytes = Some(8 * facts.shape.layers as u64 * 2 * 8 * 128 * 4 * 4);
+    let plan = build_plan(&facts, &req).unwrap();
+    assert_eq!(plan.kv_blocks_per_sequence, 7);
+    let o = option(&plan, 1);
+    assert_eq!((o.kv_blocks, o.full_length_sequences), (8, 1));
+    assert!(o.fits);
+    assert_eq!(
+        plan.recommendation.command,
+        "kiln serve m --backend cpu --max-model-len 256 --kv-cache-memory-bytes 8MiB --block-size 4 --max-num-batched-tokens 16 --max-num-seqs 8"
     );
 }
