@@ -260,6 +260,49 @@ multiversion! {
     }
 }
 
+/// `Σ e^(x − shift)` over the non-NaN entries of `x` ([`math::sum_exp`]):
+/// the same bits on every ISA.
+pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    let mut total = 0.0;
+    sum_exp_isa(detect(), x, shift, &mut total);
+    total
+}
+
+/// The largest non-NaN entry of `x` (−∞ when there is none).
+pub fn max_ignoring_nan(x: &[f32]) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    max_isa(detect(), x, &mut max);
+    max
+}
+
+multiversion! {
+    /// [`max_ignoring_nan`] with the kernels of `isa`.
+    pub fn max_isa(x: &[f32], max: &mut f32) {
+        *max = math::max_ignoring_nan(x);
+    }
+}
+
+/// The lowest index of the largest entry of `x` (0 when none beats −∞).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut at = 0;
+    argmax_isa(detect(), x, &mut at);
+    at
+}
+
+multiversion! {
+    /// [`argmax`] with the kernels of `isa`.
+    pub fn argmax_isa(x: &[f32], at: &mut usize) {
+        *at = math::argmax(x);
+    }
+}
+
+multiversion! {
+    /// [`sum_exp`] with the kernels of `isa`.
+    pub fn sum_exp_isa(x: &[f32], shift: f32, total: &mut f32) {
+        *total = math::sum_exp(x, shift);
+    }
+}
+
 multiversion! {
     /// [`add_assign`] with the kernels of `isa`.
     pub fn add_assign_isa(a: &mut [f32], b: &[f32]) {
@@ -325,6 +368,35 @@ mod tests {
             let mut alone = vec![0f32; h];
             rms_norm(&ThreadPool::new(1), xr, &gamma, 1e-5, &mut alone, h);
             assert_eq!(alone, out[r * h..(r + 1) * h]);
+        }
+    }
+
+    #[test]
+    fn vocabulary_reductions_have_the_same_bits_on_every_isa() {
+        let mut seed = 3;
+        let x: Vec<f32> = (0..49_157).map(|_| lcg(&mut seed) * 20.0).collect();
+        let mut want = 0.0;
+        sum_exp_isa(crate::isa::Isa::Scalar, &x, 9.5, &mut want);
+        for isa in [crate::isa::Isa::Avx2, crate::isa::Isa::Avx512Vnni] {
+            let mut got = 0.0;
+            sum_exp_isa(isa, &x, 9.5, &mut got);
+            assert_eq!(got.to_bits(), want.to_bits(), "{isa:?}");
+        }
+        assert_eq!(sum_exp(&x, 9.5).to_bits(), want.to_bits());
+        let want_at =
+            x.iter().enumerate().fold(
+                (f32::NEG_INFINITY, 0),
+                |b, (i, &v)| if v > b.0 { (v, i) } else { b },
+            );
+        for isa in [
+            crate::isa::Isa::Scalar,
+            crate::isa::Isa::Avx2,
+            crate::isa::Isa::Avx512Vnni,
+        ] {
+            let (mut at, mut max) = (0, 0.0);
+            argmax_isa(isa, &x, &mut at);
+            max_isa(isa, &x, &mut max);
+            assert_eq!((max, at), want_at, "{isa:?}");
         }
     }
 
