@@ -32,6 +32,8 @@ mod scalar;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_prefetch;
 
 /// Operands of [`matmul`].
 pub struct Matmul<'a> {

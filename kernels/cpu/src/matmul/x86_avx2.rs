@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::scalar::code_offset;
+use super::x86_prefetch::Prefetch;
 use super::{Cols, Store, WeightFormat, WeightMatrix};
 use crate::quant::{CodeForm, QuantizedActs};
 use crate::weights::{IQ4_CODES, MinKind, QuantLayout, SubScale};
@@ -71,14 +72,20 @@ pub(crate) unsafe fn quant_group(
     let cols = Cols::of_group(w, g);
     let off = code_offset(fmt);
     let nibble = _mm256_set1_epi8(0x0f);
+    let (layout, packing) = (w.quant_layout(), w.packing());
+    let decode = rows.len() == 1;
     for t in rows {
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut accm = [_mm256_setzero_ps(); 2];
+        let mut prefetch = Prefetch::new(&layout, group, w.group_stride());
         for b in 0..nb {
             let i = t * nb + b;
             // SAFETY: block b holds `cb` code bytes and 16 scales; row t's
             // block i holds 32 i16 codes.
             unsafe {
+                if decode {
+                    prefetch.step(&packing, &layout);
+                }
                 let codes = group.add(b * cb);
                 let q = acts.codes.as_ptr().add(i * 64);
                 for h in 0..2 {
@@ -167,14 +174,19 @@ unsafe fn generic_group(
         // SAFETY: 16 readable bytes.
         unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr() as *const __m128i)) }
     };
+    let decode = rows.len() == 1;
     for t in rows {
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut accm = [_mm256_setzero_ps(); 2];
+        let mut prefetch = Prefetch::new(&l, group, w.group_stride());
         for b in 0..nb {
             let i = t * nb + b;
             // SAFETY: block b's parts lie at the layout's offsets; row t's
             // block i holds 32 i16 codes.
             unsafe {
+                if decode {
+                    prefetch.step(&p, &l);
+                }
                 let codes = group.add(b * l.cb);
                 let q = acts.codes.as_ptr().add(i * 64);
                 let unit = b / l.unit_blocks;

@@ -7,6 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::x86_prefetch::Prefetch;
 use super::{Cols, Store, WeightFormat, WeightMatrix};
 use crate::quant::{CodeForm, QuantizedActs};
 use crate::weights::{IQ4_CODES, MinKind, QuantLayout, SubScale};
@@ -68,6 +69,7 @@ pub(crate) unsafe fn quant_group(
     debug_assert_eq!(acts.form, CodeForm::Split);
     let grp = QGroup {
         base: w.group(g).as_ptr(),
+        stride: w.group_stride(),
         layout: w.quant_layout(),
         cols: Cols::of_group(w, g),
     };
@@ -217,23 +219,14 @@ unsafe fn block_rows<const F: u8, const T: usize>(
     } else {
         _mm512_setzero_si512()
     };
+    let mut prefetch = Prefetch::new(&l, group, grp.stride);
     for b in 0..nb {
         // SAFETY: block b of the group holds its codes, planes, scale bytes
         // and (per unit) its f16 scales at the layout's offsets.
         unsafe {
             let codes = group.add(b * cb);
             if T == 1 {
-                let ahead = codes.wrapping_add(GENERIC_PREFETCH * cb);
-                for line in 0..cb / 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
-                }
-                for pl in 0..p.planes {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        group.wrapping_add(
-                            l.plane_off + ((b + GENERIC_PREFETCH) * p.planes + pl) * 64,
-                        ) as *const i8,
-                    );
-                }
+                prefetch.step(&p, &l);
             }
             let mut wv = [_mm512_setzero_si512(); 8];
             match p.code_bits {
@@ -386,18 +379,11 @@ unsafe fn block_rows<const F: u8, const T: usize>(
     }
 }
 
-/// Blocks ahead of the current one that decode prefetches.
-const PREFETCH: usize = 4;
-
-/// Blocks ahead that the generic kernel's decode prefetches: its groups
-/// interleave codes, planes and scales, so it needs more bytes in flight to
-/// cover DRAM latency (16 measured ~10% faster than 4 or 32 on Qwen2.5
-/// 1.5B Q4_K_M decode with 2 threads).
-const GENERIC_PREFETCH: usize = 16;
-
 /// One packed 16-row group of a quantized matrix.
 struct QGroup {
     base: *const u8,
+    /// Bytes from one group to the next.
+    stride: usize,
     layout: QuantLayout,
     cols: Cols,
 }
@@ -423,25 +409,16 @@ unsafe fn quant_rows<const F: u8, const T: usize>(
     let mut accm = [_mm512_setzero_ps(); T];
     let nibble = _mm512_set1_epi8(0x0f);
     let codes_base = acts.codes.as_ptr();
+    let packing = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0][F as usize]
+        .packing()
+        .expect("a block format");
+    let mut prefetch = Prefetch::new(&grp.layout, group, grp.stride);
     for b in 0..nb {
         // SAFETY: block b of the group holds `cb` code bytes and 16 scales.
         unsafe {
             let codes = group.add(b * cb);
             if T == 1 {
-                // Decode streams weights from DRAM: fetch a few blocks ahead
-                // (past the group's end this is the next group, stored next).
-                let ahead = codes.wrapping_add(PREFETCH * cb);
-                for line in 0..cb / 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
-                }
-                _mm_prefetch::<_MM_HINT_T0>(
-                    group.wrapping_add(d_off + (b + PREFETCH) * 32) as *const i8
-                );
-                if F == Q4_1 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        group.wrapping_add(m_off + (b + PREFETCH) * 32) as *const i8
-                    );
-                }
+                prefetch.step(&packing, &grp.layout);
             }
             // wv[c] holds every lane's codes for columns 4c..4c+4 of the block.
             let mut wv = [_mm512_setzero_si512(); 8];

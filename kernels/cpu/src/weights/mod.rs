@@ -451,6 +451,11 @@ impl WeightMatrix {
     }
 
     /// The packed bytes of group `g`.
+    /// Bytes from one group's start to the next's.
+    pub(crate) fn group_stride(&self) -> usize {
+        self.group_bytes
+    }
+
     pub(crate) fn group(&self, g: usize) -> &[u8] {
         &self.data.as_slice()[g * self.group_bytes..(g + 1) * self.group_bytes]
     }
