@@ -58,9 +58,12 @@ pub fn window_note(
     let whole = max_model_len.div_ceil(block_size.max(1));
     match window {
         WindowLayout::None => None,
-        WindowLayout::All { window, layers } => Some(format!(
+        WindowLayout::All { window, layers } if blocks_per_sequence < whole => Some(format!(
             "sliding window {window} on all {layers} layers: a sequence holds at most {blocks_per_sequence} KV blocks ({} tokens) of the {whole} its {max_model_len} tokens fill",
             blocks_per_sequence * block_size
+        )),
+        WindowLayout::All { window, layers } => Some(format!(
+            "sliding window {window} on all {layers} layers: blocks behind it are freed, but a window and a prefill chunk span all {whole} KV blocks of a {max_model_len}-token sequence"
         )),
         WindowLayout::Some {
             window,
@@ -280,6 +283,15 @@ mod tests {
         b.budget_bytes = 12_999;
         let err = plan_kv_cache(b).unwrap_err().0;
         assert!(err.contains("needs 13 blocks"), "{err}");
+        // A context the window and a chunk already span gains nothing.
+        b.max_model_len = 160;
+        let plan = plan_kv_cache(b).unwrap();
+        assert_eq!(plan.blocks_per_sequence, 10);
+        let line = plan.window_line().unwrap();
+        assert!(
+            line.ends_with("span all 10 KV blocks of a 160-token sequence"),
+            "{line}"
+        );
     }
 
     #[test]
