@@ -403,8 +403,8 @@ pub struct GenerateArgs {
     /// Treat text prompts as a user message and apply the chat template
     #[arg(long)]
     pub chat: bool,
-    /// No progress bar
-    #[arg(long, short)]
+    /// No progress bar (long form only: `-q` is `--quantization`, as in vLLM)
+    #[arg(long)]
     pub quiet: bool,
 }
 
