@@ -219,6 +219,17 @@ fn cases() -> u32 {
         .unwrap_or(256)
 }
 
+/// `cfg` with memory and budgets to spare and prefix caching flipped.
+fn roomy(cfg: SimConfig) -> SimConfig {
+    SimConfig {
+        num_blocks: 4096,
+        max_num_batched_tokens: 4096,
+        max_num_seqs: 64,
+        enable_prefix_caching: !cfg.enable_prefix_caching,
+        ..cfg
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
@@ -242,15 +253,8 @@ proptest! {
         reqs in prop::collection::vec(req(), 1..10),
     ) {
         let reqs = without_aborts(reqs);
-        let roomy = SimConfig {
-            num_blocks: 4096,
-            max_num_batched_tokens: 4096,
-            max_num_seqs: 64,
-            enable_prefix_caching: !cfg.enable_prefix_caching,
-            ..cfg
-        };
         let a = run(cfg, &reqs, 13);
-        let b = run(roomy, &reqs, 13);
+        let b = run(roomy(cfg), &reqs, 13);
         prop_assert_eq!(a.outputs, b.outputs);
     }
 
@@ -276,16 +280,8 @@ proptest! {
         reqs in prop::collection::vec(req(), 1..10),
     ) {
         let reqs = without_aborts(reqs);
-        let roomy = SimConfig {
-            num_blocks: 4096,
-            max_num_batched_tokens: 4096,
-            max_num_seqs: 64,
-            enable_prefix_caching: !cfg.enable_prefix_caching,
-            sliding_window: None,
-            ..cfg
-        };
         let a = run(cfg, &reqs, 13);
-        let b = run(roomy, &reqs, 13);
+        let b = run(SimConfig { sliding_window: None, ..roomy(cfg) }, &reqs, 13);
         prop_assert_eq!(a.outputs, b.outputs);
     }
 

@@ -173,36 +173,14 @@ pub(crate) fn cases(run: &mut Run<'_>) {
     let name = "paged attention (prefill + decode)";
     if run.dut_supports(ops::OP_ATTENTION, None, name) {
         let inputs = inputs(run, &mixed, false);
-        let (got, want) = (
-            exec(&run.dut, &mixed, &inputs),
-            exec(&run.reference, &mixed, &inputs),
-        );
-        run.compare(
-            ops::OP_ATTENTION,
-            None,
-            name.into(),
-            got,
-            want,
-            run.tolerance,
-        );
+        compare_sides(run, ops::OP_ATTENTION, name, &mixed, &inputs);
     }
     let name = "kv_write then attention with a sliding window and soft-cap";
     if run.dut_supports(ops::OP_KV_WRITE, None, name)
         && run.dut_supports(ops::OP_ATTENTION, None, name)
     {
         let inputs = inputs(run, &windowed, true);
-        let (got, want) = (
-            exec(&run.dut, &windowed, &inputs),
-            exec(&run.reference, &windowed, &inputs),
-        );
-        run.compare(
-            ops::OP_KV_WRITE,
-            None,
-            name.into(),
-            got,
-            want,
-            run.tolerance,
-        );
+        compare_sides(run, ops::OP_KV_WRITE, name, &windowed, &inputs);
     }
     let freed = Batch {
         stale_behind_window: true,
@@ -215,19 +193,15 @@ pub(crate) fn cases(run: &mut Run<'_>) {
         let stale = STALE_BLOCK as usize * per_block..(STALE_BLOCK as usize + 1) * per_block;
         inputs.k_cache[stale.clone()].fill(f32::NAN);
         inputs.v_cache[stale].fill(f32::NAN);
-        let (got, want) = (
-            exec(&run.dut, &freed, &inputs),
-            exec(&run.reference, &freed, &inputs),
-        );
-        run.compare(
-            ops::OP_ATTENTION,
-            None,
-            name.into(),
-            got,
-            want,
-            run.tolerance,
-        );
+        compare_sides(run, ops::OP_ATTENTION, name, &freed, &inputs);
     }
+}
+
+/// Run the batch on the device under test and on the reference, and record
+/// the comparison under `op`.
+fn compare_sides(run: &mut Run<'_>, op: u32, name: &str, b: &Batch, inputs: &Inputs) {
+    let (got, want) = (exec(&run.dut, b, inputs), exec(&run.reference, b, inputs));
+    run.compare(op, None, name.into(), got, want, run.tolerance);
 }
 
 fn inputs(run: &mut Run<'_>, b: &Batch, write_new: bool) -> Inputs {
