@@ -166,6 +166,16 @@ pub struct SamplerActor {
 }
 
 impl SamplerActor {
+    /// Publish the metrics of sequences that an abort or failure ended now,
+    /// rather than with the next step: when they were the last ones running
+    /// there is no next step, and `/metrics` would miss them until new
+    /// traffic came.
+    fn publish_ended_metrics(&mut self) {
+        for m in self.core.take_finished_metrics() {
+            let _ = self.events.send(EngineEvent::SequenceFinished(m));
+        }
+    }
+
     /// Wrap a sampler core.
     pub fn new(core: SamplerCore, events: broadcast::Sender<EngineEvent>, clock: Clock) -> Self {
         SamplerActor {
@@ -274,6 +284,7 @@ impl Handler<AbortRequest> for SamplerActor {
         let events = self.core.abort(msg.0, self.clock.now());
         self.route(events);
         self.senders.remove(&msg.0);
+        self.publish_ended_metrics();
     }
 }
 
@@ -295,6 +306,7 @@ impl Handler<FailRequests> for SamplerActor {
             self.route(events);
             self.senders.remove(&id);
         }
+        self.publish_ended_metrics();
     }
 }
 
